@@ -1,0 +1,117 @@
+//! The request log: one line per request, written when its body has ended (or was cut), with
+//! method, path, ns, status, the tier that answered, bytes sent and duration.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+
+use super::registry::ns_of;
+use crate::store::Tier;
+
+const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+
+/// Middleware for the registry router: adds the API version header and logs the request.
+pub async fn log_requests(req: Request, next: Next) -> Response {
+    let line = Line {
+        start: Instant::now(),
+        method: req.method().clone(),
+        path: req.uri().path().to_owned(),
+        ns: ns_of(req.uri()),
+        status: StatusCode::OK,
+        tier: None,
+        bytes: 0,
+    };
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    let (parts, body) = resp.into_parts();
+    let line = Line { status: parts.status, tier: parts.extensions.get::<Tier>().copied(), ..line };
+    let expected = body.size_hint().exact();
+    Response::from_parts(parts, Body::new(LoggedBody { inner: body, line: Some(line), expected }))
+}
+
+struct Line {
+    start: Instant,
+    method: Method,
+    path: String,
+    ns: Option<String>,
+    status: StatusCode,
+    tier: Option<Tier>,
+    bytes: u64,
+}
+
+impl Line {
+    fn emit(&self, outcome: &str) {
+        tracing::info!(
+            target: "berth::request",
+            method = %self.method,
+            path = %self.path,
+            ns = self.ns.as_deref().unwrap_or("-"),
+            status = self.status.as_u16(),
+            tier = self.tier.map_or("-", Tier::as_str),
+            bytes = self.bytes,
+            ms = self.start.elapsed().as_millis() as u64,
+            outcome,
+        );
+    }
+}
+
+struct LoggedBody {
+    inner: Body,
+    line: Option<Line>,
+    /// The body's length when known up front: the server stops polling once it is sent.
+    expected: Option<u64>,
+}
+
+impl HttpBody for LoggedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(line)) = (frame.data_ref(), self.line.as_mut()) {
+                    line.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(line) = self.line.take() {
+                    line.emit("aborted");
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(line) = self.line.take() {
+                    line.emit("complete");
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if let Some(line) = self.line.take() {
+            let sent_all = self.inner.is_end_stream() || self.expected == Some(line.bytes);
+            // Not all sent: the client went away, or the body was never polled (HEAD).
+            line.emit(if sent_all { "complete" } else { "client-gone" });
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The registry API handler: parses a request, asks the mirror, writes the answer.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+
+use super::route::{self, Route};
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::registry::accept::AcceptClass;
+use crate::registry::range::RangeSpec;
+use crate::registry::{BlobBody, Mirror};
+use crate::store::Tier;
+
+const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+
+/// The `ns` query parameter: which registry a containerd request is for.
+pub fn ns_of(uri: &Uri) -> Option<String> {
+    let query = uri.query()?;
+    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "ns").map(|(_, v)| v.into_owned())
+}
+
+pub async fn handle(State(mirror): State<Arc<Mirror>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    match dispatch(&mirror, &method, &uri, &headers).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn dispatch(mirror: &Mirror, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Response, Error> {
+    let route = route::parse(uri.path())?;
+    let head = match *method {
+        Method::GET => false,
+        Method::HEAD => true,
+        _ => return Err(Error::Unsupported(format!("{method} is not supported: this registry is a read-only mirror"))),
+    };
+    if route == Route::Upload {
+        return Err(Error::Unsupported("uploads are not supported: this registry is a read-only mirror".into()));
+    }
+    let ns = ns_of(uri);
+    let ns = ns.as_deref();
+    match route {
+        Route::Base => Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}").into_response()),
+        Route::Manifest { name, reference } => {
+            let accept = AcceptClass::from_headers(headers);
+            let m = mirror.manifest(ns, &name, &reference, &accept, head).await?;
+            let mut resp = match m.bytes.filter(|_| !head) {
+                Some(bytes) => Response::new(Body::from(bytes)),
+                None => Response::new(Body::empty()),
+            };
+            let h = resp.headers_mut();
+            h.insert(header::CONTENT_TYPE, value(&m.media_type)?);
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(m.len));
+            content_headers(h, &m.digest);
+            Ok(tagged(resp, m.tier))
+        }
+        Route::Blob { name, digest } => {
+            let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(RangeSpec::parse);
+            let b = mirror.blob(ns, &name, &digest, range, head).await?;
+            let body = match b.body {
+                Some(BlobBody::Bytes(bytes)) => Body::from(bytes),
+                Some(BlobBody::Stream(s)) => Body::from_stream(s),
+                None => Body::empty(),
+            };
+            let mut resp = Response::new(body);
+            let h = resp.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            content_headers(h, &digest);
+            match b.range {
+                Some((start, end)) => {
+                    *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+                    let h = resp.headers_mut();
+                    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+                    h.insert(header::CONTENT_RANGE, value(&format!("bytes {start}-{}/{}", end - 1, b.len))?);
+                }
+                None => {
+                    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(b.len));
+                }
+            }
+            Ok(tagged(resp, b.tier))
+        }
+        Route::Tags { name } | Route::Referrers { name, .. } => passthrough(mirror, ns, &name, uri, headers, head).await,
+        Route::Upload => unreachable!("handled above"),
+    }
+}
+
+/// tags/list and referrers: upstream's answer as it is, minus `ns` in the query.
+async fn passthrough(
+    mirror: &Mirror,
+    ns: Option<&str>,
+    name: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response, Error> {
+    let upstream = mirror.upstreams.get(ns)?;
+    let query: Vec<(String, String)> = uri
+        .query()
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().filter(|(k, _)| k != "ns").collect())
+        .unwrap_or_default();
+    let mut path = uri.path().to_owned();
+    if !query.is_empty() {
+        path.push('?');
+        path.push_str(&url::form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish());
+    }
+    let up = upstream.passthrough(&path, name, headers.get(header::ACCEPT)).await?;
+    let mut resp = Response::builder().status(up.status().as_u16());
+    for h in [header::CONTENT_TYPE, header::LINK, header::CONTENT_LENGTH] {
+        if let Some(v) = up.headers().get(&h) {
+            resp = resp.header(h, v.clone());
+        }
+    }
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from_stream(up.bytes_stream().map_err(std::io::Error::other))
+    };
+    let resp = resp.body(body).map_err(Error::internal)?;
+    Ok(tagged(resp, Tier::Upstream))
+}
+
+fn content_headers(h: &mut HeaderMap, digest: &Digest) {
+    let d = HeaderValue::from_str(digest.as_str()).expect("digests are header-safe");
+    h.insert(header::ETAG, HeaderValue::from_str(&format!("\"{digest}\"")).expect("digests are header-safe"));
+    h.insert(DOCKER_CONTENT_DIGEST, d);
+}
+
+fn value(s: &str) -> Result<HeaderValue, Error> {
+    HeaderValue::from_str(s).map_err(|_| Error::Internal(format!("{s:?} is not a valid header value")))
+}
+
+fn tagged(mut resp: Response, tier: Tier) -> Response {
+    resp.extensions_mut().insert(tier);
+    resp
+}

@@ -1,0 +1,342 @@
+//! `mirror.toml`: parsed with serde, then validated in one pass that reports every problem.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub storage: Storage,
+    pub tags: Tags,
+    pub registries: Vec<Registry>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub default_registry: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Storage {
+    pub dir: PathBuf,
+    pub memory_capacity: u64,
+    pub memory_max_object: u64,
+    pub disk_capacity: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tags {
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pub host: String,
+    pub endpoint: Url,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+/// A credential: never printed, not even by `Debug`.
+#[derive(Clone, PartialEq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+// The file as written: strings for sizes and durations, so that validation can name every
+// bad value at once instead of stopping at the first.
+#[derive(Deserialize, Default)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
+    tags: RawTags,
+    #[serde(default)]
+    registry: Vec<RawRegistry>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawServer {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    default_registry: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawStorage {
+    dir: Option<PathBuf>,
+    memory_capacity: Option<String>,
+    memory_max_object: Option<String>,
+    disk_capacity: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawTags {
+    ttl: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawRegistry {
+    host: String,
+    endpoint: String,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+    ca_file: Option<PathBuf>,
+    connect_timeout: Option<String>,
+    read_timeout: Option<String>,
+}
+
+/// Every problem found in a config file, one per line.
+#[derive(Debug)]
+pub struct ConfigError(pub Vec<String>);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for p in &self.0 {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(vec![format!("cannot read {}: {e}", path.display())]))?;
+        Self::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError(vec![e.to_string()]))?;
+        let raw: RawConfig = serde_ignored::deserialize(de, |path| {
+            problems.push(format!("unknown key `{path}`"));
+        })
+        .map_err(|e| ConfigError(vec![e.to_string()]))?;
+        let config = validate(raw, &mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+}
+
+fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
+    let mut p = Checker(problems);
+    let server = Server {
+        listen: p.addr("server.listen", raw.server.listen, "0.0.0.0:5000"),
+        admin_listen: p.addr("server.admin_listen", raw.server.admin_listen, "127.0.0.1:5001"),
+        default_registry: raw.server.default_registry.unwrap_or_else(|| "docker.io".into()),
+    };
+    let storage = Storage {
+        dir: raw.storage.dir.unwrap_or_else(|| "./berth-data".into()),
+        memory_capacity: p.size("storage.memory_capacity", raw.storage.memory_capacity, "512MiB"),
+        memory_max_object: p.size("storage.memory_max_object", raw.storage.memory_max_object, "64MiB"),
+        disk_capacity: p.size("storage.disk_capacity", raw.storage.disk_capacity, "20GiB"),
+    };
+    if storage.memory_max_object > storage.memory_capacity {
+        p.0.push("storage.memory_max_object is larger than storage.memory_capacity".into());
+    }
+    let tags = Tags { ttl: p.duration("tags.ttl", raw.tags.ttl, "5m") };
+
+    let mut hosts = HashSet::new();
+    let mut registries = Vec::new();
+    for (i, r) in raw.registry.into_iter().enumerate() {
+        let at = format!("registry[{i}] ({})", r.host);
+        if !hosts.insert(r.host.clone()) {
+            p.0.push(format!("{at}: duplicate host {:?}", r.host));
+        }
+        if r.host.is_empty() || r.host.contains(['/', ' ']) {
+            p.0.push(format!("{at}: host must be a registry name such as docker.io"));
+        }
+        let endpoint = match Url::parse(&r.endpoint) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
+            Ok(_) => {
+                p.0.push(format!("{at}: endpoint {:?} must be an http(s) URL", r.endpoint));
+                placeholder_url()
+            }
+            Err(e) => {
+                p.0.push(format!("{at}: endpoint {:?}: {e}", r.endpoint));
+                placeholder_url()
+            }
+        };
+        let password = match (&r.password_file, &r.password_env) {
+            (Some(_), Some(_)) => {
+                p.0.push(format!("{at}: set password_file or password_env, not both"));
+                None
+            }
+            (Some(f), None) => match std::fs::read_to_string(f) {
+                Ok(s) => Some(Secret(s.trim_end_matches(['\r', '\n']).to_owned())),
+                Err(e) => {
+                    p.0.push(format!("{at}: password_file {}: {e}", f.display()));
+                    None
+                }
+            },
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(s) => Some(Secret(s)),
+                Err(_) => {
+                    p.0.push(format!("{at}: password_env {var} is not set"));
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        if password.is_some() != r.username.is_some() {
+            p.0.push(format!("{at}: username and a password go together"));
+        }
+        if let Some(ca) = &r.ca_file {
+            if let Err(e) = std::fs::metadata(ca) {
+                p.0.push(format!("{at}: ca_file {}: {e}", ca.display()));
+            }
+        }
+        registries.push(Registry {
+            connect_timeout: p.duration(&format!("{at}.connect_timeout"), r.connect_timeout, "3s"),
+            read_timeout: p.duration(&format!("{at}.read_timeout"), r.read_timeout, "30s"),
+            host: r.host,
+            endpoint,
+            username: r.username,
+            password,
+            ca_file: r.ca_file,
+        });
+    }
+    if registries.is_empty() {
+        p.0.push("no [[registry]] is configured".into());
+    }
+    if !hosts.contains(&server.default_registry) {
+        p.0.push(format!(
+            "server.default_registry {:?} is not a configured [[registry]] host",
+            server.default_registry
+        ));
+    }
+    Config { server, storage, tags, registries }
+}
+
+fn placeholder_url() -> Url {
+    Url::parse("http://invalid.invalid").expect("static URL")
+}
+
+struct Checker<'a>(&'a mut Vec<String>);
+
+impl Checker<'_> {
+    fn addr(&mut self, key: &str, v: Option<String>, default: &str) -> SocketAddr {
+        let v = v.unwrap_or_else(|| default.into());
+        v.parse().unwrap_or_else(|e| {
+            self.0.push(format!("{key} = {v:?}: {e} (expected host:port)"));
+            default.parse().expect("default address")
+        })
+    }
+
+    fn size(&mut self, key: &str, v: Option<String>, default: &str) -> u64 {
+        let v = v.unwrap_or_else(|| default.into());
+        match v.trim().parse::<bytesize::ByteSize>() {
+            Ok(s) => s.as_u64(),
+            Err(e) => {
+                self.0.push(format!("{key} = {v:?}: {e} (expected a size such as \"512MiB\")"));
+                0
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, v: Option<String>, default: &str) -> Duration {
+        let v = v.unwrap_or_else(|| default.into());
+        humantime::parse_duration(&v).unwrap_or_else(|e| {
+            self.0.push(format!("{key} = {v:?}: {e} (expected a duration such as \"5m\")"));
+            Duration::ZERO
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_parses() {
+        let c = Config::parse(include_str!("../mirror.toml")).unwrap();
+        assert_eq!(c.storage.memory_capacity, 512 * 1024 * 1024);
+        assert_eq!(c.storage.memory_max_object, 64 * 1024 * 1024);
+        assert_eq!(c.tags.ttl, Duration::from_secs(300));
+        assert_eq!(c.registries[0].host, "docker.io");
+        assert_eq!(c.server.default_registry, "docker.io");
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let err = Config::parse(
+            r#"
+            [server]
+            listen = "nope"
+            colour = "blue"
+            [storage]
+            memory_capacity = "lots"
+            [tags]
+            ttl = "forever"
+            [[registry]]
+            host = "docker.io"
+            endpoint = "https://registry-1.docker.io"
+            [[registry]]
+            host = "docker.io"
+            endpoint = "ftp://x"
+            "#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "server.listen",
+            "unknown key `server.colour`",
+            "storage.memory_capacity",
+            "tags.ttl",
+            "duplicate host",
+            "must be an http(s) URL",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        std::env::set_var("BERTH_TEST_PASSWORD", "hunter2");
+        let c = Config::parse(
+            r#"
+            [[registry]]
+            host = "docker.io"
+            endpoint = "https://registry-1.docker.io"
+            username = "bob"
+            password_env = "BERTH_TEST_PASSWORD"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.registries[0].password.as_ref().unwrap().expose(), "hunter2");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

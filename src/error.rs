@@ -1,0 +1,112 @@
+//! The one error type, and the one place that maps it to an HTTP status and an OCI error body.
+
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+
+/// Every failure berth can answer with. Variants say where the fault lies: the client's
+/// request, the upstream registry, the content itself, or berth.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Error {
+    // The client's request.
+    NameInvalid(String),
+    DigestInvalid(String),
+    TagInvalid(String),
+    RangeNotSatisfiable { len: u64 },
+    Unsupported(String),
+    Denied(String),
+    // Not found, here or upstream.
+    BlobUnknown,
+    ManifestUnknown,
+    NameUnknown,
+    // The upstream registry.
+    Unavailable(String),
+    TooManyRequests { retry_after: Option<String> },
+    UpstreamDenied(String),
+    ManifestTooLarge(u64),
+    /// Upstream bytes that do not match their digest or announced length.
+    Integrity(String),
+    // berth itself.
+    Internal(String),
+}
+
+impl Error {
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Error::Internal(e.to_string())
+    }
+
+    /// The status and OCI error code for this error.
+    fn status_code(&self) -> (StatusCode, &'static str) {
+        use Error::*;
+        match self {
+            NameInvalid(_) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
+            DigestInvalid(_) => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
+            TagInvalid(_) => (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
+            RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID"),
+            Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            Denied(_) | UpstreamDenied(_) => (StatusCode::FORBIDDEN, "DENIED"),
+            BlobUnknown => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+            ManifestUnknown => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+            NameUnknown => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+            Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
+            ManifestTooLarge(_) => (StatusCode::BAD_GATEWAY, "MANIFEST_INVALID"),
+            Integrity(_) => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status_code().0
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use Error::*;
+        match self {
+            NameInvalid(m) | DigestInvalid(m) | TagInvalid(m) | Unsupported(m) | Denied(m) => {
+                f.write_str(m)
+            }
+            RangeNotSatisfiable { len } => write!(f, "range not satisfiable for {len} bytes"),
+            BlobUnknown => f.write_str("blob unknown to registry"),
+            ManifestUnknown => f.write_str("manifest unknown"),
+            NameUnknown => f.write_str("repository name not known to registry"),
+            Unavailable(m) => write!(f, "upstream unavailable: {m}"),
+            TooManyRequests { .. } => f.write_str("upstream rate limit reached"),
+            UpstreamDenied(m) => write!(f, "upstream denied access: {m}"),
+            ManifestTooLarge(n) => write!(f, "manifest of {n} bytes exceeds the 4 MiB limit"),
+            Integrity(m) => write!(f, "upstream content rejected: {m}"),
+            Internal(m) => write!(f, "internal error: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_code();
+        let body = serde_json::json!({
+            "errors": [{ "code": code, "message": self.to_string(), "detail": null }]
+        });
+        let mut resp = (status, body.to_string()).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        match &self {
+            Error::TooManyRequests { retry_after: Some(v) } => {
+                if let Ok(v) = HeaderValue::from_str(v) {
+                    headers.insert(header::RETRY_AFTER, v);
+                }
+            }
+            Error::RangeNotSatisfiable { len } => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                    headers.insert(header::CONTENT_RANGE, v);
+                }
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

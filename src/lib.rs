@@ -1,0 +1,87 @@
+//! berth: a container registry mirror.
+//!
+//! Data flows top to bottom through these modules:
+//! - [`api`]: HTTP: the read-only distribution API and the admin listener; request log.
+//! - [`registry`]: registry semantics: routes to manifests (tag cache, revalidation) and blobs.
+//! - [`store`]: the tiers: memory (moka) in front of disk, metadata (redb), and the one
+//!   verified fill per digest that feeds both.
+//! - [`source`]: upstream registries: auth, redirects, status mapping.
+//!
+//! Shared vocabulary: [`config`], [`digest`], [`error`].
+
+pub mod api;
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod registry;
+pub mod source;
+pub mod store;
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use config::Config;
+use error::Error;
+use registry::Mirror;
+use store::Store;
+
+/// A running berth: its bound addresses and the task serving them.
+pub struct Server {
+    pub registry_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub mirror: Arc<Mirror>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Server {
+    /// Opens the store and binds both listeners (port 0 picks a free port).
+    pub async fn start(config: &Config) -> Result<Server, Error> {
+        let store = Store::open(&config.storage)?;
+        store.spawn_flusher(Duration::from_secs(30));
+        let mirror = Arc::new(Mirror::new(config, store)?);
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|e| Error::Internal(format!("binding {addr}: {e}")))
+        };
+        let registry = bind(config.server.listen).await?;
+        let admin = bind(config.server.admin_listen).await?;
+        let (shutdown, rx) = tokio::sync::watch::channel(false);
+        let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let registry_addr = registry.local_addr().map_err(Error::internal)?;
+        let admin_addr = admin.local_addr().map_err(Error::internal)?;
+        let tasks = vec![
+            tokio::spawn(
+                axum::serve(registry, api::registry_router(mirror.clone()))
+                    .with_graceful_shutdown(stop(rx.clone()))
+                    .into_future(),
+            ),
+            tokio::spawn(
+                axum::serve(admin, api::admin::router()).with_graceful_shutdown(stop(rx)).into_future(),
+            ),
+        ];
+        tracing::info!(%registry_addr, %admin_addr, "berth is serving");
+        Ok(Server { registry_addr, admin_addr, mirror, shutdown, tasks })
+    }
+
+    /// Serves until `signal` resolves, then stops accepting and lets responses finish.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), Error> {
+        signal.await;
+        self.stop().await
+    }
+
+    pub async fn stop(self) -> Result<(), Error> {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            t.await.map_err(Error::internal)?.map_err(Error::internal)?;
+        }
+        let meta = self.mirror.store.meta.clone();
+        tokio::task::spawn_blocking(move || meta.flush_access()).await.map_err(Error::internal)??;
+        Ok(())
+    }
+}

@@ -1,0 +1,222 @@
+//! Manifests: by digest from the tiers (immutable), by tag through the tag cache, which
+//! trusts a mapping for `tags.ttl` and then revalidates it with an upstream HEAD.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::accept::AcceptClass;
+use super::reference::Reference;
+use super::{tags, Mirror};
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::source::Upstream;
+use crate::store::meta::{now_secs, TagEntry};
+use crate::store::{Content, Tier};
+
+/// A manifest answer: headers, and the bytes for a GET.
+pub struct ManifestAnswer {
+    pub digest: Digest,
+    pub media_type: String,
+    pub len: u64,
+    pub bytes: Option<Bytes>,
+    pub tier: Tier,
+}
+
+impl Mirror {
+    pub async fn manifest(
+        &self,
+        ns: Option<&str>,
+        repo: &str,
+        reference: &Reference,
+        accept: &AcceptClass,
+        head: bool,
+    ) -> Result<ManifestAnswer, Error> {
+        let upstream = self.upstreams.get(ns)?;
+        match reference {
+            Reference::Digest(d) => self.manifest_by_digest(upstream, repo, d).await,
+            Reference::Tag(tag) => {
+                let (entry, tier) = self.resolve_tag(upstream, repo, tag, accept).await?;
+                let digest = Digest::parse(&entry.digest)?;
+                if head {
+                    return Ok(ManifestAnswer {
+                        digest,
+                        media_type: entry.media_type,
+                        len: entry.size,
+                        bytes: None,
+                        tier,
+                    });
+                }
+                let mut answer = self.manifest_by_digest(upstream, repo, &digest).await?;
+                if tier != Tier::Memory {
+                    answer.tier = tier;
+                }
+                Ok(answer)
+            }
+        }
+    }
+
+    /// A manifest by digest: memory, disk, or one upstream fetch shared by concurrent callers.
+    async fn manifest_by_digest(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<ManifestAnswer, Error> {
+        if let Some(answer) = self.stored_manifest(digest).await? {
+            return Ok(answer);
+        }
+        let fetch = {
+            let (upstream, repo, digest) = (upstream.clone(), repo.to_owned(), digest.clone());
+            let store = self.store.clone();
+            let media_types = self.media_types.clone();
+            async move {
+                let m = upstream.manifest(&repo, digest.as_str(), &AcceptClass::all().header()).await?;
+                if m.digest != digest {
+                    return Err(Error::Integrity(format!("manifest {digest} hashes to {}", m.digest)));
+                }
+                store.put_verified(&digest, m.bytes, Some(&m.media_type)).await?;
+                media_types.insert(digest, m.media_type.into());
+                Ok(())
+            }
+        };
+        let (result, led) = self.manifest_fetches.run(digest.clone(), || fetch).await;
+        result?;
+        let mut answer = self
+            .stored_manifest(digest)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("manifest {digest} vanished after its fetch")))?;
+        answer.tier = if led { Tier::FillLeader } else { Tier::FillFollower };
+        Ok(answer)
+    }
+
+    /// A manifest from the tiers, when both its bytes and its media type are known.
+    async fn stored_manifest(&self, digest: &Digest) -> Result<Option<ManifestAnswer>, Error> {
+        let media_type = match self.media_types.get(digest) {
+            Some(t) => t,
+            None => {
+                let (meta, d) = (self.store.meta.clone(), digest.clone());
+                let found = tokio::task::spawn_blocking(move || meta.blob(&d))
+                    .await
+                    .map_err(Error::internal)??;
+                match found.and_then(|m| m.media_type) {
+                    Some(t) => {
+                        let t: Arc<str> = t.into();
+                        self.media_types.insert(digest.clone(), t.clone());
+                        t
+                    }
+                    None => return Ok(None), // never fetched as a manifest
+                }
+            }
+        };
+        let Some(hit) = self.store.get(digest).await? else { return Ok(None) };
+        let bytes = match hit.content {
+            Content::Bytes(b) => b,
+            Content::File { file, len } => {
+                let read = tokio::task::spawn_blocking(move || {
+                    use std::io::Read;
+                    let mut buf = Vec::with_capacity(len as usize);
+                    (&*file).read_to_end(&mut buf).map(|_| buf)
+                })
+                .await
+                .map_err(Error::internal)?;
+                Bytes::from(read.map_err(Error::internal)?)
+            }
+        };
+        Ok(Some(ManifestAnswer {
+            digest: digest.clone(),
+            media_type: media_type.to_string(),
+            len: bytes.len() as u64,
+            bytes: Some(bytes),
+            tier: hit.tier,
+        }))
+    }
+
+    /// What `tag` points to for this accept class: from the cache while fresh; otherwise
+    /// revalidated with upstream (HEAD), falling back to the stale mapping when upstream is
+    /// unreachable or rate-limits.
+    async fn resolve_tag(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &str,
+        tag: &str,
+        accept: &AcceptClass,
+    ) -> Result<(TagEntry, Tier), Error> {
+        let accept = accept.header();
+        let key = tags::key(&upstream.host, repo, tag, &accept);
+        let cached = self.tags.get(&key);
+        if let Some(entry) = cached.as_ref().filter(|e| self.tags.is_fresh(e)) {
+            return Ok((entry.clone(), Tier::Memory));
+        }
+        let work = {
+            let (upstream, repo, tag) = (upstream.clone(), repo.to_owned(), tag.to_owned());
+            let this = self.refs();
+            let key = key.clone();
+            async move { this.revalidate(&upstream, &repo, &tag, &accept, key, cached).await }
+        };
+        let (result, led) = self.tag_lookups.run(key, || work).await;
+        Ok((result?, if led { Tier::FillLeader } else { Tier::FillFollower }))
+    }
+
+    fn refs(&self) -> TagWork {
+        TagWork { store: self.store.clone(), media_types: self.media_types.clone(), tags: self.tags.clone() }
+    }
+}
+
+/// The parts of the mirror a detached tag lookup needs.
+struct TagWork {
+    store: Arc<crate::store::Store>,
+    media_types: moka::sync::Cache<Digest, Arc<str>>,
+    tags: Arc<tags::TagCache>,
+}
+
+impl TagWork {
+    async fn revalidate(
+        &self,
+        upstream: &Upstream,
+        repo: &str,
+        tag: &str,
+        accept: &str,
+        key: String,
+        cached: Option<TagEntry>,
+    ) -> Result<TagEntry, Error> {
+        if let Some(old) = &cached {
+            match upstream.head_manifest(repo, tag, accept).await {
+                Ok(head) if head.digest.as_ref().is_some_and(|d| d.as_str() == old.digest) => {
+                    let entry = TagEntry { checked_at: now_secs(), ..old.clone() };
+                    self.tags.put(key, entry.clone()).await?;
+                    return Ok(entry);
+                }
+                Ok(_) => {} // moved, or no digest header: fetch it below
+                Err(Error::ManifestUnknown) => {
+                    self.tags.remove(&key).await?;
+                    return Err(Error::ManifestUnknown);
+                }
+                Err(e) => {
+                    tracing::warn!(registry = %upstream.host, repo, tag, error = %e,
+                        "upstream unreachable; serving the stale tag mapping");
+                    return Ok(old.clone());
+                }
+            }
+        }
+        let m = match upstream.manifest(repo, tag, accept).await {
+            Ok(m) => m,
+            Err(e) if e != Error::ManifestUnknown && cached.is_some() => {
+                tracing::warn!(registry = %upstream.host, repo, tag, error = %e,
+                    "upstream failed; serving the stale tag mapping");
+                return Ok(cached.expect("checked"));
+            }
+            Err(e) => return Err(e),
+        };
+        self.store.put_verified(&m.digest, m.bytes.clone(), Some(&m.media_type)).await?;
+        self.media_types.insert(m.digest.clone(), m.media_type.as_str().into());
+        let entry = TagEntry {
+            digest: m.digest.to_string(),
+            media_type: m.media_type,
+            size: m.bytes.len() as u64,
+            checked_at: now_secs(),
+        };
+        self.tags.put(key, entry.clone()).await?;
+        Ok(entry)
+    }
+}

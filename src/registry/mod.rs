@@ -1,0 +1,48 @@
+//! Registry semantics: what a manifest or blob request means, answered from the store tiers
+//! or, on a miss, from the request's upstream registry through one coalesced fill.
+
+pub mod accept;
+pub mod blobs;
+pub mod manifests;
+pub mod range;
+pub mod reference;
+pub mod singleflight;
+pub mod tags;
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::source::Upstreams;
+use crate::store::meta::TagEntry;
+use crate::store::Store;
+use singleflight::SingleFlight;
+use tags::TagCache;
+
+pub use blobs::{BlobAnswer, BlobBody};
+pub use manifests::ManifestAnswer;
+
+/// The mirror: the store, the upstreams, and the tag cache between them.
+pub struct Mirror {
+    pub store: Arc<Store>,
+    pub upstreams: Upstreams,
+    tags: Arc<TagCache>,
+    manifest_fetches: SingleFlight<Digest, ()>,
+    tag_lookups: SingleFlight<String, TagEntry>,
+    /// Media types of stored manifests, so that a memory hit needs no metadata read.
+    media_types: moka::sync::Cache<Digest, Arc<str>>,
+}
+
+impl Mirror {
+    pub fn new(config: &Config, store: Arc<Store>) -> Result<Mirror, Error> {
+        Ok(Mirror {
+            upstreams: Upstreams::new(config)?,
+            tags: Arc::new(TagCache::load(store.meta.clone(), config.tags.ttl)?),
+            store,
+            manifest_fetches: SingleFlight::default(),
+            tag_lookups: SingleFlight::default(),
+            media_types: moka::sync::Cache::new(65_536),
+        })
+    }
+}

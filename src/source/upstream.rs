@@ -1,0 +1,293 @@
+//! One upstream registry: requests with auth (bearer tokens or basic), redirects followed
+//! here so that credentials never reach another host, and upstream statuses mapped to errors.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use url::Url;
+
+use super::auth::{parse_challenge, Challenge, TokenCache};
+use crate::config::{Registry, Secret};
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::store::fill::Source;
+
+/// Manifests larger than this are refused, as clients refuse them.
+pub const MAX_MANIFEST: u64 = 4 * 1024 * 1024;
+const MAX_REDIRECTS: usize = 5;
+
+pub struct Upstream {
+    pub host: String,
+    endpoint: Url,
+    client: reqwest::Client,
+    creds: Option<(String, Secret)>,
+    tokens: TokenCache,
+    /// Upstream asked for Basic auth: send credentials up front from now on.
+    basic: AtomicBool,
+}
+
+/// A manifest as fetched: exact bytes, their digest, and the media type to answer with.
+pub struct FetchedManifest {
+    pub bytes: Bytes,
+    pub digest: Digest,
+    pub media_type: String,
+}
+
+/// What a manifest HEAD told: enough to answer a client's HEAD.
+pub struct ManifestHead {
+    pub digest: Option<Digest>,
+    pub media_type: Option<String>,
+    pub len: Option<u64>,
+}
+
+impl Upstream {
+    pub fn new(cfg: &Registry) -> Result<Upstream, Error> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(cfg.connect_timeout)
+            .read_timeout(cfg.read_timeout)
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &cfg.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| Error::Internal(format!("{}: {e}", ca.display())))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::Internal(format!("{}: {e}", ca.display())))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder.build().map_err(Error::internal)?;
+        let creds = cfg.username.clone().zip(cfg.password.clone());
+        Ok(Upstream {
+            host: cfg.host.clone(),
+            endpoint: cfg.endpoint.clone(),
+            client,
+            creds,
+            tokens: TokenCache::default(),
+            basic: AtomicBool::new(false),
+        })
+    }
+
+    fn url(&self, path_and_query: &str) -> Result<Url, Error> {
+        self.endpoint.join(path_and_query).map_err(|e| Error::Internal(format!("upstream URL: {e}")))
+    }
+
+    /// Sends a request for `repo`'s content, authenticating as upstream asks (one retry).
+    /// Returns upstream's response whatever its status.
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        repo: &str,
+        headers: HeaderMap,
+    ) -> Result<reqwest::Response, Error> {
+        let url = self.url(path_and_query)?;
+        let scope = format!("repository:{repo}:pull");
+        let mut auth = self.auth_for(&scope);
+        let resp = self.send_once(&method, &url, &headers, auth.as_ref()).await?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        let challenge =
+            resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).and_then(parse_challenge);
+        match challenge {
+            Some(c @ Challenge::Bearer { .. }) => {
+                self.tokens.forget(&scope);
+                let token = self.tokens.fetch(&self.client, &c, &scope, self.creds.as_ref()).await?;
+                auth = Some(bearer(&token)?);
+            }
+            Some(Challenge::Basic) if self.creds.is_some() && !self.basic.swap(true, Ordering::Relaxed) => {
+                auth = self.auth_for(&scope);
+            }
+            _ => return Ok(resp),
+        }
+        self.send_once(&method, &url, &headers, auth.as_ref()).await
+    }
+
+    fn auth_for(&self, scope: &str) -> Option<HeaderValue> {
+        if let Some(token) = self.tokens.get(scope) {
+            return bearer(&token).ok();
+        }
+        if self.basic.load(Ordering::Relaxed) {
+            use base64::Engine as _;
+            let (user, pass) = self.creds.as_ref()?;
+            let raw = format!("{user}:{}", pass.expose());
+            let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
+            let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+            value.set_sensitive(true);
+            return Some(value);
+        }
+        None
+    }
+
+    /// One request, following redirects here; `auth` is sent only to the endpoint's origin.
+    async fn send_once(
+        &self,
+        method: &Method,
+        url: &Url,
+        headers: &HeaderMap,
+        auth: Option<&HeaderValue>,
+    ) -> Result<reqwest::Response, Error> {
+        let mut url = url.clone();
+        let mut method = method.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let mut req = self.client.request(method.clone(), url.clone()).headers(headers.clone());
+            if let Some(auth) = auth.filter(|_| url.origin() == self.endpoint.origin()) {
+                req = req.header(header::AUTHORIZATION, auth.clone());
+            }
+            let resp = req.send().await.map_err(|e| unavailable(&self.host, e))?;
+            if !resp.status().is_redirection() {
+                return Ok(resp);
+            }
+            let Some(location) = resp.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
+                return Ok(resp);
+            };
+            url = url.join(location).map_err(|e| Error::Unavailable(format!("bad redirect: {e}")))?;
+            if resp.status() == StatusCode::SEE_OTHER && method != Method::HEAD {
+                method = Method::GET;
+            }
+        }
+        Err(Error::Unavailable(format!("{}: too many redirects", self.host)))
+    }
+
+    /// GET a manifest by tag or digest: bytes read whole (at most 4 MiB) and hashed.
+    pub async fn manifest(&self, repo: &str, reference: &str, accept: &str) -> Result<FetchedManifest, Error> {
+        let resp = self
+            .send(Method::GET, &format!("/v2/{repo}/manifests/{reference}"), repo, accept_headers(accept))
+            .await?;
+        let resp = check(resp, Error::ManifestUnknown)?;
+        if let Some(len) = resp.content_length().filter(|&l| l > MAX_MANIFEST) {
+            return Err(Error::ManifestTooLarge(len));
+        }
+        let announced = header_digest(resp.headers());
+        let content_type = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let mut body = BytesMut::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| unavailable(&self.host, e))?;
+            if (body.len() + chunk.len()) as u64 > MAX_MANIFEST {
+                return Err(Error::ManifestTooLarge((body.len() + chunk.len()) as u64));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let bytes = body.freeze();
+        let digest = Digest::of(&bytes);
+        if let Some(announced) = announced.filter(|a| *a != digest) {
+            return Err(Error::Integrity(format!("manifest announced as {announced} hashes to {digest}")));
+        }
+        let media_type = content_type
+            .filter(|t| !t.is_empty())
+            .or_else(|| media_type_in(&bytes))
+            .unwrap_or_else(|| "application/octet-stream".to_owned());
+        Ok(FetchedManifest { bytes, digest, media_type })
+    }
+
+    /// HEAD a manifest: what upstream says a tag points to, without a GET (Docker Hub does
+    /// not count HEADs against the pull limit).
+    pub async fn head_manifest(&self, repo: &str, reference: &str, accept: &str) -> Result<ManifestHead, Error> {
+        let resp = self
+            .send(Method::HEAD, &format!("/v2/{repo}/manifests/{reference}"), repo, accept_headers(accept))
+            .await?;
+        let resp = check(resp, Error::ManifestUnknown)?;
+        let h = resp.headers();
+        Ok(ManifestHead {
+            digest: header_digest(h),
+            media_type: h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned),
+            len: resp.content_length().or_else(|| {
+                h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+            }),
+        })
+    }
+
+    /// GET a blob as a stream for a fill.
+    pub async fn blob(&self, repo: &str, digest: &Digest) -> Result<Source, Error> {
+        let resp = self.send(Method::GET, &format!("/v2/{repo}/blobs/{digest}"), repo, HeaderMap::new()).await?;
+        let resp = check(resp, Error::BlobUnknown)?;
+        let host = self.host.clone();
+        let len = resp.content_length();
+        let body = resp.bytes_stream().map(move |r| r.map_err(|e| unavailable(&host, e))).boxed();
+        Ok(Source { len, body })
+    }
+
+    /// HEAD a blob: its length.
+    pub async fn blob_len(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, Error> {
+        let resp = self.send(Method::HEAD, &format!("/v2/{repo}/blobs/{digest}"), repo, HeaderMap::new()).await?;
+        let resp = check(resp, Error::BlobUnknown)?;
+        Ok(resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()))
+    }
+
+    /// A read-only request passed through as is (tags/list, referrers).
+    pub async fn passthrough(&self, path_and_query: &str, repo: &str, accept: Option<&HeaderValue>) -> Result<reqwest::Response, Error> {
+        let mut headers = HeaderMap::new();
+        if let Some(a) = accept {
+            headers.insert(header::ACCEPT, a.clone());
+        }
+        let resp = self.send(Method::GET, path_and_query, repo, headers).await?;
+        check(resp, Error::NameUnknown)
+    }
+}
+
+fn bearer(token: &str) -> Result<HeaderValue, Error> {
+    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Error::Unavailable("token is not a valid header".into()))
+}
+
+fn accept_headers(accept: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(accept) {
+        if !accept.is_empty() {
+            h.insert(header::ACCEPT, v);
+        }
+    }
+    h
+}
+
+fn header_digest(h: &HeaderMap) -> Option<Digest> {
+    h.get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|v| Digest::parse(v).ok())
+}
+
+/// The `mediaType` field of a JSON manifest, for upstreams that send no Content-Type.
+fn media_type_in(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    serde_json::from_slice::<Probe>(bytes).ok()?.media_type
+}
+
+fn unavailable(host: &str, e: reqwest::Error) -> Error {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_body() || e.is_decode() {
+        "body cut"
+    } else {
+        "request failed"
+    };
+    // reqwest's message names only the URL, which carries no credentials.
+    Error::Unavailable(format!("{host}: {kind}: {e}"))
+}
+
+/// Maps an upstream status to berth's errors; `not_found` is the OCI error for a 404.
+pub fn check(resp: reqwest::Response, not_found: Error) -> Result<reqwest::Response, Error> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    Err(match status {
+        StatusCode::NOT_FOUND => not_found,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            Error::UpstreamDenied(format!("upstream answered {status}"))
+        }
+        StatusCode::TOO_MANY_REQUESTS => Error::TooManyRequests {
+            retry_after: resp.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned),
+        },
+        _ => Error::Unavailable(format!("upstream answered {status}")),
+    })
+}

@@ -1,0 +1,110 @@
+//! Response bodies read from the tiers: a verified file, or a fill being written.
+//! A body that cannot complete yields an error, which makes the server cut the connection:
+//! a client never sees a clean, short response.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
+use tokio::sync::watch;
+
+use super::fill::{Fill, FillState};
+
+pub type BodyStream = BoxStream<'static, io::Result<Bytes>>;
+
+/// Bytes read from a file at a time.
+const CHUNK: u64 = 512 * 1024;
+
+async fn read_at(file: Arc<File>, pos: u64, n: u64) -> io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; n as usize];
+        file.read_exact_at(&mut buf, pos)?;
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// Bytes `start..end` of a verified file.
+pub fn file(file: Arc<File>, start: u64, end: u64) -> BodyStream {
+    stream::unfold(start, move |pos| {
+        let file = file.clone();
+        async move {
+            if pos >= end {
+                return None;
+            }
+            let n = CHUNK.min(end - pos);
+            match read_at(file, pos, n).await {
+                Ok(b) => Some((Ok(b), pos + n)),
+                Err(e) => Some((Err(e), end)),
+            }
+        }
+    })
+    .boxed()
+}
+
+struct Follower {
+    rx: watch::Receiver<FillState>,
+    _fill: Arc<Fill>,
+    pos: u64,
+    /// Where this body ends, if the request or the source said; otherwise the verified length.
+    end: Option<u64>,
+    done: bool,
+}
+
+/// Bytes `start..end` (or to the end) of a fill, read as the writer makes them available.
+/// The last byte is only handed out once the whole content is verified.
+pub fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> BodyStream {
+    let rx = fill.subscribe();
+    let state = Follower { rx, _fill: fill, pos: start, end, done: false };
+    stream::unfold(state, |mut f| async move {
+        if f.done {
+            return None;
+        }
+        loop {
+            let state = f.rx.borrow_and_update().clone();
+            let (file, available, verified) = match state {
+                FillState::Pending => (None, 0, false),
+                FillState::Streaming { file, written, .. } => (Some(file), written, false),
+                FillState::Verified { file, len } => (Some(file), len, true),
+                FillState::Failed(e) => {
+                    f.done = true;
+                    return Some((Err(io::Error::other(e.to_string())), f));
+                }
+            };
+            let end = match (f.end, verified) {
+                (Some(e), _) => Some(e),
+                (None, true) => Some(available),
+                (None, false) => None,
+            };
+            let mut limit = end.map_or(available, |e| available.min(e));
+            if verified && end.is_some_and(|e| f.pos >= e) {
+                return None;
+            }
+            if !verified && end.is_some_and(|e| limit >= e) {
+                limit = end.unwrap_or(0).saturating_sub(1); // hold back the last byte
+            }
+            if let (Some(file), true) = (file, limit > f.pos) {
+                let n = CHUNK.min(limit - f.pos);
+                return match read_at(file, f.pos, n).await {
+                    Ok(b) => {
+                        f.pos += n;
+                        Some((Ok(b), f))
+                    }
+                    Err(e) => {
+                        f.done = true;
+                        Some((Err(e), f))
+                    }
+                };
+            }
+            if f.rx.changed().await.is_err() {
+                f.done = true;
+                return Some((Err(io::Error::other("fill abandoned")), f));
+            }
+        }
+    })
+    .boxed()
+}

@@ -1,0 +1,115 @@
+//! The disk tier: verified content under `<dir>/v1/blobs/sha256/<2 hex>/<hex>`.
+//!
+//! Contract: a file exists at a blob path only once its full content has been verified
+//! against the digest (temp file, fsync, rename). Fills write under `<dir>/v1/tmp/`, which is
+//! emptied at startup. All methods block: call them from blocking threads.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::digest::Digest;
+
+pub struct DiskTier {
+    blobs: PathBuf,
+    tmp: PathBuf,
+    next_tmp: AtomicU64,
+}
+
+impl DiskTier {
+    /// Opens (creating) the layout under `root` and removes temp files left by a crash.
+    pub fn open(root: &Path) -> io::Result<DiskTier> {
+        let base = root.join("v1");
+        let blobs = base.join("blobs").join("sha256");
+        let tmp = base.join("tmp");
+        fs::create_dir_all(&blobs)?;
+        if tmp.exists() {
+            let mut removed = 0;
+            for entry in fs::read_dir(&tmp)? {
+                fs::remove_file(entry?.path())?;
+                removed += 1;
+            }
+            if removed > 0 {
+                tracing::info!(removed, "removed temp files left by an interrupted fill");
+            }
+        }
+        fs::create_dir_all(&tmp)?;
+        Ok(DiskTier { blobs, tmp, next_tmp: AtomicU64::new(0) })
+    }
+
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.blobs.join(&hex[..2]).join(hex)
+    }
+
+    /// The verified file for `digest` and its length, if present.
+    pub fn get(&self, digest: &Digest) -> io::Result<Option<(File, u64)>> {
+        match File::open(self.path(digest)) {
+            Ok(f) => {
+                let len = f.metadata()?.len();
+                Ok(Some((f, len)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Length of the verified file for `digest`, if present.
+    pub fn len(&self, digest: &Digest) -> io::Result<Option<u64>> {
+        match fs::metadata(self.path(digest)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A new, empty temp file for a fill of `digest`, open for reading and writing.
+    pub fn temp(&self, digest: &Digest) -> io::Result<(File, PathBuf)> {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let path = self.tmp.join(format!("{}.{}.{n}", digest.hex(), std::process::id()));
+        let file = fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        Ok((file, path))
+    }
+
+    /// Makes a verified temp file the blob for `digest`: fsync, rename, fsync the folder.
+    pub fn publish(&self, file: &File, temp: &Path, digest: &Digest) -> io::Result<()> {
+        file.sync_data()?;
+        let dest = self.path(digest);
+        let dir = dest.parent().expect("blob path has a parent");
+        fs::create_dir_all(dir)?;
+        fs::rename(temp, &dest)?;
+        File::open(dir)?.sync_all()
+    }
+
+    /// Writes verified `bytes` as the blob for `digest` (used for manifests).
+    pub fn put(&self, digest: &Digest, bytes: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let (mut file, temp) = self.temp(digest)?;
+        let result = file.write_all(bytes).and_then(|_| self.publish(&file, &temp, digest));
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result
+    }
+
+    /// Reads the whole blob for `digest` (small objects only).
+    pub fn read(&self, digest: &Digest) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.path(digest)) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn remove_temp(&self, temp: &Path) {
+        if let Err(e) = fs::remove_file(temp) {
+            tracing::warn!(path = %temp.display(), error = %e, "could not remove temp file");
+        }
+    }
+
+    /// Number of files in the temp folder (for tests and diagnostics).
+    pub fn temp_count(&self) -> usize {
+        fs::read_dir(&self.tmp).map(|d| d.count()).unwrap_or(0)
+    }
+}

@@ -1,0 +1,270 @@
+//! One fill per digest: the leader fetches, hashes and writes a temp file; every client, the
+//! first included, follows that file (see `body::follow`). The fill runs in its own task, so a
+//! client that goes away does not cancel it, and the writer never waits for readers.
+//!
+//! Invariants held here:
+//! - one in-flight fill per digest (the `inflight` map, checked and filled under one lock);
+//! - nothing is published to memory or disk before the digest and length are verified;
+//! - a follower's stream ends cleanly only after verification, otherwise with an error.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{mpsc, watch};
+
+use super::Store;
+use crate::digest::Digest;
+use crate::error::Error;
+
+/// Bytes handed to the writer thread at a time.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// What a fill streams from: an upstream (or peer) response body.
+pub struct Source {
+    /// The announced length, when upstream sent one.
+    pub len: Option<u64>,
+    pub body: BoxStream<'static, Result<Bytes, Error>>,
+}
+
+#[derive(Clone)]
+pub enum FillState {
+    /// Waiting for the source to answer.
+    Pending,
+    /// `written` bytes of `file` are readable; more are coming.
+    Streaming { file: Arc<File>, len: Option<u64>, written: u64 },
+    /// All `len` bytes are written and match the digest.
+    Verified { file: Arc<File>, len: u64 },
+    Failed(Error),
+}
+
+pub struct Fill {
+    digest: Digest,
+    state: watch::Sender<FillState>,
+}
+
+impl Fill {
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<FillState> {
+        self.state.subscribe()
+    }
+
+    /// Waits until the source has answered: the total length if known, or the fill's error.
+    pub async fn ready(&self) -> Result<Option<u64>, Error> {
+        let mut rx = self.subscribe();
+        let state = rx
+            .wait_for(|s| !matches!(s, FillState::Pending))
+            .await
+            .map_err(|_| Error::Internal("fill abandoned".into()))?;
+        match &*state {
+            FillState::Streaming { len, .. } => Ok(*len),
+            FillState::Verified { len, .. } => Ok(Some(*len)),
+            FillState::Failed(e) => Err(e.clone()),
+            FillState::Pending => unreachable!("waited for a non-pending state"),
+        }
+    }
+
+    /// Waits until the fill is verified, returning its length, or its error.
+    pub async fn verified(&self) -> Result<u64, Error> {
+        let mut rx = self.subscribe();
+        let state = rx
+            .wait_for(|s| matches!(s, FillState::Verified { .. } | FillState::Failed(_)))
+            .await
+            .map_err(|_| Error::Internal("fill abandoned".into()))?;
+        match &*state {
+            FillState::Verified { len, .. } => Ok(*len),
+            FillState::Failed(e) => Err(e.clone()),
+            _ => unreachable!("waited for a final state"),
+        }
+    }
+}
+
+impl Store {
+    /// Joins the in-flight fill of `digest`, or starts one that fetches with `fetch`.
+    /// Returns the fill and whether this call started it.
+    pub fn fill(
+        self: &Arc<Self>,
+        digest: &Digest,
+        fetch: BoxFuture<'static, Result<Source, Error>>,
+    ) -> (Arc<Fill>, bool) {
+        let mut inflight = self.inflight.lock().expect("inflight lock");
+        if let Some(fill) = inflight.get(digest) {
+            return (fill.clone(), false);
+        }
+        let (state, _) = watch::channel(FillState::Pending);
+        let fill = Arc::new(Fill { digest: digest.clone(), state });
+        inflight.insert(digest.clone(), fill.clone());
+        drop(inflight);
+        let store = self.clone();
+        let leader = fill.clone();
+        tokio::spawn(async move {
+            let guard = LeadGuard { store: &store, fill: &leader };
+            let result = lead(&store, &leader, fetch).await;
+            if let Err(e) = result {
+                tracing::warn!(digest = %leader.digest, error = %e, "fill failed");
+                leader.state.send_replace(FillState::Failed(e));
+            }
+            drop(guard);
+        });
+        (fill, true)
+    }
+
+    /// The fill of `digest` in flight, if any.
+    pub fn inflight(&self, digest: &Digest) -> Option<Arc<Fill>> {
+        self.inflight.lock().expect("inflight lock").get(digest).cloned()
+    }
+
+    /// Number of fills in flight.
+    pub fn fills_in_flight(&self) -> usize {
+        self.inflight.lock().expect("inflight lock").len()
+    }
+}
+
+/// Ends a fill however its task ends (including a panic): a fill that did not reach a final
+/// state is failed, and the fill leaves the in-flight map.
+struct LeadGuard<'a> {
+    store: &'a Store,
+    fill: &'a Arc<Fill>,
+}
+
+impl Drop for LeadGuard<'_> {
+    fn drop(&mut self) {
+        self.fill.state.send_if_modified(|s| match s {
+            FillState::Pending | FillState::Streaming { .. } => {
+                *s = FillState::Failed(Error::Internal("fill aborted".into()));
+                true
+            }
+            _ => false,
+        });
+        let mut inflight = self.store.inflight.lock().expect("inflight lock");
+        if inflight.get(&self.fill.digest).is_some_and(|f| Arc::ptr_eq(f, self.fill)) {
+            inflight.remove(&self.fill.digest);
+        }
+    }
+}
+
+async fn lead(
+    store: &Arc<Store>,
+    fill: &Arc<Fill>,
+    fetch: BoxFuture<'static, Result<Source, Error>>,
+) -> Result<(), Error> {
+    let digest = fill.digest.clone();
+    // An earlier fill may have published this digest after the caller looked.
+    let disk = store.disk.clone();
+    let d = digest.clone();
+    if let Some((file, len)) = blocking(move || disk.get(&d).map_err(Error::internal)).await? {
+        fill.state.send_replace(FillState::Verified { file: Arc::new(file), len });
+        return Ok(());
+    }
+
+    let Source { len, mut body } = fetch.await?;
+    let disk = store.disk.clone();
+    let d = digest.clone();
+    let (file, temp) = blocking(move || disk.temp(&d).map_err(Error::internal)).await?;
+    let file = Arc::new(file);
+    fill.state.send_replace(FillState::Streaming { file: file.clone(), len, written: 0 });
+
+    let keep = len.filter(|&l| store.memory.admits(l)).map(|l| l as usize);
+    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    let writer = {
+        let (file, fill) = (file.clone(), fill.clone());
+        tokio::task::spawn_blocking(move || write_loop(rx, &file, &fill, keep))
+    };
+
+    let mut batch = BytesMut::with_capacity(WRITE_BATCH);
+    let mut received: u64 = 0;
+    let pumped: Result<(), Error> = async {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            received += chunk.len() as u64;
+            if len.is_some_and(|l| received > l) {
+                return Err(Error::Integrity(format!("{digest}: body longer than announced")));
+            }
+            batch.extend_from_slice(&chunk);
+            if batch.len() >= WRITE_BATCH && tx.send(batch.split().freeze()).await.is_err() {
+                break; // the writer failed; its error is reported below
+            }
+        }
+        if !batch.is_empty() {
+            let _ = tx.send(batch.split().freeze()).await;
+        }
+        Ok(())
+    }
+    .await;
+    drop(tx);
+    let written = writer.await.map_err(Error::internal)?;
+
+    let verified = pumped.and_then(|_| {
+        let (hash, written, memory) = written?;
+        if let Some(l) = len.filter(|&l| l != written) {
+            return Err(Error::Integrity(format!("{digest}: got {written} of {l} bytes")));
+        }
+        let actual = Digest::from_hash(hash);
+        if actual != digest {
+            return Err(Error::Integrity(format!("{digest}: content hashes to {actual}")));
+        }
+        Ok((written, memory))
+    });
+    let (written, memory) = match verified {
+        Ok(v) => v,
+        Err(e) => {
+            let disk = store.disk.clone();
+            blocking(move || Ok(disk.remove_temp(&temp))).await?;
+            return Err(e);
+        }
+    };
+
+    // Verified: publish to memory, then let every follower finish, then publish to disk.
+    if let Some(bytes) = memory {
+        store.memory.insert(digest.clone(), bytes.freeze()).await;
+    }
+    fill.state.send_replace(FillState::Verified { file: file.clone(), len: written });
+    let (disk, meta) = (store.disk.clone(), store.meta.clone());
+    blocking(move || {
+        if let Err(e) = disk.publish(&file, &temp, &digest) {
+            tracing::warn!(%digest, error = %e, "verified blob not stored on disk");
+            disk.remove_temp(&temp);
+        } else if let Err(e) = meta.record_blob(&digest, written, None) {
+            tracing::warn!(%digest, error = %e, "blob stored without metadata");
+        }
+        Ok(())
+    })
+    .await
+}
+
+type Written = Result<([u8; 32], u64, Option<BytesMut>), Error>;
+
+/// Runs on a blocking thread: hashes and writes each batch, then tells followers.
+fn write_loop(mut rx: mpsc::Receiver<Bytes>, file: &File, fill: &Fill, keep: Option<usize>) -> Written {
+    let mut hasher = Sha256::new();
+    let mut offset: u64 = 0;
+    let mut memory = keep.map(BytesMut::with_capacity);
+    while let Some(buf) = rx.blocking_recv() {
+        file.write_all_at(&buf, offset).map_err(|e| Error::Internal(format!("writing blob: {e}")))?;
+        hasher.update(&buf);
+        if let Some(m) = memory.as_mut() {
+            m.extend_from_slice(&buf);
+        }
+        offset += buf.len() as u64;
+        fill.state.send_modify(|s| {
+            if let FillState::Streaming { written, .. } = s {
+                *written = offset;
+            }
+        });
+    }
+    Ok((hasher.finalize().into(), offset, memory))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f).await.map_err(Error::internal)?
+}

@@ -1,0 +1,47 @@
+//! The memory tier: verified blobs up to `memory_max_object`, weighted by bytes (moka).
+//! A hit is a clone of `Bytes`: no disk I/O and no copy.
+
+use bytes::Bytes;
+use moka::future::Cache;
+
+use crate::digest::Digest;
+
+#[derive(Clone)]
+pub struct MemoryTier {
+    cache: Cache<Digest, Bytes>,
+    max_object: u64,
+}
+
+impl MemoryTier {
+    pub fn new(capacity: u64, max_object: u64) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(capacity)
+            .weigher(|_k: &Digest, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
+            .build();
+        MemoryTier { cache, max_object }
+    }
+
+    /// Whether an object of `len` bytes is admitted.
+    pub fn admits(&self, len: u64) -> bool {
+        len <= self.max_object
+    }
+
+    pub async fn get(&self, digest: &Digest) -> Option<Bytes> {
+        self.cache.get(digest).await
+    }
+
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.cache.contains_key(digest)
+    }
+
+    /// Stores verified bytes. Callers must have checked them against `digest`.
+    pub async fn insert(&self, digest: Digest, bytes: Bytes) {
+        if self.admits(bytes.len() as u64) {
+            self.cache.insert(digest, bytes).await;
+        }
+    }
+
+    pub async fn remove(&self, digest: &Digest) {
+        self.cache.invalidate(digest).await;
+    }
+}

@@ -1,0 +1,161 @@
+//! The store: a memory tier in front of a disk tier, both holding only verified content,
+//! plus the in-flight fills that feed them.
+
+pub mod body;
+pub mod disk;
+pub mod fill;
+pub mod memory;
+pub mod meta;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::config::Storage;
+use crate::digest::Digest;
+use crate::error::Error;
+use disk::DiskTier;
+use fill::Fill;
+use memory::MemoryTier;
+use meta::Meta;
+
+/// Which part of berth answered a request (the request log's `tier`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Memory,
+    Disk,
+    FillLeader,
+    FillFollower,
+    Upstream,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Memory => "memory",
+            Tier::Disk => "disk",
+            Tier::FillLeader => "fill-leader",
+            Tier::FillFollower => "fill-follower",
+            Tier::Upstream => "upstream-passthrough",
+        }
+    }
+}
+
+/// Verified content.
+pub enum Content {
+    Bytes(Bytes),
+    File { file: Arc<File>, len: u64 },
+}
+
+impl Content {
+    pub fn len(&self) -> u64 {
+        match self {
+            Content::Bytes(b) => b.len() as u64,
+            Content::File { len, .. } => *len,
+        }
+    }
+}
+
+/// Verified content found in a tier.
+pub struct Hit {
+    pub tier: Tier,
+    pub content: Content,
+}
+
+pub struct Store {
+    pub memory: MemoryTier,
+    pub disk: Arc<DiskTier>,
+    pub meta: Arc<Meta>,
+    inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
+}
+
+impl Store {
+    pub fn open(cfg: &Storage) -> Result<Arc<Store>, Error> {
+        let disk = DiskTier::open(&cfg.dir)
+            .map_err(|e| Error::Internal(format!("opening {}: {e}", cfg.dir.display())))?;
+        let meta = Meta::open(&cfg.dir.join("v1").join("meta.redb"))?;
+        Ok(Arc::new(Store {
+            memory: MemoryTier::new(cfg.memory_capacity, cfg.memory_max_object),
+            disk: Arc::new(disk),
+            meta: Arc::new(meta),
+            inflight: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Looks in memory, then on disk. A disk hit small enough for memory is promoted.
+    pub async fn get(&self, digest: &Digest) -> Result<Option<Hit>, Error> {
+        if let Some(bytes) = self.memory.get(digest).await {
+            self.meta.touch(digest);
+            return Ok(Some(Hit { tier: Tier::Memory, content: Content::Bytes(bytes) }));
+        }
+        let disk = self.disk.clone();
+        let d = digest.clone();
+        let found = tokio::task::spawn_blocking(move || disk.get(&d))
+            .await
+            .map_err(Error::internal)?;
+        let (file, len) = match found {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "disk tier read failed; treating as a miss");
+                return Ok(None);
+            }
+        };
+        self.meta.touch(digest);
+        if !self.memory.admits(len) {
+            let content = Content::File { file: Arc::new(file), len };
+            return Ok(Some(Hit { tier: Tier::Disk, content }));
+        }
+        let bytes = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut buf = Vec::with_capacity(len as usize);
+            (&file).take(len).read_to_end(&mut buf).map(|_| buf)
+        })
+        .await
+        .map_err(Error::internal)?;
+        match bytes {
+            Ok(buf) if buf.len() as u64 == len => {
+                let bytes = Bytes::from(buf);
+                self.memory.insert(digest.clone(), bytes.clone()).await;
+                Ok(Some(Hit { tier: Tier::Disk, content: Content::Bytes(bytes) }))
+            }
+            Ok(_) | Err(_) => {
+                tracing::warn!(%digest, "disk tier file unreadable; treating as a miss");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Stores a verified manifest (or other small content) in both tiers.
+    pub async fn put_verified(&self, digest: &Digest, bytes: Bytes, media_type: Option<&str>) -> Result<(), Error> {
+        self.memory.insert(digest.clone(), bytes.clone()).await;
+        let (disk, meta, d) = (self.disk.clone(), self.meta.clone(), digest.clone());
+        let media_type = media_type.map(str::to_owned);
+        tokio::task::spawn_blocking(move || {
+            disk.put(&d, &bytes).map_err(Error::internal)?;
+            meta.record_blob(&d, bytes.len() as u64, media_type.as_deref())
+        })
+        .await
+        .map_err(Error::internal)?
+    }
+
+    /// Periodically writes batched access times to the metadata store.
+    pub fn spawn_flusher(self: &Arc<Self>, every: Duration) {
+        let meta = self.meta.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let meta = meta.clone();
+                match tokio::task::spawn_blocking(move || meta.flush_access()).await {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "flushing access times failed"),
+                    Err(e) => tracing::warn!(error = %e, "flushing access times panicked"),
+                    Ok(Ok(_)) => {}
+                }
+            }
+        });
+    }
+}
