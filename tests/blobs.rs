@@ -1,0 +1,207 @@
+//! Blob path: single fill, followers, verification, Range.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{bytes_of, Fault, Harness};
+use futures::StreamExt;
+use http::{Method, StatusCode};
+
+const REPO: &str = "library/app";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_cold_gets_share_one_upstream_fetch() {
+    let h = Harness::start().await;
+    let blob = bytes_of(3 << 20, 1);
+    let d = h.upstream.add_blob(blob.clone());
+    h.upstream.fault(&d, Fault::Slow { chunk: 128 << 10, delay: Duration::from_millis(5) });
+    let path = Harness::blob_path(REPO, &d);
+    let gets = (0..32).map(|_| {
+        let (client, url) = (h.client.clone(), h.url(&path));
+        tokio::spawn(async move {
+            let r = client.get(url).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.bytes().await.unwrap()
+        })
+    });
+    for body in futures::future::join_all(gets).await {
+        assert!(body.unwrap() == blob, "a body differs from the blob");
+    }
+    assert_eq!(h.upstream.count(Method::GET, d.as_str()), 1, "upstream GETs for 32 concurrent pulls");
+    // And the next pull is a hit.
+    assert_eq!(h.get(&path).await.bytes().await.unwrap(), blob);
+    assert_eq!(h.upstream.count(Method::GET, d.as_str()), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn late_joiner_gets_bytes_before_the_fill_completes() {
+    let h = Harness::start().await;
+    let blob = bytes_of(2 << 20, 2);
+    let d = h.upstream.add_blob(blob.clone());
+    h.upstream.fault(&d, Fault::Slow { chunk: 64 << 10, delay: Duration::from_millis(40) });
+    let path = Harness::blob_path(REPO, &d);
+
+    let first = h.get(&path).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late = h.get(&path).await;
+    assert_eq!(late.status(), StatusCode::OK);
+    assert_eq!(late.content_length(), Some(blob.len() as u64));
+    let mut late_stream = late.bytes_stream();
+    let first_chunk = late_stream.next().await.unwrap().unwrap();
+    assert!(!first_chunk.is_empty());
+    assert_eq!(h.berth.mirror.store.fills_in_flight(), 1, "the fill had finished before the late joiner's first bytes");
+
+    let mut got = first_chunk.to_vec();
+    while let Some(c) = late_stream.next().await {
+        got.extend_from_slice(&c.unwrap());
+    }
+    assert!(got == blob, "late joiner's body differs");
+    assert!(first.bytes().await.unwrap() == blob, "first client's body differs");
+    assert_eq!(h.upstream.count(Method::GET, d.as_str()), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_leaves_does_not_cancel_the_fill() {
+    let h = Harness::start().await;
+    let blob = bytes_of(1 << 20, 3);
+    let d = h.upstream.add_blob(blob.clone());
+    h.upstream.fault(&d, Fault::Slow { chunk: 64 << 10, delay: Duration::from_millis(10) });
+    let path = Harness::blob_path(REPO, &d);
+    let mut s = h.get(&path).await.bytes_stream();
+    s.next().await.unwrap().unwrap();
+    drop(s);
+    h.settle().await;
+    h.upstream.stop();
+    assert!(h.get(&path).await.bytes().await.unwrap() == blob);
+    assert_eq!(h.upstream.count(Method::GET, d.as_str()), 1);
+}
+
+async fn bad_body_is_aborted_and_not_cached(fault: Fault) {
+    let h = Harness::start().await;
+    let blob = bytes_of(3 << 20, 4);
+    let d = h.upstream.add_blob(blob.clone());
+    h.upstream.fault(&d, fault);
+    let path = Harness::blob_path(REPO, &d);
+
+    let r = h.get(&path).await;
+    assert_eq!(r.status(), StatusCode::OK, "headers go out before the body is verified");
+    assert!(r.bytes().await.is_err(), "a bad body must end with a cut connection, not a clean response");
+    h.settle().await;
+    assert!(!h.stored_blobs().contains(&d.hex().to_owned()), "bad bytes were published to disk");
+    assert_eq!(h.temp_files(), 0, "temp file left behind");
+
+    // The next GET fetches again and, with upstream fixed, succeeds.
+    h.upstream.clear_fault(&d);
+    assert!(h.get(&path).await.bytes().await.unwrap() == blob);
+    assert_eq!(h.upstream.count(Method::GET, d.as_str()), 2);
+    h.settle().await;
+    assert!(h.stored_blobs().contains(&d.hex().to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupt_upstream_bytes_abort_the_client_and_are_not_cached() {
+    bad_body_is_aborted_and_not_cached(Fault::Corrupt).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn truncated_upstream_body_aborts_the_client_and_is_not_cached() {
+    bad_body_is_aborted_and_not_cached(Fault::Truncate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupt_small_blob_never_reaches_the_memory_tier() {
+    let h = Harness::start().await;
+    let blob = bytes_of(100 << 10, 5);
+    let d = h.upstream.add_blob(blob.clone());
+    h.upstream.fault(&d, Fault::Corrupt);
+    let path = Harness::blob_path(REPO, &d);
+    assert!(h.get(&path).await.bytes().await.is_err());
+    assert!(!h.berth.mirror.store.memory.contains(&d));
+    h.upstream.clear_fault(&d);
+    assert!(h.get(&path).await.bytes().await.unwrap() == blob);
+}
+
+async fn range(h: &Harness, path: &str, range: &str) -> (StatusCode, Option<String>, bytes::Bytes) {
+    let r = h.client.get(h.url(path)).header("Range", range).send().await.unwrap();
+    let status = r.status();
+    let cr = r.headers().get("content-range").map(|v| v.to_str().unwrap().to_owned());
+    (status, cr, r.bytes().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn range_on_memory_disk_and_in_flight_fills() {
+    let h = Harness::start().await;
+    let small = bytes_of(300 << 10, 6); // memory tier (max object 1 MiB)
+    let large = bytes_of(3 << 20, 7); // disk tier only
+    let slow = bytes_of(2 << 20, 8); // read while its fill runs
+    let (ds, dl, dw) = (h.upstream.add_blob(small.clone()), h.upstream.add_blob(large.clone()), h.upstream.add_blob(slow.clone()));
+    let (ps, pl, pw) = (Harness::blob_path(REPO, &ds), Harness::blob_path(REPO, &dl), Harness::blob_path(REPO, &dw));
+
+    // Memory: fill it, then remove the disk copy so only memory can answer.
+    h.get(&ps).await.bytes().await.unwrap();
+    h.settle().await;
+    assert!(h.berth.mirror.store.memory.contains(&ds));
+    std::fs::remove_file(h.berth.mirror.store.disk.path(&ds)).unwrap();
+    let (st, cr, body) = range(&h, &ps, "bytes=1000-").await;
+    assert_eq!((st, cr.as_deref()), (StatusCode::PARTIAL_CONTENT, Some(format!("bytes 1000-{}/{}", small.len() - 1, small.len())).as_deref()));
+    assert!(body == small.slice(1000..));
+    let (st, _, body) = range(&h, &ps, "bytes=10-19").await;
+    assert_eq!(st, StatusCode::PARTIAL_CONTENT);
+    assert!(body == small.slice(10..20));
+
+    // Disk.
+    h.get(&pl).await.bytes().await.unwrap();
+    h.settle().await;
+    assert!(!h.berth.mirror.store.memory.contains(&dl));
+    let (st, cr, body) = range(&h, &pl, "bytes=2097152-").await;
+    assert_eq!(st, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(cr.unwrap(), format!("bytes 2097152-{}/{}", large.len() - 1, large.len()));
+    assert!(body == large.slice(2097152..));
+    let (st, _, body) = range(&h, &pl, "bytes=-100").await;
+    assert_eq!(st, StatusCode::PARTIAL_CONTENT);
+    assert!(body == large.slice(large.len() - 100..));
+
+    // In flight: the range is served from the fill as it is written.
+    h.upstream.fault(&dw, Fault::Slow { chunk: 64 << 10, delay: Duration::from_millis(20) });
+    let whole = h.get(&pw).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.berth.mirror.store.fills_in_flight(), 1);
+    let (st, cr, body) = range(&h, &pw, "bytes=1048576-").await;
+    assert_eq!(st, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(cr.unwrap(), format!("bytes 1048576-{}/{}", slow.len() - 1, slow.len()));
+    assert!(body == slow.slice(1048576..));
+    assert!(whole.bytes().await.unwrap() == slow);
+    assert_eq!(h.upstream.count(Method::GET, dw.as_str()), 1);
+
+    // Unsatisfiable.
+    let r = h.client.get(h.url(&pl)).header("Range", format!("bytes={}-", large.len())).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(r.headers()["content-range"], format!("bytes */{}", large.len()).as_str());
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "RANGE_INVALID");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn head_and_get_answer_the_same_headers() {
+    let h = Harness::start().await;
+    let blob = bytes_of(5000, 9);
+    let d = h.upstream.add_blob(blob.clone());
+    let path = Harness::blob_path(REPO, &d);
+    // HEAD before any GET asks upstream and starts no fill.
+    let head = h.client.head(h.url(&path)).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(h.upstream.count(Method::GET, d.as_str()), 0);
+    let get = h.get(&path).await;
+    for name in ["content-length", "docker-content-digest", "content-type", "etag", "accept-ranges"] {
+        assert_eq!(head.headers().get(name), get.headers().get(name), "{name}");
+    }
+    assert_eq!(get.headers()["docker-content-digest"], d.as_str());
+    assert_eq!(get.headers()["content-length"], "5000");
+
+    let missing = berth::digest::Digest::of(b"nope");
+    let r = h.get(&Harness::blob_path(REPO, &missing)).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "BLOB_UNKNOWN");
+}
