@@ -142,14 +142,15 @@ impl Store {
         .map_err(Error::internal)?
     }
 
-    /// Periodically writes batched access times to the metadata store.
+    /// Periodically writes batched access times to the metadata store, for as long as the
+    /// store is open.
     pub fn spawn_flusher(self: &Arc<Self>, every: Duration) {
-        let meta = self.meta.clone();
+        let meta = Arc::downgrade(&self.meta);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                let meta = meta.clone();
+                let Some(meta) = meta.upgrade() else { return };
                 match tokio::task::spawn_blocking(move || meta.flush_access()).await {
                     Ok(Err(e)) => tracing::warn!(error = %e, "flushing access times failed"),
                     Err(e) => tracing::warn!(error = %e, "flushing access times panicked"),

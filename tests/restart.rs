@@ -1,0 +1,49 @@
+//! Restart: what is on disk is served with upstream gone; interrupted fills leave nothing.
+
+mod common;
+
+use common::{bytes_of, config, Fake};
+use http::StatusCode;
+
+#[tokio::test]
+async fn cached_image_is_served_after_restart_with_upstream_gone() {
+    let upstream = Fake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), &[("docker.io", &upstream.url())], "");
+    let layers = [bytes_of(2 << 20, 1), bytes_of(1000, 2)]; // one disk-only, one memory-sized
+    let (manifest, digests) = upstream.put_image("library/app", "1", &layers);
+    let client = reqwest::Client::new();
+
+    let berth = berth::Server::start(&cfg).await.unwrap();
+    let base = format!("http://{}", berth.registry_addr);
+    assert_eq!(client.get(format!("{base}/v2/library/app/manifests/1")).send().await.unwrap().status(), StatusCode::OK);
+    for d in &digests {
+        client.get(format!("{base}/v2/library/app/blobs/{d}")).send().await.unwrap().bytes().await.unwrap();
+    }
+    while berth.mirror.store.fills_in_flight() > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    berth.stop().await.unwrap();
+    upstream.stop();
+
+    // A crash mid-fill leaves a temp file behind.
+    let tmp = dir.path().join("v1/tmp");
+    std::fs::write(tmp.join("deadbeef.1.0"), b"partial").unwrap();
+
+    // Expire every tag too: revalidation fails, so the stale mapping must be served.
+    cfg.tags.ttl = std::time::Duration::ZERO;
+    let berth = berth::Server::start(&cfg).await.unwrap();
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "leftover temp file not removed");
+    let base = format!("http://{}", berth.registry_addr);
+    let r = client.get(format!("{base}/v2/library/app/manifests/1")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["docker-content-digest"], manifest.as_str());
+    let r = client.get(format!("{base}/v2/library/app/manifests/{manifest}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for (d, layer) in digests.iter().zip(&layers) {
+        let r = client.get(format!("{base}/v2/library/app/blobs/{d}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.bytes().await.unwrap() == *layer);
+    }
+    berth.stop().await.unwrap();
+}
