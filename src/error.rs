@@ -11,7 +11,9 @@ pub enum Error {
     NameInvalid(String),
     DigestInvalid(String),
     TagInvalid(String),
-    RangeNotSatisfiable { len: u64 },
+    RangeNotSatisfiable {
+        len: u64,
+    },
     Unsupported(String),
     Denied(String),
     // Not found, here or upstream.
@@ -20,7 +22,9 @@ pub enum Error {
     NameUnknown,
     // The upstream registry.
     Unavailable(String),
-    TooManyRequests { retry_after: Option<String> },
+    TooManyRequests {
+        retry_after: Option<String>,
+    },
     UpstreamDenied(String),
     ManifestTooLarge(u64),
     /// Upstream bytes that do not match their digest or announced length.
@@ -91,9 +95,14 @@ impl IntoResponse for Error {
         });
         let mut resp = (status, body.to_string()).into_response();
         let headers = resp.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         match &self {
-            Error::TooManyRequests { retry_after: Some(v) } => {
+            Error::TooManyRequests {
+                retry_after: Some(v),
+            } => {
                 if let Ok(v) = HeaderValue::from_str(v) {
                     headers.insert(header::RETRY_AFTER, v);
                 }

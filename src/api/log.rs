@@ -30,11 +30,23 @@ pub async fn log_requests(req: Request, next: Next) -> Response {
         bytes: 0,
     };
     let mut resp = next.run(req).await;
-    resp.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    resp.headers_mut()
+        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     let (parts, body) = resp.into_parts();
-    let line = Line { status: parts.status, tier: parts.extensions.get::<Tier>().copied(), ..line };
+    let line = Line {
+        status: parts.status,
+        tier: parts.extensions.get::<Tier>().copied(),
+        ..line
+    };
     let expected = body.size_hint().exact();
-    Response::from_parts(parts, Body::new(LoggedBody { inner: body, line: Some(line), expected }))
+    Response::from_parts(
+        parts,
+        Body::new(LoggedBody {
+            inner: body,
+            line: Some(line),
+            expected,
+        }),
+    )
 }
 
 struct Line {
@@ -74,7 +86,10 @@ impl HttpBody for LoggedBody {
     type Data = Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

@@ -71,22 +71,32 @@ impl Mirror {
             let store = self.store.clone();
             let media_types = self.media_types.clone();
             async move {
-                let m = upstream.manifest(&repo, digest.as_str(), &AcceptClass::all().header()).await?;
+                let m = upstream
+                    .manifest(&repo, digest.as_str(), &AcceptClass::all().header())
+                    .await?;
                 if m.digest != digest {
-                    return Err(Error::Integrity(format!("manifest {digest} hashes to {}", m.digest)));
+                    return Err(Error::Integrity(format!(
+                        "manifest {digest} hashes to {}",
+                        m.digest
+                    )));
                 }
-                store.put_verified(&digest, m.bytes, Some(&m.media_type)).await?;
+                store
+                    .put_verified(&digest, m.bytes, Some(&m.media_type))
+                    .await?;
                 media_types.insert(digest, m.media_type.into());
                 Ok(())
             }
         };
         let (result, led) = self.manifest_fetches.run(digest.clone(), || fetch).await;
         result?;
-        let mut answer = self
-            .stored_manifest(digest)
-            .await?
-            .ok_or_else(|| Error::Internal(format!("manifest {digest} vanished after its fetch")))?;
-        answer.tier = if led { Tier::FillLeader } else { Tier::FillFollower };
+        let mut answer = self.stored_manifest(digest).await?.ok_or_else(|| {
+            Error::Internal(format!("manifest {digest} vanished after its fetch"))
+        })?;
+        answer.tier = if led {
+            Tier::FillLeader
+        } else {
+            Tier::FillFollower
+        };
         Ok(answer)
     }
 
@@ -109,7 +119,9 @@ impl Mirror {
                 }
             }
         };
-        let Some(hit) = self.store.get(digest).await? else { return Ok(None) };
+        let Some(hit) = self.store.get(digest).await? else {
+            return Ok(None);
+        };
         let bytes = match hit.content {
             Content::Bytes(b) => b,
             Content::File { file, len } => {
@@ -152,14 +164,28 @@ impl Mirror {
             let (upstream, repo, tag) = (upstream.clone(), repo.to_owned(), tag.to_owned());
             let this = self.refs();
             let key = key.clone();
-            async move { this.revalidate(&upstream, &repo, &tag, &accept, key, cached).await }
+            async move {
+                this.revalidate(&upstream, &repo, &tag, &accept, key, cached)
+                    .await
+            }
         };
         let (result, led) = self.tag_lookups.run(key, || work).await;
-        Ok((result?, if led { Tier::FillLeader } else { Tier::FillFollower }))
+        Ok((
+            result?,
+            if led {
+                Tier::FillLeader
+            } else {
+                Tier::FillFollower
+            },
+        ))
     }
 
     fn refs(&self) -> TagWork {
-        TagWork { store: self.store.clone(), media_types: self.media_types.clone(), tags: self.tags.clone() }
+        TagWork {
+            store: self.store.clone(),
+            media_types: self.media_types.clone(),
+            tags: self.tags.clone(),
+        }
     }
 }
 
@@ -182,8 +208,16 @@ impl TagWork {
     ) -> Result<TagEntry, Error> {
         if let Some(old) = &cached {
             match upstream.head_manifest(repo, tag, accept).await {
-                Ok(head) if head.digest.as_ref().is_some_and(|d| d.as_str() == old.digest) => {
-                    let entry = TagEntry { checked_at: now_secs(), ..old.clone() };
+                Ok(head)
+                    if head
+                        .digest
+                        .as_ref()
+                        .is_some_and(|d| d.as_str() == old.digest) =>
+                {
+                    let entry = TagEntry {
+                        checked_at: now_secs(),
+                        ..old.clone()
+                    };
                     self.tags.put(key, entry.clone()).await?;
                     return Ok(entry);
                 }
@@ -208,8 +242,11 @@ impl TagWork {
             }
             Err(e) => return Err(e),
         };
-        self.store.put_verified(&m.digest, m.bytes.clone(), Some(&m.media_type)).await?;
-        self.media_types.insert(m.digest.clone(), m.media_type.as_str().into());
+        self.store
+            .put_verified(&m.digest, m.bytes.clone(), Some(&m.media_type))
+            .await?;
+        self.media_types
+            .insert(m.digest.clone(), m.media_type.as_str().into());
         let entry = TagEntry {
             digest: m.digest.to_string(),
             media_type: m.media_type,

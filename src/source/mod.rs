@@ -22,7 +22,10 @@ impl Upstreams {
         for r in &config.registries {
             by_host.insert(r.host.clone(), Arc::new(Upstream::new(r)?));
         }
-        Ok(Upstreams { by_host, default: config.server.default_registry.clone() })
+        Ok(Upstreams {
+            by_host,
+            default: config.server.default_registry.clone(),
+        })
     }
 
     /// The registry for a request's `ns` (none: the default registry). Unknown hosts are

@@ -59,7 +59,13 @@ struct Follower {
 /// The last byte is only handed out once the whole content is verified.
 pub fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> BodyStream {
     let rx = fill.subscribe();
-    let state = Follower { rx, _fill: fill, pos: start, end, done: false };
+    let state = Follower {
+        rx,
+        _fill: fill,
+        pos: start,
+        end,
+        done: false,
+    };
     stream::unfold(state, |mut f| async move {
         if f.done {
             return None;

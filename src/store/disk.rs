@@ -35,7 +35,11 @@ impl DiskTier {
             }
         }
         fs::create_dir_all(&tmp)?;
-        Ok(DiskTier { blobs, tmp, next_tmp: AtomicU64::new(0) })
+        Ok(DiskTier {
+            blobs,
+            tmp,
+            next_tmp: AtomicU64::new(0),
+        })
     }
 
     pub fn path(&self, digest: &Digest) -> PathBuf {
@@ -67,8 +71,14 @@ impl DiskTier {
     /// A new, empty temp file for a fill of `digest`, open for reading and writing.
     pub fn temp(&self, digest: &Digest) -> io::Result<(File, PathBuf)> {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let path = self.tmp.join(format!("{}.{}.{n}", digest.hex(), std::process::id()));
-        let file = fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        let path = self
+            .tmp
+            .join(format!("{}.{}.{n}", digest.hex(), std::process::id()));
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
         Ok((file, path))
     }
 
@@ -86,7 +96,9 @@ impl DiskTier {
     pub fn put(&self, digest: &Digest, bytes: &[u8]) -> io::Result<()> {
         use std::io::Write;
         let (mut file, temp) = self.temp(digest)?;
-        let result = file.write_all(bytes).and_then(|_| self.publish(&file, &temp, digest));
+        let result = file
+            .write_all(bytes)
+            .and_then(|_| self.publish(&file, &temp, digest));
         if result.is_err() {
             let _ = fs::remove_file(&temp);
         }

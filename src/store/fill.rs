@@ -37,9 +37,16 @@ pub enum FillState {
     /// Waiting for the source to answer.
     Pending,
     /// `written` bytes of `file` are readable; more are coming.
-    Streaming { file: Arc<File>, len: Option<u64>, written: u64 },
+    Streaming {
+        file: Arc<File>,
+        len: Option<u64>,
+        written: u64,
+    },
     /// All `len` bytes are written and match the digest.
-    Verified { file: Arc<File>, len: u64 },
+    Verified {
+        file: Arc<File>,
+        len: u64,
+    },
     Failed(Error),
 }
 
@@ -100,13 +107,19 @@ impl Store {
             return (fill.clone(), false);
         }
         let (state, _) = watch::channel(FillState::Pending);
-        let fill = Arc::new(Fill { digest: digest.clone(), state });
+        let fill = Arc::new(Fill {
+            digest: digest.clone(),
+            state,
+        });
         inflight.insert(digest.clone(), fill.clone());
         drop(inflight);
         let store = self.clone();
         let leader = fill.clone();
         tokio::spawn(async move {
-            let guard = LeadGuard { store: &store, fill: &leader };
+            let guard = LeadGuard {
+                store: &store,
+                fill: &leader,
+            };
             let result = lead(&store, &leader, fetch).await;
             if let Err(e) = result {
                 tracing::warn!(digest = %leader.digest, error = %e, "fill failed");
@@ -119,7 +132,11 @@ impl Store {
 
     /// The fill of `digest` in flight, if any.
     pub fn inflight(&self, digest: &Digest) -> Option<Arc<Fill>> {
-        self.inflight.lock().expect("inflight lock").get(digest).cloned()
+        self.inflight
+            .lock()
+            .expect("inflight lock")
+            .get(digest)
+            .cloned()
     }
 
     /// Number of fills in flight.
@@ -145,7 +162,10 @@ impl Drop for LeadGuard<'_> {
             _ => false,
         });
         let mut inflight = self.store.inflight.lock().expect("inflight lock");
-        if inflight.get(&self.fill.digest).is_some_and(|f| Arc::ptr_eq(f, self.fill)) {
+        if inflight
+            .get(&self.fill.digest)
+            .is_some_and(|f| Arc::ptr_eq(f, self.fill))
+        {
             inflight.remove(&self.fill.digest);
         }
     }
@@ -161,7 +181,10 @@ async fn lead(
     let disk = store.disk.clone();
     let d = digest.clone();
     if let Some((file, len)) = blocking(move || disk.get(&d).map_err(Error::internal)).await? {
-        fill.state.send_replace(FillState::Verified { file: Arc::new(file), len });
+        fill.state.send_replace(FillState::Verified {
+            file: Arc::new(file),
+            len,
+        });
         return Ok(());
     }
 
@@ -170,7 +193,11 @@ async fn lead(
     let d = digest.clone();
     let (file, temp) = blocking(move || disk.temp(&d).map_err(Error::internal)).await?;
     let file = Arc::new(file);
-    fill.state.send_replace(FillState::Streaming { file: file.clone(), len, written: 0 });
+    fill.state.send_replace(FillState::Streaming {
+        file: file.clone(),
+        len,
+        written: 0,
+    });
 
     let keep = len.filter(|&l| store.memory.admits(l)).map(|l| l as usize);
     let (tx, rx) = mpsc::channel::<Bytes>(8);
@@ -186,7 +213,9 @@ async fn lead(
             let chunk = chunk?;
             received += chunk.len() as u64;
             if len.is_some_and(|l| received > l) {
-                return Err(Error::Integrity(format!("{digest}: body longer than announced")));
+                return Err(Error::Integrity(format!(
+                    "{digest}: body longer than announced"
+                )));
             }
             batch.extend_from_slice(&chunk);
             if batch.len() >= WRITE_BATCH && tx.send(batch.split().freeze()).await.is_err() {
@@ -205,11 +234,15 @@ async fn lead(
     let verified = pumped.and_then(|_| {
         let (hash, written, memory) = written?;
         if let Some(l) = len.filter(|&l| l != written) {
-            return Err(Error::Integrity(format!("{digest}: got {written} of {l} bytes")));
+            return Err(Error::Integrity(format!(
+                "{digest}: got {written} of {l} bytes"
+            )));
         }
         let actual = Digest::from_hash(hash);
         if actual != digest {
-            return Err(Error::Integrity(format!("{digest}: content hashes to {actual}")));
+            return Err(Error::Integrity(format!(
+                "{digest}: content hashes to {actual}"
+            )));
         }
         Ok((written, memory))
     });
@@ -226,7 +259,10 @@ async fn lead(
     if let Some(bytes) = memory {
         store.memory.insert(digest.clone(), bytes.freeze()).await;
     }
-    fill.state.send_replace(FillState::Verified { file: file.clone(), len: written });
+    fill.state.send_replace(FillState::Verified {
+        file: file.clone(),
+        len: written,
+    });
     let (disk, meta) = (store.disk.clone(), store.meta.clone());
     blocking(move || {
         if let Err(e) = disk.publish(&file, &temp, &digest) {
@@ -243,12 +279,18 @@ async fn lead(
 type Written = Result<([u8; 32], u64, Option<BytesMut>), Error>;
 
 /// Runs on a blocking thread: hashes and writes each batch, then tells followers.
-fn write_loop(mut rx: mpsc::Receiver<Bytes>, file: &File, fill: &Fill, keep: Option<usize>) -> Written {
+fn write_loop(
+    mut rx: mpsc::Receiver<Bytes>,
+    file: &File,
+    fill: &Fill,
+    keep: Option<usize>,
+) -> Written {
     let mut hasher = Sha256::new();
     let mut offset: u64 = 0;
     let mut memory = keep.map(BytesMut::with_capacity);
     while let Some(buf) = rx.blocking_recv() {
-        file.write_all_at(&buf, offset).map_err(|e| Error::Internal(format!("writing blob: {e}")))?;
+        file.write_all_at(&buf, offset)
+            .map_err(|e| Error::Internal(format!("writing blob: {e}")))?;
         hasher.update(&buf);
         if let Some(m) = memory.as_mut() {
             m.extend_from_slice(&buf);
@@ -266,5 +308,7 @@ fn write_loop(mut rx: mpsc::Receiver<Bytes>, file: &File, fill: &Fill, keep: Opt
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f).await.map_err(Error::internal)?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(Error::internal)?
 }

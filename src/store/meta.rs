@@ -44,7 +44,10 @@ pub struct Meta {
 }
 
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn db_err(e: impl std::fmt::Display) -> Error {
@@ -58,7 +61,10 @@ impl Meta {
         txn.open_table(BLOBS).map_err(db_err)?;
         txn.open_table(TAGS).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
-        Ok(Meta { db, touched: Mutex::new(HashMap::new()) })
+        Ok(Meta {
+            db,
+            touched: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn blob(&self, digest: &Digest) -> Result<Option<BlobMeta>, Error> {
@@ -71,7 +77,12 @@ impl Meta {
     }
 
     /// Records verified content. Call after the file is published.
-    pub fn record_blob(&self, digest: &Digest, size: u64, media_type: Option<&str>) -> Result<(), Error> {
+    pub fn record_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        media_type: Option<&str>,
+    ) -> Result<(), Error> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(BLOBS).map_err(db_err)?;
@@ -87,7 +98,9 @@ impl Meta {
                 last_access: now_secs(),
             };
             let bytes = serde_json::to_vec(&meta).map_err(db_err)?;
-            table.insert(digest.as_str(), bytes.as_slice()).map_err(db_err)?;
+            table
+                .insert(digest.as_str(), bytes.as_slice())
+                .map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
     }
@@ -116,7 +129,9 @@ impl Meta {
                 if let Some(mut meta) = current {
                     meta.last_access = meta.last_access.max(*at);
                     let bytes = serde_json::to_vec(&meta).map_err(db_err)?;
-                    table.insert(digest.as_str(), bytes.as_slice()).map_err(db_err)?;
+                    table
+                        .insert(digest.as_str(), bytes.as_slice())
+                        .map_err(db_err)?;
                     n += 1;
                 }
             }
@@ -137,7 +152,10 @@ impl Meta {
 
     pub fn remove_tag(&self, key: &str) -> Result<(), Error> {
         let txn = self.db.begin_write().map_err(db_err)?;
-        txn.open_table(TAGS).map_err(db_err)?.remove(key).map_err(db_err)?;
+        txn.open_table(TAGS)
+            .map_err(db_err)?
+            .remove(key)
+            .map_err(db_err)?;
         txn.commit().map_err(db_err)
     }
 
@@ -150,7 +168,9 @@ impl Meta {
             let (k, v) = row.map_err(db_err)?;
             match serde_json::from_slice(v.value()) {
                 Ok(entry) => out.push((k.value().to_owned(), entry)),
-                Err(e) => tracing::warn!(tag = k.value(), error = %e, "skipping unreadable tag entry"),
+                Err(e) => {
+                    tracing::warn!(tag = k.value(), error = %e, "skipping unreadable tag entry")
+                }
             }
         }
         Ok(out)

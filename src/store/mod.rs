@@ -89,7 +89,10 @@ impl Store {
     pub async fn get(&self, digest: &Digest) -> Result<Option<Hit>, Error> {
         if let Some(bytes) = self.memory.get(digest).await {
             self.meta.touch(digest);
-            return Ok(Some(Hit { tier: Tier::Memory, content: Content::Bytes(bytes) }));
+            return Ok(Some(Hit {
+                tier: Tier::Memory,
+                content: Content::Bytes(bytes),
+            }));
         }
         let disk = self.disk.clone();
         let d = digest.clone();
@@ -106,8 +109,14 @@ impl Store {
         };
         self.meta.touch(digest);
         if !self.memory.admits(len) {
-            let content = Content::File { file: Arc::new(file), len };
-            return Ok(Some(Hit { tier: Tier::Disk, content }));
+            let content = Content::File {
+                file: Arc::new(file),
+                len,
+            };
+            return Ok(Some(Hit {
+                tier: Tier::Disk,
+                content,
+            }));
         }
         let bytes = tokio::task::spawn_blocking(move || {
             use std::io::Read;
@@ -120,7 +129,10 @@ impl Store {
             Ok(buf) if buf.len() as u64 == len => {
                 let bytes = Bytes::from(buf);
                 self.memory.insert(digest.clone(), bytes.clone()).await;
-                Ok(Some(Hit { tier: Tier::Disk, content: Content::Bytes(bytes) }))
+                Ok(Some(Hit {
+                    tier: Tier::Disk,
+                    content: Content::Bytes(bytes),
+                }))
             }
             Ok(_) | Err(_) => {
                 tracing::warn!(%digest, "disk tier file unreadable; treating as a miss");
@@ -130,7 +142,12 @@ impl Store {
     }
 
     /// Stores a verified manifest (or other small content) in both tiers.
-    pub async fn put_verified(&self, digest: &Digest, bytes: Bytes, media_type: Option<&str>) -> Result<(), Error> {
+    pub async fn put_verified(
+        &self,
+        digest: &Digest,
+        bytes: Bytes,
+        media_type: Option<&str>,
+    ) -> Result<(), Error> {
         self.memory.insert(digest.clone(), bytes.clone()).await;
         let (disk, meta, d) = (self.disk.clone(), self.meta.clone(), digest.clone());
         let media_type = media_type.map(str::to_owned);
