@@ -181,8 +181,7 @@ async fn redirect_is_followed_without_upstream_credentials() {
         .upstream
         .log()
         .into_iter()
-        .filter(|l| l.path.contains(d.as_str()))
-        .last()
+        .rfind(|l| l.path.contains(d.as_str()))
         .unwrap();
     assert!(up.authorization.is_some());
 }

@@ -250,7 +250,11 @@ async fn lead(
         Ok(v) => v,
         Err(e) => {
             let disk = store.disk.clone();
-            blocking(move || Ok(disk.remove_temp(&temp))).await?;
+            blocking(move || {
+                disk.remove_temp(&temp);
+                Ok(())
+            })
+            .await?;
             return Err(e);
         }
     };

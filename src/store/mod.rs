@@ -51,6 +51,10 @@ pub enum Content {
 }
 
 impl Content {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn len(&self) -> u64 {
         match self {
             Content::Bytes(b) => b.len() as u64,
