@@ -38,7 +38,18 @@ pub async fn log_requests(req: Request, next: Next) -> Response {
         tier: parts.extensions.get::<Tier>().copied(),
         ..line
     };
-    let expected = body.size_hint().exact();
+    // The server stops polling a body once Content-Length bytes are out, so "all sent" is
+    // judged against that header (a HEAD sends none).
+    let expected = if line.method == Method::HEAD {
+        Some(0)
+    } else {
+        parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .or(body.size_hint().exact())
+    };
     Response::from_parts(
         parts,
         Body::new(LoggedBody {
@@ -78,7 +89,7 @@ impl Line {
 struct LoggedBody {
     inner: Body,
     line: Option<Line>,
-    /// The body's length when known up front: the server stops polling once it is sent.
+    /// The body's length when known up front.
     expected: Option<u64>,
 }
 

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every test berth has: unit and in-process tests (cargo test, with a fault-injecting
+# fake upstream), then the real-client e2e suite (distribution as upstream, containerd,
+# dockerd and skopeo as clients). Installs the Debian packages the e2e suite needs when they
+# are missing (needs root, as containerd and dockerd do).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+missing=()
+for tool in containerd:containerd ctr:containerd dockerd:docker.io docker:docker.io \
+            docker-registry:docker-registry skopeo:skopeo curl:curl python3:python3; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    echo "test.sh: missing ${missing[*]}; run as root to install them" >&2
+    exit 1
+  fi
+  echo "test.sh: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+cargo test --locked
+cargo build --release --locked
+BERTH_BIN="$PWD/target/release/berth" bash e2e/run.sh
