@@ -149,6 +149,41 @@ async fn truncated_upstream_body_aborts_the_client_and_is_not_cached() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stalled_upstream_is_cut_by_the_read_timeout() {
+    // The harness sets read_timeout = 1s.
+    let h = Harness::start().await;
+    let blob = bytes_of(1 << 20, 10);
+    let d = h.upstream.add_blob(blob.clone());
+    h.upstream.fault(&d, Fault::Stall);
+    let started = std::time::Instant::now();
+    let r = h.get(&Harness::blob_path(REPO, &d)).await;
+    assert!(
+        r.bytes().await.is_err(),
+        "a stalled fill must cut the client"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    h.settle().await;
+    assert_eq!(h.temp_files(), 0);
+    assert!(!h.stored_blobs().contains(&d.hex().to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstream_5xx_is_503_unavailable() {
+    let h = Harness::start().await;
+    let d = h.upstream.add_blob(bytes_of(1000, 11));
+    h.upstream.fault(&d, Fault::Status(502));
+    let r = h.get(&Harness::blob_path(REPO, &d)).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "UNAVAILABLE");
+    assert_eq!(h.temp_files(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn corrupt_small_blob_never_reaches_the_memory_tier() {
     let h = Harness::start().await;
     let blob = bytes_of(100 << 10, 5);

@@ -357,8 +357,15 @@ fn unavailable(host: &str, e: reqwest::Error) -> Error {
     } else {
         "request failed"
     };
-    // reqwest's message names only the URL, which carries no credentials.
-    Error::Unavailable(format!("{host}: {kind}: {e}"))
+    // The message names the URL, which carries no credentials, and the root causes (DNS,
+    // refused connection, certificate) that reqwest's own message leaves out.
+    let mut msg = format!("{host}: {kind}: {e}");
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        msg.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    Error::Unavailable(msg)
 }
 
 /// Maps an upstream status to berth's errors; `not_found` is the OCI error for a 404.

@@ -35,6 +35,8 @@ pub enum Fault {
     Truncate,
     /// Sends `chunk` bytes every `delay`.
     Slow { chunk: usize, delay: Duration },
+    /// Sends half, then nothing more while keeping the connection open.
+    Stall,
     /// Answers with this status.
     Status(u16),
     /// 307 to the same path on another server, as Docker Hub does to its CDN.
@@ -378,6 +380,11 @@ fn blob_response(state: &FakeState, method: &Method, digest: &str) -> Response {
             });
             Body::from_stream(stream)
         }
+        (_, Some(Fault::Stall)) => {
+            let half = futures::stream::iter([Ok::<_, std::io::Error>(bytes.slice(..len / 2))]);
+            let never = futures::stream::pending();
+            Body::from_stream(futures::StreamExt::chain(half, never))
+        }
         (_, Some(Fault::Status(s))) => return StatusCode::from_u16(s).unwrap().into_response(),
         (_, Some(Fault::RedirectTo(other))) => {
             return (
@@ -416,7 +423,7 @@ pub fn config(dir: &std::path::Path, registries: &[(&str, &str)], extra: &str) -
     );
     for (host, endpoint) in registries {
         text.push_str(&format!(
-            "[[registry]]\nhost = \"{host}\"\nendpoint = \"{endpoint}\"\nconnect_timeout = \"1s\"\nread_timeout = \"5s\"\n{extra}\n"
+            "[[registry]]\nhost = \"{host}\"\nendpoint = \"{endpoint}\"\nconnect_timeout = \"1s\"\nread_timeout = \"1s\"\n{extra}\n"
         ));
     }
     Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
