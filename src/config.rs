@@ -155,36 +155,19 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
     let mut p = Checker(problems);
     let server = Server {
         listen: p.addr("server.listen", raw.server.listen, "0.0.0.0:5000"),
-        admin_listen: p.addr(
-            "server.admin_listen",
-            raw.server.admin_listen,
-            "127.0.0.1:5001",
-        ),
-        default_registry: raw
-            .server
-            .default_registry
-            .unwrap_or_else(|| "docker.io".into()),
+        admin_listen: p.addr("server.admin_listen", raw.server.admin_listen, "127.0.0.1:5001"),
+        default_registry: raw.server.default_registry.unwrap_or_else(|| "docker.io".into()),
     };
     let storage = Storage {
         dir: raw.storage.dir.unwrap_or_else(|| "./berth-data".into()),
-        memory_capacity: p.size(
-            "storage.memory_capacity",
-            raw.storage.memory_capacity,
-            "512MiB",
-        ),
-        memory_max_object: p.size(
-            "storage.memory_max_object",
-            raw.storage.memory_max_object,
-            "64MiB",
-        ),
+        memory_capacity: p.size("storage.memory_capacity", raw.storage.memory_capacity, "512MiB"),
+        memory_max_object: p.size("storage.memory_max_object", raw.storage.memory_max_object, "64MiB"),
         disk_capacity: p.size("storage.disk_capacity", raw.storage.disk_capacity, "20GiB"),
     };
     if storage.memory_max_object > storage.memory_capacity {
         p.0.push("storage.memory_max_object is larger than storage.memory_capacity".into());
     }
-    let tags = Tags {
-        ttl: p.duration("tags.ttl", raw.tags.ttl, "5m"),
-    };
+    let tags = Tags { ttl: p.duration("tags.ttl", raw.tags.ttl, "5m") };
 
     let mut hosts = HashSet::new();
     let mut registries = Vec::new();
@@ -194,17 +177,12 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             p.0.push(format!("{at}: duplicate host {:?}", r.host));
         }
         if r.host.is_empty() || r.host.contains(['/', ' ']) {
-            p.0.push(format!(
-                "{at}: host must be a registry name such as docker.io"
-            ));
+            p.0.push(format!("{at}: host must be a registry name such as docker.io"));
         }
         let endpoint = match Url::parse(&r.endpoint) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
             Ok(_) => {
-                p.0.push(format!(
-                    "{at}: endpoint {:?} must be an http(s) URL",
-                    r.endpoint
-                ));
+                p.0.push(format!("{at}: endpoint {:?} must be an http(s) URL", r.endpoint));
                 placeholder_url()
             }
             Err(e) => {
@@ -260,12 +238,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             server.default_registry
         ));
     }
-    Config {
-        server,
-        storage,
-        tags,
-        registries,
-    }
+    Config { server, storage, tags, registries }
 }
 
 fn placeholder_url() -> Url {
@@ -278,8 +251,7 @@ impl Checker<'_> {
     fn addr(&mut self, key: &str, v: Option<String>, default: &str) -> SocketAddr {
         let v = v.unwrap_or_else(|| default.into());
         v.parse().unwrap_or_else(|e| {
-            self.0
-                .push(format!("{key} = {v:?}: {e} (expected host:port)"));
+            self.0.push(format!("{key} = {v:?}: {e} (expected host:port)"));
             default.parse().expect("default address")
         })
     }
@@ -289,9 +261,7 @@ impl Checker<'_> {
         match v.trim().parse::<bytesize::ByteSize>() {
             Ok(s) => s.as_u64(),
             Err(e) => {
-                self.0.push(format!(
-                    "{key} = {v:?}: {e} (expected a size such as \"512MiB\")"
-                ));
+                self.0.push(format!("{key} = {v:?}: {e} (expected a size such as \"512MiB\")"));
                 0
             }
         }
@@ -300,9 +270,7 @@ impl Checker<'_> {
     fn duration(&mut self, key: &str, v: Option<String>, default: &str) -> Duration {
         let v = v.unwrap_or_else(|| default.into());
         humantime::parse_duration(&v).unwrap_or_else(|e| {
-            self.0.push(format!(
-                "{key} = {v:?}: {e} (expected a duration such as \"5m\")"
-            ));
+            self.0.push(format!("{key} = {v:?}: {e} (expected a duration such as \"5m\")"));
             Duration::ZERO
         })
     }
@@ -368,10 +336,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(
-            c.registries[0].password.as_ref().unwrap().expose(),
-            "hunter2"
-        );
+        assert_eq!(c.registries[0].password.as_ref().unwrap().expose(), "hunter2");
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

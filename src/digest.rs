@@ -14,20 +14,14 @@ pub struct Digest(String);
 impl Digest {
     pub fn parse(s: &str) -> Result<Self, Error> {
         let Some((algo, hex)) = s.split_once(':') else {
-            return Err(Error::DigestInvalid(format!(
-                "{s:?} is not <algorithm>:<hex>"
-            )));
+            return Err(Error::DigestInvalid(format!("{s:?} is not <algorithm>:<hex>")));
         };
         if algo != "sha256" {
-            return Err(Error::DigestInvalid(format!(
-                "unsupported digest algorithm {algo:?}"
-            )));
+            return Err(Error::DigestInvalid(format!("unsupported digest algorithm {algo:?}")));
         }
         let valid = hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !valid {
-            return Err(Error::DigestInvalid(format!(
-                "{s:?} is not a sha256 digest"
-            )));
+            return Err(Error::DigestInvalid(format!("{s:?} is not a sha256 digest")));
         }
         Ok(Digest(s.to_owned()))
     }
@@ -70,10 +64,7 @@ mod tests {
     #[test]
     fn parses_only_lowercase_sha256() {
         let d = Digest::of(b"abc");
-        assert_eq!(
-            d.as_str(),
-            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(d.as_str(), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(Digest::parse(d.as_str()).unwrap(), d);
         for bad in [
             "sha256:totallywrong",

@@ -68,9 +68,7 @@ impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use Error::*;
         match self {
-            NameInvalid(m) | DigestInvalid(m) | TagInvalid(m) | Unsupported(m) | Denied(m) => {
-                f.write_str(m)
-            }
+            NameInvalid(m) | DigestInvalid(m) | TagInvalid(m) | Unsupported(m) | Denied(m) => f.write_str(m),
             RangeNotSatisfiable { len } => write!(f, "range not satisfiable for {len} bytes"),
             BlobUnknown => f.write_str("blob unknown to registry"),
             ManifestUnknown => f.write_str("manifest unknown"),
@@ -95,14 +93,9 @@ impl IntoResponse for Error {
         });
         let mut resp = (status, body.to_string()).into_response();
         let headers = resp.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match &self {
-            Error::TooManyRequests {
-                retry_after: Some(v),
-            } => {
+            Error::TooManyRequests { retry_after: Some(v) } => {
                 if let Ok(v) = HeaderValue::from_str(v) {
                     headers.insert(header::RETRY_AFTER, v);
                 }

@@ -45,9 +45,7 @@ impl Server {
         store.spawn_flusher(Duration::from_secs(30));
         let mirror = Arc::new(Mirror::new(config, store)?);
         let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| Error::Internal(format!("binding {addr}: {e}")))
+            TcpListener::bind(addr).await.map_err(|e| Error::Internal(format!("binding {addr}: {e}")))
         };
         let registry = bind(config.server.listen).await?;
         let admin = bind(config.server.admin_listen).await?;
@@ -64,19 +62,11 @@ impl Server {
                     .into_future(),
             ),
             tokio::spawn(
-                axum::serve(admin, api::admin::router())
-                    .with_graceful_shutdown(stop(rx))
-                    .into_future(),
+                axum::serve(admin, api::admin::router()).with_graceful_shutdown(stop(rx)).into_future(),
             ),
         ];
         tracing::info!(%registry_addr, %admin_addr, "berth is serving");
-        Ok(Server {
-            registry_addr,
-            admin_addr,
-            mirror,
-            shutdown,
-            tasks,
-        })
+        Ok(Server { registry_addr, admin_addr, mirror, shutdown, tasks })
     }
 
     /// Serves until `signal` resolves, then stops accepting and lets responses finish.
@@ -91,9 +81,7 @@ impl Server {
             t.await.map_err(Error::internal)?.map_err(Error::internal)?;
         }
         let meta = self.mirror.store.meta.clone();
-        tokio::task::spawn_blocking(move || meta.flush_access())
-            .await
-            .map_err(Error::internal)??;
+        tokio::task::spawn_blocking(move || meta.flush_access()).await.map_err(Error::internal)??;
         Ok(())
     }
 }

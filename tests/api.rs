@@ -16,19 +16,9 @@ struct Two {
 async fn two_registries() -> Two {
     let (hub, other) = (Fake::start().await, Fake::start().await);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        &[("docker.io", &hub.url()), ("registry.test", &other.url())],
-        "",
-    );
+    let cfg = config(dir.path(), &[("docker.io", &hub.url()), ("registry.test", &other.url())], "");
     let berth = berth::Server::start(&cfg).await.unwrap();
-    Two {
-        _dir: dir,
-        hub,
-        other,
-        berth,
-        client: reqwest::Client::new(),
-    }
+    Two { _dir: dir, hub, other, berth, client: reqwest::Client::new() }
 }
 
 impl Two {
@@ -47,17 +37,9 @@ async fn base_endpoint_and_health() {
     let t = two_registries().await;
     let r = t.client.get(t.url("/v2/")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(
-        r.headers()["docker-distribution-api-version"],
-        "registry/2.0"
-    );
+    assert_eq!(r.headers()["docker-distribution-api-version"], "registry/2.0");
     assert_eq!(r.text().await.unwrap(), "{}");
-    let r = t
-        .client
-        .get(format!("http://{}/healthz", t.berth.admin_addr))
-        .send()
-        .await
-        .unwrap();
+    let r = t.client.get(format!("http://{}/healthz", t.berth.admin_addr)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -70,17 +52,8 @@ async fn writes_are_refused() {
         (reqwest::Method::DELETE, "/v2/library/app/manifests/1"),
         (reqwest::Method::PATCH, "/v2/library/app/blobs/uploads/abc"),
     ] {
-        let r = t
-            .client
-            .request(method.clone(), t.url(path))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            r.status(),
-            StatusCode::METHOD_NOT_ALLOWED,
-            "{method} {path}"
-        );
+        let r = t.client.request(method.clone(), t.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
         assert_eq!(r.headers()["content-type"], "application/json");
         assert_eq!(code(r).await, "UNSUPPORTED");
     }
@@ -93,33 +66,14 @@ async fn ns_selects_the_registry_and_unknown_ns_is_denied() {
     t.hub.put_image("library/app", "1", &[bytes_of(10, 1)]);
     let (other_digest, _) = t.other.put_image("library/app", "1", &[bytes_of(10, 2)]);
 
-    let r = t
-        .client
-        .get(t.url("/v2/library/app/manifests/1?ns=registry.test"))
-        .send()
-        .await
-        .unwrap();
+    let r = t.client.get(t.url("/v2/library/app/manifests/1?ns=registry.test")).send().await.unwrap();
     assert_eq!(r.headers()["docker-content-digest"], other_digest.as_str());
     assert_eq!(t.hub.log().len(), 0);
-    let r = t
-        .client
-        .get(t.url("/v2/library/app/manifests/1"))
-        .send()
-        .await
-        .unwrap();
-    assert_ne!(
-        r.headers()["docker-content-digest"],
-        other_digest.as_str(),
-        "no ns must mean docker.io"
-    );
+    let r = t.client.get(t.url("/v2/library/app/manifests/1")).send().await.unwrap();
+    assert_ne!(r.headers()["docker-content-digest"], other_digest.as_str(), "no ns must mean docker.io");
     assert_eq!(t.hub.log().len(), 1);
 
-    let r = t
-        .client
-        .get(t.url("/v2/library/app/manifests/1?ns=evil.example"))
-        .send()
-        .await
-        .unwrap();
+    let r = t.client.get(t.url("/v2/library/app/manifests/1?ns=evil.example")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(code(r).await, "DENIED");
 }
@@ -128,36 +82,12 @@ async fn ns_selects_the_registry_and_unknown_ns_is_denied() {
 async fn bad_input_gets_oci_errors() {
     let t = two_registries().await;
     for (path, status, want) in [
-        (
-            "/v2/library/app/manifests/sha256:totallywrong",
-            StatusCode::BAD_REQUEST,
-            "DIGEST_INVALID",
-        ),
-        (
-            "/v2/library/app/blobs/sha256:abc",
-            StatusCode::BAD_REQUEST,
-            "DIGEST_INVALID",
-        ),
-        (
-            "/v2/library/app/blobs/md5:abc",
-            StatusCode::BAD_REQUEST,
-            "DIGEST_INVALID",
-        ),
-        (
-            "/v2/Library/App/manifests/1",
-            StatusCode::BAD_REQUEST,
-            "NAME_INVALID",
-        ),
-        (
-            "/v2/library/app/manifests/-bad",
-            StatusCode::BAD_REQUEST,
-            "MANIFEST_INVALID",
-        ),
-        (
-            "/v2/library/app/whatever",
-            StatusCode::NOT_FOUND,
-            "NAME_UNKNOWN",
-        ),
+        ("/v2/library/app/manifests/sha256:totallywrong", StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
+        ("/v2/library/app/blobs/sha256:abc", StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
+        ("/v2/library/app/blobs/md5:abc", StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
+        ("/v2/Library/App/manifests/1", StatusCode::BAD_REQUEST, "NAME_INVALID"),
+        ("/v2/library/app/manifests/-bad", StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
+        ("/v2/library/app/whatever", StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
     ] {
         let r = t.client.get(t.url(path)).send().await.unwrap();
         assert_eq!(r.status(), status, "{path}");
@@ -169,12 +99,7 @@ async fn bad_input_gets_oci_errors() {
 #[tokio::test]
 async fn tags_list_passes_through_without_ns() {
     let t = two_registries().await;
-    let r = t
-        .client
-        .get(t.url("/v2/library/app/tags/list?ns=registry.test&n=10"))
-        .send()
-        .await
-        .unwrap();
+    let r = t.client.get(t.url("/v2/library/app/tags/list?ns=registry.test&n=10")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["name"], "library/app");

@@ -15,13 +15,7 @@ async fn concurrent_cold_gets_share_one_upstream_fetch() {
     let h = Harness::start().await;
     let blob = bytes_of(3 << 20, 1);
     let d = h.upstream.add_blob(blob.clone());
-    h.upstream.fault(
-        &d,
-        Fault::Slow {
-            chunk: 128 << 10,
-            delay: Duration::from_millis(5),
-        },
-    );
+    h.upstream.fault(&d, Fault::Slow { chunk: 128 << 10, delay: Duration::from_millis(5) });
     let path = Harness::blob_path(REPO, &d);
     let gets = (0..32).map(|_| {
         let (client, url) = (h.client.clone(), h.url(&path));
@@ -34,11 +28,7 @@ async fn concurrent_cold_gets_share_one_upstream_fetch() {
     for body in futures::future::join_all(gets).await {
         assert!(body.unwrap() == blob, "a body differs from the blob");
     }
-    assert_eq!(
-        h.upstream.count(Method::GET, d.as_str()),
-        1,
-        "upstream GETs for 32 concurrent pulls"
-    );
+    assert_eq!(h.upstream.count(Method::GET, d.as_str()), 1, "upstream GETs for 32 concurrent pulls");
     // And the next pull is a hit.
     assert_eq!(h.get(&path).await.bytes().await.unwrap(), blob);
     assert_eq!(h.upstream.count(Method::GET, d.as_str()), 1);
@@ -49,13 +39,7 @@ async fn late_joiner_gets_bytes_before_the_fill_completes() {
     let h = Harness::start().await;
     let blob = bytes_of(2 << 20, 2);
     let d = h.upstream.add_blob(blob.clone());
-    h.upstream.fault(
-        &d,
-        Fault::Slow {
-            chunk: 64 << 10,
-            delay: Duration::from_millis(40),
-        },
-    );
+    h.upstream.fault(&d, Fault::Slow { chunk: 64 << 10, delay: Duration::from_millis(40) });
     let path = Harness::blob_path(REPO, &d);
 
     let first = h.get(&path).await;
@@ -77,10 +61,7 @@ async fn late_joiner_gets_bytes_before_the_fill_completes() {
         got.extend_from_slice(&c.unwrap());
     }
     assert!(got == blob, "late joiner's body differs");
-    assert!(
-        first.bytes().await.unwrap() == blob,
-        "first client's body differs"
-    );
+    assert!(first.bytes().await.unwrap() == blob, "first client's body differs");
     assert_eq!(h.upstream.count(Method::GET, d.as_str()), 1);
 }
 
@@ -89,13 +70,7 @@ async fn a_client_that_leaves_does_not_cancel_the_fill() {
     let h = Harness::start().await;
     let blob = bytes_of(1 << 20, 3);
     let d = h.upstream.add_blob(blob.clone());
-    h.upstream.fault(
-        &d,
-        Fault::Slow {
-            chunk: 64 << 10,
-            delay: Duration::from_millis(10),
-        },
-    );
+    h.upstream.fault(&d, Fault::Slow { chunk: 64 << 10, delay: Duration::from_millis(10) });
     let path = Harness::blob_path(REPO, &d);
     let mut s = h.get(&path).await.bytes_stream();
     s.next().await.unwrap().unwrap();
@@ -114,20 +89,10 @@ async fn bad_body_is_aborted_and_not_cached(fault: Fault) {
     let path = Harness::blob_path(REPO, &d);
 
     let r = h.get(&path).await;
-    assert_eq!(
-        r.status(),
-        StatusCode::OK,
-        "headers go out before the body is verified"
-    );
-    assert!(
-        r.bytes().await.is_err(),
-        "a bad body must end with a cut connection, not a clean response"
-    );
+    assert_eq!(r.status(), StatusCode::OK, "headers go out before the body is verified");
+    assert!(r.bytes().await.is_err(), "a bad body must end with a cut connection, not a clean response");
     h.settle().await;
-    assert!(
-        !h.stored_blobs().contains(&d.hex().to_owned()),
-        "bad bytes were published to disk"
-    );
+    assert!(!h.stored_blobs().contains(&d.hex().to_owned()), "bad bytes were published to disk");
     assert_eq!(h.temp_files(), 0, "temp file left behind");
 
     // The next GET fetches again and, with upstream fixed, succeeds.
@@ -149,6 +114,33 @@ async fn truncated_upstream_body_aborts_the_client_and_is_not_cached() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstream_without_content_length_is_verified_and_shared() {
+    let h = Harness::start().await;
+    let blob = bytes_of(3 << 20, 12);
+    let d = h.upstream.add_blob(blob.clone());
+    h.upstream.fault(&d, Fault::NoLength);
+    let path = Harness::blob_path(REPO, &d);
+    let gets = (0..4).map(|_| h.get(&path));
+    for r in futures::future::join_all(gets).await {
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.content_length(), Some(blob.len() as u64));
+        assert!(r.bytes().await.unwrap() == blob);
+    }
+    assert_eq!(h.upstream.count(Method::GET, d.as_str()), 1);
+    // A corrupt body without a length is caught as well.
+    let bad = bytes_of(1 << 20, 13);
+    let mut served = bad.to_vec();
+    served[10] ^= 1;
+    let bad_digest = berth::digest::Digest::of(&bad);
+    h.upstream.state.blobs.lock().unwrap().insert(bad_digest.to_string(), served.into());
+    h.upstream.fault(&bad_digest, Fault::NoLength);
+    let r = h.get(&Harness::blob_path(REPO, &bad_digest)).await;
+    assert!(r.status() != StatusCode::OK || r.bytes().await.is_err());
+    h.settle().await;
+    assert!(!h.stored_blobs().contains(&bad_digest.hex().to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stalled_upstream_is_cut_by_the_read_timeout() {
     // The harness sets read_timeout = 1s.
     let h = Harness::start().await;
@@ -157,15 +149,8 @@ async fn stalled_upstream_is_cut_by_the_read_timeout() {
     h.upstream.fault(&d, Fault::Stall);
     let started = std::time::Instant::now();
     let r = h.get(&Harness::blob_path(REPO, &d)).await;
-    assert!(
-        r.bytes().await.is_err(),
-        "a stalled fill must cut the client"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(r.bytes().await.is_err(), "a stalled fill must cut the client");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     h.settle().await;
     assert_eq!(h.temp_files(), 0);
     assert!(!h.stored_blobs().contains(&d.hex().to_owned()));
@@ -197,18 +182,9 @@ async fn corrupt_small_blob_never_reaches_the_memory_tier() {
 }
 
 async fn range(h: &Harness, path: &str, range: &str) -> (StatusCode, Option<String>, bytes::Bytes) {
-    let r = h
-        .client
-        .get(h.url(path))
-        .header("Range", range)
-        .send()
-        .await
-        .unwrap();
+    let r = h.client.get(h.url(path)).header("Range", range).send().await.unwrap();
     let status = r.status();
-    let cr = r
-        .headers()
-        .get("content-range")
-        .map(|v| v.to_str().unwrap().to_owned());
+    let cr = r.headers().get("content-range").map(|v| v.to_str().unwrap().to_owned());
     (status, cr, r.bytes().await.unwrap())
 }
 
@@ -223,11 +199,8 @@ async fn range_on_memory_disk_and_in_flight_fills() {
         h.upstream.add_blob(large.clone()),
         h.upstream.add_blob(slow.clone()),
     );
-    let (ps, pl, pw) = (
-        Harness::blob_path(REPO, &ds),
-        Harness::blob_path(REPO, &dl),
-        Harness::blob_path(REPO, &dw),
-    );
+    let (ps, pl, pw) =
+        (Harness::blob_path(REPO, &ds), Harness::blob_path(REPO, &dl), Harness::blob_path(REPO, &dw));
 
     // Memory: fill it, then remove the disk copy so only memory can answer.
     h.get(&ps).await.bytes().await.unwrap();
@@ -253,49 +226,28 @@ async fn range_on_memory_disk_and_in_flight_fills() {
     assert!(!h.berth.mirror.store.memory.contains(&dl));
     let (st, cr, body) = range(&h, &pl, "bytes=2097152-").await;
     assert_eq!(st, StatusCode::PARTIAL_CONTENT);
-    assert_eq!(
-        cr.unwrap(),
-        format!("bytes 2097152-{}/{}", large.len() - 1, large.len())
-    );
+    assert_eq!(cr.unwrap(), format!("bytes 2097152-{}/{}", large.len() - 1, large.len()));
     assert!(body == large.slice(2097152..));
     let (st, _, body) = range(&h, &pl, "bytes=-100").await;
     assert_eq!(st, StatusCode::PARTIAL_CONTENT);
     assert!(body == large.slice(large.len() - 100..));
 
     // In flight: the range is served from the fill as it is written.
-    h.upstream.fault(
-        &dw,
-        Fault::Slow {
-            chunk: 64 << 10,
-            delay: Duration::from_millis(20),
-        },
-    );
+    h.upstream.fault(&dw, Fault::Slow { chunk: 64 << 10, delay: Duration::from_millis(20) });
     let whole = h.get(&pw).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(h.berth.mirror.store.fills_in_flight(), 1);
     let (st, cr, body) = range(&h, &pw, "bytes=1048576-").await;
     assert_eq!(st, StatusCode::PARTIAL_CONTENT);
-    assert_eq!(
-        cr.unwrap(),
-        format!("bytes 1048576-{}/{}", slow.len() - 1, slow.len())
-    );
+    assert_eq!(cr.unwrap(), format!("bytes 1048576-{}/{}", slow.len() - 1, slow.len()));
     assert!(body == slow.slice(1048576..));
     assert!(whole.bytes().await.unwrap() == slow);
     assert_eq!(h.upstream.count(Method::GET, dw.as_str()), 1);
 
     // Unsatisfiable.
-    let r = h
-        .client
-        .get(h.url(&pl))
-        .header("Range", format!("bytes={}-", large.len()))
-        .send()
-        .await
-        .unwrap();
+    let r = h.client.get(h.url(&pl)).header("Range", format!("bytes={}-", large.len())).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
-    assert_eq!(
-        r.headers()["content-range"],
-        format!("bytes */{}", large.len()).as_str()
-    );
+    assert_eq!(r.headers()["content-range"], format!("bytes */{}", large.len()).as_str());
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["errors"][0]["code"], "RANGE_INVALID");
 }
@@ -311,13 +263,7 @@ async fn head_and_get_answer_the_same_headers() {
     assert_eq!(head.status(), StatusCode::OK);
     assert_eq!(h.upstream.count(Method::GET, d.as_str()), 0);
     let get = h.get(&path).await;
-    for name in [
-        "content-length",
-        "docker-content-digest",
-        "content-type",
-        "etag",
-        "accept-ranges",
-    ] {
+    for name in ["content-length", "docker-content-digest", "content-type", "etag", "accept-ranges"] {
         assert_eq!(head.headers().get(name), get.headers().get(name), "{name}");
     }
     assert_eq!(get.headers()["docker-content-digest"], d.as_str());

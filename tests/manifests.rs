@@ -12,12 +12,7 @@ const DOCKER_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const CONTAINERD_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
 
 async fn get_tag(h: &Harness, tag: &str, accept: &str) -> reqwest::Response {
-    h.client
-        .get(h.url(&format!("/v2/{REPO}/manifests/{tag}")))
-        .header("Accept", accept)
-        .send()
-        .await
-        .unwrap()
+    h.client.get(h.url(&format!("/v2/{REPO}/manifests/{tag}"))).header("Accept", accept).send().await.unwrap()
 }
 
 fn short_ttl() -> impl FnOnce(&mut berth::config::Config) {
@@ -39,11 +34,7 @@ async fn tag_is_trusted_within_ttl_then_revalidated_with_head() {
     h.upstream.clear_log();
     let r = get_tag(&h, "1", CONTAINERD_ACCEPT).await;
     assert_eq!(r.headers()["docker-content-digest"], d1.as_str());
-    assert!(
-        h.upstream.log().is_empty(),
-        "upstream asked within ttl: {:?}",
-        h.upstream.log()
-    );
+    assert!(h.upstream.log().is_empty(), "upstream asked within ttl: {:?}", h.upstream.log());
 
     // After the ttl: one HEAD, no GET.
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -76,10 +67,7 @@ async fn tag_is_trusted_within_ttl_then_revalidated_with_head() {
 async fn rate_limit_serves_stale_mapping_or_passes_429_on() {
     let h = Harness::start_with("", short_ttl()).await;
     let (d1, _) = h.upstream.put_image(REPO, "1", &[common::bytes_of(100, 3)]);
-    assert_eq!(
-        get_tag(&h, "1", CONTAINERD_ACCEPT).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(get_tag(&h, "1", CONTAINERD_ACCEPT).await.status(), StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(2100)).await;
     *h.upstream.state.manifest_status.lock().unwrap() = Some(429);
 
@@ -99,29 +87,18 @@ async fn rate_limit_serves_stale_mapping_or_passes_429_on() {
 async fn unreachable_upstream_answers_503_quickly_or_serves_stale() {
     let h = Harness::start_with("", short_ttl()).await;
     let (d1, _) = h.upstream.put_image(REPO, "1", &[common::bytes_of(100, 4)]);
-    assert_eq!(
-        get_tag(&h, "1", CONTAINERD_ACCEPT).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(get_tag(&h, "1", CONTAINERD_ACCEPT).await.status(), StatusCode::OK);
     h.upstream.stop();
     tokio::time::sleep(Duration::from_millis(2100)).await;
 
     let r = get_tag(&h, "1", CONTAINERD_ACCEPT).await;
-    assert_eq!(
-        r.status(),
-        StatusCode::OK,
-        "stale mapping not served with upstream down"
-    );
+    assert_eq!(r.status(), StatusCode::OK, "stale mapping not served with upstream down");
     assert_eq!(r.headers()["docker-content-digest"], d1.as_str());
 
     let start = Instant::now();
     let r = get_tag(&h, "2", CONTAINERD_ACCEPT).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["errors"][0]["code"], "UNAVAILABLE");
 
@@ -137,11 +114,7 @@ async fn tag_cache_is_keyed_by_accept_class() {
     let tag_path = format!("/{REPO}/manifests/1");
     get_tag(&h, "1", CONTAINERD_ACCEPT).await;
     get_tag(&h, "1", OCI_MANIFEST).await;
-    assert_eq!(
-        h.upstream.count(Method::GET, &tag_path),
-        2,
-        "one class answered from another's entry"
-    );
+    assert_eq!(h.upstream.count(Method::GET, &tag_path), 2, "one class answered from another's entry");
     get_tag(&h, "1", OCI_MANIFEST).await;
     get_tag(&h, "1", CONTAINERD_ACCEPT).await;
     assert_eq!(h.upstream.count(Method::GET, &tag_path), 2);
@@ -151,33 +124,14 @@ async fn tag_cache_is_keyed_by_accept_class() {
 async fn manifest_headers_are_identical_on_head_and_get_and_bytes_exact() {
     let h = Harness::start().await;
     // Unusual but valid JSON layout: bytes must be served as they are, never re-serialized.
-    let raw =
-        format!("{{ \"schemaVersion\" : 2,\n  \"mediaType\": \"{DOCKER_V2}\", \"layers\": [] }}\n");
+    let raw = format!("{{ \"schemaVersion\" : 2,\n  \"mediaType\": \"{DOCKER_V2}\", \"layers\": [] }}\n");
     let d = h.upstream.put_manifest(REPO, "odd", DOCKER_V2, raw.clone());
-    for path in [
-        format!("/v2/{REPO}/manifests/odd"),
-        format!("/v2/{REPO}/manifests/{d}"),
-    ] {
+    for path in [format!("/v2/{REPO}/manifests/odd"), format!("/v2/{REPO}/manifests/{d}")] {
         let get = get_tag(&h, path.rsplit('/').next().unwrap(), CONTAINERD_ACCEPT).await;
-        let head = h
-            .client
-            .head(h.url(&path))
-            .header("Accept", CONTAINERD_ACCEPT)
-            .send()
-            .await
-            .unwrap();
+        let head = h.client.head(h.url(&path)).header("Accept", CONTAINERD_ACCEPT).send().await.unwrap();
         assert_eq!(get.status(), StatusCode::OK);
-        for name in [
-            "content-type",
-            "content-length",
-            "docker-content-digest",
-            "etag",
-        ] {
-            assert_eq!(
-                head.headers().get(name),
-                get.headers().get(name),
-                "{name} differs for {path}"
-            );
+        for name in ["content-type", "content-length", "docker-content-digest", "etag"] {
+            assert_eq!(head.headers().get(name), get.headers().get(name), "{name} differs for {path}");
         }
         assert_eq!(get.headers()["content-type"], DOCKER_V2);
         assert_eq!(get.headers()["etag"], format!("\"{d}\"").as_str());
@@ -193,11 +147,7 @@ async fn concurrent_tag_lookups_share_one_upstream_request() {
     for r in futures::future::join_all(gets).await {
         assert_eq!(r.status(), StatusCode::OK);
     }
-    assert_eq!(
-        h.upstream
-            .count(Method::GET, &format!("/{REPO}/manifests/")),
-        1
-    );
+    assert_eq!(h.upstream.count(Method::GET, &format!("/{REPO}/manifests/")), 1);
 }
 
 #[tokio::test]
@@ -214,10 +164,7 @@ async fn bad_manifests_are_refused_and_not_cached() {
     let wanted = berth::digest::Digest::of(b"the real manifest");
     h.upstream.state.manifests.lock().unwrap().insert(
         format!("{REPO}:{wanted}"),
-        (
-            OCI_MANIFEST.to_owned(),
-            bytes::Bytes::from_static(b"{\"other\":1}"),
-        ),
+        (OCI_MANIFEST.to_owned(), bytes::Bytes::from_static(b"{\"other\":1}")),
     );
     let r = h.get(&format!("/v2/{REPO}/manifests/{wanted}")).await;
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);

@@ -17,23 +17,11 @@ async fn cached_image_is_served_after_restart_with_upstream_gone() {
     let berth = berth::Server::start(&cfg).await.unwrap();
     let base = format!("http://{}", berth.registry_addr);
     assert_eq!(
-        client
-            .get(format!("{base}/v2/library/app/manifests/1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        client.get(format!("{base}/v2/library/app/manifests/1")).send().await.unwrap().status(),
         StatusCode::OK
     );
     for d in &digests {
-        client
-            .get(format!("{base}/v2/library/app/blobs/{d}"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        client.get(format!("{base}/v2/library/app/blobs/{d}")).send().await.unwrap().bytes().await.unwrap();
     }
     while berth.mirror.store.fills_in_flight() > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -48,31 +36,15 @@ async fn cached_image_is_served_after_restart_with_upstream_gone() {
     // Expire every tag too: revalidation fails, so the stale mapping must be served.
     cfg.tags.ttl = std::time::Duration::ZERO;
     let berth = berth::Server::start(&cfg).await.unwrap();
-    assert_eq!(
-        std::fs::read_dir(&tmp).unwrap().count(),
-        0,
-        "leftover temp file not removed"
-    );
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "leftover temp file not removed");
     let base = format!("http://{}", berth.registry_addr);
-    let r = client
-        .get(format!("{base}/v2/library/app/manifests/1"))
-        .send()
-        .await
-        .unwrap();
+    let r = client.get(format!("{base}/v2/library/app/manifests/1")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["docker-content-digest"], manifest.as_str());
-    let r = client
-        .get(format!("{base}/v2/library/app/manifests/{manifest}"))
-        .send()
-        .await
-        .unwrap();
+    let r = client.get(format!("{base}/v2/library/app/manifests/{manifest}")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     for (d, layer) in digests.iter().zip(&layers) {
-        let r = client
-            .get(format!("{base}/v2/library/app/blobs/{d}"))
-            .send()
-            .await
-            .unwrap();
+        let r = client.get(format!("{base}/v2/library/app/blobs/{d}")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert!(r.bytes().await.unwrap() == *layer);
     }

@@ -53,27 +53,16 @@ async fn unknown_certificate_is_refused_and_ca_file_admits_it() {
 
     // No ca_file: the self-signed certificate is not trusted.
     let dir = tempfile::tempdir().unwrap();
-    let berth = berth::Server::start(&config(dir.path(), &[("docker.io", &endpoint)], ""))
-        .await
-        .unwrap();
+    let berth = berth::Server::start(&config(dir.path(), &[("docker.io", &endpoint)], "")).await.unwrap();
     let r = client
-        .get(format!(
-            "http://{}/v2/library/app/manifests/1",
-            berth.registry_addr
-        ))
+        .get(format!("http://{}/v2/library/app/manifests/1", berth.registry_addr))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body = r.text().await.unwrap();
-    assert!(
-        body.to_lowercase().contains("certificate"),
-        "the error should say why: {body}"
-    );
-    assert!(
-        upstream.log().is_empty(),
-        "a request went through an unverified TLS connection"
-    );
+    assert!(body.to_lowercase().contains("certificate"), "the error should say why: {body}");
+    assert!(upstream.log().is_empty(), "a request went through an unverified TLS connection");
     berth.stop().await.unwrap();
 
     // With its root in ca_file: verified and served.
@@ -81,14 +70,10 @@ async fn unknown_certificate_is_refused_and_ca_file_admits_it() {
     std::fs::write(&ca, pem).unwrap();
     let dir2 = tempfile::tempdir().unwrap();
     let extra = format!("ca_file = \"{}\"", ca.display());
-    let berth = berth::Server::start(&config(dir2.path(), &[("docker.io", &endpoint)], &extra))
-        .await
-        .unwrap();
+    let berth =
+        berth::Server::start(&config(dir2.path(), &[("docker.io", &endpoint)], &extra)).await.unwrap();
     let r = client
-        .get(format!(
-            "http://{}/v2/library/app/manifests/1",
-            berth.registry_addr
-        ))
+        .get(format!("http://{}/v2/library/app/manifests/1", berth.registry_addr))
         .send()
         .await
         .unwrap();

@@ -30,14 +30,9 @@ pub async fn log_requests(req: Request, next: Next) -> Response {
         bytes: 0,
     };
     let mut resp = next.run(req).await;
-    resp.headers_mut()
-        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    resp.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     let (parts, body) = resp.into_parts();
-    let line = Line {
-        status: parts.status,
-        tier: parts.extensions.get::<Tier>().copied(),
-        ..line
-    };
+    let line = Line { status: parts.status, tier: parts.extensions.get::<Tier>().copied(), ..line };
     // The server stops polling a body once Content-Length bytes are out, so "all sent" is
     // judged against that header (a HEAD sends none).
     let expected = if line.method == Method::HEAD {
@@ -50,14 +45,7 @@ pub async fn log_requests(req: Request, next: Next) -> Response {
             .and_then(|v| v.parse().ok())
             .or(body.size_hint().exact())
     };
-    Response::from_parts(
-        parts,
-        Body::new(LoggedBody {
-            inner: body,
-            line: Some(line),
-            expected,
-        }),
-    )
+    Response::from_parts(parts, Body::new(LoggedBody { inner: body, line: Some(line), expected }))
 }
 
 struct Line {

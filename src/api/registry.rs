@@ -21,9 +21,7 @@ const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-conten
 /// The `ns` query parameter: which registry a containerd request is for.
 pub fn ns_of(uri: &Uri) -> Option<String> {
     let query = uri.query()?;
-    url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "ns")
-        .map(|(_, v)| v.into_owned())
+    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "ns").map(|(_, v)| v.into_owned())
 }
 
 pub async fn handle(
@@ -62,17 +60,12 @@ async fn dispatch(
     let ns = ns_of(uri);
     let ns = ns.as_deref();
     match route {
-        Route::Base => Ok((
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            "{}",
-        )
-            .into_response()),
+        Route::Base => {
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}").into_response())
+        }
         Route::Manifest { name, reference } => {
             let accept = AcceptClass::from_headers(headers);
-            let m = mirror
-                .manifest(ns, &name, &reference, &accept, head)
-                .await?;
+            let m = mirror.manifest(ns, &name, &reference, &accept, head).await?;
             let mut resp = match m.bytes.filter(|_| !head) {
                 Some(bytes) => Response::new(Body::from(bytes)),
                 None => Response::new(Body::empty()),
@@ -84,10 +77,7 @@ async fn dispatch(
             Ok(tagged(resp, m.tier))
         }
         Route::Blob { name, digest } => {
-            let range = headers
-                .get(header::RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(RangeSpec::parse);
+            let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(RangeSpec::parse);
             let b = mirror.blob(ns, &name, &digest, range, head).await?;
             let body = match b.body {
                 Some(BlobBody::Bytes(bytes)) => Body::from(bytes),
@@ -96,10 +86,7 @@ async fn dispatch(
             };
             let mut resp = Response::new(body);
             let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
             h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
             content_headers(h, &digest);
             match b.range {
@@ -107,14 +94,10 @@ async fn dispatch(
                     *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
                     let h = resp.headers_mut();
                     h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
-                    h.insert(
-                        header::CONTENT_RANGE,
-                        value(&format!("bytes {start}-{}/{}", end - 1, b.len))?,
-                    );
+                    h.insert(header::CONTENT_RANGE, value(&format!("bytes {start}-{}/{}", end - 1, b.len))?);
                 }
                 None => {
-                    resp.headers_mut()
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len));
+                    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(b.len));
                 }
             }
             Ok(tagged(resp, b.tier))
@@ -138,25 +121,14 @@ async fn passthrough(
     let upstream = mirror.upstreams.get(ns)?;
     let query: Vec<(String, String)> = uri
         .query()
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .into_owned()
-                .filter(|(k, _)| k != "ns")
-                .collect()
-        })
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().filter(|(k, _)| k != "ns").collect())
         .unwrap_or_default();
     let mut path = uri.path().to_owned();
     if !query.is_empty() {
         path.push('?');
-        path.push_str(
-            &url::form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(query)
-                .finish(),
-        );
+        path.push_str(&url::form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish());
     }
-    let up = upstream
-        .passthrough(&path, name, headers.get(header::ACCEPT))
-        .await?;
+    let up = upstream.passthrough(&path, name, headers.get(header::ACCEPT)).await?;
     let mut resp = Response::builder().status(up.status().as_u16());
     for h in [header::CONTENT_TYPE, header::LINK, header::CONTENT_LENGTH] {
         if let Some(v) = up.headers().get(&h) {
@@ -174,16 +146,12 @@ async fn passthrough(
 
 fn content_headers(h: &mut HeaderMap, digest: &Digest) {
     let d = HeaderValue::from_str(digest.as_str()).expect("digests are header-safe");
-    h.insert(
-        header::ETAG,
-        HeaderValue::from_str(&format!("\"{digest}\"")).expect("digests are header-safe"),
-    );
+    h.insert(header::ETAG, HeaderValue::from_str(&format!("\"{digest}\"")).expect("digests are header-safe"));
     h.insert(DOCKER_CONTENT_DIGEST, d);
 }
 
 fn value(s: &str) -> Result<HeaderValue, Error> {
-    HeaderValue::from_str(s)
-        .map_err(|_| Error::Internal(format!("{s:?} is not a valid header value")))
+    HeaderValue::from_str(s).map_err(|_| Error::Internal(format!("{s:?} is not a valid header value")))
 }
 
 fn tagged(mut resp: Response, tier: Tier) -> Response {

@@ -42,21 +42,10 @@ pub fn parse(path: &str) -> Result<Route, Error> {
     let (head, last) = rest.rsplit_once('/').ok_or(Error::NameUnknown)?;
     let (name, kind) = head.rsplit_once('/').ok_or(Error::NameUnknown)?;
     let route = match (kind, last) {
-        ("tags", "list") => Route::Tags {
-            name: name.to_owned(),
-        },
-        ("manifests", r) => Route::Manifest {
-            name: name.to_owned(),
-            reference: Reference::parse(r)?,
-        },
-        ("blobs", d) => Route::Blob {
-            name: name.to_owned(),
-            digest: Digest::parse(d)?,
-        },
-        ("referrers", d) => Route::Referrers {
-            name: name.to_owned(),
-            digest: Digest::parse(d)?,
-        },
+        ("tags", "list") => Route::Tags { name: name.to_owned() },
+        ("manifests", r) => Route::Manifest { name: name.to_owned(), reference: Reference::parse(r)? },
+        ("blobs", d) => Route::Blob { name: name.to_owned(), digest: Digest::parse(d)? },
+        ("referrers", d) => Route::Referrers { name: name.to_owned(), digest: Digest::parse(d)? },
         _ => return Err(Error::NameUnknown),
     };
     validate_name(name)?;
@@ -73,38 +62,20 @@ mod tests {
         assert_eq!(parse("/v2/").unwrap(), Route::Base);
         assert_eq!(
             parse("/v2/library/alpine/manifests/3.20").unwrap(),
-            Route::Manifest {
-                name: "library/alpine".into(),
-                reference: Reference::Tag("3.20".into())
-            }
+            Route::Manifest { name: "library/alpine".into(), reference: Reference::Tag("3.20".into()) }
         );
         assert_eq!(
             parse(&format!("/v2/a/manifests/b/blobs/{d}")).unwrap(),
-            Route::Blob {
-                name: "a/manifests/b".into(),
-                digest: d.clone()
-            }
+            Route::Blob { name: "a/manifests/b".into(), digest: d.clone() }
         );
-        assert_eq!(
-            parse("/v2/a/b/tags/list").unwrap(),
-            Route::Tags { name: "a/b".into() }
-        );
+        assert_eq!(parse("/v2/a/b/tags/list").unwrap(), Route::Tags { name: "a/b".into() });
         assert_eq!(parse("/v2/a/blobs/uploads/").unwrap(), Route::Upload);
         assert_eq!(
             parse(&format!("/v2/a/referrers/{d}")).unwrap(),
-            Route::Referrers {
-                name: "a".into(),
-                digest: d
-            }
+            Route::Referrers { name: "a".into(), digest: d }
         );
-        assert!(matches!(
-            parse("/v2/a/manifests/sha256:totallywrong"),
-            Err(Error::DigestInvalid(_))
-        ));
-        assert!(matches!(
-            parse("/v2/A/manifests/x"),
-            Err(Error::NameInvalid(_))
-        ));
+        assert!(matches!(parse("/v2/a/manifests/sha256:totallywrong"), Err(Error::DigestInvalid(_))));
+        assert!(matches!(parse("/v2/A/manifests/x"), Err(Error::NameInvalid(_))));
         assert!(matches!(parse("/v3/x"), Err(Error::NameUnknown)));
     }
 }

@@ -29,10 +29,7 @@ pub struct AcceptClass {
 impl AcceptClass {
     /// From every `Accept` header line of a request (each may be a comma list).
     pub fn from_headers(headers: &HeaderMap) -> AcceptClass {
-        let mut class = AcceptClass {
-            known: [false; KNOWN.len()],
-            any: false,
-        };
+        let mut class = AcceptClass { known: [false; KNOWN.len()], any: false };
         for line in headers.get_all(header::ACCEPT) {
             let Ok(line) = line.to_str() else { continue };
             for item in line.split(',') {
@@ -49,20 +46,13 @@ impl AcceptClass {
 
     /// Every manifest type and `*/*`: for fetches by digest, whose content is fixed.
     pub fn all() -> AcceptClass {
-        AcceptClass {
-            known: [true; KNOWN.len()],
-            any: true,
-        }
+        AcceptClass { known: [true; KNOWN.len()], any: true }
     }
 
     /// The `Accept` value sent upstream for this class; also its cache key.
     pub fn header(&self) -> String {
-        let mut parts: Vec<&str> = KNOWN
-            .iter()
-            .zip(self.known)
-            .filter(|(_, on)| *on)
-            .map(|(k, _)| *k)
-            .collect();
+        let mut parts: Vec<&str> =
+            KNOWN.iter().zip(self.known).filter(|(_, on)| *on).map(|(k, _)| *k).collect();
         if self.any {
             parts.push("*/*");
         }
@@ -90,10 +80,7 @@ mod tests {
         }
         docker.append(header::ACCEPT, HeaderValue::from_static("*/*"));
         let mut oci = HeaderMap::new();
-        oci.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
-        );
+        oci.insert(header::ACCEPT, HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"));
         let (a, b, c) = (
             AcceptClass::from_headers(&containerd),
             AcceptClass::from_headers(&docker),

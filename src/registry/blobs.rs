@@ -8,7 +8,7 @@ use super::Mirror;
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::store::body::{self, BodyStream};
-use crate::store::{Content, Tier};
+use crate::store::Tier;
 
 pub enum BlobBody {
     Bytes(Bytes),
@@ -34,42 +34,24 @@ impl Mirror {
     ) -> Result<BlobAnswer, Error> {
         let upstream = self.upstreams.get(ns)?;
         if let Some(hit) = self.store.get(digest).await? {
-            let len = hit.content.len();
+            let len = hit.bytes.len() as u64;
             let span = range.map(|r| r.resolve(len)).transpose()?;
             let (start, end) = span.unwrap_or((0, len));
-            let body = (!head).then(|| match hit.content {
-                Content::Bytes(b) => BlobBody::Bytes(b.slice(start as usize..end as usize)),
-                Content::File { file, .. } => BlobBody::Stream(body::file(file, start, end)),
-            });
-            return Ok(BlobAnswer {
-                len,
-                range: span,
-                body,
-                tier: hit.tier,
-            });
+            let body = (!head).then(|| BlobBody::Bytes(hit.bytes.slice(start as usize..end as usize)));
+            return Ok(BlobAnswer { len, range: span, body, tier: hit.tier });
         }
 
         if head {
             // A HEAD does not start a fill: answer from a fill in flight, else ask upstream.
             if let Some(fill) = self.store.inflight(digest) {
                 if let Some(len) = fill.ready().await? {
-                    return Ok(BlobAnswer {
-                        len,
-                        range: None,
-                        body: None,
-                        tier: Tier::FillFollower,
-                    });
+                    return Ok(BlobAnswer { len, range: None, body: None, tier: Tier::FillFollower });
                 }
             }
             let len = upstream.blob_len(repo, digest).await?.ok_or_else(|| {
                 Error::Unavailable("upstream sent no Content-Length for a blob HEAD".into())
             })?;
-            return Ok(BlobAnswer {
-                len,
-                range: None,
-                body: None,
-                tier: Tier::Upstream,
-            });
+            return Ok(BlobAnswer { len, range: None, body: None, tier: Tier::Upstream });
         }
 
         let fetch = {
@@ -77,11 +59,7 @@ impl Mirror {
             async move { upstream.blob(&repo, &digest).await }.boxed()
         };
         let (fill, led) = self.store.fill(digest, fetch);
-        let tier = if led {
-            Tier::FillLeader
-        } else {
-            Tier::FillFollower
-        };
+        let tier = if led { Tier::FillLeader } else { Tier::FillFollower };
         let len = match fill.ready().await? {
             Some(len) => len,
             // Upstream sent no length: the length is known once the fill is verified.

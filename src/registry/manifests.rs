@@ -12,7 +12,7 @@ use crate::digest::Digest;
 use crate::error::Error;
 use crate::source::Upstream;
 use crate::store::meta::{now_secs, TagEntry};
-use crate::store::{Content, Tier};
+use crate::store::Tier;
 
 /// A manifest answer: headers, and the bytes for a GET.
 pub struct ManifestAnswer {
@@ -71,32 +71,22 @@ impl Mirror {
             let store = self.store.clone();
             let media_types = self.media_types.clone();
             async move {
-                let m = upstream
-                    .manifest(&repo, digest.as_str(), &AcceptClass::all().header())
-                    .await?;
+                let m = upstream.manifest(&repo, digest.as_str(), &AcceptClass::all().header()).await?;
                 if m.digest != digest {
-                    return Err(Error::Integrity(format!(
-                        "manifest {digest} hashes to {}",
-                        m.digest
-                    )));
+                    return Err(Error::Integrity(format!("manifest {digest} hashes to {}", m.digest)));
                 }
-                store
-                    .put_verified(&digest, m.bytes, Some(&m.media_type))
-                    .await?;
+                store.put_verified(&digest, m.bytes, Some(&m.media_type)).await?;
                 media_types.insert(digest, m.media_type.into());
                 Ok(())
             }
         };
         let (result, led) = self.manifest_fetches.run(digest.clone(), || fetch).await;
         result?;
-        let mut answer = self.stored_manifest(digest).await?.ok_or_else(|| {
-            Error::Internal(format!("manifest {digest} vanished after its fetch"))
-        })?;
-        answer.tier = if led {
-            Tier::FillLeader
-        } else {
-            Tier::FillFollower
-        };
+        let mut answer = self
+            .stored_manifest(digest)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("manifest {digest} vanished after its fetch")))?;
+        answer.tier = if led { Tier::FillLeader } else { Tier::FillFollower };
         Ok(answer)
     }
 
@@ -106,9 +96,8 @@ impl Mirror {
             Some(t) => t,
             None => {
                 let (meta, d) = (self.store.meta.clone(), digest.clone());
-                let found = tokio::task::spawn_blocking(move || meta.blob(&d))
-                    .await
-                    .map_err(Error::internal)??;
+                let found =
+                    tokio::task::spawn_blocking(move || meta.blob(&d)).await.map_err(Error::internal)??;
                 match found.and_then(|m| m.media_type) {
                     Some(t) => {
                         let t: Arc<str> = t.into();
@@ -122,19 +111,7 @@ impl Mirror {
         let Some(hit) = self.store.get(digest).await? else {
             return Ok(None);
         };
-        let bytes = match hit.content {
-            Content::Bytes(b) => b,
-            Content::File { file, len } => {
-                let read = tokio::task::spawn_blocking(move || {
-                    use std::io::Read;
-                    let mut buf = Vec::with_capacity(len as usize);
-                    (&*file).read_to_end(&mut buf).map(|_| buf)
-                })
-                .await
-                .map_err(Error::internal)?;
-                Bytes::from(read.map_err(Error::internal)?)
-            }
-        };
+        let bytes = hit.bytes;
         Ok(Some(ManifestAnswer {
             digest: digest.clone(),
             media_type: media_type.to_string(),
@@ -164,28 +141,14 @@ impl Mirror {
             let (upstream, repo, tag) = (upstream.clone(), repo.to_owned(), tag.to_owned());
             let this = self.refs();
             let key = key.clone();
-            async move {
-                this.revalidate(&upstream, &repo, &tag, &accept, key, cached)
-                    .await
-            }
+            async move { this.revalidate(&upstream, &repo, &tag, &accept, key, cached).await }
         };
         let (result, led) = self.tag_lookups.run(key, || work).await;
-        Ok((
-            result?,
-            if led {
-                Tier::FillLeader
-            } else {
-                Tier::FillFollower
-            },
-        ))
+        Ok((result?, if led { Tier::FillLeader } else { Tier::FillFollower }))
     }
 
     fn refs(&self) -> TagWork {
-        TagWork {
-            store: self.store.clone(),
-            media_types: self.media_types.clone(),
-            tags: self.tags.clone(),
-        }
+        TagWork { store: self.store.clone(), media_types: self.media_types.clone(), tags: self.tags.clone() }
     }
 }
 
@@ -208,16 +171,8 @@ impl TagWork {
     ) -> Result<TagEntry, Error> {
         if let Some(old) = &cached {
             match upstream.head_manifest(repo, tag, accept).await {
-                Ok(head)
-                    if head
-                        .digest
-                        .as_ref()
-                        .is_some_and(|d| d.as_str() == old.digest) =>
-                {
-                    let entry = TagEntry {
-                        checked_at: now_secs(),
-                        ..old.clone()
-                    };
+                Ok(head) if head.digest.as_ref().is_some_and(|d| d.as_str() == old.digest) => {
+                    let entry = TagEntry { checked_at: now_secs(), ..old.clone() };
                     self.tags.put(key, entry.clone()).await?;
                     return Ok(entry);
                 }
@@ -242,11 +197,8 @@ impl TagWork {
             }
             Err(e) => return Err(e),
         };
-        self.store
-            .put_verified(&m.digest, m.bytes.clone(), Some(&m.media_type))
-            .await?;
-        self.media_types
-            .insert(m.digest.clone(), m.media_type.as_str().into());
+        self.store.put_verified(&m.digest, m.bytes.clone(), Some(&m.media_type)).await?;
+        self.media_types.insert(m.digest.clone(), m.media_type.as_str().into());
         let entry = TagEntry {
             digest: m.digest.to_string(),
             media_type: m.media_type,

@@ -24,11 +24,7 @@ impl RangeSpec {
             return b.parse().ok().map(RangeSpec::Suffix);
         }
         let start = a.parse().ok()?;
-        let last = if b.is_empty() {
-            None
-        } else {
-            Some(b.parse().ok()?)
-        };
+        let last = if b.is_empty() { None } else { Some(b.parse().ok()?) };
         if last.is_some_and(|l| l < start) {
             return None;
         }
@@ -58,10 +54,7 @@ mod tests {
         assert_eq!(r("bytes=10-19"), Ok((10, 20)));
         assert_eq!(r("bytes=90-500"), Ok((90, 100)));
         assert_eq!(r("bytes=-5"), Ok((95, 100)));
-        assert_eq!(
-            r("bytes=100-"),
-            Err(Error::RangeNotSatisfiable { len: 100 })
-        );
+        assert_eq!(r("bytes=100-"), Err(Error::RangeNotSatisfiable { len: 100 }));
         assert_eq!(RangeSpec::parse("bytes=5-1"), None);
         assert_eq!(RangeSpec::parse("bytes=0-1,5-6"), None);
         assert_eq!(RangeSpec::parse("items=0-1"), None);

@@ -81,28 +81,10 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in [
-            "library/alpine",
-            "a",
-            "my-org/my__app/x.y",
-            "a--b/c_d",
-            "0/1",
-        ] {
+        for ok in ["library/alpine", "a", "my-org/my__app/x.y", "a--b/c_d", "0/1"] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "Library/alpine",
-            "a//b",
-            "/a",
-            "a/",
-            "-a",
-            "a-",
-            "a___b",
-            "a..b",
-            "../x",
-            "a b",
-        ] {
+        for bad in ["", "Library/alpine", "a//b", "/a", "a/", "-a", "a-", "a___b", "a..b", "../x", "a b"] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
         assert!(validate_name(&"a".repeat(256)).is_err());
@@ -110,22 +92,9 @@ mod tests {
 
     #[test]
     fn references() {
-        assert_eq!(
-            Reference::parse("3.20").unwrap(),
-            Reference::Tag("3.20".into())
-        );
-        assert!(matches!(
-            Reference::parse(&Digest::of(b"x").to_string()),
-            Ok(Reference::Digest(_))
-        ));
-        for bad in [
-            "",
-            ".x",
-            "-x",
-            "a/b",
-            "sha256:totallywrong",
-            &"t".repeat(129),
-        ] {
+        assert_eq!(Reference::parse("3.20").unwrap(), Reference::Tag("3.20".into()));
+        assert!(matches!(Reference::parse(&Digest::of(b"x").to_string()), Ok(Reference::Digest(_))));
+        for bad in ["", ".x", "-x", "a/b", "sha256:totallywrong", &"t".repeat(129)] {
             assert!(Reference::parse(bad).is_err(), "{bad}");
         }
     }

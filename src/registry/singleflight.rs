@@ -18,9 +18,7 @@ pub struct SingleFlight<K, T> {
 
 impl<K, T> Default for SingleFlight<K, T> {
     fn default() -> Self {
-        SingleFlight {
-            calls: Arc::new(Mutex::new(HashMap::new())),
-        }
+        SingleFlight { calls: Arc::new(Mutex::new(HashMap::new())) }
     }
 }
 

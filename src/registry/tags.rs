@@ -22,11 +22,7 @@ impl TagCache {
     /// Loads the stored mappings.
     pub fn load(meta: Arc<Meta>, ttl: Duration) -> Result<TagCache, Error> {
         let entries = meta.tags()?.into_iter().collect();
-        Ok(TagCache {
-            entries: Mutex::new(entries),
-            meta,
-            ttl,
-        })
+        Ok(TagCache { entries: Mutex::new(entries), meta, ttl })
     }
 
     pub fn get(&self, key: &str) -> Option<TagEntry> {
@@ -39,21 +35,14 @@ impl TagCache {
     }
 
     pub async fn put(&self, key: String, entry: TagEntry) -> Result<(), Error> {
-        self.entries
-            .lock()
-            .expect("tag lock")
-            .insert(key.clone(), entry.clone());
+        self.entries.lock().expect("tag lock").insert(key.clone(), entry.clone());
         let meta = self.meta.clone();
-        tokio::task::spawn_blocking(move || meta.put_tag(&key, &entry))
-            .await
-            .map_err(Error::internal)?
+        tokio::task::spawn_blocking(move || meta.put_tag(&key, &entry)).await.map_err(Error::internal)?
     }
 
     pub async fn remove(&self, key: &str) -> Result<(), Error> {
         self.entries.lock().expect("tag lock").remove(key);
         let (meta, key) = (self.meta.clone(), key.to_owned());
-        tokio::task::spawn_blocking(move || meta.remove_tag(&key))
-            .await
-            .map_err(Error::internal)?
+        tokio::task::spawn_blocking(move || meta.remove_tag(&key)).await.map_err(Error::internal)?
     }
 }

@@ -12,12 +12,7 @@ use crate::error::Error;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Challenge {
-    Bearer {
-        realm: String,
-        service: Option<String>,
-        scope: Option<String>,
-        error: Option<String>,
-    },
+    Bearer { realm: String, service: Option<String>, scope: Option<String>, error: Option<String> },
     Basic,
 }
 
@@ -33,12 +28,7 @@ pub fn parse_challenge(value: &str) -> Option<Challenge> {
         return None;
     }
     let params = parse_params(rest);
-    let get = |k: &str| {
-        params
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(k))
-            .map(|(_, v)| v.clone())
-    };
+    let get = |k: &str| params.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.clone());
     Some(Challenge::Bearer {
         realm: get("realm")?,
         service: get("service"),
@@ -55,8 +45,7 @@ fn parse_params(s: &str) -> Vec<(String, String)> {
         while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
             chars.next();
         }
-        let key: String =
-            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != ',')).collect();
+        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != ',')).collect();
         if key.is_empty() {
             return out;
         }
@@ -74,10 +63,7 @@ fn parse_params(s: &str) -> Vec<(String, String)> {
                 }
             }
         } else {
-            val = std::iter::from_fn(|| chars.next_if(|c| *c != ','))
-                .collect::<String>()
-                .trim()
-                .to_owned();
+            val = std::iter::from_fn(|| chars.next_if(|c| *c != ',')).collect::<String>().trim().to_owned();
         }
         out.push((key.trim().to_owned(), val));
     }
@@ -99,10 +85,7 @@ pub struct TokenCache {
 impl TokenCache {
     pub fn get(&self, scope: &str) -> Option<String> {
         let tokens = self.tokens.lock().expect("token lock");
-        tokens
-            .get(scope)
-            .filter(|(_, until)| *until > Instant::now())
-            .map(|(t, _)| t.clone())
+        tokens.get(scope).filter(|(_, until)| *until > Instant::now()).map(|(t, _)| t.clone())
     }
 
     pub fn forget(&self, scope: &str) {
@@ -112,10 +95,7 @@ impl TokenCache {
     fn put(&self, scope: &str, token: String, expires_in: Duration) {
         // Renew a little early so a token does not expire between check and use.
         let until = Instant::now() + expires_in.saturating_sub(Duration::from_secs(10));
-        self.tokens
-            .lock()
-            .expect("token lock")
-            .insert(scope.to_owned(), (token, until));
+        self.tokens.lock().expect("token lock").insert(scope.to_owned(), (token, until));
     }
 
     /// Asks the challenge's realm for a token for `scope` and caches it.
@@ -126,13 +106,7 @@ impl TokenCache {
         scope: &str,
         creds: Option<&(String, Secret)>,
     ) -> Result<String, Error> {
-        let Challenge::Bearer {
-            realm,
-            service,
-            scope: asked,
-            ..
-        } = challenge
-        else {
+        let Challenge::Bearer { realm, service, scope: asked, .. } = challenge else {
             return Err(Error::Internal("not a bearer challenge".into()));
         };
         let mut url = url::Url::parse(realm)
@@ -148,25 +122,16 @@ impl TokenCache {
         if let Some((user, pass)) = creds {
             req = req.basic_auth(user, Some(pass.expose()));
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| Error::Unavailable(format!("token request: {e}")))?;
+        let resp = req.send().await.map_err(|e| Error::Unavailable(format!("token request: {e}")))?;
         let status = resp.status();
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-            return Err(Error::UpstreamDenied(format!(
-                "token service answered {status}"
-            )));
+            return Err(Error::UpstreamDenied(format!("token service answered {status}")));
         }
         if !status.is_success() {
-            return Err(Error::Unavailable(format!(
-                "token service answered {status}"
-            )));
+            return Err(Error::Unavailable(format!("token service answered {status}")));
         }
-        let body: TokenResponse = resp
-            .json()
-            .await
-            .map_err(|e| Error::Unavailable(format!("token response: {e}")))?;
+        let body: TokenResponse =
+            resp.json().await.map_err(|e| Error::Unavailable(format!("token response: {e}")))?;
         let token = body
             .token
             .or(body.access_token)
@@ -196,10 +161,7 @@ mod tests {
                 error: Some("invalid_token".into()),
             }
         );
-        assert_eq!(
-            parse_challenge(r#"Basic realm="x""#),
-            Some(Challenge::Basic)
-        );
+        assert_eq!(parse_challenge(r#"Basic realm="x""#), Some(Challenge::Basic));
         assert_eq!(parse_challenge("Negotiate"), None);
         assert_eq!(parse_challenge("Bearer service=x"), None);
     }

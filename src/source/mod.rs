@@ -22,18 +22,13 @@ impl Upstreams {
         for r in &config.registries {
             by_host.insert(r.host.clone(), Arc::new(Upstream::new(r)?));
         }
-        Ok(Upstreams {
-            by_host,
-            default: config.server.default_registry.clone(),
-        })
+        Ok(Upstreams { by_host, default: config.server.default_registry.clone() })
     }
 
     /// The registry for a request's `ns` (none: the default registry). Unknown hosts are
     /// refused: berth is a mirror of its configured registries, never an open proxy.
     pub fn get(&self, ns: Option<&str>) -> Result<&Arc<Upstream>, Error> {
         let host = ns.unwrap_or(&self.default);
-        self.by_host
-            .get(host)
-            .ok_or_else(|| Error::Denied(format!("registry {host:?} is not mirrored here")))
+        self.by_host.get(host).ok_or_else(|| Error::Denied(format!("registry {host:?} is not mirrored here")))
     }
 }

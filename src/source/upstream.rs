@@ -50,8 +50,7 @@ impl Upstream {
             .read_timeout(cfg.read_timeout)
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &cfg.ca_file {
-            let pem =
-                std::fs::read(ca).map_err(|e| Error::Internal(format!("{}: {e}", ca.display())))?;
+            let pem = std::fs::read(ca).map_err(|e| Error::Internal(format!("{}: {e}", ca.display())))?;
             for cert in reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| Error::Internal(format!("{}: {e}", ca.display())))?
             {
@@ -71,9 +70,7 @@ impl Upstream {
     }
 
     fn url(&self, path_and_query: &str) -> Result<Url, Error> {
-        self.endpoint
-            .join(path_and_query)
-            .map_err(|e| Error::Internal(format!("upstream URL: {e}")))
+        self.endpoint.join(path_and_query).map_err(|e| Error::Internal(format!("upstream URL: {e}")))
     }
 
     /// Sends a request for `repo`'s content, authenticating as upstream asks (one retry).
@@ -88,9 +85,7 @@ impl Upstream {
         let url = self.url(path_and_query)?;
         let scope = format!("repository:{repo}:pull");
         let mut auth = self.auth_for(&scope);
-        let resp = self
-            .send_once(&method, &url, &headers, auth.as_ref())
-            .await?;
+        let resp = self.send_once(&method, &url, &headers, auth.as_ref()).await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
@@ -102,15 +97,10 @@ impl Upstream {
         match challenge {
             Some(c @ Challenge::Bearer { .. }) => {
                 self.tokens.forget(&scope);
-                let token = self
-                    .tokens
-                    .fetch(&self.client, &c, &scope, self.creds.as_ref())
-                    .await?;
+                let token = self.tokens.fetch(&self.client, &c, &scope, self.creds.as_ref()).await?;
                 auth = Some(bearer(&token)?);
             }
-            Some(Challenge::Basic)
-                if self.creds.is_some() && !self.basic.swap(true, Ordering::Relaxed) =>
-            {
+            Some(Challenge::Basic) if self.creds.is_some() && !self.basic.swap(true, Ordering::Relaxed) => {
                 auth = self.auth_for(&scope);
             }
             _ => return Ok(resp),
@@ -145,10 +135,7 @@ impl Upstream {
         let mut url = url.clone();
         let mut method = method.clone();
         for _ in 0..=MAX_REDIRECTS {
-            let mut req = self
-                .client
-                .request(method.clone(), url.clone())
-                .headers(headers.clone());
+            let mut req = self.client.request(method.clone(), url.clone()).headers(headers.clone());
             if let Some(auth) = auth.filter(|_| url.origin() == self.endpoint.origin()) {
                 req = req.header(header::AUTHORIZATION, auth.clone());
             }
@@ -156,24 +143,15 @@ impl Upstream {
             if !resp.status().is_redirection() {
                 return Ok(resp);
             }
-            let Some(location) = resp
-                .headers()
-                .get(header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-            else {
+            let Some(location) = resp.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
                 return Ok(resp);
             };
-            url = url
-                .join(location)
-                .map_err(|e| Error::Unavailable(format!("bad redirect: {e}")))?;
+            url = url.join(location).map_err(|e| Error::Unavailable(format!("bad redirect: {e}")))?;
             if resp.status() == StatusCode::SEE_OTHER && method != Method::HEAD {
                 method = Method::GET;
             }
         }
-        Err(Error::Unavailable(format!(
-            "{}: too many redirects",
-            self.host
-        )))
+        Err(Error::Unavailable(format!("{}: too many redirects", self.host)))
     }
 
     /// GET a manifest by tag or digest: bytes read whole (at most 4 MiB) and hashed.
@@ -184,23 +162,15 @@ impl Upstream {
         accept: &str,
     ) -> Result<FetchedManifest, Error> {
         let resp = self
-            .send(
-                Method::GET,
-                &format!("/v2/{repo}/manifests/{reference}"),
-                repo,
-                accept_headers(accept),
-            )
+            .send(Method::GET, &format!("/v2/{repo}/manifests/{reference}"), repo, accept_headers(accept))
             .await?;
         let resp = check(resp, Error::ManifestUnknown)?;
         if let Some(len) = resp.content_length().filter(|&l| l > MAX_MANIFEST) {
             return Err(Error::ManifestTooLarge(len));
         }
         let announced = header_digest(resp.headers());
-        let content_type = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let content_type =
+            resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let mut body = BytesMut::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
@@ -213,19 +183,13 @@ impl Upstream {
         let bytes = body.freeze();
         let digest = Digest::of(&bytes);
         if let Some(announced) = announced.filter(|a| *a != digest) {
-            return Err(Error::Integrity(format!(
-                "manifest announced as {announced} hashes to {digest}"
-            )));
+            return Err(Error::Integrity(format!("manifest announced as {announced} hashes to {digest}")));
         }
         let media_type = content_type
             .filter(|t| !t.is_empty())
             .or_else(|| media_type_in(&bytes))
             .unwrap_or_else(|| "application/octet-stream".to_owned());
-        Ok(FetchedManifest {
-            bytes,
-            digest,
-            media_type,
-        })
+        Ok(FetchedManifest { bytes, digest, media_type })
     }
 
     /// HEAD a manifest: what upstream says a tag points to, without a GET (Docker Hub does
@@ -237,59 +201,34 @@ impl Upstream {
         accept: &str,
     ) -> Result<ManifestHead, Error> {
         let resp = self
-            .send(
-                Method::HEAD,
-                &format!("/v2/{repo}/manifests/{reference}"),
-                repo,
-                accept_headers(accept),
-            )
+            .send(Method::HEAD, &format!("/v2/{repo}/manifests/{reference}"), repo, accept_headers(accept))
             .await?;
         let resp = check(resp, Error::ManifestUnknown)?;
         let h = resp.headers();
         Ok(ManifestHead {
             digest: header_digest(h),
-            media_type: h
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
+            media_type: h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned),
             len: resp.content_length().or_else(|| {
-                h.get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
+                h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
             }),
         })
     }
 
     /// GET a blob as a stream for a fill.
     pub async fn blob(&self, repo: &str, digest: &Digest) -> Result<Source, Error> {
-        let resp = self
-            .send(
-                Method::GET,
-                &format!("/v2/{repo}/blobs/{digest}"),
-                repo,
-                HeaderMap::new(),
-            )
-            .await?;
+        let resp =
+            self.send(Method::GET, &format!("/v2/{repo}/blobs/{digest}"), repo, HeaderMap::new()).await?;
         let resp = check(resp, Error::BlobUnknown)?;
         let host = self.host.clone();
         let len = resp.content_length();
-        let body = resp
-            .bytes_stream()
-            .map(move |r| r.map_err(|e| unavailable(&host, e)))
-            .boxed();
+        let body = resp.bytes_stream().map(move |r| r.map_err(|e| unavailable(&host, e))).boxed();
         Ok(Source { len, body })
     }
 
     /// HEAD a blob: its length.
     pub async fn blob_len(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, Error> {
-        let resp = self
-            .send(
-                Method::HEAD,
-                &format!("/v2/{repo}/blobs/{digest}"),
-                repo,
-                HeaderMap::new(),
-            )
-            .await?;
+        let resp =
+            self.send(Method::HEAD, &format!("/v2/{repo}/blobs/{digest}"), repo, HeaderMap::new()).await?;
         let resp = check(resp, Error::BlobUnknown)?;
         Ok(resp
             .headers()
@@ -309,9 +248,7 @@ impl Upstream {
         if let Some(a) = accept {
             headers.insert(header::ACCEPT, a.clone());
         }
-        let resp = self
-            .send(Method::GET, path_and_query, repo, headers)
-            .await?;
+        let resp = self.send(Method::GET, path_and_query, repo, headers).await?;
         check(resp, Error::NameUnknown)
     }
 }
@@ -332,9 +269,7 @@ fn accept_headers(accept: &str) -> HeaderMap {
 }
 
 fn header_digest(h: &HeaderMap) -> Option<Digest> {
-    h.get("docker-content-digest")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| Digest::parse(v).ok())
+    h.get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|v| Digest::parse(v).ok())
 }
 
 /// The `mediaType` field of a JSON manifest, for upstreams that send no Content-Type.

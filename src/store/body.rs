@@ -1,6 +1,6 @@
-//! Response bodies read from the tiers: a verified file, or a fill being written.
-//! A body that cannot complete yields an error, which makes the server cut the connection:
-//! a client never sees a clean, short response.
+//! Response bodies that follow a fill as it is written. A body that cannot complete yields an
+//! error, which makes the server cut the connection: a client never sees a clean, short
+//! response.
 
 use std::fs::File;
 use std::io;
@@ -15,8 +15,10 @@ use super::fill::{Fill, FillState};
 
 pub type BodyStream = BoxStream<'static, io::Result<Bytes>>;
 
-/// Bytes read from a file at a time.
-const CHUNK: u64 = 512 * 1024;
+/// Most bytes handed out at once: keeps the request log and back-pressure granular.
+const CHUNK: u64 = 4 << 20;
+/// Bytes read at a time from a fill that has no mapping (upstream sent no length).
+const READ_CHUNK: u64 = 512 << 10;
 
 async fn read_at(file: Arc<File>, pos: u64, n: u64) -> io::Result<Bytes> {
     tokio::task::spawn_blocking(move || {
@@ -28,24 +30,6 @@ async fn read_at(file: Arc<File>, pos: u64, n: u64) -> io::Result<Bytes> {
     .map_err(io::Error::other)?
 }
 
-/// Bytes `start..end` of a verified file.
-pub fn file(file: Arc<File>, start: u64, end: u64) -> BodyStream {
-    stream::unfold(start, move |pos| {
-        let file = file.clone();
-        async move {
-            if pos >= end {
-                return None;
-            }
-            let n = CHUNK.min(end - pos);
-            match read_at(file, pos, n).await {
-                Ok(b) => Some((Ok(b), pos + n)),
-                Err(e) => Some((Err(e), end)),
-            }
-        }
-    })
-    .boxed()
-}
-
 struct Follower {
     rx: watch::Receiver<FillState>,
     _fill: Arc<Fill>,
@@ -55,27 +39,21 @@ struct Follower {
     done: bool,
 }
 
-/// Bytes `start..end` (or to the end) of a fill, read as the writer makes them available.
-/// The last byte is only handed out once the whole content is verified.
+/// Bytes `start..end` (or to the end) of a fill, handed out as the writer makes them
+/// available. The last byte is only handed out once the whole content is verified.
 pub fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> BodyStream {
     let rx = fill.subscribe();
-    let state = Follower {
-        rx,
-        _fill: fill,
-        pos: start,
-        end,
-        done: false,
-    };
+    let state = Follower { rx, _fill: fill, pos: start, end, done: false };
     stream::unfold(state, |mut f| async move {
         if f.done {
             return None;
         }
         loop {
             let state = f.rx.borrow_and_update().clone();
-            let (file, available, verified) = match state {
-                FillState::Pending => (None, 0, false),
-                FillState::Streaming { file, written, .. } => (Some(file), written, false),
-                FillState::Verified { file, len } => (Some(file), len, true),
+            let (file, map, available, verified) = match state {
+                FillState::Pending => (None, None, 0, false),
+                FillState::Streaming { file, map, written, .. } => (Some(file), map, written, false),
+                FillState::Verified { file, map, len } => (Some(file), map, len, true),
                 FillState::Failed(e) => {
                     f.done = true;
                     return Some((Err(io::Error::other(e.to_string())), f));
@@ -86,18 +64,25 @@ pub fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> BodyStream {
                 (None, true) => Some(available),
                 (None, false) => None,
             };
-            let mut limit = end.map_or(available, |e| available.min(e));
             if verified && end.is_some_and(|e| f.pos >= e) {
                 return None;
             }
+            let mut limit = end.map_or(available, |e| available.min(e));
             if !verified && end.is_some_and(|e| limit >= e) {
                 limit = end.unwrap_or(0).saturating_sub(1); // hold back the last byte
             }
-            if let (Some(file), true) = (file, limit > f.pos) {
-                let n = CHUNK.min(limit - f.pos);
-                return match read_at(file, f.pos, n).await {
+            if limit > f.pos {
+                let next = match (map, file) {
+                    (Some(map), _) => {
+                        let n = CHUNK.min(limit - f.pos);
+                        Ok(map.slice(f.pos as usize..(f.pos + n) as usize))
+                    }
+                    (None, Some(file)) => read_at(file, f.pos, READ_CHUNK.min(limit - f.pos)).await,
+                    (None, None) => unreachable!("bytes are available only once a file exists"),
+                };
+                return match next {
                     Ok(b) => {
-                        f.pos += n;
+                        f.pos += b.len() as u64;
                         Some((Ok(b), f))
                     }
                     Err(e) => {

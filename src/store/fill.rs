@@ -36,15 +36,18 @@ pub struct Source {
 pub enum FillState {
     /// Waiting for the source to answer.
     Pending,
-    /// `written` bytes of `file` are readable; more are coming.
+    /// `written` bytes of `file` are readable; more are coming. `map` is the file mapped to
+    /// its announced length, when upstream announced one.
     Streaming {
         file: Arc<File>,
+        map: Option<Bytes>,
         len: Option<u64>,
         written: u64,
     },
     /// All `len` bytes are written and match the digest.
     Verified {
         file: Arc<File>,
+        map: Option<Bytes>,
         len: u64,
     },
     Failed(Error),
@@ -107,19 +110,13 @@ impl Store {
             return (fill.clone(), false);
         }
         let (state, _) = watch::channel(FillState::Pending);
-        let fill = Arc::new(Fill {
-            digest: digest.clone(),
-            state,
-        });
+        let fill = Arc::new(Fill { digest: digest.clone(), state });
         inflight.insert(digest.clone(), fill.clone());
         drop(inflight);
         let store = self.clone();
         let leader = fill.clone();
         tokio::spawn(async move {
-            let guard = LeadGuard {
-                store: &store,
-                fill: &leader,
-            };
+            let guard = LeadGuard { store: &store, fill: &leader };
             let result = lead(&store, &leader, fetch).await;
             if let Err(e) = result {
                 tracing::warn!(digest = %leader.digest, error = %e, "fill failed");
@@ -132,11 +129,7 @@ impl Store {
 
     /// The fill of `digest` in flight, if any.
     pub fn inflight(&self, digest: &Digest) -> Option<Arc<Fill>> {
-        self.inflight
-            .lock()
-            .expect("inflight lock")
-            .get(digest)
-            .cloned()
+        self.inflight.lock().expect("inflight lock").get(digest).cloned()
     }
 
     /// Number of fills in flight.
@@ -162,10 +155,7 @@ impl Drop for LeadGuard<'_> {
             _ => false,
         });
         let mut inflight = self.store.inflight.lock().expect("inflight lock");
-        if inflight
-            .get(&self.fill.digest)
-            .is_some_and(|f| Arc::ptr_eq(f, self.fill))
-        {
+        if inflight.get(&self.fill.digest).is_some_and(|f| Arc::ptr_eq(f, self.fill)) {
             inflight.remove(&self.fill.digest);
         }
     }
@@ -178,26 +168,36 @@ async fn lead(
 ) -> Result<(), Error> {
     let digest = fill.digest.clone();
     // An earlier fill may have published this digest after the caller looked.
-    let disk = store.disk.clone();
-    let d = digest.clone();
-    if let Some((file, len)) = blocking(move || disk.get(&d).map_err(Error::internal)).await? {
-        fill.state.send_replace(FillState::Verified {
-            file: Arc::new(file),
-            len,
-        });
+    let (disk, d) = (store.disk.clone(), digest.clone());
+    let published = blocking(move || {
+        let Some((file, len)) = disk.get(&d)? else { return Ok(None) };
+        let map = super::disk::map(&file, len)?;
+        Ok(Some((file, map, len)))
+    });
+    if let Some((file, map, len)) = published.await? {
+        let file = Arc::new(file);
+        fill.state.send_replace(FillState::Verified { file, map: Some(map), len });
         return Ok(());
     }
 
     let Source { len, mut body } = fetch.await?;
-    let disk = store.disk.clone();
-    let d = digest.clone();
-    let (file, temp) = blocking(move || disk.temp(&d).map_err(Error::internal)).await?;
+    let (disk, d) = (store.disk.clone(), digest.clone());
+    let (file, temp, map) = blocking(move || {
+        let (file, temp) = disk.temp(&d)?;
+        // Sized up front so that followers read it through one mapping as it fills.
+        let map = match len {
+            Some(len) => {
+                file.set_len(len)?;
+                Some(super::disk::map(&file, len)?)
+            }
+            None => None,
+        };
+        Ok((file, temp, map))
+    })
+    .await?;
     let file = Arc::new(file);
-    fill.state.send_replace(FillState::Streaming {
-        file: file.clone(),
-        len,
-        written: 0,
-    });
+    let streaming = FillState::Streaming { file: file.clone(), map: map.clone(), len, written: 0 };
+    fill.state.send_replace(streaming);
 
     let keep = len.filter(|&l| store.memory.admits(l)).map(|l| l as usize);
     let (tx, rx) = mpsc::channel::<Bytes>(8);
@@ -213,9 +213,7 @@ async fn lead(
             let chunk = chunk?;
             received += chunk.len() as u64;
             if len.is_some_and(|l| received > l) {
-                return Err(Error::Integrity(format!(
-                    "{digest}: body longer than announced"
-                )));
+                return Err(Error::Integrity(format!("{digest}: body longer than announced")));
             }
             batch.extend_from_slice(&chunk);
             if batch.len() >= WRITE_BATCH && tx.send(batch.split().freeze()).await.is_err() {
@@ -234,15 +232,11 @@ async fn lead(
     let verified = pumped.and_then(|_| {
         let (hash, written, memory) = written?;
         if let Some(l) = len.filter(|&l| l != written) {
-            return Err(Error::Integrity(format!(
-                "{digest}: got {written} of {l} bytes"
-            )));
+            return Err(Error::Integrity(format!("{digest}: got {written} of {l} bytes")));
         }
         let actual = Digest::from_hash(hash);
         if actual != digest {
-            return Err(Error::Integrity(format!(
-                "{digest}: content hashes to {actual}"
-            )));
+            return Err(Error::Integrity(format!("{digest}: content hashes to {actual}")));
         }
         Ok((written, memory))
     });
@@ -263,10 +257,7 @@ async fn lead(
     if let Some(bytes) = memory {
         store.memory.insert(digest.clone(), bytes.freeze()).await;
     }
-    fill.state.send_replace(FillState::Verified {
-        file: file.clone(),
-        len: written,
-    });
+    fill.state.send_replace(FillState::Verified { file: file.clone(), map, len: written });
     let (disk, meta) = (store.disk.clone(), store.meta.clone());
     blocking(move || {
         if let Err(e) = disk.publish(&file, &temp, &digest) {
@@ -283,18 +274,12 @@ async fn lead(
 type Written = Result<([u8; 32], u64, Option<BytesMut>), Error>;
 
 /// Runs on a blocking thread: hashes and writes each batch, then tells followers.
-fn write_loop(
-    mut rx: mpsc::Receiver<Bytes>,
-    file: &File,
-    fill: &Fill,
-    keep: Option<usize>,
-) -> Written {
+fn write_loop(mut rx: mpsc::Receiver<Bytes>, file: &File, fill: &Fill, keep: Option<usize>) -> Written {
     let mut hasher = Sha256::new();
     let mut offset: u64 = 0;
     let mut memory = keep.map(BytesMut::with_capacity);
     while let Some(buf) = rx.blocking_recv() {
-        file.write_all_at(&buf, offset)
-            .map_err(|e| Error::Internal(format!("writing blob: {e}")))?;
+        file.write_all_at(&buf, offset).map_err(|e| Error::Internal(format!("writing blob: {e}")))?;
         hasher.update(&buf);
         if let Some(m) = memory.as_mut() {
             m.extend_from_slice(&buf);
@@ -310,9 +295,10 @@ fn write_loop(
 }
 
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, Error> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(Error::internal)?
+        .map_err(|e| Error::Internal(format!("disk tier: {e}")))
 }

@@ -21,6 +21,11 @@ impl MemoryTier {
         MemoryTier { cache, max_object }
     }
 
+    /// The largest object admitted.
+    pub fn max_object(&self) -> u64 {
+        self.max_object
+    }
+
     /// Whether an object of `len` bytes is admitted.
     pub fn admits(&self, len: u64) -> bool {
         len <= self.max_object

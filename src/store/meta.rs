@@ -44,10 +44,7 @@ pub struct Meta {
 }
 
 pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn db_err(e: impl std::fmt::Display) -> Error {
@@ -61,10 +58,7 @@ impl Meta {
         txn.open_table(BLOBS).map_err(db_err)?;
         txn.open_table(TAGS).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
-        Ok(Meta {
-            db,
-            touched: Mutex::new(HashMap::new()),
-        })
+        Ok(Meta { db, touched: Mutex::new(HashMap::new()) })
     }
 
     pub fn blob(&self, digest: &Digest) -> Result<Option<BlobMeta>, Error> {
@@ -77,12 +71,7 @@ impl Meta {
     }
 
     /// Records verified content. Call after the file is published.
-    pub fn record_blob(
-        &self,
-        digest: &Digest,
-        size: u64,
-        media_type: Option<&str>,
-    ) -> Result<(), Error> {
+    pub fn record_blob(&self, digest: &Digest, size: u64, media_type: Option<&str>) -> Result<(), Error> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(BLOBS).map_err(db_err)?;
@@ -92,15 +81,11 @@ impl Meta {
             };
             let meta = BlobMeta {
                 size,
-                media_type: media_type
-                    .map(str::to_owned)
-                    .or_else(|| previous.and_then(|p| p.media_type)),
+                media_type: media_type.map(str::to_owned).or_else(|| previous.and_then(|p| p.media_type)),
                 last_access: now_secs(),
             };
             let bytes = serde_json::to_vec(&meta).map_err(db_err)?;
-            table
-                .insert(digest.as_str(), bytes.as_slice())
-                .map_err(db_err)?;
+            table.insert(digest.as_str(), bytes.as_slice()).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
     }
@@ -129,9 +114,7 @@ impl Meta {
                 if let Some(mut meta) = current {
                     meta.last_access = meta.last_access.max(*at);
                     let bytes = serde_json::to_vec(&meta).map_err(db_err)?;
-                    table
-                        .insert(digest.as_str(), bytes.as_slice())
-                        .map_err(db_err)?;
+                    table.insert(digest.as_str(), bytes.as_slice()).map_err(db_err)?;
                     n += 1;
                 }
             }
@@ -152,10 +135,7 @@ impl Meta {
 
     pub fn remove_tag(&self, key: &str) -> Result<(), Error> {
         let txn = self.db.begin_write().map_err(db_err)?;
-        txn.open_table(TAGS)
-            .map_err(db_err)?
-            .remove(key)
-            .map_err(db_err)?;
+        txn.open_table(TAGS).map_err(db_err)?.remove(key).map_err(db_err)?;
         txn.commit().map_err(db_err)
     }
 

@@ -8,7 +8,6 @@ pub mod memory;
 pub mod meta;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,29 +43,10 @@ impl Tier {
     }
 }
 
-/// Verified content.
-pub enum Content {
-    Bytes(Bytes),
-    File { file: Arc<File>, len: u64 },
-}
-
-impl Content {
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn len(&self) -> u64 {
-        match self {
-            Content::Bytes(b) => b.len() as u64,
-            Content::File { len, .. } => *len,
-        }
-    }
-}
-
-/// Verified content found in a tier.
+/// Verified content found in a tier: memory-tier bytes, or a disk file mapped into memory.
 pub struct Hit {
     pub tier: Tier,
-    pub content: Content,
+    pub bytes: Bytes,
 }
 
 pub struct Store {
@@ -93,53 +73,32 @@ impl Store {
     pub async fn get(&self, digest: &Digest) -> Result<Option<Hit>, Error> {
         if let Some(bytes) = self.memory.get(digest).await {
             self.meta.touch(digest);
-            return Ok(Some(Hit {
-                tier: Tier::Memory,
-                content: Content::Bytes(bytes),
-            }));
+            return Ok(Some(Hit { tier: Tier::Memory, bytes }));
         }
-        let disk = self.disk.clone();
-        let d = digest.clone();
-        let found = tokio::task::spawn_blocking(move || disk.get(&d))
-            .await
-            .map_err(Error::internal)?;
-        let (file, len) = match found {
-            Ok(Some(found)) => found,
-            Ok(None) => return Ok(None),
-            Err(e) => {
-                tracing::warn!(%digest, error = %e, "disk tier read failed; treating as a miss");
-                return Ok(None);
-            }
-        };
-        self.meta.touch(digest);
-        if !self.memory.admits(len) {
-            let content = Content::File {
-                file: Arc::new(file),
-                len,
-            };
-            return Ok(Some(Hit {
-                tier: Tier::Disk,
-                content,
-            }));
-        }
-        let bytes = tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let mut buf = Vec::with_capacity(len as usize);
-            (&file).take(len).read_to_end(&mut buf).map(|_| buf)
+        let (disk, d) = (self.disk.clone(), digest.clone());
+        let admits = self.memory.max_object();
+        let found = tokio::task::spawn_blocking(move || {
+            let mapped = disk.get_mapped(&d)?;
+            // A copy for the memory tier, made off the async workers.
+            Ok::<_, std::io::Error>(mapped.map(|m| {
+                let copy = (m.len() as u64 <= admits).then(|| Bytes::copy_from_slice(&m));
+                (m, copy)
+            }))
         })
         .await
         .map_err(Error::internal)?;
-        match bytes {
-            Ok(buf) if buf.len() as u64 == len => {
-                let bytes = Bytes::from(buf);
-                self.memory.insert(digest.clone(), bytes.clone()).await;
-                Ok(Some(Hit {
-                    tier: Tier::Disk,
-                    content: Content::Bytes(bytes),
-                }))
+        match found {
+            Ok(Some((mapped, copy))) => {
+                self.meta.touch(digest);
+                if let Some(copy) = copy {
+                    self.memory.insert(digest.clone(), copy.clone()).await;
+                    return Ok(Some(Hit { tier: Tier::Disk, bytes: copy }));
+                }
+                Ok(Some(Hit { tier: Tier::Disk, bytes: mapped }))
             }
-            Ok(_) | Err(_) => {
-                tracing::warn!(%digest, "disk tier file unreadable; treating as a miss");
+            Ok(None) => Ok(None),
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "disk tier read failed; treating as a miss");
                 Ok(None)
             }
         }

@@ -35,6 +35,8 @@ pub enum Fault {
     Truncate,
     /// Sends `chunk` bytes every `delay`.
     Slow { chunk: usize, delay: Duration },
+    /// Sends the body in slow chunks without a Content-Length (chunked encoding).
+    NoLength,
     /// Sends half, then nothing more while keeping the connection open.
     Stall,
     /// Answers with this status.
@@ -79,17 +81,11 @@ impl Fake {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         *state.addr.lock().unwrap() = Some(addr);
-        let app = axum::Router::new()
-            .fallback(handle)
-            .with_state(state.clone());
+        let app = axum::Router::new().fallback(handle).with_state(state.clone());
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        Fake {
-            addr,
-            state,
-            task: Arc::new(task),
-        }
+        Fake { addr, state, task: Arc::new(task) }
     }
 
     pub fn url(&self) -> String {
@@ -104,29 +100,16 @@ impl Fake {
     pub fn add_blob(&self, bytes: impl Into<Bytes>) -> Digest {
         let bytes = bytes.into();
         let d = Digest::of(&bytes);
-        self.state
-            .blobs
-            .lock()
-            .unwrap()
-            .insert(d.to_string(), bytes);
+        self.state.blobs.lock().unwrap().insert(d.to_string(), bytes);
         d
     }
 
     /// Puts a manifest under `repo:tag` and `repo:digest`; returns its digest.
-    pub fn put_manifest(
-        &self,
-        repo: &str,
-        tag: &str,
-        media_type: &str,
-        bytes: impl Into<Bytes>,
-    ) -> Digest {
+    pub fn put_manifest(&self, repo: &str, tag: &str, media_type: &str, bytes: impl Into<Bytes>) -> Digest {
         let bytes = bytes.into();
         let d = Digest::of(&bytes);
         let mut m = self.state.manifests.lock().unwrap();
-        m.insert(
-            format!("{repo}:{tag}"),
-            (media_type.to_owned(), bytes.clone()),
-        );
+        m.insert(format!("{repo}:{tag}"), (media_type.to_owned(), bytes.clone()));
         m.insert(format!("{repo}:{d}"), (media_type.to_owned(), bytes));
         d
     }
@@ -155,11 +138,7 @@ impl Fake {
     }
 
     pub fn fault(&self, digest: &Digest, fault: Fault) {
-        self.state
-            .faults
-            .lock()
-            .unwrap()
-            .insert(digest.to_string(), fault);
+        self.state.faults.lock().unwrap().insert(digest.to_string(), fault);
     }
 
     pub fn clear_fault(&self, digest: &Digest) {
@@ -176,38 +155,25 @@ impl Fake {
 
     /// Requests with this method whose path contains `needle`.
     pub fn count(&self, method: Method, needle: &str) -> usize {
-        self.log()
-            .iter()
-            .filter(|l| l.method == method && l.path.contains(needle))
-            .count()
+        self.log().iter().filter(|l| l.method == method && l.path.contains(needle)).count()
     }
 }
 
 fn challenge(addr: SocketAddr, repo: &str, error: Option<&str>) -> Response {
-    let mut v = format!(
-        r#"Bearer realm="http://{addr}/token",service="fake",scope="repository:{repo}:pull""#
-    );
+    let mut v =
+        format!(r#"Bearer realm="http://{addr}/token",service="fake",scope="repository:{repo}:pull""#);
     if let Some(e) = error {
         v.push_str(&format!(r#",error="{e}""#));
     }
-    (
-        StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, v)],
-        "{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}",
-    )
+    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, v)], "{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}")
         .into_response()
 }
 
 fn basic_ok(headers: &HeaderMap, user: &str, pass: &str) -> bool {
     use base64::Engine as _;
-    let want = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
-    );
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        == Some(want.as_str())
+    let want =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")));
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(want.as_str())
 }
 
 static TOKEN_SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -220,12 +186,8 @@ async fn handle(State(state): State<Arc<FakeState>>, req: Request) -> Response {
     state.log.lock().unwrap().push(Logged {
         method: parts.method.clone(),
         path: parts.uri.to_string(),
-        authorization: headers
-            .get(header::AUTHORIZATION)
-            .map(|v| v.to_str().unwrap().to_owned()),
-        range: headers
-            .get(header::RANGE)
-            .map(|v| v.to_str().unwrap().to_owned()),
+        authorization: headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap().to_owned()),
+        range: headers.get(header::RANGE).map(|v| v.to_str().unwrap().to_owned()),
     });
 
     if path == "/token" {
@@ -276,18 +238,12 @@ async fn handle(State(state): State<Arc<FakeState>>, req: Request) -> Response {
                 .map(str::to_owned);
             match presented {
                 None => return challenge(addr, &repo, None),
-                Some(t) if !auth.tokens.contains(&t) => {
-                    return challenge(addr, &repo, Some("invalid_token"))
-                }
+                Some(t) if !auth.tokens.contains(&t) => return challenge(addr, &repo, Some("invalid_token")),
                 Some(_) => {}
             }
         } else if let Some((u, p)) = &auth.basic {
             if !basic_ok(&headers, u, p) {
-                return (
-                    StatusCode::UNAUTHORIZED,
-                    [(header::WWW_AUTHENTICATE, r#"Basic realm="fake""#)],
-                    "",
-                )
+                return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, r#"Basic realm="fake""#)], "")
                     .into_response();
             }
         }
@@ -303,37 +259,21 @@ async fn handle(State(state): State<Arc<FakeState>>, req: Request) -> Response {
             if let Some(s) = *state.manifest_status.lock().unwrap() {
                 let mut r = (StatusCode::from_u16(s).unwrap(), "{\"errors\":[]}").into_response();
                 if s == 429 {
-                    r.headers_mut()
-                        .insert(header::RETRY_AFTER, "7".parse().unwrap());
+                    r.headers_mut().insert(header::RETRY_AFTER, "7".parse().unwrap());
                 }
                 return r;
             }
-            let found = state
-                .manifests
-                .lock()
-                .unwrap()
-                .get(&format!("{repo}:{reference}"))
-                .cloned();
+            let found = state.manifests.lock().unwrap().get(&format!("{repo}:{reference}")).cloned();
             let Some((media_type, bytes)) = found else {
-                return (
-                    StatusCode::NOT_FOUND,
-                    "{\"errors\":[{\"code\":\"MANIFEST_UNKNOWN\"}]}",
-                )
+                return (StatusCode::NOT_FOUND, "{\"errors\":[{\"code\":\"MANIFEST_UNKNOWN\"}]}")
                     .into_response();
             };
             let d = Digest::of(&bytes);
-            let body = if parts.method == Method::HEAD {
-                Body::empty()
-            } else {
-                Body::from(bytes.clone())
-            };
+            let body = if parts.method == Method::HEAD { Body::empty() } else { Body::from(bytes.clone()) };
             let mut r = Response::new(body);
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, media_type.parse().unwrap());
-            r.headers_mut()
-                .insert(header::CONTENT_LENGTH, bytes.len().into());
-            r.headers_mut()
-                .insert("docker-content-digest", d.as_str().parse().unwrap());
+            r.headers_mut().insert(header::CONTENT_TYPE, media_type.parse().unwrap());
+            r.headers_mut().insert(header::CONTENT_LENGTH, bytes.len().into());
+            r.headers_mut().insert("docker-content-digest", d.as_str().parse().unwrap());
             r
         }
         _ => blob_response(&state, &parts.method, &reference),
@@ -343,13 +283,18 @@ async fn handle(State(state): State<Arc<FakeState>>, req: Request) -> Response {
 fn blob_response(state: &FakeState, method: &Method, digest: &str) -> Response {
     let fault = state.faults.lock().unwrap().get(digest).cloned();
     let Some(bytes) = state.blobs.lock().unwrap().get(digest).cloned() else {
-        return (
-            StatusCode::NOT_FOUND,
-            "{\"errors\":[{\"code\":\"BLOB_UNKNOWN\"}]}",
-        )
-            .into_response();
+        return (StatusCode::NOT_FOUND, "{\"errors\":[{\"code\":\"BLOB_UNKNOWN\"}]}").into_response();
     };
     let len = bytes.len();
+    if let (false, Some(Fault::NoLength)) = (method == Method::HEAD, &fault) {
+        let chunks: Vec<Result<Bytes, std::io::Error>> =
+            bytes.chunks(64 << 10).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let paced = futures::StreamExt::then(futures::stream::iter(chunks), |c| async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            c
+        });
+        return Response::new(Body::from_stream(paced));
+    }
     let body = match (method, fault) {
         (&Method::HEAD, _) => Body::empty(),
         (_, None) => Body::from(bytes),
@@ -360,8 +305,7 @@ fn blob_response(state: &FakeState, method: &Method, digest: &str) -> Response {
         }
         (_, Some(Fault::Truncate)) => {
             let half = bytes.slice(..len / 2);
-            let items: Vec<Result<Bytes, std::io::Error>> =
-                vec![Ok(half), Err(std::io::Error::other("cut"))];
+            let items: Vec<Result<Bytes, std::io::Error>> = vec![Ok(half), Err(std::io::Error::other("cut"))];
             Body::from_stream(futures::stream::iter(items))
         }
         (_, Some(Fault::Slow { chunk, delay })) => {
@@ -380,6 +324,7 @@ fn blob_response(state: &FakeState, method: &Method, digest: &str) -> Response {
             });
             Body::from_stream(stream)
         }
+        (_, Some(Fault::NoLength)) => unreachable!("answered above"),
         (_, Some(Fault::Stall)) => {
             let half = futures::stream::iter([Ok::<_, std::io::Error>(bytes.slice(..len / 2))]);
             let never = futures::stream::pending();
@@ -396,10 +341,7 @@ fn blob_response(state: &FakeState, method: &Method, digest: &str) -> Response {
     };
     let mut r = Response::new(body);
     r.headers_mut().insert(header::CONTENT_LENGTH, len.into());
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        "application/octet-stream".parse().unwrap(),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, "application/octet-stream".parse().unwrap());
     r
 }
 
@@ -449,12 +391,7 @@ impl Harness {
         let mut cfg = config(dir.path(), &[("docker.io", &upstream.url())], extra);
         tweak(&mut cfg);
         let berth = berth::Server::start(&cfg).await.unwrap();
-        Harness {
-            dir,
-            upstream,
-            berth,
-            client: reqwest::Client::new(),
-        }
+        Harness { dir, upstream, berth, client: reqwest::Client::new() }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -493,9 +430,7 @@ impl Harness {
     }
 
     pub fn temp_files(&self) -> usize {
-        std::fs::read_dir(self.dir.path().join("v1/tmp"))
-            .unwrap()
-            .count()
+        std::fs::read_dir(self.dir.path().join("v1/tmp")).unwrap().count()
     }
 }
 
