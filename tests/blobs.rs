@@ -142,7 +142,7 @@ async fn upstream_without_content_length_is_verified_and_shared() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stalled_upstream_is_cut_by_the_read_timeout() {
-    // The harness sets read_timeout = 1s.
+    // The harness sets read_timeout = 3s.
     let h = Harness::start().await;
     let blob = bytes_of(1 << 20, 10);
     let d = h.upstream.add_blob(blob.clone());
@@ -150,7 +150,7 @@ async fn stalled_upstream_is_cut_by_the_read_timeout() {
     let started = std::time::Instant::now();
     let r = h.get(&Harness::blob_path(REPO, &d)).await;
     assert!(r.bytes().await.is_err(), "a stalled fill must cut the client");
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     h.settle().await;
     assert_eq!(h.temp_files(), 0);
     assert!(!h.stored_blobs().contains(&d.hex().to_owned()));

@@ -199,12 +199,16 @@ async fn lead(
     let streaming = FillState::Streaming { file: file.clone(), map: map.clone(), len, written: 0 };
     fill.state.send_replace(streaming);
 
+    // Writing and hashing run on two blocking threads fed the same batches, so that the
+    // page-cache copy and SHA-256 overlap.
     let keep = len.filter(|&l| store.memory.admits(l)).map(|l| l as usize);
     let (tx, rx) = mpsc::channel::<Bytes>(8);
+    let (hash_tx, hash_rx) = mpsc::channel::<Bytes>(8);
     let writer = {
         let (file, fill) = (file.clone(), fill.clone());
-        tokio::task::spawn_blocking(move || write_loop(rx, &file, &fill, keep))
+        tokio::task::spawn_blocking(move || write_loop(rx, &file, &fill))
     };
+    let hasher = tokio::task::spawn_blocking(move || hash_loop(hash_rx, keep));
 
     let mut batch = BytesMut::with_capacity(WRITE_BATCH);
     let mut received: u64 = 0;
@@ -216,21 +220,27 @@ async fn lead(
                 return Err(Error::Integrity(format!("{digest}: body longer than announced")));
             }
             batch.extend_from_slice(&chunk);
-            if batch.len() >= WRITE_BATCH && tx.send(batch.split().freeze()).await.is_err() {
-                break; // the writer failed; its error is reported below
+            if batch.len() >= WRITE_BATCH {
+                let full = batch.split().freeze();
+                if hash_tx.send(full.clone()).await.is_err() || tx.send(full).await.is_err() {
+                    break; // the writer failed; its error is reported below
+                }
             }
         }
         if !batch.is_empty() {
-            let _ = tx.send(batch.split().freeze()).await;
+            let full = batch.split().freeze();
+            let _ = hash_tx.send(full.clone()).await;
+            let _ = tx.send(full).await;
         }
         Ok(())
     }
     .await;
-    drop(tx);
+    drop((tx, hash_tx));
     let written = writer.await.map_err(Error::internal)?;
+    let (hash, memory) = hasher.await.map_err(Error::internal)?;
 
     let verified = pumped.and_then(|_| {
-        let (hash, written, memory) = written?;
+        let written = written?;
         if let Some(l) = len.filter(|&l| l != written) {
             return Err(Error::Integrity(format!("{digest}: got {written} of {l} bytes")));
         }
@@ -271,19 +281,11 @@ async fn lead(
     .await
 }
 
-type Written = Result<([u8; 32], u64, Option<BytesMut>), Error>;
-
-/// Runs on a blocking thread: hashes and writes each batch, then tells followers.
-fn write_loop(mut rx: mpsc::Receiver<Bytes>, file: &File, fill: &Fill, keep: Option<usize>) -> Written {
-    let mut hasher = Sha256::new();
+/// Runs on a blocking thread: writes each batch, then tells followers. Returns the length.
+fn write_loop(mut rx: mpsc::Receiver<Bytes>, file: &File, fill: &Fill) -> Result<u64, Error> {
     let mut offset: u64 = 0;
-    let mut memory = keep.map(BytesMut::with_capacity);
     while let Some(buf) = rx.blocking_recv() {
         file.write_all_at(&buf, offset).map_err(|e| Error::Internal(format!("writing blob: {e}")))?;
-        hasher.update(&buf);
-        if let Some(m) = memory.as_mut() {
-            m.extend_from_slice(&buf);
-        }
         offset += buf.len() as u64;
         fill.state.send_modify(|s| {
             if let FillState::Streaming { written, .. } = s {
@@ -291,7 +293,20 @@ fn write_loop(mut rx: mpsc::Receiver<Bytes>, file: &File, fill: &Fill, keep: Opt
             }
         });
     }
-    Ok((hasher.finalize().into(), offset, memory))
+    Ok(offset)
+}
+
+/// Runs on a blocking thread: hashes each batch and, for the memory tier, keeps a copy.
+fn hash_loop(mut rx: mpsc::Receiver<Bytes>, keep: Option<usize>) -> ([u8; 32], Option<BytesMut>) {
+    let mut hasher = Sha256::new();
+    let mut memory = keep.map(BytesMut::with_capacity);
+    while let Some(buf) = rx.blocking_recv() {
+        hasher.update(&buf);
+        if let Some(m) = memory.as_mut() {
+            m.extend_from_slice(&buf);
+        }
+    }
+    (hasher.finalize().into(), memory)
 }
 
 async fn blocking<T: Send + 'static>(

@@ -365,7 +365,7 @@ pub fn config(dir: &std::path::Path, registries: &[(&str, &str)], extra: &str) -
     );
     for (host, endpoint) in registries {
         text.push_str(&format!(
-            "[[registry]]\nhost = \"{host}\"\nendpoint = \"{endpoint}\"\nconnect_timeout = \"1s\"\nread_timeout = \"1s\"\n{extra}\n"
+            "[[registry]]\nhost = \"{host}\"\nendpoint = \"{endpoint}\"\nconnect_timeout = \"1s\"\nread_timeout = \"3s\"\n{extra}\n"
         ));
     }
     Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
