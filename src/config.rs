@@ -13,6 +13,7 @@ pub struct Config {
     pub server: Server,
     pub storage: Storage,
     pub tags: Tags,
+    pub preheat: Preheat,
     pub registries: Vec<Registry>,
 }
 
@@ -34,6 +35,26 @@ pub struct Storage {
 #[derive(Debug, Clone)]
 pub struct Tags {
     pub ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Preheat {
+    /// Platforms preheated when a request names none, as `os/arch[/variant]`.
+    pub platforms: Vec<String>,
+    /// Blobs fetched at once across all preheat jobs.
+    pub concurrency: usize,
+}
+
+/// This machine's platform in OCI terms (`linux/amd64`).
+pub fn host_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    };
+    format!("{}/{arch}", std::env::consts::OS)
 }
 
 #[derive(Debug, Clone)]
@@ -77,7 +98,15 @@ struct RawConfig {
     #[serde(default)]
     tags: RawTags,
     #[serde(default)]
+    preheat: RawPreheat,
+    #[serde(default)]
     registry: Vec<RawRegistry>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawPreheat {
+    platforms: Option<Vec<String>>,
+    concurrency: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -168,6 +197,19 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         p.0.push("storage.memory_max_object is larger than storage.memory_capacity".into());
     }
     let tags = Tags { ttl: p.duration("tags.ttl", raw.tags.ttl, "5m") };
+    let preheat = Preheat {
+        platforms: raw.preheat.platforms.unwrap_or_else(|| vec![host_platform()]),
+        concurrency: raw.preheat.concurrency.unwrap_or(4),
+    };
+    for platform in &preheat.platforms {
+        let parts: Vec<&str> = platform.split('/').collect();
+        if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
+            p.0.push(format!("preheat.platforms: {platform:?} is not os/arch[/variant]"));
+        }
+    }
+    if preheat.concurrency == 0 {
+        p.0.push("preheat.concurrency must be at least 1".into());
+    }
 
     let mut hosts = HashSet::new();
     let mut registries = Vec::new();
@@ -238,7 +280,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             server.default_registry
         ));
     }
-    Config { server, storage, tags, registries }
+    Config { server, storage, tags, preheat, registries }
 }
 
 fn placeholder_url() -> Url {

@@ -2,6 +2,7 @@
 //!
 //! Data flows top to bottom through these modules:
 //! - [`api`]: HTTP: the read-only distribution API and the admin listener; request log.
+//! - [`preheat`]: admin jobs that resolve images and warm the tiers through the pull path.
 //! - [`registry`]: registry semantics: routes to manifests (tag cache, revalidation) and blobs.
 //! - [`store`]: the tiers: memory (moka) in front of disk, metadata (redb), and the one
 //!   verified fill per digest that feeds both.
@@ -13,6 +14,7 @@ pub mod api;
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod preheat;
 pub mod registry;
 pub mod source;
 pub mod store;
@@ -26,6 +28,7 @@ use tokio::net::TcpListener;
 
 use config::Config;
 use error::Error;
+use preheat::Preheater;
 use registry::Mirror;
 use store::Store;
 
@@ -44,6 +47,7 @@ impl Server {
         let store = Store::open(&config.storage)?;
         store.spawn_flusher(Duration::from_secs(30));
         let mirror = Arc::new(Mirror::new(config, store)?);
+        let preheater = Arc::new(Preheater::new(mirror.clone(), config.preheat.clone()));
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr).await.map_err(|e| Error::Internal(format!("binding {addr}: {e}")))
         };
@@ -62,7 +66,9 @@ impl Server {
                     .into_future(),
             ),
             tokio::spawn(
-                axum::serve(admin, api::admin::router()).with_graceful_shutdown(stop(rx)).into_future(),
+                axum::serve(admin, api::admin::router(preheater))
+                    .with_graceful_shutdown(stop(rx))
+                    .into_future(),
             ),
         ];
         tracing::info!(%registry_addr, %admin_addr, "berth is serving");

@@ -44,6 +44,14 @@ impl AcceptClass {
         class
     }
 
+    /// What containerd sends on a pull: the image and index types of both formats and `*/*`.
+    /// Preheat resolves tags with it, so that pulls find the same tag-cache entry.
+    pub fn pull() -> AcceptClass {
+        let mut known = [false; KNOWN.len()];
+        known[..4].fill(true);
+        AcceptClass { known, any: true }
+    }
+
     /// Every manifest type and `*/*`: for fetches by digest, whose content is fixed.
     pub fn all() -> AcceptClass {
         AcceptClass { known: [true; KNOWN.len()], any: true }
@@ -87,6 +95,7 @@ mod tests {
             AcceptClass::from_headers(&oci),
         );
         assert_eq!(a, b, "same set in another order and layout is one class");
+        assert_eq!(a, AcceptClass::pull());
         assert_ne!(a.header(), c.header());
         assert_eq!(c.header(), OCI_MANIFEST);
     }

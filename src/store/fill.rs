@@ -56,6 +56,8 @@ pub enum FillState {
 pub struct Fill {
     digest: Digest,
     state: watch::Sender<FillState>,
+    /// Set once the fill has ended: published to the tiers, or failed.
+    settled: watch::Sender<bool>,
 }
 
 impl Fill {
@@ -80,6 +82,11 @@ impl Fill {
             FillState::Failed(e) => Err(e.clone()),
             FillState::Pending => unreachable!("waited for a non-pending state"),
         }
+    }
+
+    /// Waits until the fill has ended: its content published to the tiers, or failed.
+    pub async fn settled(&self) {
+        let _ = self.settled.subscribe().wait_for(|s| *s).await;
     }
 
     /// Waits until the fill is verified, returning its length, or its error.
@@ -110,7 +117,7 @@ impl Store {
             return (fill.clone(), false);
         }
         let (state, _) = watch::channel(FillState::Pending);
-        let fill = Arc::new(Fill { digest: digest.clone(), state });
+        let fill = Arc::new(Fill { digest: digest.clone(), state, settled: watch::channel(false).0 });
         inflight.insert(digest.clone(), fill.clone());
         drop(inflight);
         let store = self.clone();
@@ -158,6 +165,7 @@ impl Drop for LeadGuard<'_> {
         if inflight.get(&self.fill.digest).is_some_and(|f| Arc::ptr_eq(f, self.fill)) {
             inflight.remove(&self.fill.digest);
         }
+        self.fill.settled.send_replace(true);
     }
 }
 

@@ -10,6 +10,7 @@ use crate::digest::Digest;
 pub struct MemoryTier {
     cache: Cache<Digest, Bytes>,
     max_object: u64,
+    capacity: u64,
 }
 
 impl MemoryTier {
@@ -18,7 +19,7 @@ impl MemoryTier {
             .max_capacity(capacity)
             .weigher(|_k: &Digest, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
             .build();
-        MemoryTier { cache, max_object }
+        MemoryTier { cache, max_object, capacity }
     }
 
     /// The largest object admitted.
@@ -44,6 +45,20 @@ impl MemoryTier {
         if self.admits(bytes.len() as u64) {
             self.cache.insert(digest, bytes).await;
         }
+    }
+
+    /// Stores verified bytes whatever their size, within the tier's capacity (preheat asks for
+    /// this explicitly). Returns false when they cannot fit at all.
+    pub async fn insert_unbounded(&self, digest: Digest, bytes: Bytes) -> bool {
+        if bytes.len() as u64 > self.capacity || bytes.len() as u64 > u64::from(u32::MAX) {
+            return false;
+        }
+        self.cache.insert(digest, bytes).await;
+        true
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
     }
 
     pub async fn remove(&self, digest: &Digest) {

@@ -18,6 +18,14 @@ use crate::error::Error;
 
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags");
+const PINS: TableDefinition<&str, &[u8]> = TableDefinition::new("pins");
+
+/// An image a user asked to keep: recorded now, honoured by GC.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pin {
+    pub digest: String,
+    pub pinned_at: u64,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BlobMeta {
@@ -57,6 +65,7 @@ impl Meta {
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(BLOBS).map_err(db_err)?;
         txn.open_table(TAGS).map_err(db_err)?;
+        txn.open_table(PINS).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         Ok(Meta { db, touched: Mutex::new(HashMap::new()) })
     }
@@ -137,6 +146,23 @@ impl Meta {
         let txn = self.db.begin_write().map_err(db_err)?;
         txn.open_table(TAGS).map_err(db_err)?.remove(key).map_err(db_err)?;
         txn.commit().map_err(db_err)
+    }
+
+    pub fn put_pin(&self, image: &str, pin: &Pin) -> Result<(), Error> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(PINS).map_err(db_err)?;
+            let bytes = serde_json::to_vec(pin).map_err(db_err)?;
+            table.insert(image, bytes.as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    pub fn pin(&self, image: &str) -> Result<Option<Pin>, Error> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(PINS).map_err(db_err)?;
+        let Some(v) = table.get(image).map_err(db_err)? else { return Ok(None) };
+        serde_json::from_slice(v.value()).map(Some).map_err(db_err)
     }
 
     /// Every stored tag mapping (loaded once at startup).

@@ -1,0 +1,211 @@
+//! Preheat: resolve images to digests through the same tag cache and fills that pulls use, and
+//! warm the tiers before the pulls come. A job's status is read from the tiers.
+
+pub mod image_ref;
+pub mod job;
+mod plan;
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use crate::config::Preheat as PreheatConfig;
+use crate::registry::{BlobBody, Mirror};
+use crate::store::meta::{now_secs, Pin};
+use image_ref::ImageRef;
+use job::{ImageJob, Item, ItemState, Job, TierName};
+
+/// Jobs kept for `GET /api/v1/preheat`; older ones are forgotten.
+const HISTORY: usize = 100;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreheatRequest {
+    pub images: Vec<String>,
+    #[serde(default)]
+    pub platforms: Option<Vec<String>>,
+    #[serde(default)]
+    pub tiers: Option<Vec<TierName>>,
+    #[serde(default)]
+    pub pin: bool,
+}
+
+pub struct Preheater {
+    mirror: Arc<Mirror>,
+    config: PreheatConfig,
+    fetches: Arc<Semaphore>,
+    jobs: Mutex<VecDeque<Arc<Job>>>,
+}
+
+impl Preheater {
+    pub fn new(mirror: Arc<Mirror>, config: PreheatConfig) -> Preheater {
+        let fetches = Arc::new(Semaphore::new(config.concurrency));
+        Preheater { mirror, config, fetches, jobs: Mutex::new(VecDeque::new()) }
+    }
+
+    pub fn mirror(&self) -> &Arc<Mirror> {
+        &self.mirror
+    }
+
+    /// Checks a request and starts its job. Errors are the client's (400).
+    pub fn submit(self: &Arc<Self>, req: PreheatRequest) -> Result<Arc<Job>, String> {
+        if req.images.is_empty() {
+            return Err("\"images\" is empty".into());
+        }
+        let mut refs = Vec::new();
+        for image in &req.images {
+            let r = ImageRef::parse(image)?;
+            self.mirror.upstreams.get(Some(&r.host)).map_err(|e| format!("{r}: {e}"))?;
+            refs.push(r);
+        }
+        let platforms = req.platforms.unwrap_or_else(|| self.config.platforms.clone());
+        for p in &platforms {
+            plan::Platform::parse(p)?;
+        }
+        if platforms.is_empty() {
+            return Err("\"platforms\" is empty".into());
+        }
+        let tiers = req.tiers.unwrap_or_else(|| vec![TierName::Memory, TierName::Disk]);
+        let images = refs.iter().map(|r| ImageJob::new(r.to_string())).collect();
+        let job = Arc::new(Job::new(new_id(), images, platforms, tiers, req.pin));
+        {
+            let mut jobs = self.jobs.lock().expect("jobs lock");
+            jobs.push_back(job.clone());
+            while jobs.len() > HISTORY {
+                jobs.pop_front();
+            }
+        }
+        let this = self.clone();
+        let running = job.clone();
+        tokio::spawn(async move { this.run(running, refs).await });
+        Ok(job)
+    }
+
+    pub fn job(&self, id: &str) -> Option<Arc<Job>> {
+        self.jobs.lock().expect("jobs lock").iter().find(|j| j.id == id).cloned()
+    }
+
+    /// Recent jobs, newest first.
+    pub fn jobs(&self) -> Vec<Arc<Job>> {
+        self.jobs.lock().expect("jobs lock").iter().rev().cloned().collect()
+    }
+
+    async fn run(self: Arc<Self>, job: Arc<Job>, refs: Vec<ImageRef>) {
+        job.start();
+        let images = refs.iter().zip(&job.images).map(|(r, image)| self.run_image(&job, r, image));
+        futures::future::join_all(images).await;
+        job.finish();
+        tracing::info!(job = %job.id, state = ?job.state(), "preheat finished");
+    }
+
+    async fn run_image(&self, job: &Job, r: &ImageRef, image: &ImageJob) {
+        if let Err(e) = plan::resolve(&self.mirror, r, &job.platforms, image).await {
+            image.fail(e);
+        }
+        let blobs: Vec<Arc<Item>> =
+            image.items().into_iter().filter(|i| i.state() != ItemState::Cached).collect();
+        let fetches = blobs.iter().map(|item| self.fetch(job, r, item));
+        futures::future::join_all(fetches).await;
+        if job.pin && image.succeeded() {
+            self.pin(image).await;
+        }
+    }
+
+    /// Fetches one blob through the pull path, then places it in memory when asked.
+    async fn fetch(&self, job: &Job, r: &ImageRef, item: &Item) {
+        let Ok(_permit) = self.fetches.acquire().await else { return };
+        item.set(ItemState::Fetching, None);
+        match self.pull(r, item).await {
+            Ok(()) => item.set(ItemState::Cached, None),
+            Err(e) => {
+                item.set(ItemState::Failed, Some(e));
+                return;
+            }
+        }
+        if job.tiers.contains(&TierName::Memory) {
+            self.to_memory(item).await;
+        }
+    }
+
+    async fn pull(&self, r: &ImageRef, item: &Item) -> Result<(), String> {
+        let answer = self
+            .mirror
+            .blob(Some(&r.host), &r.repo, &item.digest, None, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        match answer.body {
+            Some(BlobBody::Bytes(b)) => {
+                item.done.store(b.len() as u64, Ordering::Relaxed);
+            }
+            Some(BlobBody::Stream(mut s)) => {
+                while let Some(chunk) = s.next().await {
+                    let chunk = chunk.map_err(|e| format!("transfer failed: {e}"))?;
+                    item.done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+            }
+            None => {}
+        }
+        // The last byte reaches clients before the fill is on disk: wait for it to land.
+        if let Some(fill) = self.mirror.store.inflight(&item.digest) {
+            fill.settled().await;
+        }
+        if self.mirror.store.disk.len(&item.digest).ok().flatten().is_none() {
+            return Err("fetched and verified, but not stored on disk (see the log)".into());
+        }
+        Ok(())
+    }
+
+    /// Puts a cached blob in the memory tier, also above `memory_max_object`, if it fits.
+    async fn to_memory(&self, item: &Item) {
+        let store = &self.mirror.store;
+        if store.memory.contains(&item.digest) {
+            return;
+        }
+        if item.size > store.memory.capacity() {
+            item.note(format!(
+                "{} bytes do not fit the memory tier ({} bytes)",
+                item.size,
+                store.memory.capacity()
+            ));
+            return;
+        }
+        let (disk, d) = (store.disk.clone(), item.digest.clone());
+        let copy = tokio::task::spawn_blocking(move || {
+            disk.get_mapped(&d).map(|m| m.map(|m| bytes::Bytes::copy_from_slice(&m)))
+        })
+        .await;
+        match copy {
+            Ok(Ok(Some(bytes))) => {
+                if !store.memory.insert_unbounded(item.digest.clone(), bytes).await {
+                    item.note("does not fit the memory tier".into());
+                }
+            }
+            _ => item.note("not on disk to copy into memory".into()),
+        }
+    }
+
+    async fn pin(&self, image: &ImageJob) {
+        let Some((digest, _)) = image.resolved.lock().expect("image lock").clone() else { return };
+        let meta = self.mirror.store.meta.clone();
+        let (reference, pin) =
+            (image.reference.clone(), Pin { digest: digest.to_string(), pinned_at: now_secs() });
+        match tokio::task::spawn_blocking(move || meta.put_pin(&reference, &pin)).await {
+            Ok(Ok(())) => {}
+            _ => image.fail("could not record the pin".into()),
+        }
+    }
+}
+
+fn new_id() -> String {
+    use std::sync::atomic::AtomicU64;
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    crate::digest::Digest::of(format!("{nanos}-{seq}-{}", std::process::id()).as_bytes()).hex()[..16]
+        .to_owned()
+}

@@ -1,0 +1,150 @@
+//! Walks an image from its reference to its blobs: index → platform manifests → config and
+//! layers, through the mirror's manifest path (tag cache and all).
+
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
+
+use super::image_ref::ImageRef;
+use super::job::{ImageJob, Item, ItemKind, ItemState};
+use crate::digest::Digest;
+use crate::registry::accept::AcceptClass;
+use crate::registry::reference::Reference;
+use crate::registry::Mirror;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Platform {
+    os: String,
+    arch: String,
+    variant: Option<String>,
+}
+
+impl Platform {
+    /// `os/arch[/variant]`, e.g. `linux/arm64/v8`.
+    pub fn parse(s: &str) -> Result<Platform, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts.as_slice() {
+            [os, arch] if !os.is_empty() && !arch.is_empty() => {
+                Ok(Platform { os: os.to_string(), arch: arch.to_string(), variant: None })
+            }
+            [os, arch, v] if !os.is_empty() && !arch.is_empty() && !v.is_empty() => {
+                Ok(Platform { os: os.to_string(), arch: arch.to_string(), variant: Some(v.to_string()) })
+            }
+            _ => Err(format!("platform {s:?} is not os/arch[/variant]")),
+        }
+    }
+
+    fn of(d: &Descriptor) -> Option<Platform> {
+        let p = d.platform().as_ref()?;
+        Some(Platform {
+            os: p.os().to_string(),
+            arch: p.architecture().to_string(),
+            variant: p.variant().clone(),
+        })
+    }
+
+    /// Whether an index entry for `other` serves this request; no variant asked means any.
+    fn serves(&self, other: &Platform) -> bool {
+        self.os == other.os
+            && self.arch == other.arch
+            && (self.variant.is_none() || self.variant == other.variant)
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.arch)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+fn is_index(media_type: &str) -> bool {
+    media_type.contains("image.index") || media_type.contains("manifest.list")
+}
+
+/// Resolves `r` and records every item of the chosen platforms in `image`; manifests are
+/// fetched (and so cached) here, blobs are left pending for the caller.
+pub async fn resolve(
+    mirror: &Mirror,
+    r: &ImageRef,
+    platforms: &[String],
+    image: &ImageJob,
+) -> Result<(), String> {
+    let top = mirror
+        .manifest(Some(&r.host), &r.repo, &r.reference(), &AcceptClass::pull(), false)
+        .await
+        .map_err(|e| format!("resolving {r}: {e}"))?;
+    *image.resolved.lock().expect("image lock") = Some((top.digest.clone(), top.media_type.clone()));
+    let bytes = top.bytes.unwrap_or_default();
+    let kind = if is_index(&top.media_type) { ItemKind::Index } else { ItemKind::Manifest };
+    cached(image, top.digest.clone(), bytes.len() as u64, kind, None);
+
+    if kind == ItemKind::Manifest {
+        return add_blobs(image, &bytes, None);
+    }
+    let index = ImageIndex::from_reader(&bytes[..]).map_err(|e| format!("{r}: unreadable index: {e}"))?;
+    let entries: Vec<(Platform, &Descriptor)> = index
+        .manifests()
+        .iter()
+        .filter_map(|d| Platform::of(d).map(|p| (p, d)))
+        .filter(|(p, _)| p.os != "unknown" && p.arch != "unknown") // attestations
+        .collect();
+    let mut chosen = Vec::new();
+    for wanted in platforms {
+        let want = Platform::parse(wanted)?;
+        let Some((p, d)) = entries.iter().find(|(p, _)| want.serves(p)) else {
+            let has: Vec<String> = entries.iter().map(|(p, _)| p.to_string()).collect();
+            return Err(format!("{r}: platform {want} is not in the index (it has: {})", has.join(", ")));
+        };
+        chosen.push((p.to_string(), d.digest().to_string()));
+    }
+    *image.platforms.lock().expect("image lock") = chosen.iter().map(|(p, _)| p.clone()).collect();
+    for (platform, digest) in chosen {
+        let digest = Digest::parse(&digest).map_err(|e| e.to_string())?;
+        let m = mirror
+            .manifest(Some(&r.host), &r.repo, &Reference::Digest(digest.clone()), &AcceptClass::all(), false)
+            .await
+            .map_err(|e| format!("{r}: manifest for {platform}: {e}"))?;
+        let bytes = m.bytes.unwrap_or_default();
+        cached(image, digest, bytes.len() as u64, ItemKind::Manifest, Some(platform.clone()));
+        add_blobs(image, &bytes, Some(platform))?;
+    }
+    Ok(())
+}
+
+fn cached(image: &ImageJob, digest: Digest, size: u64, kind: ItemKind, platform: Option<String>) {
+    let item = Item::new(digest, size, kind, platform);
+    item.done.store(size, std::sync::atomic::Ordering::Relaxed);
+    item.set(ItemState::Cached, None);
+    image.push(item);
+}
+
+/// Records a manifest's config and layers as pending items.
+fn add_blobs(image: &ImageJob, manifest: &[u8], platform: Option<String>) -> Result<(), String> {
+    let m = ImageManifest::from_reader(manifest).map_err(|e| format!("unreadable image manifest: {e}"))?;
+    let config = m.config();
+    let blobs =
+        std::iter::once((config, ItemKind::Config)).chain(m.layers().iter().map(|l| (l, ItemKind::Layer)));
+    for (d, kind) in blobs {
+        let digest = Digest::parse(d.digest().as_ref()).map_err(|e| e.to_string())?;
+        image.push(Item::new(digest, d.size(), kind, platform.clone()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_matching() {
+        let arm64v8 = Platform::parse("linux/arm64/v8").unwrap();
+        assert!(Platform::parse("linux/arm64").unwrap().serves(&arm64v8));
+        assert!(arm64v8.serves(&arm64v8));
+        assert!(!Platform::parse("linux/arm64/v7").unwrap().serves(&arm64v8));
+        assert!(!Platform::parse("linux/amd64").unwrap().serves(&arm64v8));
+        assert!(Platform::parse("linux").is_err());
+        assert!(Platform::parse("linux//v7").is_err());
+    }
+}
