@@ -8,9 +8,10 @@
 //!   verified fill per digest that feeds both.
 //! - [`source`]: upstream registries: auth, redirects, status mapping.
 //!
-//! Shared vocabulary: [`config`], [`digest`], [`error`].
+//! Shared vocabulary: [`config`], [`digest`], [`error`]. Client commands: [`cli`].
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod digest;
 pub mod error;

@@ -18,6 +18,29 @@ enum Command {
         #[arg(long, env = "BERTH_CONFIG", default_value = "mirror.toml")]
         config: PathBuf,
     },
+    /// Warm a running berth's tiers with images before they are pulled.
+    ///
+    /// Exit status: 0 when every blob is cached, 1 when the job failed, 2 when it could not run.
+    Preheat {
+        /// The admin listener of the berth to preheat.
+        #[arg(long, env = "BERTH_ADMIN", default_value = "http://127.0.0.1:5001")]
+        admin: String,
+        /// A platform to preheat, os/arch[/variant] (repeatable); default: the server's [preheat] platforms.
+        #[arg(long = "platform")]
+        platforms: Vec<String>,
+        /// A tier to fill, memory or disk (repeatable); default: both.
+        #[arg(long = "tier")]
+        tiers: Vec<String>,
+        /// Record the images as pinned, so that GC keeps them.
+        #[arg(long)]
+        pin: bool,
+        /// Print the final status as JSON instead of the summary.
+        #[arg(long)]
+        json: bool,
+        /// Images, as docker names them (alpine:3.20, ghcr.io/org/app@sha256:...).
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -31,6 +54,9 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Preheat { admin, platforms, tiers, pin, json, images } => {
+            berth::cli::preheat::run(berth::cli::preheat::Args { admin, platforms, tiers, pin, json, images })
+        }
     }
 }
 

@@ -1,0 +1,3 @@
+//! Client commands that talk to a running berth over its admin API.
+
+pub mod preheat;
