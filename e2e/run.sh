@@ -287,10 +287,13 @@ scenario_alive() {
     else fail "berth still running at the end" "$(tail -n 5 "$BERTH_LOG")"; fi
 }
 
+# shellcheck source=e2e/preheat.sh
+. "$(dirname "${BASH_SOURCE[0]}")/preheat.sh"
+
 # ---------------------------------------------------------------------------
 START=$SECONDS
 if setup; then
-    for s in a b c d e f g h i alive; do
+    for s in a b c d e f g h i j alive; do
         log "--- scenario $s ($((SECONDS - START))s)"
         "scenario_$s"
     done
