@@ -79,10 +79,10 @@ MEM_CAP_MIB=1536
 CONCURRENT=16
 WRK_CONNS=32 WRK_THREADS=2
 if [ "$QUICK" = 1 ]; then
-    MODE=quick LAYER_MIB=4 SMALL_IMAGES=10 WRK_SECS=2 REPS=1
+    MODE=quick LAYER_MIB=4 SMALL_IMAGES=10 WRK_SECS=2 REPS=1 CTD_REPS=1
     DISK_MAX_OBJ=1MiB      # below the 4 MiB layers, so they stay disk-only as in full mode
 else
-    MODE=full LAYER_MIB=256 SMALL_IMAGES=50 WRK_SECS=10 REPS=3
+    MODE=full LAYER_MIB=256 SMALL_IMAGES=50 WRK_SECS=10 REPS=3 CTD_REPS=2
     DISK_MAX_OBJ=64MiB
 fi
 MEM_MAX_OBJ=512MiB
@@ -271,6 +271,7 @@ fig_cold_single() {
     mark=$(berth_mark berth)
     for who in upstream berth proxy; do
         local base=${URL[$who]:-$UP_URL}
+        sync    # a cold GET through a mirror writes to disk: start each with no dirty pages
         t0=$EPOCHREALTIME
         w=$(get_to "$base$(blob_path "$d")" "$SHM/cold")
         t1=$EPOCHREALTIME
@@ -284,10 +285,13 @@ fig_cold_single() {
 }
 
 # 16 concurrent GETs of layer 1 (not yet fetched by either mirror): upstream GET count + wall.
+# Every client writes to tmpfs; #1 is hashed, the rest compared with it. WHO=nginx (warm,
+# page cache) measures what the clients alone cost: the floor for this figure on this machine.
 fig_concurrent() {
-    local who=$1 d=${BIG_LAYERS[1]} i t0 t1 before after rcs=() pids=() ok=0 mark=
+    local who=$1 d=${BIG_LAYERS[1]} i t0 t1 before after pids=() ok=0 mark=
     [ "$who" = berth ] && mark=$(berth_mark berth)
     before=$(count_upstream_blob_gets "$d")
+    sync    # a cold GET writes to disk: do not let earlier writeback pollute it
     t0=$EPOCHREALTIME
     for ((i = 1; i <= CONCURRENT; i++)); do
         get_to "${URL[$who]}$(blob_path "$d")" "$SHM/c$i" >"$SHM/c$i.w" &
@@ -304,7 +308,7 @@ fig_concurrent() {
     rm -f "$SHM"/c*
     sleep 0.5   # distribution logs a request when it has ended
     after=$(count_upstream_blob_gets "$d")
-    V[conc.$who.gets]=$((after - before))
+    [ "$who" = nginx ] || V[conc.$who.gets]=$((after - before))
     [ $ok = 0 ] && V[conc.$who.s]=$(secs "$t0" "$t1")
     if [ "$who" = berth ]; then
         [ "${V[conc.berth.gets]}" = 1 ] ||
@@ -439,19 +443,27 @@ ctr_fetch() {
         [ $ok = 0 ] && V[ctd.$name]=$(secs "$t0" "$t1")
     fi
     stop_containerd
-    rm -rf "$E2E_DIR/ctd-$name/root"
+    rm -rf "$E2E_DIR/ctd-$name/root" "$E2E_DIR/ctd-$name/state"
 }
 
 # containerd through fresh mirrors (cold, then warm), and straight from upstream
 fig_containerd() {
     start_berth_as berth-ctd "$CTD_BERTH_PORT" "$CTD_ADMIN_PORT" "$DISK_MAX_OBJ" || die "berth (containerd run) did not start"
     start_proxy_as proxy-ctd "$CTD_PROXY_PORT" || die "distribution proxy (containerd run) did not start"
+    local rep who
+    sync
     ctr_fetch upstream-cold "$UP_URL"
-    ctr_fetch upstream-warm "$UP_URL"
     ctr_fetch berth-cold "${URL[berth-ctd]}"
-    ctr_fetch berth-warm "${URL[berth-ctd]}"
     ctr_fetch proxy-cold "${URL[proxy-ctd]}"
-    ctr_fetch proxy-warm "${URL[proxy-ctd]}"
+    # warm: best of CTD_REPS, interleaved (containerd itself is the bottleneck and noisy)
+    for ((rep = 1; rep <= CTD_REPS; rep++)); do
+        for who in upstream berth proxy; do
+            unset "V[ctd.$who-warm]"
+            ctr_fetch "$who-warm" "${URL[$who-ctd]:-$UP_URL}"
+            [ -n "${V[ctd.$who-warm]:-}" ] || continue
+            V[ctd.$who-warm.best]=$(awk -v a="${V[ctd.$who-warm]}" -v b="${V[ctd.$who-warm.best]:-1e9}" 'BEGIN { print (a < b) ? a : b }')
+        done
+    done
     peak_rss berth-ctd; peak_rss proxy-ctd
     stop_service berth-ctd; stop_service proxy-ctd
 }
@@ -511,9 +523,9 @@ build_rows() {
     r=$(ratio "${V[ctd.berth-cold]:-}" "${V[ctd.upstream-cold]:-}")
     row "ctr content fetch bench/big:1, cold, s (ref: direct upstream)" "$(s3 "${V[ctd.berth-cold]:-}")" \
         "$(s3 "${V[ctd.proxy-cold]:-}")" "$(s3 "${V[ctd.upstream-cold]:-}")" "$r" "-" "-"
-    r=$(ratio "${V[ctd.berth-warm]:-}" "${V[ctd.upstream-warm]:-}")
-    row "ctr content fetch bench/big:1, warm, s (ref: direct upstream)" "$(s3 "${V[ctd.berth-warm]:-}")" \
-        "$(s3 "${V[ctd.proxy-warm]:-}")" "$(s3 "${V[ctd.upstream-warm]:-}")" "$r" "≤ 1.05x" "$(met '<=' 1.05 "$r")"
+    r=$(ratio "${V[ctd.berth-warm.best]:-}" "${V[ctd.upstream-warm.best]:-}")
+    row "ctr content fetch bench/big:1, warm (best of $CTD_REPS), s (ref: direct upstream)" "$(s3 "${V[ctd.berth-warm.best]:-}")" \
+        "$(s3 "${V[ctd.proxy-warm.best]:-}")" "$(s3 "${V[ctd.upstream-warm.best]:-}")" "$r" "≤ 1.05x" "$(met '<=' 1.05 "$r")"
 }
 
 # report: the table, met/missed per target, notes, broken; to stdout and $OUT
@@ -566,6 +578,8 @@ main() {
     log "$CONCURRENT concurrent cold GETs ($((SECONDS - start))s)"
     fig_concurrent berth
     fig_concurrent proxy
+    fig_concurrent nginx
+    note "client floor for the $CONCURRENT-concurrent figure: nginx serving that blob warm (page cache, sendfile) to the same $CONCURRENT curl clients took $(s3 "${V[conc.nginx.s]:-}") s"
     log "filling and verifying the disk tier ($((SECONDS - start))s)"
     fill_and_verify berth
     fill_and_verify proxy

@@ -108,11 +108,23 @@ async fn unreachable_upstream_answers_503_quickly_or_serves_stale() {
 }
 
 #[tokio::test]
-async fn tag_cache_is_keyed_by_accept_class() {
+async fn a_class_never_gets_a_manifest_type_it_did_not_ask_for() {
     let h = Harness::start().await;
-    h.upstream.put_image(REPO, "1", &[common::bytes_of(100, 5)]);
+    // The tag points to an index.
+    let index = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+    let index_digest = h.upstream.put_manifest(REPO, "1", "application/vnd.oci.image.index.v1+json", index);
     let tag_path = format!("/{REPO}/manifests/1");
-    get_tag(&h, "1", CONTAINERD_ACCEPT).await;
+    let r = get_tag(&h, "1", CONTAINERD_ACCEPT).await;
+    assert_eq!(r.headers()["docker-content-digest"], index_digest.as_str());
+    assert_eq!(h.upstream.count(Method::GET, &tag_path), 1);
+
+    // docker's Accept set names the index type too: the entry is reused, upstream not asked.
+    let docker = "application/vnd.docker.distribution.manifest.v1+prettyjws, application/json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+    let r = get_tag(&h, "1", docker).await;
+    assert_eq!(r.headers()["docker-content-digest"], index_digest.as_str());
+    assert_eq!(h.upstream.count(Method::GET, &tag_path), 1, "a compatible entry was not reused");
+
+    // A client that accepts only image manifests must not be handed the index.
     get_tag(&h, "1", OCI_MANIFEST).await;
     assert_eq!(h.upstream.count(Method::GET, &tag_path), 2, "one class answered from another's entry");
     get_tag(&h, "1", OCI_MANIFEST).await;

@@ -57,6 +57,12 @@ impl AcceptClass {
         AcceptClass { known: [true; KNOWN.len()], any: true }
     }
 
+    /// Whether this class names `media_type` (parameters ignored); `*/*` does not count.
+    pub fn names(&self, media_type: &str) -> bool {
+        let media = media_type.split(';').next().unwrap_or("").trim();
+        KNOWN.iter().zip(self.known).any(|(k, on)| on && k.eq_ignore_ascii_case(media))
+    }
+
     /// The `Accept` value sent upstream for this class; also its cache key.
     pub fn header(&self) -> String {
         let mut parts: Vec<&str> =

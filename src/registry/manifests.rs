@@ -131,17 +131,20 @@ impl Mirror {
         tag: &str,
         accept: &AcceptClass,
     ) -> Result<(TagEntry, Tier), Error> {
-        let accept = accept.header();
-        let key = tags::key(&upstream.host, repo, tag, &accept);
-        let cached = self.tags.get(&key);
+        let base = tags::base(&upstream.host, repo, tag);
+        let cached = match self.tags.get(&base, &accept.header()) {
+            Some(exact) => Some(exact),
+            None => self.tags.compatible(&base, |media_type| accept.names(media_type)),
+        };
         if let Some(entry) = cached.as_ref().filter(|e| self.tags.is_fresh(e)) {
             return Ok((entry.clone(), Tier::Memory));
         }
+        let accept = accept.header();
+        let key = format!("{base}#{accept}");
         let work = {
             let (upstream, repo, tag) = (upstream.clone(), repo.to_owned(), tag.to_owned());
             let this = self.refs();
-            let key = key.clone();
-            async move { this.revalidate(&upstream, &repo, &tag, &accept, key, cached).await }
+            async move { this.revalidate(&upstream, &repo, &tag, &accept, &base, cached).await }
         };
         let (result, led) = self.tag_lookups.run(key, || work).await;
         Ok((result?, if led { Tier::FillLeader } else { Tier::FillFollower }))
@@ -166,19 +169,19 @@ impl TagWork {
         repo: &str,
         tag: &str,
         accept: &str,
-        key: String,
+        base: &str,
         cached: Option<TagEntry>,
     ) -> Result<TagEntry, Error> {
         if let Some(old) = &cached {
             match upstream.head_manifest(repo, tag, accept).await {
                 Ok(head) if head.digest.as_ref().is_some_and(|d| d.as_str() == old.digest) => {
                     let entry = TagEntry { checked_at: now_secs(), ..old.clone() };
-                    self.tags.put(key, entry.clone()).await?;
+                    self.tags.put(base, accept, entry.clone()).await?;
                     return Ok(entry);
                 }
                 Ok(_) => {} // moved, or no digest header: fetch it below
                 Err(Error::ManifestUnknown) => {
-                    self.tags.remove(&key).await?;
+                    self.tags.remove(base, accept).await?;
                     return Err(Error::ManifestUnknown);
                 }
                 Err(e) => {
@@ -205,7 +208,7 @@ impl TagWork {
             size: m.bytes.len() as u64,
             checked_at: now_secs(),
         };
-        self.tags.put(key, entry.clone()).await?;
+        self.tags.put(base, accept, entry.clone()).await?;
         Ok(entry)
     }
 }

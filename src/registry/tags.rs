@@ -1,5 +1,5 @@
-//! Tag → digest mappings, keyed by (registry, repository, tag, accept class), kept in memory
-//! and in the metadata store so that a restart with upstream gone still resolves tags.
+//! Tag → digest mappings, keyed by (registry, repository, tag) and then by accept class, kept
+//! in memory and in the metadata store so that a restart with upstream gone still resolves tags.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,25 +8,45 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::store::meta::{now_secs, Meta, TagEntry};
 
-pub struct TagCache {
-    entries: Mutex<HashMap<String, TagEntry>>,
-    meta: Arc<Meta>,
-    ttl: Duration,
+/// `(registry, repository, tag)` as one string: `docker.io/library/alpine:3.20`.
+pub fn base(registry: &str, repo: &str, tag: &str) -> String {
+    format!("{registry}/{repo}:{tag}")
 }
 
-pub fn key(registry: &str, repo: &str, tag: &str, accept: &str) -> String {
-    format!("{registry}/{repo}:{tag}#{accept}")
+fn stored_key(base: &str, accept: &str) -> String {
+    format!("{base}#{accept}")
+}
+
+pub struct TagCache {
+    /// base → accept class → entry.
+    entries: Mutex<HashMap<String, HashMap<String, TagEntry>>>,
+    meta: Arc<Meta>,
+    ttl: Duration,
 }
 
 impl TagCache {
     /// Loads the stored mappings.
     pub fn load(meta: Arc<Meta>, ttl: Duration) -> Result<TagCache, Error> {
-        let entries = meta.tags()?.into_iter().collect();
+        let mut entries: HashMap<String, HashMap<String, TagEntry>> = HashMap::new();
+        for (key, entry) in meta.tags()? {
+            if let Some((base, accept)) = key.rsplit_once('#') {
+                entries.entry(base.to_owned()).or_default().insert(accept.to_owned(), entry);
+            }
+        }
         Ok(TagCache { entries: Mutex::new(entries), meta, ttl })
     }
 
-    pub fn get(&self, key: &str) -> Option<TagEntry> {
-        self.entries.lock().expect("tag lock").get(key).cloned()
+    /// The entry for exactly this accept class.
+    pub fn get(&self, base: &str, accept: &str) -> Option<TagEntry> {
+        self.entries.lock().expect("tag lock").get(base)?.get(accept).cloned()
+    }
+
+    /// The newest entry made for another accept class whose manifest this class accepts by
+    /// name: upstream would have answered it the same, so a docker pull after a
+    /// containerd-style lookup (or a preheat) needs no upstream request.
+    pub fn compatible(&self, base: &str, accepts: impl Fn(&str) -> bool) -> Option<TagEntry> {
+        let entries = self.entries.lock().expect("tag lock");
+        entries.get(base)?.values().filter(|e| accepts(&e.media_type)).max_by_key(|e| e.checked_at).cloned()
     }
 
     /// Whether upstream confirmed `entry` within the ttl.
@@ -34,15 +54,26 @@ impl TagCache {
         now_secs().saturating_sub(entry.checked_at) < self.ttl.as_secs().max(1)
     }
 
-    pub async fn put(&self, key: String, entry: TagEntry) -> Result<(), Error> {
-        self.entries.lock().expect("tag lock").insert(key.clone(), entry.clone());
-        let meta = self.meta.clone();
+    pub async fn put(&self, base: &str, accept: &str, entry: TagEntry) -> Result<(), Error> {
+        {
+            let mut entries = self.entries.lock().expect("tag lock");
+            entries.entry(base.to_owned()).or_default().insert(accept.to_owned(), entry.clone());
+        }
+        let (meta, key) = (self.meta.clone(), stored_key(base, accept));
         tokio::task::spawn_blocking(move || meta.put_tag(&key, &entry)).await.map_err(Error::internal)?
     }
 
-    pub async fn remove(&self, key: &str) -> Result<(), Error> {
-        self.entries.lock().expect("tag lock").remove(key);
-        let (meta, key) = (self.meta.clone(), key.to_owned());
+    pub async fn remove(&self, base: &str, accept: &str) -> Result<(), Error> {
+        {
+            let mut entries = self.entries.lock().expect("tag lock");
+            if let Some(classes) = entries.get_mut(base) {
+                classes.remove(accept);
+                if classes.is_empty() {
+                    entries.remove(base);
+                }
+            }
+        }
+        let (meta, key) = (self.meta.clone(), stored_key(base, accept));
         tokio::task::spawn_blocking(move || meta.remove_tag(&key)).await.map_err(Error::internal)?
     }
 }
