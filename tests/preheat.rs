@@ -205,3 +205,23 @@ async fn jobs_are_listed_and_readable_by_id() {
     let list: Value = h.client.get(admin(&h, "/api/v1/preheat")).send().await.unwrap().json().await.unwrap();
     assert_eq!(list["jobs"][0]["id"], accepted["id"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_preheat_and_a_concurrent_pull_share_one_fill() {
+    let h = Harness::start().await;
+    let layer = bytes_of(2 << 20, 40);
+    let (_, layers) = h.upstream.put_image("library/app", "1", &[layer.clone()]);
+    h.upstream.fault(
+        &layers[0],
+        common::Fault::Slow { chunk: 64 << 10, delay: std::time::Duration::from_millis(10) },
+    );
+    let path = Harness::blob_path("library/app", &layers[0]);
+    let pull = h.get(&path);
+    let (pulled, (code, status)) = tokio::join!(async { pull.await.bytes().await.unwrap() }, async {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        preheat(&h, json!({"images": ["app:1"]})).await
+    });
+    assert!(pulled == layer);
+    assert_eq!(code, StatusCode::OK, "{status:#}");
+    assert_eq!(h.upstream.count(Method::GET, layers[0].as_str()), 1, "the preheat started a second fetch");
+}
