@@ -127,7 +127,8 @@ pub fn map(file: &File, len: u64) -> io::Result<Bytes> {
         return Ok(Bytes::new());
     }
     // SAFETY: see above; the file is not truncated while mapped.
+    // No MADV_SEQUENTIAL: it would let the kernel drop pages right after sending them, and a
+    // cached blob is meant to be read again.
     let mmap = unsafe { memmap2::MmapOptions::new().len(len as usize).map(file)? };
-    let _ = mmap.advise(memmap2::Advice::Sequential);
     Ok(Bytes::from_owner(mmap))
 }
