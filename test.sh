@@ -2,13 +2,15 @@
 # Runs every test berth has: unit and in-process tests (cargo test, with a fault-injecting
 # fake upstream), then the real-client e2e suite (distribution as upstream, containerd,
 # dockerd and skopeo as clients). Installs the Debian packages the e2e suite needs when they
-# are missing (needs root, as containerd and dockerd do).
+# are missing (needs root, as containerd and dockerd do), and the benchmark harness in its
+# quick mode (it installs nginx-light and wrk when missing).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 missing=()
 for tool in containerd:containerd ctr:containerd dockerd:docker.io docker:docker.io \
-            docker-registry:docker-registry skopeo:skopeo curl:curl python3:python3; do
+            docker-registry:docker-registry skopeo:skopeo curl:curl python3:python3 \
+            nginx:nginx-light wrk:wrk; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if ((${#missing[@]})); then
@@ -24,3 +26,6 @@ fi
 cargo test --locked
 cargo build --release --locked
 BERTH_BIN="$PWD/target/release/berth" bash e2e/run.sh
+# The side-by-side benchmark in its quick mode (tiny blobs): keeps the harness from rotting
+# and fails on wrong bytes or a second upstream fetch, never on a timing.
+BERTH_BIN="$PWD/target/release/berth" bash benches/compare.sh --quick --out "${TMPDIR:-/tmp}/berth-compare-quick.md"
