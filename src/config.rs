@@ -14,7 +14,21 @@ pub struct Config {
     pub storage: Storage,
     pub tags: Tags,
     pub preheat: Preheat,
+    pub gc: Gc,
     pub registries: Vec<Registry>,
+}
+
+/// `[gc]`: when the disk tier is collected. Validated now; the collector that applies the
+/// eviction plan (`store::gc::plan`) with these is still to be wired in.
+#[derive(Debug, Clone)]
+pub struct Gc {
+    pub high_watermark: f64,
+    pub low_watermark: f64,
+    pub interval: Duration,
+    /// Blobs read within this window count as in use (lazy-pulling snapshotters read layers
+    /// with Range requests for as long as a container runs).
+    pub in_use_window: Duration,
+    pub max_idle: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,7 +114,18 @@ struct RawConfig {
     #[serde(default)]
     preheat: RawPreheat,
     #[serde(default)]
+    gc: RawGc,
+    #[serde(default)]
     registry: Vec<RawRegistry>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawGc {
+    high_watermark: Option<f64>,
+    low_watermark: Option<f64>,
+    interval: Option<String>,
+    in_use_window: Option<String>,
+    max_idle: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -210,6 +235,19 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
     if preheat.concurrency == 0 {
         p.0.push("preheat.concurrency must be at least 1".into());
     }
+    let gc = Gc {
+        high_watermark: raw.gc.high_watermark.unwrap_or(0.90),
+        low_watermark: raw.gc.low_watermark.unwrap_or(0.80),
+        interval: p.duration("gc.interval", raw.gc.interval, "1m"),
+        in_use_window: p.duration("gc.in_use_window", raw.gc.in_use_window, "1h"),
+        max_idle: raw.gc.max_idle.map(|v| p.duration("gc.max_idle", Some(v), "0s")),
+    };
+    if !(0.0 < gc.low_watermark && gc.low_watermark < gc.high_watermark && gc.high_watermark <= 1.0) {
+        p.0.push(format!(
+            "gc: need 0 < low_watermark < high_watermark <= 1 (got {} and {})",
+            gc.low_watermark, gc.high_watermark
+        ));
+    }
 
     let mut hosts = HashSet::new();
     let mut registries = Vec::new();
@@ -280,7 +318,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             server.default_registry
         ));
     }
-    Config { server, storage, tags, preheat, registries }
+    Config { server, storage, tags, preheat, gc, registries }
 }
 
 fn placeholder_url() -> Url {
@@ -343,6 +381,9 @@ mod tests {
             memory_capacity = "lots"
             [tags]
             ttl = "forever"
+            [gc]
+            high_watermark = 0.5
+            low_watermark = 0.7
             [[registry]]
             host = "docker.io"
             endpoint = "https://registry-1.docker.io"
@@ -359,6 +400,7 @@ mod tests {
             "storage.memory_capacity",
             "tags.ttl",
             "duplicate host",
+            "low_watermark < high_watermark",
             "must be an http(s) URL",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from:\n{text}");

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod disk;
 pub mod fill;
+pub mod gc;
 pub mod memory;
 pub mod meta;
 
