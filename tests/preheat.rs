@@ -210,7 +210,7 @@ async fn jobs_are_listed_and_readable_by_id() {
 async fn a_preheat_and_a_concurrent_pull_share_one_fill() {
     let h = Harness::start().await;
     let layer = bytes_of(2 << 20, 40);
-    let (_, layers) = h.upstream.put_image("library/app", "1", &[layer.clone()]);
+    let (_, layers) = h.upstream.put_image("library/app", "1", std::slice::from_ref(&layer));
     h.upstream.fault(
         &layers[0],
         common::Fault::Slow { chunk: 64 << 10, delay: std::time::Duration::from_millis(10) },
