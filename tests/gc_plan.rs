@@ -71,7 +71,7 @@ proptest! {
                 let protected = v.pinned || v.digests.iter().any(&in_use);
                 prop_assert!(protected || gone.contains(&v.root), "stopped with an evictable version left");
             }
-            for (x, _) in &inv.blobs {
+            for x in inv.blobs.keys() {
                 if !referenced.contains(x) && !in_use(x) {
                     prop_assert!(evicted.contains(x), "stopped with an evictable blob left");
                 }
