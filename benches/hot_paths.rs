@@ -42,8 +42,11 @@ fn fill(c: &mut Criterion) {
                         .step_by(64 << 10)
                         .map(|i| Ok(blob.slice(i..i + (64 << 10))))
                         .collect();
-                    let source =
-                        Source { len: Some(blob.len() as u64), body: futures::stream::iter(chunks).boxed() };
+                    let source = Source {
+                        len: Some(blob.len() as u64),
+                        body: futures::stream::iter(chunks).boxed(),
+                        room: Some(store.disk.reserve(blob.len() as u64)),
+                    };
                     let started = std::time::Instant::now();
                     let (fill, _) = Arc::clone(&store).fill(&digest, async move { Ok(source) }.boxed());
                     fill.ready().await.unwrap();

@@ -15,11 +15,12 @@ pub struct Config {
     pub tags: Tags,
     pub preheat: Preheat,
     pub gc: Gc,
+    /// `[[pin]] image = "..."`: images GC never evicts, normalised (`docker.io/library/alpine:3.20`).
+    pub pins: Vec<String>,
     pub registries: Vec<Registry>,
 }
 
-/// `[gc]`: when the disk tier is collected. Validated now; the collector that applies the
-/// eviction plan (`store::gc::plan`) with these is still to be wired in.
+/// `[gc]`: when the disk tier is collected (see `registry::gc`).
 #[derive(Debug, Clone)]
 pub struct Gc {
     pub high_watermark: f64,
@@ -116,7 +117,14 @@ struct RawConfig {
     #[serde(default)]
     gc: RawGc,
     #[serde(default)]
+    pin: Vec<RawPin>,
+    #[serde(default)]
     registry: Vec<RawRegistry>,
+}
+
+#[derive(Deserialize)]
+struct RawPin {
+    image: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -318,7 +326,15 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             server.default_registry
         ));
     }
-    Config { server, storage, tags, preheat, gc, registries }
+    let mut pins = Vec::new();
+    for (i, pin) in raw.pin.iter().enumerate() {
+        match crate::registry::image_ref::ImageRef::parse(&pin.image) {
+            Ok(r) if hosts.contains(&r.host) => pins.push(r.to_string()),
+            Ok(r) => p.0.push(format!("pin[{i}]: {r}: registry {:?} is not configured", r.host)),
+            Err(e) => p.0.push(format!("pin[{i}]: {e}")),
+        }
+    }
+    Config { server, storage, tags, preheat, gc, pins, registries }
 }
 
 fn placeholder_url() -> Url {

@@ -48,6 +48,7 @@ impl Server {
         let store = Store::open(&config.storage)?;
         store.spawn_flusher(Duration::from_secs(30));
         let mirror = Arc::new(Mirror::new(config, store)?);
+        mirror.gc.spawn();
         let preheater = Arc::new(Preheater::new(mirror.clone(), config.preheat.clone()));
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr).await.map_err(|e| Error::Internal(format!("binding {addr}: {e}")))
@@ -67,9 +68,12 @@ impl Server {
                     .into_future(),
             ),
             tokio::spawn(
-                axum::serve(admin, api::admin::router(preheater))
-                    .with_graceful_shutdown(stop(rx))
-                    .into_future(),
+                axum::serve(
+                    admin,
+                    api::admin::router(api::admin::Admin { mirror: mirror.clone(), preheater }),
+                )
+                .with_graceful_shutdown(stop(rx))
+                .into_future(),
             ),
         ];
         tracing::info!(%registry_addr, %admin_addr, "berth is serving");

@@ -39,7 +39,7 @@ proptest! {
     fn plan_holds_the_gc_invariants(inv in inventories(), window in 0u64..300, fraction in 0u64..=100) {
         let now = 1000;
         let target = inv.usage() * fraction / 100;
-        let policy = Policy { now, in_use_window: window, target };
+        let policy = Policy { now, in_use_window: window, target, idle_before: None };
         let p = plan(&inv, &policy);
         let evicted: HashSet<&Digest> = p.evict.iter().map(|e| &e.0).collect();
         let gone: HashSet<&Digest> = p.versions.iter().collect();

@@ -1,4 +1,4 @@
-//! The admin listener: health and the preheat API.
+//! The admin listener: health, preheat jobs, the cache's contents, GC passes and pins.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,27 +7,41 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::preheat::job::{Job, JobState};
 use crate::preheat::{PreheatRequest, Preheater};
+use crate::registry::accept::AcceptClass;
+use crate::registry::image_ref::ImageRef;
+use crate::registry::Mirror;
+use crate::store::meta::{now_secs, Pin};
 
-pub fn router(preheater: Arc<Preheater>) -> Router {
+#[derive(Clone)]
+pub struct Admin {
+    pub mirror: Arc<Mirror>,
+    pub preheater: Arc<Preheater>,
+}
+
+pub fn router(admin: Admin) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/v1/preheat", get(list).post(submit))
         .route("/api/v1/preheat/{id}", get(status))
-        .with_state(preheater)
+        .route("/api/v1/cache", get(cache))
+        .route("/api/v1/gc", post(gc))
+        .route("/api/v1/pins", get(pins).post(pin).delete(unpin))
+        .with_state(admin)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-async fn status_of(p: &Preheater, job: Arc<Job>) -> serde_json::Value {
-    let store = p.mirror().store.clone();
+async fn status_of(a: &Admin, job: Arc<Job>) -> serde_json::Value {
+    let store = a.mirror.store.clone();
     // Reading the tiers stats files: off the async workers.
     tokio::task::spawn_blocking(move || job.status(&store))
         .await
@@ -35,39 +49,36 @@ async fn status_of(p: &Preheater, job: Arc<Job>) -> serde_json::Value {
 }
 
 /// `POST /api/v1/preheat[?wait=true]`
-async fn submit(
-    State(p): State<Arc<Preheater>>,
-    Query(q): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> Response {
+async fn submit(State(a): State<Admin>, Query(q): Query<HashMap<String, String>>, body: Bytes) -> Response {
     let req: PreheatRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid preheat request: {e}")),
     };
-    let job = match p.submit(req) {
+    let job = match a.preheater.submit(req) {
         Ok(job) => job,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     if q.get("wait").is_some_and(|w| w == "true" || w == "1") {
         let state = job.ended().await;
         let status = if state == JobState::Succeeded { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
-        return (status, Json(status_of(&p, job).await)).into_response();
+        return (status, Json(status_of(&a, job).await)).into_response();
     }
     let body = json!({ "id": job.id, "status_url": format!("/api/v1/preheat/{}", job.id) });
     (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
 /// `GET /api/v1/preheat/<id>`
-async fn status(State(p): State<Arc<Preheater>>, Path(id): Path<String>) -> Response {
-    match p.job(&id) {
-        Some(job) => Json(status_of(&p, job).await).into_response(),
+async fn status(State(a): State<Admin>, Path(id): Path<String>) -> Response {
+    match a.preheater.job(&id) {
+        Some(job) => Json(status_of(&a, job).await).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no preheat job {id:?}")),
     }
 }
 
 /// `GET /api/v1/preheat`: recent jobs, newest first.
-async fn list(State(p): State<Arc<Preheater>>) -> Response {
-    let jobs: Vec<_> = p
+async fn list(State(a): State<Admin>) -> Response {
+    let jobs: Vec<_> = a
+        .preheater
         .jobs()
         .iter()
         .map(|j| {
@@ -80,4 +91,85 @@ async fn list(State(p): State<Arc<Preheater>>) -> Response {
         })
         .collect();
     Json(json!({ "jobs": jobs })).into_response()
+}
+
+/// `GET /api/v1/cache`: image versions on disk, newest pull first, and totals vs capacity.
+async fn cache(State(a): State<Admin>) -> Response {
+    let store = &a.mirror.store;
+    match a.mirror.gc.images().await {
+        Ok(images) => Json(json!({
+            "images": images,
+            "disk": { "used": store.disk.used(), "capacity": a.mirror.gc.capacity() },
+            "memory": { "used": store.memory.used(), "capacity": store.memory.capacity() },
+        }))
+        .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `POST /api/v1/gc`: a pass now, down to the low watermark; answers what it freed and why.
+async fn gc(State(a): State<Admin>) -> Response {
+    match a.mirror.gc.collect(a.mirror.gc.low_target()).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinRequest {
+    image: String,
+}
+
+/// The image of a pin request, or the message of a 400.
+fn pin_request(body: &[u8]) -> Result<ImageRef, String> {
+    let req: PinRequest = serde_json::from_slice(body).map_err(|e| format!("invalid pin request: {e}"))?;
+    ImageRef::parse(&req.image)
+}
+
+/// `GET /api/v1/pins`
+async fn pins(State(a): State<Admin>) -> Response {
+    let meta = a.mirror.store.meta.clone();
+    match tokio::task::spawn_blocking(move || meta.pins()).await {
+        Ok(Ok(pins)) => {
+            let pins: Vec<_> =
+                pins.into_iter().map(|(image, p)| json!({"image": image, "digest": p.digest})).collect();
+            Json(json!({ "pins": pins })).into_response()
+        }
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read pins"),
+    }
+}
+
+/// `POST /api/v1/pins {"image": "alpine:3.20"}`: resolves the image now and pins it.
+async fn pin(State(a): State<Admin>, body: Bytes) -> Response {
+    let r = match pin_request(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let resolved =
+        a.mirror.manifest(Some(&r.host), &r.repo, &r.reference(), &AcceptClass::pull(), true).await;
+    let digest = match resolved {
+        Ok(m) => m.digest,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{r}: {e}")),
+    };
+    let (meta, image) = (a.mirror.store.meta.clone(), r.to_string());
+    let pin = Pin { digest: digest.to_string(), pinned_at: now_secs() };
+    match tokio::task::spawn_blocking(move || meta.put_pin(&image, &pin)).await {
+        Ok(Ok(())) => Json(json!({ "image": r.to_string(), "digest": digest.as_str() })).into_response(),
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot record the pin"),
+    }
+}
+
+/// `DELETE /api/v1/pins {"image": "alpine:3.20"}`
+async fn unpin(State(a): State<Admin>, body: Bytes) -> Response {
+    let r = match pin_request(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let (meta, image) = (a.mirror.store.meta.clone(), r.to_string());
+    match tokio::task::spawn_blocking(move || meta.remove_pin(&image)).await {
+        Ok(Ok(true)) => Json(json!({ "image": r.to_string(), "unpinned": true })).into_response(),
+        Ok(Ok(false)) => error(StatusCode::NOT_FOUND, format!("{r} is not pinned")),
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot remove the pin"),
+    }
 }

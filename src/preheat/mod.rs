@@ -1,7 +1,6 @@
 //! Preheat: resolve images to digests through the same tag cache and fills that pulls use, and
 //! warm the tiers before the pulls come. A job's status is read from the tiers.
 
-pub mod image_ref;
 pub mod job;
 mod plan;
 
@@ -14,9 +13,9 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::config::Preheat as PreheatConfig;
+use crate::registry::image_ref::ImageRef;
 use crate::registry::{BlobBody, Mirror};
 use crate::store::meta::{now_secs, Pin};
-use image_ref::ImageRef;
 use job::{ImageJob, Item, ItemState, Job, TierName};
 
 /// Jobs kept for `GET /api/v1/preheat`; older ones are forgotten.

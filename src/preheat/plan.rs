@@ -3,10 +3,10 @@
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 
-use super::image_ref::ImageRef;
 use super::job::{ImageJob, Item, ItemKind, ItemState};
 use crate::digest::Digest;
 use crate::registry::accept::AcceptClass;
+use crate::registry::image_ref::ImageRef;
 use crate::registry::reference::Reference;
 use crate::registry::Mirror;
 

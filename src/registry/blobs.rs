@@ -56,7 +56,15 @@ impl Mirror {
 
         let fetch = {
             let (upstream, repo, digest) = (upstream.clone(), repo.to_owned(), digest.clone());
-            async move { upstream.blob(&repo, &digest).await }.boxed()
+            let gc = self.gc.clone();
+            async move {
+                let mut source = upstream.blob(&repo, &digest).await?;
+                // A fill never fails for want of a GC pass: make room first, or serve it
+                // without keeping it when everything left is pinned or in use.
+                source.room = gc.make_room(source.len.unwrap_or(0)).await;
+                Ok(source)
+            }
+            .boxed()
         };
         let (fill, led) = self.store.fill(digest, fetch);
         let tier = if led { Tier::FillLeader } else { Tier::FillFollower };

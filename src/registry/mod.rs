@@ -3,6 +3,8 @@
 
 pub mod accept;
 pub mod blobs;
+pub mod gc;
+pub mod image_ref;
 pub mod manifests;
 pub mod range;
 pub mod reference;
@@ -28,6 +30,7 @@ pub struct Mirror {
     pub store: Arc<Store>,
     pub upstreams: Upstreams,
     tags: Arc<TagCache>,
+    pub gc: Arc<gc::Collector>,
     manifest_fetches: SingleFlight<Digest, ()>,
     tag_lookups: SingleFlight<String, TagEntry>,
     /// Media types of stored manifests, so that a memory hit needs no metadata read.
@@ -36,9 +39,18 @@ pub struct Mirror {
 
 impl Mirror {
     pub fn new(config: &Config, store: Arc<Store>) -> Result<Mirror, Error> {
+        let tags = Arc::new(TagCache::load(store.meta.clone(), config.tags.ttl)?);
+        let gc = Arc::new(gc::Collector::new(
+            store.clone(),
+            tags.clone(),
+            config.gc.clone(),
+            config.storage.disk_capacity,
+            config.pins.clone(),
+        ));
         Ok(Mirror {
             upstreams: Upstreams::new(config)?,
-            tags: Arc::new(TagCache::load(store.meta.clone(), config.tags.ttl)?),
+            tags,
+            gc,
             store,
             manifest_fetches: SingleFlight::default(),
             tag_lookups: SingleFlight::default(),

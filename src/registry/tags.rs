@@ -49,6 +49,33 @@ impl TagCache {
         entries.get(base)?.values().filter(|e| accepts(&e.media_type)).max_by_key(|e| e.checked_at).cloned()
     }
 
+    /// Every digest a tag points to now (in any accept class).
+    pub fn current_digests(&self) -> std::collections::HashSet<String> {
+        let entries = self.entries.lock().expect("tag lock");
+        entries.values().flat_map(|classes| classes.values().map(|e| e.digest.clone())).collect()
+    }
+
+    /// Tags pointing to each digest, as `registry/repo:tag`.
+    pub fn tags_by_digest(&self) -> HashMap<String, Vec<String>> {
+        let entries = self.entries.lock().expect("tag lock");
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        for (base, classes) in entries.iter() {
+            for e in classes.values() {
+                let tags = out.entry(e.digest.clone()).or_default();
+                if !tags.contains(base) {
+                    tags.push(base.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// The newest digest `base` points to, in any accept class.
+    pub fn newest(&self, base: &str) -> Option<String> {
+        let entries = self.entries.lock().expect("tag lock");
+        entries.get(base)?.values().max_by_key(|e| e.checked_at).map(|e| e.digest.clone())
+    }
+
     /// Whether upstream confirmed `entry` within the ttl.
     pub fn is_fresh(&self, entry: &TagEntry) -> bool {
         now_secs().saturating_sub(entry.checked_at) < self.ttl.as_secs().max(1)

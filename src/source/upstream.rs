@@ -222,7 +222,7 @@ impl Upstream {
         let host = self.host.clone();
         let len = resp.content_length();
         let body = resp.bytes_stream().map(move |r| r.map_err(|e| unavailable(&host, e))).boxed();
-        Ok(Source { len, body })
+        Ok(Source { len, body, room: None })
     }
 
     /// HEAD a blob: its length.

@@ -8,6 +8,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -17,6 +18,22 @@ pub struct DiskTier {
     blobs: PathBuf,
     tmp: PathBuf,
     next_tmp: AtomicU64,
+    /// Bytes of published blobs: counted at startup, kept up to date by publish and remove.
+    used: AtomicU64,
+    /// Bytes promised to fills in flight that will be kept (see `reserve`).
+    pending: AtomicU64,
+}
+
+/// Room promised to a fill; given back when dropped (after the fill published or failed).
+pub struct Reservation {
+    disk: Arc<DiskTier>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.disk.pending.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl DiskTier {
@@ -37,7 +54,70 @@ impl DiskTier {
             }
         }
         fs::create_dir_all(&tmp)?;
-        Ok(DiskTier { blobs, tmp, next_tmp: AtomicU64::new(0) })
+        let disk = DiskTier {
+            blobs,
+            tmp,
+            next_tmp: AtomicU64::new(0),
+            used: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+        };
+        let used = disk.scan()?.iter().map(|(_, len)| len).sum();
+        disk.used.store(used, Ordering::Relaxed);
+        Ok(disk)
+    }
+
+    /// Bytes of published blobs.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Bytes promised to fills in flight.
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Promises `bytes` of room to a fill until the reservation is dropped.
+    pub fn reserve(self: &Arc<Self>, bytes: u64) -> Reservation {
+        self.pending.fetch_add(bytes, Ordering::Relaxed);
+        Reservation { disk: self.clone(), bytes }
+    }
+
+    /// Every published blob and its length. Files whose names are not digests are skipped.
+    pub fn scan(&self) -> io::Result<Vec<(Digest, u64)>> {
+        let mut out = Vec::new();
+        for dir in fs::read_dir(&self.blobs)? {
+            let dir = dir?;
+            if !dir.file_type()?.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(dir.path())? {
+                let f = f?;
+                let name = f.file_name();
+                let Some(d) = name.to_str().and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
+                else {
+                    continue;
+                };
+                match f.metadata() {
+                    Ok(m) if m.is_file() => out.push((d, m.len())),
+                    _ => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes the blob for `digest`; returns the bytes freed. Readers that already hold the
+    /// file (or a mapping of it) keep reading it to the end.
+    pub fn remove(&self, digest: &Digest) -> io::Result<u64> {
+        let path = self.path(digest);
+        let len = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        fs::remove_file(&path)?;
+        self.used.fetch_sub(len, Ordering::Relaxed);
+        Ok(len)
     }
 
     pub fn path(&self, digest: &Digest) -> PathBuf {
@@ -75,12 +155,26 @@ impl DiskTier {
     }
 
     /// Makes a verified temp file the blob for `digest`: fsync, rename, fsync the folder.
-    pub fn publish(&self, file: &File, temp: &Path, digest: &Digest) -> io::Result<()> {
+    /// The fill's reservation, if any, turns into used bytes at the rename.
+    pub fn publish(
+        &self,
+        file: &File,
+        temp: &Path,
+        digest: &Digest,
+        room: Option<Reservation>,
+    ) -> io::Result<()> {
         file.sync_data()?;
+        let len = file.metadata()?.len();
         let dest = self.path(digest);
         let dir = dest.parent().expect("blob path has a parent");
         fs::create_dir_all(dir)?;
+        let replaced = fs::metadata(&dest).map(|m| m.len()).ok();
         fs::rename(temp, &dest)?;
+        drop(room);
+        self.used.fetch_add(len, Ordering::Relaxed);
+        if let Some(old) = replaced {
+            self.used.fetch_sub(old, Ordering::Relaxed);
+        }
         File::open(dir)?.sync_all()
     }
 
@@ -96,7 +190,7 @@ impl DiskTier {
     pub fn put(&self, digest: &Digest, bytes: &[u8]) -> io::Result<()> {
         use std::io::Write;
         let (mut file, temp) = self.temp(digest)?;
-        let result = file.write_all(bytes).and_then(|_| self.publish(&file, &temp, digest));
+        let result = file.write_all(bytes).and_then(|_| self.publish(&file, &temp, digest, None));
         if result.is_err() {
             let _ = fs::remove_file(&temp);
         }

@@ -30,6 +30,9 @@ pub struct Source {
     /// The announced length, when upstream sent one.
     pub len: Option<u64>,
     pub body: BoxStream<'static, Result<Bytes, Error>>,
+    /// Room reserved on the disk tier for the content; `None` when there was no room for
+    /// it: its clients are served, then the temp file is dropped.
+    pub room: Option<super::disk::Reservation>,
 }
 
 #[derive(Clone)]
@@ -139,6 +142,11 @@ impl Store {
         self.inflight.lock().expect("inflight lock").get(digest).cloned()
     }
 
+    /// Digests being filled now.
+    pub fn inflight_digests(&self) -> Vec<Digest> {
+        self.inflight.lock().expect("inflight lock").keys().cloned().collect()
+    }
+
     /// Number of fills in flight.
     pub fn fills_in_flight(&self) -> usize {
         self.inflight.lock().expect("inflight lock").len()
@@ -188,7 +196,8 @@ async fn lead(
         return Ok(());
     }
 
-    let Source { len, mut body } = fetch.await?;
+    let Source { len, mut body, room } = fetch.await?;
+    let keep_on_disk = room.is_some();
     let (disk, d) = (store.disk.clone(), digest.clone());
     let (file, temp, map) = blocking(move || {
         let (file, temp) = disk.temp(&d)?;
@@ -278,7 +287,10 @@ async fn lead(
     fill.state.send_replace(FillState::Verified { file: file.clone(), map, len: written });
     let (disk, meta) = (store.disk.clone(), store.meta.clone());
     blocking(move || {
-        if let Err(e) = disk.publish(&file, &temp, &digest) {
+        if !keep_on_disk {
+            tracing::warn!(%digest, bytes = written, "disk tier full of pinned or in-use content: served without caching");
+            disk.remove_temp(&temp);
+        } else if let Err(e) = disk.publish(&file, &temp, &digest, room) {
             tracing::warn!(%digest, error = %e, "verified blob not stored on disk");
             disk.remove_temp(&temp);
         } else if let Err(e) = meta.record_blob(&digest, written, None) {

@@ -57,6 +57,11 @@ impl MemoryTier {
         true
     }
 
+    /// Bytes held now (moka's weighted size; settles as its maintenance runs).
+    pub fn used(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
     pub fn capacity(&self) -> u64 {
         self.capacity
     }

@@ -99,6 +99,33 @@ impl Meta {
         txn.commit().map_err(db_err)
     }
 
+    /// Every blob's metadata, with accesses not yet flushed applied.
+    pub fn blobs(&self) -> Result<HashMap<String, BlobMeta>, Error> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(BLOBS).map_err(db_err)?;
+        let mut out = HashMap::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            if let Ok(meta) = serde_json::from_slice::<BlobMeta>(v.value()) {
+                out.insert(k.value().to_owned(), meta);
+            }
+        }
+        for (digest, at) in self.touched.lock().expect("touched lock").iter() {
+            if let Some(m) = out.get_mut(digest) {
+                m.last_access = m.last_access.max(*at);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets a blob. Call after its file is deleted, so that a crash in between leaves a
+    /// record without a file (a miss), never a file served without its record.
+    pub fn remove_blob(&self, digest: &Digest) -> Result<(), Error> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.open_table(BLOBS).map_err(db_err)?.remove(digest.as_str()).map_err(db_err)?;
+        txn.commit().map_err(db_err)
+    }
+
     /// Notes a read; written to the database by the next `flush_access`.
     pub fn touch(&self, digest: &Digest) {
         let mut touched = self.touched.lock().expect("touched lock");
@@ -156,6 +183,27 @@ impl Meta {
             table.insert(image, bytes.as_slice()).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
+    }
+
+    pub fn remove_pin(&self, image: &str) -> Result<bool, Error> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let existed = txn.open_table(PINS).map_err(db_err)?.remove(image).map_err(db_err)?.is_some();
+        txn.commit().map_err(db_err)?;
+        Ok(existed)
+    }
+
+    /// Every pin: image reference → pin.
+    pub fn pins(&self) -> Result<Vec<(String, Pin)>, Error> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(PINS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            if let Ok(pin) = serde_json::from_slice(v.value()) {
+                out.push((k.value().to_owned(), pin));
+            }
+        }
+        Ok(out)
     }
 
     pub fn pin(&self, image: &str) -> Result<Option<Pin>, Error> {

@@ -1,4 +1,4 @@
 //! Garbage collection of the disk tier: the eviction plan (what to delete and why). The
-//! collector that applies it with the watermarks is not wired in yet.
+//! collector that builds its inventory and applies it is `registry::gc`.
 
 pub mod plan;

@@ -49,6 +49,8 @@ pub struct Policy {
     pub in_use_window: u64,
     /// Evict until the store holds at most this many bytes.
     pub target: u64,
+    /// With `max_idle`: evict what was last pulled before this, whatever the usage.
+    pub idle_before: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +59,8 @@ pub enum Reason {
     LeastRecentlyPulled,
     /// No manifest references it.
     Unreferenced,
+    /// Not pulled for longer than `max_idle`.
+    Idle,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -92,10 +96,6 @@ enum Unit<'a> {
 pub fn plan(inv: &Inventory, p: &Policy) -> Plan {
     let mut remaining = inv.usage();
     let mut out = Plan::default();
-    if remaining <= p.target {
-        out.remaining = remaining;
-        return out;
-    }
     // How many versions still in the store reference each digest.
     let mut refs: HashMap<&Digest, usize> = HashMap::new();
     for v in &inv.versions {
@@ -117,14 +117,15 @@ pub fn plan(inv: &Inventory, p: &Policy) -> Plan {
     );
     units.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| unit_digest(&a.1).cmp(unit_digest(&b.1))));
 
-    for (_, unit) in units {
-        if remaining <= p.target {
+    for (key, unit) in units {
+        let idle = p.idle_before.is_some_and(|before| key < before);
+        if remaining <= p.target && !idle {
             break;
         }
         match unit {
             Unit::Orphan(d) => {
                 let size = inv.blobs[d].size;
-                out.evict.push((d.clone(), size, Reason::Unreferenced));
+                out.evict.push((d.clone(), size, if idle { Reason::Idle } else { Reason::Unreferenced }));
                 remaining -= size;
             }
             Unit::Version(v) => {
@@ -134,7 +135,8 @@ pub fn plan(inv: &Inventory, p: &Policy) -> Plan {
                     *n -= 1;
                     if *n == 0 && !inv.in_use(d, p) {
                         if let Some(b) = inv.blobs.get(d) {
-                            out.evict.push((d.clone(), b.size, Reason::LeastRecentlyPulled));
+                            let reason = if idle { Reason::Idle } else { Reason::LeastRecentlyPulled };
+                            out.evict.push((d.clone(), b.size, reason));
                             remaining -= b.size;
                         }
                     }
@@ -182,7 +184,7 @@ mod tests {
     fn least_recently_pulled_goes_first_and_shared_blobs_stay() {
         // Versions 1 (old) and 2 (newer) share blob 100.
         let inv = inventory(vec![version(1, &[100, 11], 10, true), version(2, &[100, 21], 20, true)]);
-        let plan = plan(&inv, &Policy { now: 10_000, in_use_window: 60, target: 40 });
+        let plan = plan(&inv, &Policy { now: 10_000, in_use_window: 60, target: 40, idle_before: None });
         assert_eq!(plan.versions, vec![d(1)]);
         let evicted: Vec<Digest> = plan.evict.iter().map(|e| e.0.clone()).collect();
         assert_eq!(evicted, vec![d(1), d(11)], "the shared blob must stay");
@@ -192,7 +194,7 @@ mod tests {
     #[test]
     fn superseded_versions_go_before_current_ones_of_similar_age() {
         let inv = inventory(vec![version(1, &[11], 100, true), version(2, &[21], 200, false)]);
-        let plan = plan(&inv, &Policy { now: 10_000, in_use_window: 60, target: 20 });
+        let plan = plan(&inv, &Policy { now: 10_000, in_use_window: 60, target: 20, idle_before: None });
         assert_eq!(plan.versions, vec![d(2)], "the superseded version is younger but goes first");
     }
 
@@ -201,7 +203,7 @@ mod tests {
         let mut inv = inventory(vec![version(1, &[11], 1, false), version(2, &[21, 22], 2, false)]);
         inv.versions[0].pinned = true;
         inv.blobs.get_mut(&d(22)).unwrap().last_access = 9_990; // read 10 s ago
-        let plan = plan(&inv, &Policy { now: 10_000, in_use_window: 60, target: 0 });
+        let plan = plan(&inv, &Policy { now: 10_000, in_use_window: 60, target: 0, idle_before: None });
         assert!(plan.evict.is_empty(), "{plan:?}");
         assert_eq!(plan.remaining, 50);
     }

@@ -1,0 +1,300 @@
+//! The collector: builds a snapshot of the disk tier in registry terms (image versions, tags,
+//! pins, what is in use), asks `store::gc::plan` what to evict, and deletes it: file first,
+//! then its record, so that a crash in between leaves a miss, never a hit on a deleted blob.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::tags::TagCache;
+use crate::config::Gc as GcConfig;
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::store::disk::Reservation;
+use crate::store::gc::plan::{self, Blob, Inventory, Policy, Reason, Version};
+use crate::store::meta::now_secs;
+use crate::store::Store;
+
+pub struct Collector {
+    store: Arc<Store>,
+    tags: Arc<TagCache>,
+    config: GcConfig,
+    capacity: u64,
+    /// Pins from mirror.toml, normalised references.
+    config_pins: Vec<String>,
+    /// One pass at a time.
+    running: tokio::sync::Mutex<()>,
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub used_before: u64,
+    pub used_after: u64,
+    pub target: u64,
+    pub freed: u64,
+    pub evicted: Vec<Evicted>,
+    /// Roots of the image versions given up.
+    pub versions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Evicted {
+    pub digest: String,
+    pub size: u64,
+    pub reason: &'static str,
+}
+
+/// One image version as `GET /api/v1/cache` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CachedImage {
+    pub digest: String,
+    pub tags: Vec<String>,
+    pub size: u64,
+    pub last_pulled: u64,
+    pub pinned: bool,
+    pub blobs: usize,
+    pub in_memory: usize,
+}
+
+#[derive(Deserialize)]
+struct Refs {
+    manifests: Option<Vec<Ref>>,
+    config: Option<Ref>,
+    layers: Option<Vec<Ref>>,
+}
+
+#[derive(Deserialize)]
+struct Ref {
+    digest: String,
+}
+
+impl Collector {
+    pub fn new(
+        store: Arc<Store>,
+        tags: Arc<TagCache>,
+        config: GcConfig,
+        capacity: u64,
+        pins: Vec<String>,
+    ) -> Self {
+        Collector { store, tags, config, capacity, config_pins: pins, running: tokio::sync::Mutex::new(()) }
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// The usage a pass brings the disk tier down to.
+    pub fn low_target(&self) -> u64 {
+        (self.capacity as f64 * self.config.low_watermark) as u64
+    }
+
+    /// Runs a pass now if usage is at or above the high watermark.
+    pub async fn maybe_collect(&self) -> Result<Option<Report>, Error> {
+        let used = self.store.disk.used();
+        let high = (self.capacity as f64 * self.config.high_watermark) as u64;
+        let target = if used >= high {
+            (self.capacity as f64 * self.config.low_watermark) as u64
+        } else if self.config.max_idle.is_some() {
+            used // only what has been idle too long
+        } else {
+            return Ok(None);
+        };
+        self.collect(target).await.map(Some)
+    }
+
+    /// Reserves room for a blob of `len` bytes about to be filled, evicting first if needed.
+    /// `None` when even a pass cannot free enough (everything left is pinned or in use).
+    pub async fn make_room(&self, len: u64) -> Option<Reservation> {
+        let disk = &self.store.disk;
+        let fits = || disk.used() + disk.pending() + len <= self.capacity;
+        {
+            let _one = self.running.lock().await;
+            if fits() {
+                return Some(disk.reserve(len));
+            }
+        }
+        let room = self.capacity.checked_sub(len + disk.pending())?;
+        let target = self.low_target().min(room);
+        if let Err(e) = self.collect(target).await {
+            tracing::warn!(error = %e, "GC pass failed");
+        }
+        let _one = self.running.lock().await;
+        fits().then(|| disk.reserve(len))
+    }
+
+    /// Evicts until the disk tier holds at most `target` bytes, as far as the rules allow.
+    pub async fn collect(&self, target: u64) -> Result<Report, Error> {
+        let _one = self.running.lock().await;
+        let inventory = self.inventory().await?;
+        let now = now_secs();
+        let policy = Policy {
+            now,
+            in_use_window: self.config.in_use_window.as_secs(),
+            target,
+            idle_before: self.config.max_idle.map(|idle| now.saturating_sub(idle.as_secs())),
+        };
+        let used_before = self.store.disk.used();
+        let plan = plan::plan(&inventory, &policy);
+        let (store, evict) = (self.store.clone(), plan.evict.clone());
+        let evicted = tokio::task::spawn_blocking(move || {
+            let mut done = Vec::new();
+            for (digest, size, reason) in evict {
+                // File first, then the record: a crash in between leaves a record without a
+                // file, which is a miss.
+                if let Err(e) = store.disk.remove(&digest) {
+                    tracing::warn!(%digest, error = %e, "GC could not delete a blob");
+                    continue;
+                }
+                if let Err(e) = store.meta.remove_blob(&digest) {
+                    tracing::warn!(%digest, error = %e, "GC deleted a blob but not its record");
+                }
+                let reason = match reason {
+                    Reason::LeastRecentlyPulled => "least recently pulled",
+                    Reason::Unreferenced => "referenced by no manifest",
+                    Reason::Idle => "idle longer than max_idle",
+                };
+                done.push(Evicted { digest: digest.to_string(), size, reason });
+            }
+            done
+        })
+        .await
+        .map_err(Error::internal)?;
+        let report = Report {
+            used_before,
+            used_after: self.store.disk.used(),
+            target,
+            freed: evicted.iter().map(|e| e.size).sum(),
+            evicted,
+            versions: plan.versions.iter().map(|d| d.to_string()).collect(),
+        };
+        if report.freed > 0 {
+            tracing::info!(
+                freed = report.freed,
+                blobs = report.evicted.len(),
+                used = report.used_after,
+                "GC pass"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Runs `maybe_collect` every `interval` for as long as the collector lives.
+    pub fn spawn(self: &Arc<Self>) {
+        let this = Arc::downgrade(self);
+        let every = self.config.interval.max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(gc) = this.upgrade() else { return };
+                if let Err(e) = gc.maybe_collect().await {
+                    tracing::warn!(error = %e, "GC pass failed");
+                }
+            }
+        });
+    }
+
+    /// Image versions on disk with their tags, size, last pull and pin.
+    pub async fn images(&self) -> Result<Vec<CachedImage>, Error> {
+        let inv = self.inventory().await?;
+        let tags = self.tags.tags_by_digest();
+        let mut out: Vec<CachedImage> = inv
+            .versions
+            .iter()
+            .map(|v| {
+                let present: Vec<&Digest> = v.digests.iter().filter(|d| inv.blobs.contains_key(*d)).collect();
+                CachedImage {
+                    digest: v.root.to_string(),
+                    tags: tags.get(v.root.as_str()).cloned().unwrap_or_default(),
+                    size: present.iter().map(|d| inv.blobs[*d].size).sum(),
+                    last_pulled: v.last_pulled,
+                    pinned: v.pinned,
+                    blobs: present.len(),
+                    in_memory: present.iter().filter(|d| self.store.memory.contains(d)).count(),
+                }
+            })
+            .collect();
+        out.sort_by_key(|i| std::cmp::Reverse(i.last_pulled));
+        Ok(out)
+    }
+
+    async fn inventory(&self) -> Result<Inventory, Error> {
+        let store = self.store.clone();
+        let current = self.tags.current_digests();
+        let mut pinned: HashSet<String> = HashSet::new();
+        let pins = {
+            let meta = store.meta.clone();
+            tokio::task::spawn_blocking(move || meta.pins()).await.map_err(Error::internal)??
+        };
+        // A pinned tag keeps the version it pointed to when pinned and the current one.
+        for (reference, pin) in pins {
+            pinned.insert(pin.digest);
+            pinned.extend(self.tags.newest(&reference));
+        }
+        for reference in &self.config_pins {
+            pinned.extend(self.tags.newest(reference));
+        }
+        let busy: HashSet<Digest> = store.inflight_digests().into_iter().collect();
+        tokio::task::spawn_blocking(move || build(&store, &current, &pinned, &busy))
+            .await
+            .map_err(Error::internal)?
+    }
+}
+
+/// Reads the store: every blob on disk, its last access, and the versions its manifests form.
+fn build(
+    store: &Store,
+    current: &HashSet<String>,
+    pinned: &HashSet<String>,
+    busy: &HashSet<Digest>,
+) -> Result<Inventory, Error> {
+    let on_disk = store.disk.scan().map_err(Error::internal)?;
+    let meta = store.meta.blobs()?;
+    let mut inv = Inventory::default();
+    let mut children: HashMap<Digest, Vec<Digest>> = HashMap::new();
+    for (digest, size) in on_disk {
+        let record = meta.get(digest.as_str());
+        let last_access = record.map_or(0, |m| m.last_access);
+        if record.is_some_and(|m| m.media_type.is_some()) {
+            if let Ok(Some(bytes)) = store.disk.get_mapped(&digest) {
+                if let Ok(refs) = serde_json::from_slice::<Refs>(&bytes) {
+                    let list = refs
+                        .manifests
+                        .into_iter()
+                        .flatten()
+                        .chain(refs.config)
+                        .chain(refs.layers.into_iter().flatten())
+                        .filter_map(|r| Digest::parse(&r.digest).ok())
+                        .collect();
+                    children.insert(digest.clone(), list);
+                }
+            }
+        }
+        inv.blobs.insert(digest.clone(), Blob { size, last_access, busy: busy.contains(&digest) });
+    }
+    let referenced: HashSet<&Digest> = children.values().flatten().collect();
+    for root in children.keys().filter(|d| !referenced.contains(d)) {
+        let mut digests = vec![root.clone()];
+        let mut last_pulled = inv.blobs[root].last_access;
+        for child in &children[root] {
+            digests.push(child.clone());
+            if let Some(grand) = children.get(child) {
+                last_pulled = last_pulled.max(inv.blobs.get(child).map_or(0, |b| b.last_access));
+                digests.extend(grand.iter().cloned());
+            }
+        }
+        inv.versions.push(Version {
+            root: root.clone(),
+            digests,
+            last_pulled,
+            current: current.contains(root.as_str()),
+            pinned: pinned.contains(root.as_str()),
+        });
+    }
+    inv.versions.sort_by(|a, b| a.root.cmp(&b.root));
+    Ok(inv)
+}
