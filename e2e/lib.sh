@@ -149,6 +149,8 @@ count_upstream_blob_gets() {
 }
 
 # ---- the mirror: berth (or distribution in proxy mode) -------------------------
+# BERTH_DATA, BERTH_DISK_CAPACITY, BERTH_TAG_TTL and BERTH_EXTRA_TOML (appended tables)
+# change the config for scenarios that need another berth.
 write_berth_config() {
     cat >"$E2E_DIR/berth.toml" <<EOF
 [server]
@@ -157,13 +159,13 @@ admin_listen = "$ADMIN_ADDR"
 default_registry = "docker.io"
 
 [storage]
-dir = "$E2E_DIR/berth-data"
+dir = "${BERTH_DATA:-$E2E_DIR/berth-data}"
 memory_capacity = "64MiB"
 memory_max_object = "8MiB"
-disk_capacity = "2GiB"
+disk_capacity = "${BERTH_DISK_CAPACITY:-2GiB}"
 
 [tags]
-ttl = "5m"
+ttl = "${BERTH_TAG_TTL:-5m}"
 
 [[registry]]
 host = "docker.io"
@@ -172,6 +174,8 @@ endpoint = "$UP_URL"
 [[registry]]
 host = "registry.test"
 endpoint = "$UP_URL"
+
+${BERTH_EXTRA_TOML:-}
 EOF
 }
 

@@ -289,11 +289,13 @@ scenario_alive() {
 
 # shellcheck source=e2e/preheat.sh
 . "$(dirname "${BASH_SOURCE[0]}")/preheat.sh"
+# shellcheck source=e2e/gc.sh
+. "$(dirname "${BASH_SOURCE[0]}")/gc.sh"
 
 # ---------------------------------------------------------------------------
 START=$SECONDS
 if setup; then
-    for s in a b c d e f g h i j alive; do
+    for s in a b c d e f g h i j k alive; do
         log "--- scenario $s ($((SECONDS - START))s)"
         "scenario_$s"
     done
