@@ -50,3 +50,34 @@ async fn cached_image_is_served_after_restart_with_upstream_gone() {
     }
     berth.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_damaged_blob_on_disk_is_a_miss_and_is_fetched_again() {
+    let upstream = Fake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &[("docker.io", &upstream.url())], "");
+    let layer = bytes_of(2 << 20, 3);
+    let d = upstream.add_blob(layer.clone());
+    let client = reqwest::Client::new();
+    let berth = berth::Server::start(&cfg).await.unwrap();
+    let url = format!("http://{}/v2/library/app/blobs/{d}", berth.registry_addr);
+    assert!(client.get(&url).send().await.unwrap().bytes().await.unwrap() == layer);
+    while berth.mirror.store.fills_in_flight() > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let path = berth.mirror.store.disk.path(&d);
+    berth.stop().await.unwrap();
+
+    // Same length, one byte flipped: only hashing can tell.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[12345] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+
+    let berth = berth::Server::start(&cfg).await.unwrap();
+    let url = format!("http://{}/v2/library/app/blobs/{d}", berth.registry_addr);
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.bytes().await.unwrap() == layer, "a damaged blob was served");
+    assert_eq!(upstream.count(http::Method::GET, d.as_str()), 2, "not fetched again");
+    berth.stop().await.unwrap();
+}

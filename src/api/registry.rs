@@ -13,8 +13,8 @@ use crate::digest::Digest;
 use crate::error::Error;
 use crate::registry::accept::AcceptClass;
 use crate::registry::range::RangeSpec;
-use crate::registry::{BlobBody, Mirror};
-use crate::store::{body, Tier};
+use crate::registry::Mirror;
+use crate::store::Tier;
 
 const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 
@@ -80,8 +80,7 @@ async fn dispatch(
             let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(RangeSpec::parse);
             let b = mirror.blob(ns, &name, &digest, range, head).await?;
             let body = match b.body {
-                Some(BlobBody::Bytes(bytes)) => Body::from_stream(body::chunked(bytes)),
-                Some(BlobBody::Stream(s)) => Body::from_stream(s),
+                Some(s) => Body::from_stream(s),
                 None => Body::empty(),
             };
             let mut resp = Response::new(body);

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Preheat as PreheatConfig;
 use crate::registry::image_ref::ImageRef;
-use crate::registry::{BlobBody, Mirror};
+use crate::registry::Mirror;
 use crate::store::meta::{now_secs, Pin};
 use job::{ImageJob, Item, ItemState, Job, TierName};
 
@@ -136,17 +136,11 @@ impl Preheater {
             .blob(Some(&r.host), &r.repo, &item.digest, None, false)
             .await
             .map_err(|e| e.to_string())?;
-        match answer.body {
-            Some(BlobBody::Bytes(b)) => {
-                item.done.store(b.len() as u64, Ordering::Relaxed);
+        if let Some(mut s) = answer.body {
+            while let Some(chunk) = s.next().await {
+                let chunk = chunk.map_err(|e| format!("transfer failed: {e}"))?;
+                item.done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             }
-            Some(BlobBody::Stream(mut s)) => {
-                while let Some(chunk) = s.next().await {
-                    let chunk = chunk.map_err(|e| format!("transfer failed: {e}"))?;
-                    item.done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                }
-            }
-            None => {}
         }
         // The last byte reaches clients before the fill is on disk: wait for it to land.
         if let Some(fill) = self.mirror.store.inflight(&item.digest) {

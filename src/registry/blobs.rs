@@ -1,6 +1,5 @@
 //! Blobs: from memory, from disk, or by following the one fill of their digest.
 
-use bytes::Bytes;
 use futures::FutureExt;
 
 use super::range::RangeSpec;
@@ -10,16 +9,13 @@ use crate::error::Error;
 use crate::store::body::{self, BodyStream};
 use crate::store::Tier;
 
-pub enum BlobBody {
-    Bytes(Bytes),
-    Stream(BodyStream),
-}
-
 /// A blob answer: the full length, the span served (`Some` for a 206), and the body for a GET.
 pub struct BlobAnswer {
     pub len: u64,
     pub range: Option<(u64, u64)>,
-    pub body: Option<BlobBody>,
+    /// The body for a GET. It marks the blob as being read until it is dropped, which keeps
+    /// GC from evicting it meanwhile.
+    pub body: Option<BodyStream>,
     pub tier: Tier,
 }
 
@@ -37,7 +33,10 @@ impl Mirror {
             let len = hit.bytes.len() as u64;
             let span = range.map(|r| r.resolve(len)).transpose()?;
             let (start, end) = span.unwrap_or((0, len));
-            let body = (!head).then(|| BlobBody::Bytes(hit.bytes.slice(start as usize..end as usize)));
+            let body = (!head).then(|| {
+                let slice = hit.bytes.slice(start as usize..end as usize);
+                body::guarded(body::chunked(slice), self.store.reading(digest))
+            });
             return Ok(BlobAnswer { len, range: span, body, tier: hit.tier });
         }
 
@@ -78,7 +77,7 @@ impl Mirror {
         Ok(BlobAnswer {
             len,
             range: span,
-            body: Some(BlobBody::Stream(body::follow(fill, start, Some(end)))),
+            body: Some(body::guarded(body::follow(fill, start, Some(end)), self.store.reading(digest))),
             tier,
         })
     }

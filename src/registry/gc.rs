@@ -238,7 +238,7 @@ impl Collector {
         for reference in &self.config_pins {
             pinned.extend(self.tags.newest(reference));
         }
-        let busy: HashSet<Digest> = store.inflight_digests().into_iter().collect();
+        let busy: HashSet<Digest> = store.busy().into_iter().collect();
         tokio::task::spawn_blocking(move || build(&store, &current, &pinned, &busy))
             .await
             .map_err(Error::internal)?

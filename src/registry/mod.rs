@@ -22,7 +22,7 @@ use crate::store::Store;
 use singleflight::SingleFlight;
 use tags::TagCache;
 
-pub use blobs::{BlobAnswer, BlobBody};
+pub use blobs::BlobAnswer;
 pub use manifests::ManifestAnswer;
 
 /// The mirror: the store, the upstreams, and the tag cache between them.

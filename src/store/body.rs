@@ -39,6 +39,16 @@ pub fn chunked(bytes: Bytes) -> BodyStream {
     stream::iter(slices).boxed()
 }
 
+/// `stream`, holding `guard` until the stream is dropped.
+pub fn guarded<G: Send + 'static>(stream: BodyStream, guard: G) -> BodyStream {
+    stream
+        .map(move |item| {
+            let _held = &guard;
+            item
+        })
+        .boxed()
+}
+
 struct Follower {
     rx: watch::Receiver<FillState>,
     _fill: Arc<Fill>,

@@ -284,6 +284,7 @@ async fn lead(
     if let Some(bytes) = memory {
         store.memory.insert(digest.clone(), bytes.freeze()).await;
     }
+    store.mark_checked(&digest);
     fill.state.send_replace(FillState::Verified { file: file.clone(), map, len: written });
     let (disk, meta) = (store.disk.clone(), store.meta.clone());
     blocking(move || {

@@ -55,6 +55,29 @@ pub struct Store {
     pub disk: Arc<DiskTier>,
     pub meta: Arc<Meta>,
     inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
+    /// Blobs being sent to clients now, with how many bodies read each.
+    readers: Arc<Mutex<HashMap<Digest, usize>>>,
+    /// Disk blobs whose content was checked against the digest since startup (written by a
+    /// fill here, or hashed on their first hit).
+    checked: Mutex<std::collections::HashSet<Digest>>,
+}
+
+/// Marks a blob as being read until dropped.
+pub struct ReadGuard {
+    readers: Arc<Mutex<HashMap<Digest, usize>>>,
+    digest: Digest,
+}
+
+impl Drop for ReadGuard {
+    fn drop(&mut self) {
+        let mut readers = self.readers.lock().expect("readers lock");
+        if let Some(n) = readers.get_mut(&self.digest) {
+            *n -= 1;
+            if *n == 0 {
+                readers.remove(&self.digest);
+            }
+        }
+    }
 }
 
 impl Store {
@@ -67,10 +90,32 @@ impl Store {
             disk: Arc::new(disk),
             meta: Arc::new(meta),
             inflight: Mutex::new(HashMap::new()),
+            readers: Arc::new(Mutex::new(HashMap::new())),
+            checked: Mutex::new(std::collections::HashSet::new()),
         }))
     }
 
+    /// Marks `digest` as being read until the guard is dropped.
+    pub fn reading(&self, digest: &Digest) -> ReadGuard {
+        *self.readers.lock().expect("readers lock").entry(digest.clone()).or_default() += 1;
+        ReadGuard { readers: self.readers.clone(), digest: digest.clone() }
+    }
+
+    /// Digests being filled or read now: never evicted.
+    pub fn busy(&self) -> Vec<Digest> {
+        let mut busy = self.inflight_digests();
+        busy.extend(self.readers.lock().expect("readers lock").keys().cloned());
+        busy
+    }
+
+    /// Notes that the disk copy of `digest` is known to match it.
+    pub fn mark_checked(&self, digest: &Digest) {
+        self.checked.lock().expect("checked lock").insert(digest.clone());
+    }
+
     /// Looks in memory, then on disk. A disk hit small enough for memory is promoted.
+    /// A disk blob is hashed on its first hit after startup; one that does not match its
+    /// digest (damaged on disk) is deleted and answered as a miss, so it is fetched again.
     pub async fn get(&self, digest: &Digest) -> Result<Option<Hit>, Error> {
         if let Some(bytes) = self.memory.get(digest).await {
             self.meta.touch(digest);
@@ -78,8 +123,16 @@ impl Store {
         }
         let (disk, d) = (self.disk.clone(), digest.clone());
         let admits = self.memory.max_object();
+        let checked = self.checked.lock().expect("checked lock").contains(digest);
         let found = tokio::task::spawn_blocking(move || {
             let mapped = disk.get_mapped(&d)?;
+            if let Some(m) = mapped.as_ref().filter(|_| !checked) {
+                if Digest::of(m) != d {
+                    tracing::warn!(digest = %d, "damaged blob on disk: deleted, will be fetched again");
+                    disk.remove(&d)?;
+                    return Ok(None);
+                }
+            }
             // A copy for the memory tier, made off the async workers.
             Ok::<_, std::io::Error>(mapped.map(|m| {
                 let copy = (m.len() as u64 <= admits).then(|| Bytes::copy_from_slice(&m));
@@ -90,6 +143,9 @@ impl Store {
         .map_err(Error::internal)?;
         match found {
             Ok(Some((mapped, copy))) => {
+                if !checked {
+                    self.mark_checked(digest);
+                }
                 self.meta.touch(digest);
                 if let Some(copy) = copy {
                     self.memory.insert(digest.clone(), copy.clone()).await;
@@ -113,6 +169,7 @@ impl Store {
         media_type: Option<&str>,
     ) -> Result<(), Error> {
         self.memory.insert(digest.clone(), bytes.clone()).await;
+        self.mark_checked(digest);
         let (disk, meta, d) = (self.disk.clone(), self.meta.clone(), digest.clone());
         let media_type = media_type.map(str::to_owned);
         tokio::task::spawn_blocking(move || {
