@@ -276,6 +276,10 @@ fn build(
         }
         inv.blobs.insert(digest.clone(), Blob { size, last_access, busy: busy.contains(&digest) });
     }
+    // A blob being filled is not on disk yet, but its version is being pulled right now.
+    for d in busy {
+        inv.blobs.entry(d.clone()).or_insert(Blob { size: 0, last_access: 0, busy: true });
+    }
     let referenced: HashSet<&Digest> = children.values().flatten().collect();
     for root in children.keys().filter(|d| !referenced.contains(d)) {
         let mut digests = vec![root.clone()];
