@@ -71,6 +71,8 @@ async fn pinned_images_stay_and_a_blob_with_no_room_is_served_uncached() {
     assert!(on_disk(&h, &a[0]) && on_disk(&h, &a[1]), "a pinned image was evicted");
     assert!(!on_disk(&h, &b[0]), "no room: the blob must not be kept");
     assert_eq!(h.temp_files(), 0);
+    let cache: Value = h.client.get(admin(&h, "/api/v1/cache")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(cache["served_uncached"], 1);
 
     // Unpinned, a GC pass may take it.
     let r = h.client.delete(admin(&h, "/api/v1/pins")).json(&json!({"image": "a:1"})).send().await.unwrap();

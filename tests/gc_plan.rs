@@ -36,10 +36,15 @@ prop_compose! {
 
 proptest! {
     #[test]
-    fn plan_holds_the_gc_invariants(inv in inventories(), window in 0u64..300, fraction in 0u64..=100) {
+    fn plan_holds_the_gc_invariants(
+        inv in inventories(),
+        window in 0u64..300,
+        fraction in 0u64..=100,
+        idle_before in prop::option::weighted(0.3, 0u64..1000),
+    ) {
         let now = 1000;
         let target = inv.usage() * fraction / 100;
-        let policy = Policy { now, in_use_window: window, target, idle_before: None };
+        let policy = Policy { now, in_use_window: window, target, idle_before };
         let p = plan(&inv, &policy);
         let evicted: HashSet<&Digest> = p.evict.iter().map(|e| &e.0).collect();
         let gone: HashSet<&Digest> = p.versions.iter().collect();
@@ -77,9 +82,19 @@ proptest! {
                 }
             }
         }
-        // Nothing evicted when already within target.
-        if inv.usage() <= target {
+        // Nothing evicted when already within target, unless idle too long.
+        if inv.usage() <= target && idle_before.is_none() {
             prop_assert!(p.evict.is_empty());
+        }
+        // With max_idle, every unprotected version pulled before the cutoff is given up.
+        if let Some(cutoff) = idle_before {
+            for v in &inv.versions {
+                let protected = v.pinned || v.digests.iter().any(&in_use);
+                let key = v.last_pulled + if v.current { berth::store::gc::plan::SUPERSEDED_GRACE } else { 0 };
+                if !protected && key < cutoff {
+                    prop_assert!(gone.contains(&v.root), "an idle version was kept");
+                }
+            }
         }
     }
 }

@@ -100,6 +100,7 @@ async fn cache(State(a): State<Admin>) -> Response {
         Ok(images) => Json(json!({
             "images": images,
             "disk": { "used": store.disk.used(), "capacity": a.mirror.gc.capacity() },
+            "served_uncached": a.mirror.gc.uncached(),
             "memory": { "used": store.memory.used(), "capacity": store.memory.capacity() },
         }))
         .into_response(),

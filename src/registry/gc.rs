@@ -26,6 +26,8 @@ pub struct Collector {
     config_pins: Vec<String>,
     /// One pass at a time.
     running: tokio::sync::Mutex<()>,
+    /// Fills served without being kept, for want of room.
+    uncached: std::sync::atomic::AtomicU64,
 }
 
 /// What a pass did.
@@ -79,7 +81,15 @@ impl Collector {
         capacity: u64,
         pins: Vec<String>,
     ) -> Self {
-        Collector { store, tags, config, capacity, config_pins: pins, running: tokio::sync::Mutex::new(()) }
+        Collector {
+            store,
+            tags,
+            config,
+            capacity,
+            config_pins: pins,
+            running: tokio::sync::Mutex::new(()),
+            uncached: Default::default(),
+        }
     }
 
     pub fn capacity(&self) -> u64 {
@@ -122,7 +132,16 @@ impl Collector {
             tracing::warn!(error = %e, "GC pass failed");
         }
         let _one = self.running.lock().await;
-        fits().then(|| disk.reserve(len))
+        let room = fits().then(|| disk.reserve(len));
+        if room.is_none() {
+            self.uncached.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        room
+    }
+
+    /// Fills served without being kept since startup, for want of room.
+    pub fn uncached(&self) -> u64 {
+        self.uncached.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Evicts until the disk tier holds at most `target` bytes, as far as the rules allow.

@@ -199,6 +199,15 @@ mod tests {
     }
 
     #[test]
+    fn max_idle_evicts_what_was_not_pulled_for_long_even_under_target() {
+        let inv = inventory(vec![version(1, &[11], 100, false), version(2, &[21], 9_000, false)]);
+        let policy = Policy { now: 10_000, in_use_window: 60, target: 1_000, idle_before: Some(5_000) };
+        let plan = plan(&inv, &policy);
+        assert_eq!(plan.versions, vec![d(1)]);
+        assert!(plan.evict.iter().all(|e| e.2 == Reason::Idle));
+    }
+
+    #[test]
     fn pinned_and_in_use_versions_are_kept_whole() {
         let mut inv = inventory(vec![version(1, &[11], 1, false), version(2, &[21, 22], 2, false)]);
         inv.versions[0].pinned = true;
