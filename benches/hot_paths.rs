@@ -46,6 +46,7 @@ fn fill(c: &mut Criterion) {
                         len: Some(blob.len() as u64),
                         body: futures::stream::iter(chunks).boxed(),
                         room: Some(store.disk.reserve(blob.len() as u64)),
+                        resume: None,
                     };
                     let started = std::time::Instant::now();
                     let (fill, _) = Arc::clone(&store).fill(&digest, async move { Ok(source) }.boxed());

@@ -2,9 +2,10 @@
 //! here so that credentials never reach another host, and upstream statuses mapped to errors.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use url::Url;
 
@@ -12,7 +13,7 @@ use super::auth::{parse_challenge, Challenge, TokenCache};
 use crate::config::{Registry, Secret};
 use crate::digest::Digest;
 use crate::error::Error;
-use crate::store::fill::Source;
+use crate::store::fill::{Resume, Resumed, Source};
 
 /// Manifests larger than this are refused, as clients refuse them.
 pub const MAX_MANIFEST: u64 = 4 * 1024 * 1024;
@@ -215,14 +216,49 @@ impl Upstream {
     }
 
     /// GET a blob as a stream for a fill.
-    pub async fn blob(&self, repo: &str, digest: &Digest) -> Result<Source, Error> {
+    /// A fill resumes a cut body through `Source::resume`, which asks for the rest with Range.
+    pub async fn blob(self: &Arc<Self>, repo: &str, digest: &Digest) -> Result<Source, Error> {
         let resp =
             self.send(Method::GET, &format!("/v2/{repo}/blobs/{digest}"), repo, HeaderMap::new()).await?;
         let resp = check(resp, Error::BlobUnknown)?;
-        let host = self.host.clone();
         let len = resp.content_length();
-        let body = resp.bytes_stream().map(move |r| r.map_err(|e| unavailable(&host, e))).boxed();
-        Ok(Source { len, body, room: None })
+        let body = self.body_of(resp);
+        let resume: Resume = {
+            let (this, repo, digest) = (self.clone(), repo.to_owned(), digest.clone());
+            Box::new(move |offset| {
+                let (this, repo, digest) = (this.clone(), repo.clone(), digest.clone());
+                async move { this.blob_from(&repo, &digest, offset).await }.boxed()
+            })
+        };
+        Ok(Source { len, body, room: None, resume: Some(resume) })
+    }
+
+    /// The rest of a blob from `offset`: a 206 continues there; a server that ignores Range
+    /// answers 200 with the whole blob, and the first `offset` bytes are to be skipped.
+    pub async fn blob_from(&self, repo: &str, digest: &Digest, offset: u64) -> Result<Resumed, Error> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RANGE, HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii"));
+        let resp = self.send(Method::GET, &format!("/v2/{repo}/blobs/{digest}"), repo, headers).await?;
+        let resp = check(resp, Error::BlobUnknown)?;
+        if resp.status() != StatusCode::PARTIAL_CONTENT {
+            return Ok(Resumed { body: self.body_of(resp), skip: offset });
+        }
+        let starts_at = resp
+            .headers()
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes "))
+            .and_then(|v| v.split('-').next())
+            .and_then(|v| v.parse::<u64>().ok());
+        if starts_at != Some(offset) {
+            return Err(Error::Unavailable(format!("{}: resumed at {starts_at:?}, not {offset}", self.host)));
+        }
+        Ok(Resumed { body: self.body_of(resp), skip: 0 })
+    }
+
+    fn body_of(&self, resp: reqwest::Response) -> futures::stream::BoxStream<'static, Result<Bytes, Error>> {
+        let host = self.host.clone();
+        resp.bytes_stream().map(move |r| r.map_err(|e| unavailable(&host, e))).boxed()
     }
 
     /// HEAD a blob: its length.

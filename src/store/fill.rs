@@ -25,6 +25,20 @@ use crate::error::Error;
 /// Bytes handed to the writer thread at a time.
 const WRITE_BATCH: usize = 256 * 1024;
 
+/// Asks the source for the rest of the content from a byte offset.
+pub type Resume = Box<dyn Fn(u64) -> BoxFuture<'static, Result<Resumed, Error>> + Send + Sync>;
+
+/// The rest of a body after a cut: bytes from some offset, of which `skip` are already held
+/// (a server that ignores Range sends everything again).
+pub struct Resumed {
+    pub body: BoxStream<'static, Result<Bytes, Error>>,
+    pub skip: u64,
+}
+
+/// Resumptions of a cut body before its fill fails, and the pause before the first.
+const MAX_RESUMES: u32 = 3;
+const RESUME_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What a fill streams from: an upstream (or peer) response body.
 pub struct Source {
     /// The announced length, when upstream sent one.
@@ -33,6 +47,8 @@ pub struct Source {
     /// Room reserved on the disk tier for the content; `None` when there was no room for
     /// it: its clients are served, then the temp file is dropped.
     pub room: Option<super::disk::Reservation>,
+    /// How to continue after the body is cut; without it a cut fails the fill.
+    pub resume: Option<Resume>,
 }
 
 #[derive(Clone)]
@@ -196,7 +212,7 @@ async fn lead(
         return Ok(());
     }
 
-    let Source { len, mut body, room } = fetch.await?;
+    let Source { len, mut body, room, resume } = fetch.await?;
     let keep_on_disk = room.is_some();
     let (disk, d) = (store.disk.clone(), digest.clone());
     let (file, temp, map) = blocking(move || {
@@ -229,18 +245,46 @@ async fn lead(
 
     let mut batch = BytesMut::with_capacity(WRITE_BATCH);
     let mut received: u64 = 0;
+    let mut skip: u64 = 0;
+    let mut resumes: u32 = 0;
     let pumped: Result<(), Error> = async {
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk?;
-            received += chunk.len() as u64;
-            if len.is_some_and(|l| received > l) {
-                return Err(Error::Integrity(format!("{digest}: body longer than announced")));
-            }
-            batch.extend_from_slice(&chunk);
-            if batch.len() >= WRITE_BATCH {
-                let full = batch.split().freeze();
-                if hash_tx.send(full.clone()).await.is_err() || tx.send(full).await.is_err() {
-                    break; // the writer failed; its error is reported below
+        loop {
+            let mut cut = match body.next().await {
+                Some(Ok(mut chunk)) => {
+                    if skip > 0 {
+                        let n = skip.min(chunk.len() as u64);
+                        chunk = chunk.slice(n as usize..);
+                        skip -= n;
+                    }
+                    received += chunk.len() as u64;
+                    if len.is_some_and(|l| received > l) {
+                        return Err(Error::Integrity(format!("{digest}: body longer than announced")));
+                    }
+                    batch.extend_from_slice(&chunk);
+                    if batch.len() >= WRITE_BATCH {
+                        let full = batch.split().freeze();
+                        if hash_tx.send(full.clone()).await.is_err() || tx.send(full).await.is_err() {
+                            break; // the writer failed; its error is reported below
+                        }
+                    }
+                    continue;
+                }
+                None if len.is_none_or(|l| received >= l) => break,
+                None => Error::Unavailable(format!("{digest}: body ended after {received} bytes")),
+                Some(Err(e)) => e,
+            };
+            // Cut: ask for the rest, a few times, hashing on from where it was.
+            loop {
+                let Some(resume) = resume.as_ref().filter(|_| resumes < MAX_RESUMES) else { return Err(cut) };
+                resumes += 1;
+                tracing::warn!(%digest, offset = received, attempt = resumes, error = %cut, "upstream body cut; resuming");
+                tokio::time::sleep(RESUME_BACKOFF * 4u32.pow(resumes - 1)).await;
+                match resume(received).await {
+                    Ok(rest) => {
+                        (body, skip) = (rest.body, rest.skip);
+                        break;
+                    }
+                    Err(e) => cut = e,
                 }
             }
         }

@@ -37,6 +37,9 @@ pub enum Fault {
     Slow { chunk: usize, delay: Duration },
     /// Sends the body in slow chunks without a Content-Length (chunked encoding).
     NoLength,
+    /// The first GET sends `at` bytes and is cut; later GETs answer `Range: bytes=N-` with a
+    /// 206 (or, with `honour_range` false, ignore it and send everything with a 200).
+    CutOnce { at: usize, honour_range: bool },
     /// Sends half, then nothing more while keeping the connection open.
     Stall,
     /// Answers with this status.
@@ -66,6 +69,8 @@ pub struct FakeState {
     pub manifest_status: Mutex<Option<u16>>,
     pub auth: Mutex<Auth>,
     pub log: Mutex<Vec<Logged>>,
+    /// GETs per blob digest.
+    pub gets: Mutex<HashMap<String, usize>>,
 }
 
 #[derive(Clone)]
@@ -276,16 +281,48 @@ async fn handle(State(state): State<Arc<FakeState>>, req: Request) -> Response {
             r.headers_mut().insert("docker-content-digest", d.as_str().parse().unwrap());
             r
         }
-        _ => blob_response(&state, &parts.method, &reference),
+        _ => {
+            let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            blob_response(&state, &parts.method, &reference, range.as_deref())
+        }
     }
 }
 
-fn blob_response(state: &FakeState, method: &Method, digest: &str) -> Response {
+fn blob_response(state: &FakeState, method: &Method, digest: &str, range: Option<&str>) -> Response {
     let fault = state.faults.lock().unwrap().get(digest).cloned();
     let Some(bytes) = state.blobs.lock().unwrap().get(digest).cloned() else {
         return (StatusCode::NOT_FOUND, "{\"errors\":[{\"code\":\"BLOB_UNKNOWN\"}]}").into_response();
     };
     let len = bytes.len();
+    if method == Method::GET {
+        let n = {
+            let mut gets = state.gets.lock().unwrap();
+            let n = gets.entry(digest.to_owned()).or_default();
+            *n += 1;
+            *n
+        };
+        if let Some(Fault::CutOnce { at, honour_range }) = fault {
+            if n == 1 {
+                let items: Vec<Result<Bytes, std::io::Error>> =
+                    vec![Ok(bytes.slice(..at)), Err(std::io::Error::other("cut"))];
+                let mut r = Response::new(Body::from_stream(futures::stream::iter(items)));
+                r.headers_mut().insert(header::CONTENT_LENGTH, len.into());
+                return r;
+            }
+            let from = range.and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse::<usize>().ok());
+            if let (Some(from), true) = (from, honour_range) {
+                let mut r = Response::new(Body::from(bytes.slice(from..)));
+                *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+                r.headers_mut().insert(header::CONTENT_LENGTH, (len - from).into());
+                r.headers_mut().insert(
+                    header::CONTENT_RANGE,
+                    format!("bytes {from}-{}/{len}", len - 1).parse().unwrap(),
+                );
+                return r;
+            }
+            return Response::new(Body::from(bytes));
+        }
+    }
     if let (false, Some(Fault::NoLength)) = (method == Method::HEAD, &fault) {
         let chunks: Vec<Result<Bytes, std::io::Error>> =
             bytes.chunks(64 << 10).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
@@ -324,7 +361,7 @@ fn blob_response(state: &FakeState, method: &Method, digest: &str) -> Response {
             });
             Body::from_stream(stream)
         }
-        (_, Some(Fault::NoLength)) => unreachable!("answered above"),
+        (_, Some(Fault::NoLength)) | (_, Some(Fault::CutOnce { .. })) => unreachable!("answered above"),
         (_, Some(Fault::Stall)) => {
             let half = futures::stream::iter([Ok::<_, std::io::Error>(bytes.slice(..len / 2))]);
             let never = futures::stream::pending();
