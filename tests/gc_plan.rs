@@ -98,3 +98,126 @@ proptest! {
         }
     }
 }
+
+/// One step of a store's life, for the sequence test.
+#[derive(Debug, Clone)]
+enum Op {
+    /// Pull image `i` (its current version): its blobs come back if evicted, all read now.
+    Pull(usize),
+    /// Push image `i` again: its tag moves to a new version (new root, one new layer).
+    Move(usize),
+    Pin(usize),
+    Unpin(usize),
+    /// Read one layer of image `i` (a lazy-pulling snapshotter).
+    Read(usize),
+    /// Time passes.
+    Wait(u64),
+    Gc,
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    let op = prop_oneof![
+        (0usize..5).prop_map(Op::Pull),
+        (0usize..5).prop_map(Op::Move),
+        (0usize..5).prop_map(Op::Pin),
+        (0usize..5).prop_map(Op::Unpin),
+        (0usize..5).prop_map(Op::Read),
+        (1u64..120).prop_map(Op::Wait),
+        Just(Op::Gc),
+    ];
+    prop::collection::vec(op, 1..60)
+}
+
+proptest! {
+    /// Random sequences of pulls, tag moves, pins, unpins, reads and GC passes against a
+    /// model of the store (the digests present): after each pass, usage is within target
+    /// unless everything left is pinned or in use; nothing pinned or in use was evicted; no
+    /// version still present lost a blob.
+    #[test]
+    fn sequences_of_pulls_moves_pins_reads_and_passes(ops in ops(), window in 0u64..100, target in 20u64..200) {
+        // Five images; image i's versions are (root, layers); layer 100 is shared by all.
+        let mut next = 1000usize;
+        let mut versions: Vec<Vec<(Digest, Vec<Digest>)>> =
+            (0..5).map(|i| vec![(d(next + i), vec![d(100), d(200 + i)])]).collect();
+        next += 5;
+        let mut pinned = [false; 5];
+        let mut present: std::collections::HashMap<Digest, (u64, u64)> = Default::default(); // size, last access
+        let mut pulled: std::collections::HashMap<Digest, u64> = Default::default(); // root -> last pull
+        let mut now = 1_000u64;
+        for op in ops {
+            match op {
+                Op::Pull(i) => {
+                    let (root, layers) = versions[i].last().unwrap().clone();
+                    for x in std::iter::once(&root).chain(&layers) {
+                        present.insert(x.clone(), (10, now));
+                    }
+                    pulled.insert(root, now);
+                }
+                Op::Move(i) => {
+                    next += 1;
+                    versions[i].push((d(next), vec![d(100), d(next + 50_000)]));
+                }
+                Op::Pin(i) => pinned[i] = true,
+                Op::Unpin(i) => pinned[i] = false,
+                Op::Read(i) => {
+                    let (_, layers) = versions[i].last().unwrap();
+                    if let Some(entry) = present.get_mut(&layers[1]) {
+                        entry.1 = now;
+                    }
+                }
+                Op::Wait(s) => now += s,
+                Op::Gc => {
+                    let mut inv = Inventory::default();
+                    for (x, (size, at)) in &present {
+                        inv.blobs.insert(x.clone(), Blob { size: *size, last_access: *at, busy: false });
+                    }
+                    for (i, vs) in versions.iter().enumerate() {
+                        let current = vs.len() - 1;
+                        for (n, (root, layers)) in vs.iter().enumerate() {
+                            if !present.contains_key(root) {
+                                continue;
+                            }
+                            let mut digests = vec![root.clone()];
+                            digests.extend(layers.iter().cloned());
+                            // A pinned tag keeps the version it points to now.
+                            inv.versions.push(Version {
+                                root: root.clone(),
+                                digests,
+                                last_pulled: pulled.get(root).copied().unwrap_or(0),
+                                current: n == current,
+                                pinned: pinned[i] && n == current,
+                            });
+                        }
+                    }
+                    let policy = Policy { now, in_use_window: window, target, idle_before: None };
+                    let p = plan(&inv, &policy);
+                    let evicted: HashSet<&Digest> = p.evict.iter().map(|e| &e.0).collect();
+                    let in_use = |x: &Digest| present.get(x).is_some_and(|(_, at)| now - at < window);
+                    for v in &inv.versions {
+                        let protected = v.pinned || v.digests.iter().any(&in_use);
+                        let kept = !p.versions.contains(&v.root);
+                        prop_assert!(!protected || kept, "gave up a pinned or in-use version");
+                        if kept {
+                            for x in &v.digests {
+                                prop_assert!(!evicted.contains(x), "a kept version lost a blob");
+                            }
+                        }
+                        if !kept && p.remaining > target {
+                            prop_assert!(!protected);
+                        }
+                    }
+                    if p.remaining > target {
+                        for v in &inv.versions {
+                            let protected = v.pinned || v.digests.iter().any(&in_use);
+                            prop_assert!(protected || p.versions.contains(&v.root), "over target with an evictable version left");
+                        }
+                    }
+                    for x in evicted {
+                        present.remove(x);
+                    }
+                    prop_assert_eq!(present.values().map(|v| v.0).sum::<u64>(), p.remaining);
+                }
+            }
+        }
+    }
+}
