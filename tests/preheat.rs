@@ -225,3 +225,18 @@ async fn a_preheat_and_a_concurrent_pull_share_one_fill() {
     assert_eq!(code, StatusCode::OK, "{status:#}");
     assert_eq!(h.upstream.count(Method::GET, layers[0].as_str()), 1, "the preheat started a second fetch");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn preheat_concurrency_bounds_parallel_fetches() {
+    let h = Harness::start_with("", |c| c.preheat.concurrency = 2).await;
+    let layers: Vec<_> = (0..6).map(|i| bytes_of(256 << 10, 50 + i)).collect();
+    let (_, digests) = h.upstream.put_image("library/app", "1", &layers);
+    for d in &digests {
+        h.upstream
+            .fault(d, common::Fault::Slow { chunk: 32 << 10, delay: std::time::Duration::from_millis(10) });
+    }
+    let (code, status) = preheat(&h, json!({"images": ["app:1"]})).await;
+    assert_eq!(code, StatusCode::OK, "{status:#}");
+    let most = h.upstream.state.most_sending.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most >= 1 && most <= 2, "{most} blob fetches at once with concurrency 2");
+}

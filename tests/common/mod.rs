@@ -71,6 +71,18 @@ pub struct FakeState {
     pub log: Mutex<Vec<Logged>>,
     /// GETs per blob digest.
     pub gets: Mutex<HashMap<String, usize>>,
+    /// Slow blob bodies being sent now, and the most at once.
+    pub sending: Arc<AtomicUsize>,
+    pub most_sending: Arc<AtomicUsize>,
+}
+
+/// Counts a body as being sent until dropped.
+struct Sending(Arc<AtomicUsize>);
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Clone)]
@@ -346,8 +358,11 @@ fn blob_response(state: &FakeState, method: &Method, digest: &str, range: Option
             Body::from_stream(futures::stream::iter(items))
         }
         (_, Some(Fault::Slow { chunk, delay })) => {
+            let now = state.sending.fetch_add(1, Ordering::SeqCst) + 1;
+            state.most_sending.fetch_max(now, Ordering::SeqCst);
+            let sending = Arc::new(Sending(state.sending.clone()));
             let stream = futures::stream::unfold(0usize, move |pos| {
-                let bytes = bytes.clone();
+                let (bytes, _sending) = (bytes.clone(), sending.clone());
                 async move {
                     if pos >= bytes.len() {
                         return None;
