@@ -291,11 +291,13 @@ scenario_alive() {
 . "$(dirname "${BASH_SOURCE[0]}")/preheat.sh"
 # shellcheck source=e2e/gc.sh
 . "$(dirname "${BASH_SOURCE[0]}")/gc.sh"
+# shellcheck source=e2e/resilience.sh
+. "$(dirname "${BASH_SOURCE[0]}")/resilience.sh"
 
 # ---------------------------------------------------------------------------
 START=$SECONDS
 if setup; then
-    for s in a b c d e f g h i j k alive; do
+    for s in a b c d e f g h i j k l alive; do
         log "--- scenario $s ($((SECONDS - START))s)"
         "scenario_$s"
     done
