@@ -98,12 +98,16 @@ for i in items:
         pass "j: berth preheat exits 1 and names the failed layer"
     else fail "j: berth preheat exits 1 and names the failed layer" "exit $rc" "$out"; fi
 
-    # 5. upstream gone: containerd pulls the preheated tag; the other platform never left upstream
+    # 5. upstream gone: containerd pulls the preheated tag, through hosts.toml files written by
+    # `berth hosts-toml`; the other platform never left upstream
+    local gen="$E2E_DIR/certs-generated"
+    "$BERTH_BIN" hosts-toml --mirror "$BERTH_URL" --registry registry.test --dir "$gen" >/dev/null ||
+        { fail "j: berth hosts-toml writes the files"; return; }
     stop_upstream
     stop_containerd
     start_containerd j || { fail "j: fresh containerd starts"; return; }
-    run_check "j: fresh containerd pulls registry.test/library/pre:1 linux/arm64, upstream down" \
-        ctr_e2e images pull --platform linux/arm64 --hosts-dir "$CERTS" registry.test/library/pre:1
+    run_check "j: fresh containerd pulls registry.test/library/pre:1 linux/arm64 through generated hosts.toml, upstream down" \
+        ctr_e2e images pull --platform linux/arm64 --hosts-dir "$gen" registry.test/library/pre:1
     local d n=0
     for d in $amd64_blobs; do n=$((n + $(count_upstream_blob_gets "$d"))); done
     if [ "$n" = 0 ]; then pass "j: no blob of linux/amd64 was requested from upstream"

@@ -18,6 +18,30 @@ enum Command {
         #[arg(long, env = "BERTH_CONFIG", default_value = "mirror.toml")]
         config: PathBuf,
     },
+    /// Check a configuration file and print what it sets up; exit 1 naming every problem.
+    CheckConfig {
+        /// The configuration file.
+        #[arg(long, env = "BERTH_CONFIG", default_value = "mirror.toml")]
+        config: PathBuf,
+    },
+    /// Write containerd hosts.toml files that send pulls to a berth mirror first.
+    ///
+    /// Writes DIR/<registry>/hosts.toml for each --registry (and DIR/_default/hosts.toml with
+    /// --default); containerd reads them with config_path = "/etc/containerd/certs.d".
+    HostsToml {
+        /// The mirror as containerd reaches it, e.g. http://berth.example:5000.
+        #[arg(long)]
+        mirror: String,
+        /// A registry to mirror (repeatable).
+        #[arg(long = "registry", default_value = "docker.io")]
+        registries: Vec<String>,
+        /// Also write _default/hosts.toml (every other registry tries the mirror first too).
+        #[arg(long)]
+        default: bool,
+        /// The certs.d folder.
+        #[arg(long, default_value = "/etc/containerd/certs.d")]
+        dir: PathBuf,
+    },
     /// Warm a running berth's tiers with images before they are pulled.
     ///
     /// Exit status: 0 when every blob is cached, 1 when the job failed, 2 when it could not run.
@@ -54,8 +78,49 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Serve { config } => serve(config),
+        Command::CheckConfig { config } => check_config(config),
+        Command::HostsToml { mirror, registries, default, dir } => {
+            match berth::cli::hosts_toml::write(&dir, &mirror, &registries, default) {
+                Ok(files) => {
+                    files.iter().for_each(|f| println!("wrote {}", f.display()));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("berth hosts-toml: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Preheat { admin, platforms, tiers, pin, json, images } => {
             berth::cli::preheat::run(berth::cli::preheat::Args { admin, platforms, tiers, pin, json, images })
+        }
+    }
+}
+
+fn check_config(path: PathBuf) -> ExitCode {
+    match berth::config::Config::load(&path) {
+        Ok(c) => {
+            println!("{}: ok", path.display());
+            println!("  registry API on {}, admin on {}", c.server.listen, c.server.admin_listen);
+            println!(
+                "  storage in {}: memory {} (objects up to {}), disk {}",
+                c.storage.dir.display(),
+                bytesize::ByteSize::b(c.storage.memory_capacity).display().iec(),
+                bytesize::ByteSize::b(c.storage.memory_max_object).display().iec(),
+                bytesize::ByteSize::b(c.storage.disk_capacity).display().iec(),
+            );
+            for r in &c.registries {
+                let default = if r.host == c.server.default_registry { " (requests without ns)" } else { "" };
+                println!("  registry {} -> {}{default}", r.host, r.endpoint);
+            }
+            for p in &c.pins {
+                println!("  pinned {p}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("berth: {}: {e}", path.display());
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,3 +1,4 @@
 //! Client commands that talk to a running berth over its admin API.
 
+pub mod hosts_toml;
 pub mod preheat;

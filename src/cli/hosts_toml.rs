@@ -1,0 +1,84 @@
+//! `berth hosts-toml`: writes containerd's `certs.d/<registry>/hosts.toml` files that send
+//! pulls to a berth mirror first and to the registry itself when the mirror fails.
+
+use std::path::{Path, PathBuf};
+
+use url::Url;
+
+/// The registry containerd falls back to for `host`.
+fn server_of(host: &str) -> String {
+    match host {
+        "docker.io" => "https://registry-1.docker.io".to_owned(),
+        other => format!("https://{other}"),
+    }
+}
+
+/// The contents of one hosts.toml; `host` None writes the `_default` file (no `server`:
+/// containerd then falls back to the registry being pulled from).
+pub fn hosts_toml(mirror: &Url, host: Option<&str>) -> String {
+    let mirror = mirror.as_str().trim_end_matches('/');
+    let mut out = String::from(
+        "# Written by `berth hosts-toml`: pulls try the berth mirror first, then the registry.\n",
+    );
+    if let Some(h) = host {
+        out.push_str(&format!("server = \"{}\"\n", server_of(h)));
+    }
+    out.push_str(&format!("\n[host.\"{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"));
+    out
+}
+
+/// Writes `<dir>/<host>/hosts.toml` for each registry (and `<dir>/_default/hosts.toml` when
+/// asked); returns the files written.
+pub fn write(dir: &Path, mirror: &str, registries: &[String], default: bool) -> Result<Vec<PathBuf>, String> {
+    let url = Url::parse(mirror).map_err(|e| format!("--mirror {mirror:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || url.path() != "/" {
+        return Err(format!("--mirror {mirror:?}: expected http(s)://host[:port]"));
+    }
+    let mut targets: Vec<(String, Option<&str>)> =
+        registries.iter().map(|r| (r.clone(), Some(r.as_str()))).collect();
+    if default {
+        targets.push(("_default".into(), None));
+    }
+    if targets.is_empty() {
+        return Err("name at least one --registry, or --default".into());
+    }
+    let mut written = Vec::new();
+    for (name, host) in targets {
+        if name.is_empty() || name.contains(['/', ' ']) || name == ".." {
+            return Err(format!("--registry {name:?} is not a registry host"));
+        }
+        let folder = dir.join(&name);
+        std::fs::create_dir_all(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
+        let file = folder.join("hosts.toml");
+        std::fs::write(&file, hosts_toml(&url, host)).map_err(|e| format!("{}: {e}", file.display()))?;
+        written.push(file);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_a_mirror_first_hosts_toml_that_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let files =
+            write(dir.path(), "http://berth.example:5000/", &["docker.io".into(), "ghcr.io".into()], true)
+                .unwrap();
+        assert_eq!(files.len(), 3);
+        let hub: toml::Table =
+            std::fs::read_to_string(dir.path().join("docker.io/hosts.toml")).unwrap().parse().unwrap();
+        assert_eq!(hub["server"].as_str(), Some("https://registry-1.docker.io"));
+        let host = &hub["host"]["http://berth.example:5000"];
+        assert_eq!(host["capabilities"].as_array().unwrap().len(), 2);
+        let ghcr = std::fs::read_to_string(dir.path().join("ghcr.io/hosts.toml")).unwrap();
+        assert!(ghcr.contains("server = \"https://ghcr.io\""));
+        let default: toml::Table =
+            std::fs::read_to_string(dir.path().join("_default/hosts.toml")).unwrap().parse().unwrap();
+        assert!(default.get("server").is_none());
+        assert!(write(dir.path(), "berth:5000", &["docker.io".into()], false).is_err());
+        assert!(write(dir.path(), "http://b:5000/v2", &["docker.io".into()], false).is_err());
+        assert!(write(dir.path(), "http://b:5000", &["../etc".into()], false).is_err());
+    }
+}
