@@ -45,6 +45,7 @@ pub struct Server {
 impl Server {
     /// Opens the store and binds both listeners (port 0 picks a free port).
     pub async fn start(config: &Config) -> Result<Server, Error> {
+        api::metrics::install();
         let store = Store::open(&config.storage)?;
         store.spawn_flusher(Duration::from_secs(30));
         let mirror = Arc::new(Mirror::new(config, store)?);

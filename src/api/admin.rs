@@ -33,6 +33,7 @@ pub fn router(admin: Admin) -> Router {
         .route("/api/v1/cache", get(cache))
         .route("/api/v1/gc", post(gc))
         .route("/api/v1/pins", get(pins).post(pin).delete(unpin))
+        .route("/metrics", get(metrics_text))
         .with_state(admin)
 }
 
@@ -91,6 +92,12 @@ async fn list(State(a): State<Admin>) -> Response {
         })
         .collect();
     Json(json!({ "jobs": jobs })).into_response()
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics_text(State(a): State<Admin>) -> Response {
+    let text = super::metrics::render(&a.mirror);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// `GET /api/v1/cache`: image versions on disk, newest pull first, and totals vs capacity.

@@ -60,6 +60,16 @@ struct Line {
 
 impl Line {
     fn emit(&self, outcome: &str) {
+        let tier = self.tier.map_or("-", Tier::as_str);
+        metrics::counter!(
+            "berth_requests_total",
+            "route" => super::metrics::route_of(&self.path),
+            "method" => self.method.as_str().to_owned(),
+            "status" => self.status.as_u16().to_string(),
+            "tier" => tier,
+        )
+        .increment(1);
+        metrics::counter!("berth_served_bytes_total", "tier" => tier).increment(self.bytes);
         tracing::info!(
             target: "berth::request",
             method = %self.method,

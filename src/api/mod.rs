@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod log;
+pub mod metrics;
 pub mod registry;
 pub mod route;
 

@@ -166,6 +166,8 @@ impl Job {
     pub fn finish(&self) {
         self.times.lock().expect("job lock").1 = Some(SystemTime::now());
         let ok = self.images.iter().all(ImageJob::succeeded);
+        metrics::counter!("berth_preheat_jobs_total", "state" => if ok { "succeeded" } else { "failed" })
+            .increment(1);
         self.state.send_replace(if ok { JobState::Succeeded } else { JobState::Failed });
     }
 

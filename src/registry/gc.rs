@@ -189,6 +189,9 @@ impl Collector {
             evicted,
             versions: plan.versions.iter().map(|d| d.to_string()).collect(),
         };
+        metrics::counter!("berth_gc_passes_total").increment(1);
+        metrics::counter!("berth_gc_evicted_blobs_total").increment(report.evicted.len() as u64);
+        metrics::counter!("berth_gc_freed_bytes_total").increment(report.freed);
         if report.freed > 0 {
             tracing::info!(
                 freed = report.freed,

@@ -175,18 +175,24 @@ impl TagWork {
         if let Some(old) = &cached {
             match upstream.head_manifest(repo, tag, accept).await {
                 Ok(head) if head.digest.as_ref().is_some_and(|d| d.as_str() == old.digest) => {
+                    metrics::counter!("berth_tag_revalidations_total", "result" => "unchanged").increment(1);
                     let entry = TagEntry { checked_at: now_secs(), ..old.clone() };
                     self.tags.put(base, accept, entry.clone()).await?;
                     return Ok(entry);
                 }
-                Ok(_) => {} // moved, or no digest header: fetch it below
+                Ok(_) => {
+                    // Moved, or no digest header: fetched below.
+                    metrics::counter!("berth_tag_revalidations_total", "result" => "moved").increment(1);
+                }
                 Err(Error::ManifestUnknown) => {
+                    metrics::counter!("berth_tag_revalidations_total", "result" => "gone").increment(1);
                     self.tags.remove(base, accept).await?;
                     return Err(Error::ManifestUnknown);
                 }
                 Err(e) => {
                     tracing::warn!(registry = %upstream.host, repo, tag, error = %e,
                         "upstream unreachable; serving the stale tag mapping");
+                    metrics::counter!("berth_stale_serves_total").increment(1);
                     return Ok(old.clone());
                 }
             }
@@ -196,6 +202,7 @@ impl TagWork {
             Err(e) if e != Error::ManifestUnknown && cached.is_some() => {
                 tracing::warn!(registry = %upstream.host, repo, tag, error = %e,
                     "upstream failed; serving the stale tag mapping");
+                metrics::counter!("berth_stale_serves_total").increment(1);
                 return Ok(cached.expect("checked"));
             }
             Err(e) => return Err(e),

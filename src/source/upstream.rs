@@ -140,7 +140,17 @@ impl Upstream {
             if let Some(auth) = auth.filter(|_| url.origin() == self.endpoint.origin()) {
                 req = req.header(header::AUTHORIZATION, auth.clone());
             }
-            let resp = req.send().await.map_err(|e| unavailable(&self.host, e))?;
+            let resp = req.send().await.map_err(|e| {
+                metrics::counter!("berth_upstream_requests_total", "registry" => self.host.clone(), "status" => "error")
+                    .increment(1);
+                unavailable(&self.host, e)
+            })?;
+            metrics::counter!(
+                "berth_upstream_requests_total",
+                "registry" => self.host.clone(),
+                "status" => resp.status().as_u16().to_string(),
+            )
+            .increment(1);
             if !resp.status().is_redirection() {
                 return Ok(resp);
             }
@@ -181,6 +191,8 @@ impl Upstream {
             }
             body.extend_from_slice(&chunk);
         }
+        metrics::counter!("berth_upstream_bytes_total", "registry" => self.host.clone())
+            .increment(body.len() as u64);
         let bytes = body.freeze();
         let digest = Digest::of(&bytes);
         if let Some(announced) = announced.filter(|a| *a != digest) {
@@ -258,7 +270,15 @@ impl Upstream {
 
     fn body_of(&self, resp: reqwest::Response) -> futures::stream::BoxStream<'static, Result<Bytes, Error>> {
         let host = self.host.clone();
-        resp.bytes_stream().map(move |r| r.map_err(|e| unavailable(&host, e))).boxed()
+        let bytes = metrics::counter!("berth_upstream_bytes_total", "registry" => host.clone());
+        resp.bytes_stream()
+            .map(move |r| {
+                if let Ok(b) = &r {
+                    bytes.increment(b.len() as u64);
+                }
+                r.map_err(|e| unavailable(&host, e))
+            })
+            .boxed()
     }
 
     /// HEAD a blob: its length.

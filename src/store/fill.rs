@@ -133,6 +133,7 @@ impl Store {
     ) -> (Arc<Fill>, bool) {
         let mut inflight = self.inflight.lock().expect("inflight lock");
         if let Some(fill) = inflight.get(digest) {
+            metrics::counter!("berth_fill_followers_total").increment(1);
             return (fill.clone(), false);
         }
         let (state, _) = watch::channel(FillState::Pending);
@@ -144,9 +145,10 @@ impl Store {
         tokio::spawn(async move {
             let guard = LeadGuard { store: &store, fill: &leader };
             let result = lead(&store, &leader, fetch).await;
-            if let Err(e) = result {
+            if let Err(e) = &result {
+                metrics::counter!("berth_fills_total", "outcome" => "failed").increment(1);
                 tracing::warn!(digest = %leader.digest, error = %e, "fill failed");
-                leader.state.send_replace(FillState::Failed(e));
+                leader.state.send_replace(FillState::Failed(e.clone()));
             }
             drop(guard);
         });
@@ -278,6 +280,7 @@ async fn lead(
                 let Some(resume) = resume.as_ref().filter(|_| resumes < MAX_RESUMES) else { return Err(cut) };
                 resumes += 1;
                 tracing::warn!(%digest, offset = received, attempt = resumes, error = %cut, "upstream body cut; resuming");
+                metrics::counter!("berth_fill_resumes_total").increment(1);
                 tokio::time::sleep(RESUME_BACKOFF * 4u32.pow(resumes - 1)).await;
                 match resume(received).await {
                     Ok(rest) => {
@@ -332,6 +335,8 @@ async fn lead(
     fill.state.send_replace(FillState::Verified { file: file.clone(), map, len: written });
     let (disk, meta) = (store.disk.clone(), store.meta.clone());
     blocking(move || {
+        let outcome = if keep_on_disk { "stored" } else { "uncached" };
+        metrics::counter!("berth_fills_total", "outcome" => outcome).increment(1);
         if !keep_on_disk {
             tracing::warn!(%digest, bytes = written, "disk tier full of pinned or in-use content: served without caching");
             disk.remove_temp(&temp);
