@@ -37,6 +37,9 @@ pub struct Server {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub default_registry: String,
+    /// Bearer token the admin API requires (everything but `/healthz`); mandatory when
+    /// `admin_listen` is not a loopback address.
+    pub admin_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +150,8 @@ struct RawServer {
     listen: Option<String>,
     admin_listen: Option<String>,
     default_registry: Option<String>,
+    admin_token_file: Option<PathBuf>,
+    admin_token_env: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -215,11 +220,43 @@ impl Config {
 
 fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
     let mut p = Checker(problems);
+    let admin_token = match (&raw.server.admin_token_file, &raw.server.admin_token_env) {
+        (Some(_), Some(_)) => {
+            p.0.push("server: set admin_token_file or admin_token_env, not both".into());
+            None
+        }
+        (Some(f), None) => match std::fs::read_to_string(f) {
+            Ok(s) if !s.trim().is_empty() => Some(Secret(s.trim().to_owned())),
+            Ok(_) => {
+                p.0.push(format!("server.admin_token_file {} is empty", f.display()));
+                None
+            }
+            Err(e) => {
+                p.0.push(format!("server.admin_token_file {}: {e}", f.display()));
+                None
+            }
+        },
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(s) if !s.trim().is_empty() => Some(Secret(s.trim().to_owned())),
+            _ => {
+                p.0.push(format!("server.admin_token_env {var} is not set"));
+                None
+            }
+        },
+        (None, None) => None,
+    };
     let server = Server {
         listen: p.addr("server.listen", raw.server.listen, "0.0.0.0:5000"),
         admin_listen: p.addr("server.admin_listen", raw.server.admin_listen, "127.0.0.1:5001"),
         default_registry: raw.server.default_registry.unwrap_or_else(|| "docker.io".into()),
+        admin_token,
     };
+    if !server.admin_listen.ip().is_loopback() && server.admin_token.is_none() {
+        p.0.push(format!(
+            "server.admin_listen {} is not a loopback address: set admin_token_file or admin_token_env",
+            server.admin_listen
+        ));
+    }
     let storage = Storage {
         dir: raw.storage.dir.unwrap_or_else(|| "./berth-data".into()),
         memory_capacity: p.size("storage.memory_capacity", raw.storage.memory_capacity, "512MiB"),
@@ -421,6 +458,19 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_non_loopback_admin_listener_needs_a_token() {
+        let base = "[[registry]]\nhost = \"docker.io\"\nendpoint = \"https://registry-1.docker.io\"\n";
+        let err = Config::parse(&format!("[server]\nadmin_listen = \"0.0.0.0:5001\"\n{base}")).unwrap_err();
+        assert!(err.to_string().contains("admin_token"), "{err}");
+        std::env::set_var("BERTH_TEST_ADMIN_TOKEN", "t0k");
+        let c = Config::parse(&format!(
+            "[server]\nadmin_listen = \"0.0.0.0:5001\"\nadmin_token_env = \"BERTH_TEST_ADMIN_TOKEN\"\n{base}"
+        ))
+        .unwrap();
+        assert_eq!(c.server.admin_token.unwrap().expose(), "t0k");
     }
 
     #[test]

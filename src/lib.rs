@@ -71,7 +71,10 @@ impl Server {
             tokio::spawn(
                 axum::serve(
                     admin,
-                    api::admin::router(api::admin::Admin { mirror: mirror.clone(), preheater }),
+                    api::admin::router(
+                        api::admin::Admin { mirror: mirror.clone(), preheater },
+                        config.server.admin_token.clone(),
+                    ),
                 )
                 .with_graceful_shutdown(stop(rx))
                 .into_future(),

@@ -44,6 +44,8 @@ enum Command {
     },
     /// Warm a running berth's tiers with images before they are pulled.
     ///
+    /// When the admin API needs a token, put it in BERTH_ADMIN_TOKEN.
+    ///
     /// Exit status: 0 when every blob is cached, 1 when the job failed, 2 when it could not run.
     Preheat {
         /// The admin listener of the berth to preheat.

@@ -106,3 +106,32 @@ async fn tags_list_passes_through_without_ns() {
     let logged = &t.other.log()[0].path;
     assert_eq!(logged, "/v2/library/app/tags/list?n=10");
 }
+
+#[tokio::test]
+async fn the_admin_api_requires_its_token_when_one_is_set() {
+    let hub = Fake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), &[("docker.io", &hub.url())], "");
+    cfg.server.admin_token = Some(berth::config::Secret::new("s3cret-admin"));
+    let berth = berth::Server::start(&cfg).await.unwrap();
+    let client = reqwest::Client::new();
+    let url = |p: &str| format!("http://{}{p}", berth.admin_addr);
+    assert_eq!(client.get(url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
+    for path in ["/api/v1/cache", "/metrics", "/api/v1/preheat"] {
+        let r = client.get(url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path} without a token");
+        let r = client.get(url(path)).bearer_auth("wrong").send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path} with a wrong token");
+        let r = client.get(url(path)).bearer_auth("s3cret-admin").send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path} with the token");
+    }
+    // The CLI sends BERTH_ADMIN_TOKEN.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["preheat", "--admin", &url(""), "quay.io/x/y:1"])
+        .env("BERTH_ADMIN_TOKEN", "s3cret-admin")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not mirrored"), "the CLI was not let in: {stderr}");
+}

@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::config::Secret;
 use crate::preheat::job::{Job, JobState};
 use crate::preheat::{PreheatRequest, Preheater};
 use crate::registry::accept::AcceptClass;
@@ -25,9 +26,10 @@ pub struct Admin {
     pub preheater: Arc<Preheater>,
 }
 
-pub fn router(admin: Admin) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+/// The admin routes; with a token, every route but `/healthz` requires
+/// `Authorization: Bearer <token>`.
+pub fn router(admin: Admin, token: Option<Secret>) -> Router {
+    let guarded = Router::new()
         .route("/api/v1/preheat", get(list).post(submit))
         .route("/api/v1/preheat/{id}", get(status))
         .route("/api/v1/cache", get(cache))
@@ -35,6 +37,34 @@ pub fn router(admin: Admin) -> Router {
         .route("/api/v1/pins", get(pins).post(pin).delete(unpin))
         .route("/metrics", get(metrics_text))
         .with_state(admin)
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let token = token.clone();
+                async move {
+                    if let Some(token) = token {
+                        let presented = req
+                            .headers()
+                            .get(axum::http::header::AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.strip_prefix("Bearer "));
+                        if !presented
+                            .is_some_and(|p| constant_time_eq(p.as_bytes(), token.expose().as_bytes()))
+                        {
+                            return error(
+                                StatusCode::UNAUTHORIZED,
+                                "the admin API needs Authorization: Bearer <admin token>",
+                            );
+                        }
+                    }
+                    next.run(req).await
+                }
+            },
+        ));
+    Router::new().route("/healthz", get(|| async { "ok\n" })).merge(guarded)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

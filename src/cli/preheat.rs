@@ -40,7 +40,16 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 async fn submit_and_follow(args: &Args) -> Result<Value, String> {
-    let client = reqwest::Client::new();
+    // A berth whose admin listener needs a token: BERTH_ADMIN_TOKEN holds it.
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(token) = std::env::var("BERTH_ADMIN_TOKEN") {
+        let value = format!("Bearer {}", token.trim());
+        let mut value = reqwest::header::HeaderValue::from_str(&value)
+            .map_err(|_| "BERTH_ADMIN_TOKEN is not a valid token")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    let client = reqwest::Client::builder().default_headers(headers).build().map_err(|e| e.to_string())?;
     let admin = args.admin.trim_end_matches('/');
     let mut body = json!({ "images": args.images, "pin": args.pin });
     if !args.platforms.is_empty() {
