@@ -11,19 +11,9 @@ GC_CAPACITY=$((96 * 1024 * 1024))
 
 cache_json() { curl -sf -m 10 "http://$ADMIN_ADDR/api/v1/cache"; }
 
-# cache_check FILE PYTHON: assertions with `c` = the /api/v1/cache JSON
+# cache_check FILE PYTHON: assertions with `c` = the /api/v1/cache JSON, `digests` = its images
 cache_check() {
-    python3 - "$1" "$2" <<'PY'
-import json, sys
-c = json.load(open(sys.argv[1]))
-digests = {i["digest"]: i for i in c["images"]}
-try:
-    exec(sys.argv[2])
-except AssertionError as e:
-    print("assertion failed:", e)
-    print(json.dumps(c, indent=1)[:3000])
-    sys.exit(1)
-PY
+    json_check "$1" $'c = j\ndigests = {i["digest"]: i for i in c["images"]}\n'"$2"
 }
 
 fetch_gc() { ctr_e2e content fetch --hosts-dir "$CERTS" "docker.io/library/$1:1" >/dev/null; }

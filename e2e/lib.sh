@@ -325,6 +325,21 @@ get_manifest() {
     curl -sf -m 30 -H "Accept: $ACCEPT_ALL" "$1/v2/$2/manifests/$3${4:+?$4}"
 }
 
+# json_check FILE PYTHON: runs PYTHON (assert statements) with `j` = the JSON in FILE; on a
+# failed assertion prints it and the start of the JSON, and returns 1
+json_check() {
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+try:
+    exec(sys.argv[2])
+except AssertionError as e:
+    print("assertion failed:", e)
+    print(json.dumps(j, indent=1)[:3000])
+    sys.exit(1)
+PY
+}
+
 # sha256 of stdin as sha256:HEX
 sha256_of() { echo "sha256:$(sha256sum | cut -d' ' -f1)"; }
 

@@ -15,19 +15,9 @@ preheat_wait() {
         -w '\n%{http_code}' "$ADMIN_URL/api/v1/preheat?wait=true"
 }
 
-# status_check BODY_FILE PYTHON_ASSERTIONS: runs assertions with `s` = the status JSON
+# status_check FILE PYTHON: assertions with `s` = a preheat status, `items` = all its items
 status_check() {
-    python3 - "$1" "$2" <<'PY'
-import json, sys
-s = json.load(open(sys.argv[1]))
-items = [i for img in s["images"] for i in img["items"]]
-try:
-    exec(sys.argv[2])
-except AssertionError as e:
-    print("assertion failed:", e)
-    print(json.dumps(s, indent=1)[:3000])
-    sys.exit(1)
-PY
+    json_check "$1" $'s = j\nitems = [i for img in s["images"] for i in img["items"]]\n'"$2"
 }
 
 scenario_j() {
