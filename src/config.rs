@@ -40,6 +40,8 @@ pub struct Server {
     /// Bearer token the admin API requires (everything but `/healthz`); mandatory when
     /// `admin_listen` is not a loopback address.
     pub admin_token: Option<Secret>,
+    /// How long in-flight responses may finish after SIGTERM.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +154,7 @@ struct RawServer {
     default_registry: Option<String>,
     admin_token_file: Option<PathBuf>,
     admin_token_env: Option<String>,
+    shutdown_grace: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -250,6 +253,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         admin_listen: p.addr("server.admin_listen", raw.server.admin_listen, "127.0.0.1:5001"),
         default_registry: raw.server.default_registry.unwrap_or_else(|| "docker.io".into()),
         admin_token,
+        shutdown_grace: p.duration("server.shutdown_grace", raw.server.shutdown_grace, "30s"),
     };
     if !server.admin_listen.ip().is_loopback() && server.admin_token.is_none() {
         p.0.push(format!(

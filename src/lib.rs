@@ -40,6 +40,7 @@ pub struct Server {
     pub mirror: Arc<Mirror>,
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    grace: Duration,
 }
 
 impl Server {
@@ -81,7 +82,7 @@ impl Server {
             ),
         ];
         tracing::info!(%registry_addr, %admin_addr, "berth is serving");
-        Ok(Server { registry_addr, admin_addr, mirror, shutdown, tasks })
+        Ok(Server { registry_addr, admin_addr, mirror, shutdown, tasks, grace: config.server.shutdown_grace })
     }
 
     /// Serves until `signal` resolves, then stops accepting and lets responses finish.
@@ -90,10 +91,23 @@ impl Server {
         self.stop().await
     }
 
+    /// Stops accepting, lets in-flight responses finish for up to `shutdown_grace`, then
+    /// drops the rest. Fills still running are abandoned with the process: their temp files
+    /// are removed at the next start, and nothing unverified was ever published.
     pub async fn stop(self) -> Result<(), Error> {
         let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            t.await.map_err(Error::internal)?.map_err(Error::internal)?;
+        let aborts: Vec<_> = self.tasks.iter().map(|t| t.abort_handle()).collect();
+        let serving = futures::future::join_all(self.tasks);
+        match tokio::time::timeout(self.grace, serving).await {
+            Ok(done) => {
+                for t in done {
+                    t.map_err(Error::internal)?.map_err(Error::internal)?;
+                }
+            }
+            Err(_) => {
+                tracing::warn!(grace = ?self.grace, "responses still in flight after the grace period: dropped");
+                aborts.iter().for_each(|a| a.abort());
+            }
         }
         let meta = self.mirror.store.meta.clone();
         tokio::task::spawn_blocking(move || meta.flush_access()).await.map_err(Error::internal)??;

@@ -81,3 +81,47 @@ async fn a_damaged_blob_on_disk_is_a_miss_and_is_fetched_again() {
     assert_eq!(upstream.count(http::Method::GET, d.as_str()), 2, "not fetched again");
     berth.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stopping_during_a_fill_waits_out_the_grace_and_publishes_nothing_partial() {
+    let upstream = Fake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), &[("docker.io", &upstream.url())], "");
+    cfg.server.shutdown_grace = std::time::Duration::from_secs(1);
+    let layer = bytes_of(4 << 20, 5);
+    let d = upstream.add_blob(layer.clone());
+    // 64 chunks, 100 ms apart: the response needs about 6 s, the grace is 1 s.
+    upstream.fault(&d, common::Fault::Slow { chunk: 64 << 10, delay: std::time::Duration::from_millis(100) });
+    let berth = berth::Server::start(&cfg).await.unwrap();
+    let url = format!("http://{}/v2/library/app/blobs/{d}", berth.registry_addr);
+    let client = reqwest::Client::new();
+    let reader = tokio::spawn(async move { client.get(&url).send().await.unwrap().bytes().await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let path = berth.mirror.store.disk.path(&d);
+    let mirror = berth.mirror.clone();
+    let started = std::time::Instant::now();
+    berth.stop().await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(3),
+        "stop took {took:?}"
+    );
+    assert!(!path.exists(), "a blob was published before its fill was complete");
+    reader.abort();
+    // In a process the fill dies with it; here it runs on, and only a verified whole blob
+    // may ever appear.
+    while mirror.store.fills_in_flight() > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    if path.exists() {
+        assert!(std::fs::read(&path).unwrap() == layer);
+    }
+    drop(mirror);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let berth = berth::Server::start(&cfg).await.unwrap();
+    assert_eq!(std::fs::read_dir(dir.path().join("v1/tmp")).unwrap().count(), 0);
+    let url = format!("http://{}/v2/library/app/blobs/{d}", berth.registry_addr);
+    assert!(reqwest::get(&url).await.unwrap().bytes().await.unwrap() == layer);
+    berth.stop().await.unwrap();
+}
