@@ -79,6 +79,8 @@ pub fn host_platform() -> String {
 
 #[derive(Debug, Clone)]
 pub struct Registry {
+    /// The name clients use; `*` is the wildcard entry: any public host, fetched from
+    /// `https://<host>`, never a loopback, link-local or private address.
     pub host: String,
     pub endpoint: Url,
     pub username: Option<String>,
@@ -308,7 +310,14 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         if r.host.is_empty() || r.host.contains(['/', ' ']) {
             p.0.push(format!("{at}: host must be a registry name such as docker.io"));
         }
+        let wildcard = r.host == "*";
+        if wildcard && (r.endpoint != "https://*" || r.username.is_some()) {
+            p.0.push(format!(
+                "{at}: the wildcard registry takes endpoint = \"https://*\" and no credentials"
+            ));
+        }
         let endpoint = match Url::parse(&r.endpoint) {
+            _ if wildcard => Url::parse("https://wildcard.invalid").expect("static URL"),
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
             Ok(_) => {
                 p.0.push(format!("{at}: endpoint {:?} must be an http(s) URL", r.endpoint));
@@ -370,7 +379,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
     let mut pins = Vec::new();
     for (i, pin) in raw.pin.iter().enumerate() {
         match crate::registry::image_ref::ImageRef::parse(&pin.image) {
-            Ok(r) if hosts.contains(&r.host) => pins.push(r.to_string()),
+            Ok(r) if hosts.contains(&r.host) || hosts.contains("*") => pins.push(r.to_string()),
             Ok(r) => p.0.push(format!("pin[{i}]: {r}: registry {:?} is not configured", r.host)),
             Err(e) => p.0.push(format!("pin[{i}]: {e}")),
         }

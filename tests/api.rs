@@ -135,3 +135,47 @@ async fn the_admin_api_requires_its_token_when_one_is_set() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not mirrored"), "the CLI was not let in: {stderr}");
 }
+
+#[tokio::test]
+async fn the_wildcard_registry_refuses_loopback_link_local_and_private_addresses() {
+    let hub = Fake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        admin_listen = "127.0.0.1:0"
+        [storage]
+        dir = "{}"
+        [[registry]]
+        host = "docker.io"
+        endpoint = "{}"
+        [[registry]]
+        host = "*"
+        endpoint = "https://*"
+        connect_timeout = "1s"
+        "#,
+        dir.path().display(),
+        hub.url()
+    );
+    let cfg = berth::config::Config::parse(&text).unwrap();
+    let berth = berth::Server::start(&cfg).await.unwrap();
+    let client = reqwest::Client::new();
+    let get = |ns: &str| {
+        client.get(format!("http://{}/v2/library/app/manifests/1?ns={ns}", berth.registry_addr)).send()
+    };
+    for ns in
+        ["127.0.0.1", &hub.addr.to_string(), "169.254.169.254", "10.0.0.1:5000", "localhost", "[::1]:5000"]
+    {
+        let r = get(ns).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "ns={ns}");
+        assert_eq!(code(r).await, "DENIED", "ns={ns}");
+    }
+    assert!(hub.log().is_empty(), "a refused ns reached the loopback upstream");
+    // A public-looking name that does not resolve here is tried, and fails as unavailable.
+    let r = get("registry.example.invalid").await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Configured registries are served as before.
+    hub.put_image("library/app", "1", &[bytes_of(10, 1)]);
+    assert_eq!(get("docker.io").await.unwrap().status(), StatusCode::OK);
+}

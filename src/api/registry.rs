@@ -117,7 +117,7 @@ async fn passthrough(
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response, Error> {
-    let upstream = mirror.upstreams.get(ns)?;
+    let upstream = &mirror.upstreams.get(ns)?;
     let query: Vec<(String, String)> = uri
         .query()
         .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().filter(|(k, _)| k != "ns").collect())

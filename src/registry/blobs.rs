@@ -28,7 +28,7 @@ impl Mirror {
         range: Option<RangeSpec>,
         head: bool,
     ) -> Result<BlobAnswer, Error> {
-        let upstream = self.upstreams.get(ns)?;
+        let upstream = &self.upstreams.get(ns)?;
         if let Some(hit) = self.store.get(digest).await? {
             let len = hit.bytes.len() as u64;
             let span = range.map(|r| r.resolve(len)).transpose()?;

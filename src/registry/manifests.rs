@@ -32,7 +32,7 @@ impl Mirror {
         accept: &AcceptClass,
         head: bool,
     ) -> Result<ManifestAnswer, Error> {
-        let upstream = self.upstreams.get(ns)?;
+        let upstream = &self.upstreams.get(ns)?;
         match reference {
             Reference::Digest(d) => self.manifest_by_digest(upstream, repo, d).await,
             Reference::Tag(tag) => {

@@ -44,7 +44,8 @@ pub struct ManifestHead {
 }
 
 impl Upstream {
-    pub fn new(cfg: &Registry) -> Result<Upstream, Error> {
+    /// `public_only`: connect only to public addresses (the wildcard registry).
+    pub fn new(cfg: &Registry, public_only: bool) -> Result<Upstream, Error> {
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(cfg.connect_timeout)
@@ -57,6 +58,9 @@ impl Upstream {
             {
                 builder = builder.add_root_certificate(cert);
             }
+        }
+        if public_only {
+            builder = builder.dns_resolver(Arc::new(super::public::PublicOnly));
         }
         let client = builder.build().map_err(Error::internal)?;
         let creds = cfg.username.clone().zip(cfg.password.clone());
@@ -339,6 +343,13 @@ fn media_type_in(bytes: &[u8]) -> Option<String> {
 }
 
 fn unavailable(host: &str, e: reqwest::Error) -> Error {
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<super::public::NotPublic>() {
+            return Error::Denied(format!("registry {host:?}: {refused}"));
+        }
+        source = cause.source();
+    }
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
