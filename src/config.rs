@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+pub use crate::secret::Secret;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: Server,
@@ -88,25 +90,6 @@ pub struct Registry {
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
-}
-
-/// A credential: never printed, not even by `Debug`.
-#[derive(Clone, PartialEq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
 }
 
 // The file as written: strings for sizes and durations, so that validation can name every
@@ -231,7 +214,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             None
         }
         (Some(f), None) => match std::fs::read_to_string(f) {
-            Ok(s) if !s.trim().is_empty() => Some(Secret(s.trim().to_owned())),
+            Ok(s) if !s.trim().is_empty() => Some(Secret::new(s.trim())),
             Ok(_) => {
                 p.0.push(format!("server.admin_token_file {} is empty", f.display()));
                 None
@@ -242,7 +225,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             }
         },
         (None, Some(var)) => match std::env::var(var) {
-            Ok(s) if !s.trim().is_empty() => Some(Secret(s.trim().to_owned())),
+            Ok(s) if !s.trim().is_empty() => Some(Secret::new(s.trim())),
             _ => {
                 p.0.push(format!("server.admin_token_env {var} is not set"));
                 None
@@ -334,14 +317,14 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
                 None
             }
             (Some(f), None) => match std::fs::read_to_string(f) {
-                Ok(s) => Some(Secret(s.trim_end_matches(['\r', '\n']).to_owned())),
+                Ok(s) => Some(Secret::new(s.trim_end_matches(['\r', '\n']))),
                 Err(e) => {
                     p.0.push(format!("{at}: password_file {}: {e}", f.display()));
                     None
                 }
             },
             (None, Some(var)) => match std::env::var(var) {
-                Ok(s) => Some(Secret(s)),
+                Ok(s) => Some(Secret::new(s)),
                 Err(_) => {
                     p.0.push(format!("{at}: password_env {var} is not set"));
                     None

@@ -8,7 +8,7 @@
 //!   verified fill per digest that feeds both.
 //! - [`source`]: upstream registries: auth, redirects, status mapping.
 //!
-//! Shared vocabulary: [`config`], [`digest`], [`error`]. Client commands: [`cli`].
+//! Shared vocabulary: [`config`], [`digest`], [`error`], [`secret`]. Client commands: [`cli`].
 
 pub mod api;
 pub mod cli;
@@ -17,6 +17,7 @@ pub mod digest;
 pub mod error;
 pub mod preheat;
 pub mod registry;
+pub mod secret;
 pub mod source;
 pub mod store;
 
