@@ -180,6 +180,9 @@ impl Job {
 
     /// The job's status, with each item's tiers as found in the store now.
     pub fn status(&self, store: &Store) -> Value {
+        // The state first: `finish` sets the times before the state, so a final state read
+        // here always comes with its finish time.
+        let state = self.state();
         let (started, finished) = *self.times.lock().expect("job lock");
         let (mut total, mut done) = (0u64, 0u64);
         let images: Vec<Value> = self
@@ -227,7 +230,7 @@ impl Job {
             .collect();
         json!({
             "id": self.id,
-            "state": self.state(),
+            "state": state,
             "created_at": rfc3339(Some(self.created)),
             "started_at": rfc3339(started),
             "finished_at": rfc3339(finished),
