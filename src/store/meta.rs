@@ -11,14 +11,17 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::error::Error;
 
-const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
-const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags");
-const PINS: TableDefinition<&str, &[u8]> = TableDefinition::new("pins");
+type Table = TableDefinition<'static, &'static str, &'static [u8]>;
+
+const BLOBS: Table = TableDefinition::new("blobs");
+const TAGS: Table = TableDefinition::new("tags");
+const PINS: Table = TableDefinition::new("pins");
 
 /// An image a user asked to keep: recorded now, honoured by GC.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,12 +74,7 @@ impl Meta {
     }
 
     pub fn blob(&self, digest: &Digest) -> Result<Option<BlobMeta>, Error> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(BLOBS).map_err(db_err)?;
-        let Some(v) = table.get(digest.as_str()).map_err(db_err)? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(v.value()).map(Some).map_err(db_err)
+        self.get_json(BLOBS, digest.as_str())
     }
 
     /// Records verified content. Call after the file is published.
@@ -101,15 +99,7 @@ impl Meta {
 
     /// Every blob's metadata, with accesses not yet flushed applied.
     pub fn blobs(&self) -> Result<HashMap<String, BlobMeta>, Error> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(BLOBS).map_err(db_err)?;
-        let mut out = HashMap::new();
-        for row in table.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            if let Ok(meta) = serde_json::from_slice::<BlobMeta>(v.value()) {
-                out.insert(k.value().to_owned(), meta);
-            }
-        }
+        let mut out: HashMap<String, BlobMeta> = self.read_all(BLOBS)?.into_iter().collect();
         for (digest, at) in self.touched.lock().expect("touched lock").iter() {
             if let Some(m) = out.get_mut(digest) {
                 m.last_access = m.last_access.max(*at);
@@ -121,9 +111,7 @@ impl Meta {
     /// Forgets a blob. Call after its file is deleted, so that a crash in between leaves a
     /// record without a file (a miss), never a file served without its record.
     pub fn remove_blob(&self, digest: &Digest) -> Result<(), Error> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        txn.open_table(BLOBS).map_err(db_err)?.remove(digest.as_str()).map_err(db_err)?;
-        txn.commit().map_err(db_err)
+        self.remove(BLOBS, digest.as_str()).map(drop)
     }
 
     /// Notes a read; written to the database by the next `flush_access`.
@@ -160,71 +148,67 @@ impl Meta {
     }
 
     pub fn put_tag(&self, key: &str, entry: &TagEntry) -> Result<(), Error> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut table = txn.open_table(TAGS).map_err(db_err)?;
-            let bytes = serde_json::to_vec(entry).map_err(db_err)?;
-            table.insert(key, bytes.as_slice()).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)
+        self.put_json(TAGS, key, entry)
     }
 
     pub fn remove_tag(&self, key: &str) -> Result<(), Error> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        txn.open_table(TAGS).map_err(db_err)?.remove(key).map_err(db_err)?;
-        txn.commit().map_err(db_err)
+        self.remove(TAGS, key).map(drop)
     }
 
     pub fn put_pin(&self, image: &str, pin: &Pin) -> Result<(), Error> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut table = txn.open_table(PINS).map_err(db_err)?;
-            let bytes = serde_json::to_vec(pin).map_err(db_err)?;
-            table.insert(image, bytes.as_slice()).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)
+        self.put_json(PINS, image, pin)
     }
 
     pub fn remove_pin(&self, image: &str) -> Result<bool, Error> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        let existed = txn.open_table(PINS).map_err(db_err)?.remove(image).map_err(db_err)?.is_some();
-        txn.commit().map_err(db_err)?;
-        Ok(existed)
+        self.remove(PINS, image)
     }
 
     /// Every pin: image reference → pin.
     pub fn pins(&self) -> Result<Vec<(String, Pin)>, Error> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(PINS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            if let Ok(pin) = serde_json::from_slice(v.value()) {
-                out.push((k.value().to_owned(), pin));
-            }
-        }
-        Ok(out)
+        self.read_all(PINS)
     }
 
     pub fn pin(&self, image: &str) -> Result<Option<Pin>, Error> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(PINS).map_err(db_err)?;
-        let Some(v) = table.get(image).map_err(db_err)? else { return Ok(None) };
-        serde_json::from_slice(v.value()).map(Some).map_err(db_err)
+        self.get_json(PINS, image)
     }
 
     /// Every stored tag mapping (loaded once at startup).
     pub fn tags(&self) -> Result<Vec<(String, TagEntry)>, Error> {
+        self.read_all(TAGS)
+    }
+
+    fn put_json<T: Serialize>(&self, table: Table, key: &str, value: &T) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(value).map_err(db_err)?;
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.open_table(table).map_err(db_err)?.insert(key, bytes.as_slice()).map_err(db_err)?;
+        txn.commit().map_err(db_err)
+    }
+
+    fn get_json<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, Error> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(TAGS).map_err(db_err)?;
+        let table = txn.open_table(table).map_err(db_err)?;
+        let Some(v) = table.get(key).map_err(db_err)? else { return Ok(None) };
+        serde_json::from_slice(v.value()).map(Some).map_err(db_err)
+    }
+
+    /// Removes `key`; whether it was there.
+    fn remove(&self, table: Table, key: &str) -> Result<bool, Error> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let existed = txn.open_table(table).map_err(db_err)?.remove(key).map_err(db_err)?.is_some();
+        txn.commit().map_err(db_err)?;
+        Ok(existed)
+    }
+
+    /// Every row of `table`; unreadable rows are skipped with a warning.
+    fn read_all<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>, Error> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(table).map_err(db_err)?;
         let mut out = Vec::new();
         for row in table.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
             match serde_json::from_slice(v.value()) {
-                Ok(entry) => out.push((k.value().to_owned(), entry)),
-                Err(e) => {
-                    tracing::warn!(tag = k.value(), error = %e, "skipping unreadable tag entry")
-                }
+                Ok(value) => out.push((k.value().to_owned(), value)),
+                Err(e) => tracing::warn!(key = k.value(), error = %e, "skipping an unreadable metadata row"),
             }
         }
         Ok(out)
