@@ -47,6 +47,7 @@ fn fill(c: &mut Criterion) {
                         body: futures::stream::iter(chunks).boxed(),
                         room: Some(store.disk.reserve(blob.len() as u64)),
                         resume: None,
+                        rejected: None,
                     };
                     let started = std::time::Instant::now();
                     let (fill, _) = Arc::clone(&store).fill(&digest, async move { Ok(source) }.boxed());

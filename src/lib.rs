@@ -6,7 +6,8 @@
 //! - [`registry`]: registry semantics: routes to manifests (tag cache, revalidation) and blobs.
 //! - [`store`]: the tiers: memory (moka) in front of disk, metadata (redb), and the one
 //!   verified fill per digest that feeds both.
-//! - [`source`]: upstream registries: auth, redirects, status mapping.
+//! - [`source`]: where misses come from: the owning peer mirror, else the upstream registry
+//!   (auth, redirects, status mapping).
 //!
 //! Shared vocabulary: [`config`], [`digest`], [`error`], [`secret`]. Client commands: [`cli`].
 
@@ -52,6 +53,9 @@ impl Server {
         store.spawn_flusher(Duration::from_secs(30));
         let mirror = Arc::new(Mirror::new(config, store)?);
         mirror.gc.spawn();
+        if let Some(peers) = &mirror.peers {
+            peers.spawn_discovery();
+        }
         let preheater = Arc::new(Preheater::new(mirror.clone(), config.preheat.clone()));
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr).await.map_err(|e| Error::Internal(format!("binding {addr}: {e}")))

@@ -118,6 +118,14 @@ fn check_config(path: PathBuf) -> ExitCode {
             for p in &c.pins {
                 println!("  pinned {p}");
             }
+            if let Some(p) = &c.peers {
+                let listed: Vec<&str> = p.static_peers.iter().map(|u| u.as_str()).collect();
+                println!(
+                    "  peer {} with {listed:?}{}",
+                    p.self_url,
+                    p.dns.as_ref().map(|d| format!(" and dns {d}")).unwrap_or_default()
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

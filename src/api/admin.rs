@@ -35,6 +35,7 @@ pub fn router(admin: Admin, token: Option<Secret>) -> Router {
         .route("/api/v1/cache", get(cache))
         .route("/api/v1/gc", post(gc))
         .route("/api/v1/pins", get(pins).post(pin).delete(unpin))
+        .route("/api/v1/peers", get(peers))
         .route("/metrics", get(metrics_text))
         .with_state(admin)
         .layer(axum::middleware::from_fn(
@@ -47,9 +48,7 @@ pub fn router(admin: Admin, token: Option<Secret>) -> Router {
                             .get(axum::http::header::AUTHORIZATION)
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| v.strip_prefix("Bearer "));
-                        if !presented
-                            .is_some_and(|p| constant_time_eq(p.as_bytes(), token.expose().as_bytes()))
-                        {
+                        if !presented.is_some_and(|p| token.matches(p.as_bytes())) {
                             return error(
                                 StatusCode::UNAUTHORIZED,
                                 "the admin API needs Authorization: Bearer <admin token>",
@@ -61,10 +60,6 @@ pub fn router(admin: Admin, token: Option<Secret>) -> Router {
             },
         ));
     Router::new().route("/healthz", get(|| async { "ok\n" })).merge(guarded)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -122,6 +117,22 @@ async fn list(State(a): State<Admin>) -> Response {
         })
         .collect();
     Json(json!({ "jobs": jobs })).into_response()
+}
+
+/// `GET /api/v1/peers[?digest=sha256:...]`: peers, their health and ownership shares; with a
+/// digest, which instance owns it now.
+async fn peers(State(a): State<Admin>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let Some(peers) = &a.mirror.peers else {
+        return error(StatusCode::NOT_FOUND, "no [peers] configured: this instance works alone");
+    };
+    let mut status = peers.status();
+    if let Some(d) = q.get("digest") {
+        match crate::digest::Digest::parse(d) {
+            Ok(d) => status["owner"] = json!(peers.owner(&d).unwrap_or_else(|| peers.me().to_owned())),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        }
+    }
+    Json(status).into_response()
 }
 
 /// `GET /metrics`: Prometheus text.
@@ -185,7 +196,7 @@ async fn pin(State(a): State<Admin>, body: Bytes) -> Response {
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let resolved =
-        a.mirror.manifest(Some(&r.host), &r.repo, &r.reference(), &AcceptClass::pull(), true).await;
+        a.mirror.manifest(Some(&r.host), &r.repo, &r.reference(), &AcceptClass::pull(), true, false).await;
     let digest = match resolved {
         Ok(m) => m.digest,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{r}: {e}")),

@@ -59,13 +59,14 @@ async fn dispatch(
     }
     let ns = ns_of(uri);
     let ns = ns.as_deref();
+    let hop = mirror.from_peer(headers)?;
     match route {
         Route::Base => {
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}").into_response())
         }
         Route::Manifest { name, reference } => {
             let accept = AcceptClass::from_headers(headers);
-            let m = mirror.manifest(ns, &name, &reference, &accept, head).await?;
+            let m = mirror.manifest(ns, &name, &reference, &accept, head, hop).await?;
             let mut resp = match m.bytes.filter(|_| !head) {
                 Some(bytes) => Response::new(Body::from(bytes)),
                 None => Response::new(Body::empty()),
@@ -78,7 +79,7 @@ async fn dispatch(
         }
         Route::Blob { name, digest } => {
             let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(RangeSpec::parse);
-            let b = mirror.blob(ns, &name, &digest, range, head).await?;
+            let b = mirror.blob(ns, &name, &digest, range, head, hop).await?;
             let body = match b.body {
                 Some(s) => Body::from_stream(s),
                 None => Body::empty(),

@@ -133,7 +133,7 @@ impl Preheater {
     async fn pull(&self, r: &ImageRef, item: &Item) -> Result<(), String> {
         let answer = self
             .mirror
-            .blob(Some(&r.host), &r.repo, &item.digest, None, false)
+            .blob(Some(&r.host), &r.repo, &item.digest, None, false, false)
             .await
             .map_err(|e| e.to_string())?;
         if let Some(mut s) = answer.body {

@@ -72,7 +72,7 @@ pub async fn resolve(
     image: &ImageJob,
 ) -> Result<(), String> {
     let top = mirror
-        .manifest(Some(&r.host), &r.repo, &r.reference(), &AcceptClass::pull(), false)
+        .manifest(Some(&r.host), &r.repo, &r.reference(), &AcceptClass::pull(), false, false)
         .await
         .map_err(|e| format!("resolving {r}: {e}"))?;
     *image.resolved.lock().expect("image lock") = Some((top.digest.clone(), top.media_type.clone()));
@@ -103,7 +103,14 @@ pub async fn resolve(
     for (platform, digest) in chosen {
         let digest = Digest::parse(&digest).map_err(|e| e.to_string())?;
         let m = mirror
-            .manifest(Some(&r.host), &r.repo, &Reference::Digest(digest.clone()), &AcceptClass::all(), false)
+            .manifest(
+                Some(&r.host),
+                &r.repo,
+                &Reference::Digest(digest.clone()),
+                &AcceptClass::all(),
+                false,
+                false,
+            )
             .await
             .map_err(|e| format!("{r}: manifest for {platform}: {e}"))?;
         let bytes = m.bytes.unwrap_or_default();

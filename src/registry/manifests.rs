@@ -31,10 +31,11 @@ impl Mirror {
         reference: &Reference,
         accept: &AcceptClass,
         head: bool,
+        hop: bool,
     ) -> Result<ManifestAnswer, Error> {
         let upstream = &self.upstreams.get(ns)?;
         match reference {
-            Reference::Digest(d) => self.manifest_by_digest(upstream, repo, d).await,
+            Reference::Digest(d) => self.manifest_by_digest(upstream, repo, d, hop).await,
             Reference::Tag(tag) => {
                 let (entry, tier) = self.resolve_tag(upstream, repo, tag, accept).await?;
                 let digest = Digest::parse(&entry.digest)?;
@@ -47,7 +48,7 @@ impl Mirror {
                         tier,
                     });
                 }
-                let mut answer = self.manifest_by_digest(upstream, repo, &digest).await?;
+                let mut answer = self.manifest_by_digest(upstream, repo, &digest, hop).await?;
                 if tier != Tier::Memory {
                     answer.tier = tier;
                 }
@@ -62,6 +63,7 @@ impl Mirror {
         upstream: &Arc<Upstream>,
         repo: &str,
         digest: &Digest,
+        hop: bool,
     ) -> Result<ManifestAnswer, Error> {
         if let Some(answer) = self.stored_manifest(digest).await? {
             return Ok(answer);
@@ -70,8 +72,12 @@ impl Mirror {
             let (upstream, repo, digest) = (upstream.clone(), repo.to_owned(), digest.clone());
             let store = self.store.clone();
             let media_types = self.media_types.clone();
+            let owner = self.owner_of(&digest, hop);
             async move {
-                let m = upstream.manifest(&repo, digest.as_str(), &AcceptClass::all().header()).await?;
+                let m = match owner {
+                    Some((peers, owner)) => peers.manifest(&owner, &upstream, &repo, &digest).await?,
+                    None => upstream.manifest(&repo, digest.as_str(), &AcceptClass::all().header()).await?,
+                };
                 if m.digest != digest {
                     return Err(Error::Integrity(format!("manifest {digest} hashes to {}", m.digest)));
                 }
@@ -151,7 +157,12 @@ impl Mirror {
     }
 
     fn refs(&self) -> TagWork {
-        TagWork { store: self.store.clone(), media_types: self.media_types.clone(), tags: self.tags.clone() }
+        TagWork {
+            store: self.store.clone(),
+            media_types: self.media_types.clone(),
+            tags: self.tags.clone(),
+            peered: self.peers.is_some(),
+        }
     }
 }
 
@@ -160,6 +171,18 @@ struct TagWork {
     store: Arc<crate::store::Store>,
     media_types: moka::sync::Cache<Digest, Arc<str>>,
     tags: Arc<tags::TagCache>,
+    /// Peers are configured: resolve with HEAD, fetch by digest through the owner.
+    peered: bool,
+}
+
+/// A tag entry from a HEAD that named the digest, media type and length.
+fn entry_of(head: crate::source::upstream::ManifestHead) -> Option<TagEntry> {
+    Some(TagEntry {
+        digest: head.digest?.to_string(),
+        media_type: head.media_type.filter(|t| !t.is_empty())?,
+        size: head.len?,
+        checked_at: now_secs(),
+    })
 }
 
 impl TagWork {
@@ -180,9 +203,13 @@ impl TagWork {
                     self.tags.put(base, accept, entry.clone()).await?;
                     return Ok(entry);
                 }
-                Ok(_) => {
+                Ok(head) => {
                     // Moved, or no digest header: fetched below.
                     metrics::counter!("berth_tag_revalidations_total", "result" => "moved").increment(1);
+                    if let Some(entry) = self.peered.then(|| entry_of(head)).flatten() {
+                        self.tags.put(base, accept, entry.clone()).await?;
+                        return Ok(entry);
+                    }
                 }
                 Err(Error::ManifestUnknown) => {
                     metrics::counter!("berth_tag_revalidations_total", "result" => "gone").increment(1);
@@ -195,6 +222,20 @@ impl TagWork {
                     metrics::counter!("berth_stale_serves_total").increment(1);
                     return Ok(old.clone());
                 }
+            }
+        }
+        // With peers, a tag is resolved with a HEAD (Docker Hub does not count it as a pull),
+        // and the manifest is then fetched by digest, through its owner: once per cluster.
+        if cached.is_none() && self.peered {
+            match upstream.head_manifest(repo, tag, accept).await {
+                Ok(head) => {
+                    if let Some(entry) = entry_of(head) {
+                        self.tags.put(base, accept, entry.clone()).await?;
+                        return Ok(entry);
+                    }
+                }
+                Err(Error::ManifestUnknown) => return Err(Error::ManifestUnknown),
+                Err(_) => {} // asked again below, with a GET
             }
         }
         let m = match upstream.manifest(repo, tag, accept).await {

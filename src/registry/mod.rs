@@ -16,6 +16,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::error::Error;
+use crate::source::peers::Peers;
 use crate::source::Upstreams;
 use crate::store::meta::TagEntry;
 use crate::store::Store;
@@ -29,6 +30,8 @@ pub use manifests::ManifestAnswer;
 pub struct Mirror {
     pub store: Arc<Store>,
     pub upstreams: Upstreams,
+    /// The peer mirrors, when `[peers]` is configured.
+    pub peers: Option<Arc<Peers>>,
     tags: Arc<TagCache>,
     pub gc: Arc<gc::Collector>,
     manifest_fetches: SingleFlight<Digest, ()>,
@@ -49,6 +52,7 @@ impl Mirror {
         ));
         Ok(Mirror {
             upstreams: Upstreams::new(config)?,
+            peers: config.peers.as_ref().map(Peers::new).transpose()?,
             tags,
             gc,
             store,
@@ -56,5 +60,20 @@ impl Mirror {
             tag_lookups: SingleFlight::default(),
             media_types: moka::sync::Cache::new(65_536),
         })
+    }
+
+    /// The peer to ask for `digest` on a miss: none for a request that came from a peer
+    /// (never forwarded twice), or when this instance owns it.
+    fn owner_of(&self, digest: &Digest, hop: bool) -> Option<(Arc<Peers>, String)> {
+        let peers = self.peers.as_ref().filter(|_| !hop)?;
+        Some((peers.clone(), peers.owner(digest)?))
+    }
+
+    /// Whether a request comes from a peer (refused without the peer token, when one is set).
+    pub fn from_peer(&self, headers: &http::HeaderMap) -> Result<bool, Error> {
+        match &self.peers {
+            Some(p) => p.check(headers),
+            None => Ok(headers.contains_key(crate::source::peers::HOP)),
+        }
     }
 }

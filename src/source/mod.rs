@@ -1,6 +1,8 @@
-//! Where content comes from on a miss: the configured upstream registries.
+//! Where content comes from on a miss: the owning peer mirror, else the configured upstream
+//! registries.
 
 pub mod auth;
+pub mod peers;
 pub mod public;
 pub mod upstream;
 

@@ -180,33 +180,10 @@ impl Upstream {
             .send(Method::GET, &format!("/v2/{repo}/manifests/{reference}"), repo, accept_headers(accept))
             .await?;
         let resp = check(resp, Error::ManifestUnknown)?;
-        if let Some(len) = resp.content_length().filter(|&l| l > MAX_MANIFEST) {
-            return Err(Error::ManifestTooLarge(len));
-        }
-        let announced = header_digest(resp.headers());
-        let content_type =
-            resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let mut body = BytesMut::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| unavailable(&self.host, e))?;
-            if (body.len() + chunk.len()) as u64 > MAX_MANIFEST {
-                return Err(Error::ManifestTooLarge((body.len() + chunk.len()) as u64));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let m = read_manifest(resp, &self.host).await?;
         metrics::counter!("berth_upstream_bytes_total", "registry" => self.host.clone())
-            .increment(body.len() as u64);
-        let bytes = body.freeze();
-        let digest = Digest::of(&bytes);
-        if let Some(announced) = announced.filter(|a| *a != digest) {
-            return Err(Error::Integrity(format!("manifest announced as {announced} hashes to {digest}")));
-        }
-        let media_type = content_type
-            .filter(|t| !t.is_empty())
-            .or_else(|| media_type_in(&bytes))
-            .unwrap_or_else(|| "application/octet-stream".to_owned());
-        Ok(FetchedManifest { bytes, digest, media_type })
+            .increment(m.bytes.len() as u64);
+        Ok(m)
     }
 
     /// HEAD a manifest: what upstream says a tag points to, without a GET (Docker Hub does
@@ -239,14 +216,16 @@ impl Upstream {
         let resp = check(resp, Error::BlobUnknown)?;
         let len = resp.content_length();
         let body = self.body_of(resp);
-        let resume: Resume = {
-            let (this, repo, digest) = (self.clone(), repo.to_owned(), digest.clone());
-            Box::new(move |offset| {
-                let (this, repo, digest) = (this.clone(), repo.clone(), digest.clone());
-                async move { this.blob_from(&repo, &digest, offset).await }.boxed()
-            })
-        };
-        Ok(Source { len, body, room: None, resume: Some(resume) })
+        Ok(Source { len, body, room: None, resume: Some(self.resume(repo, digest)), rejected: None })
+    }
+
+    /// How a fill of this blob continues after a cut: the rest, from upstream, with Range.
+    pub fn resume(self: &Arc<Self>, repo: &str, digest: &Digest) -> Resume {
+        let (this, repo, digest) = (self.clone(), repo.to_owned(), digest.clone());
+        Box::new(move |offset| {
+            let (this, repo, digest) = (this.clone(), repo.clone(), digest.clone());
+            async move { this.blob_from(&repo, &digest, offset).await }.boxed()
+        })
     }
 
     /// The rest of a blob from `offset`: a 206 continues there; a server that ignores Range
@@ -272,7 +251,10 @@ impl Upstream {
         Ok(Resumed { body: self.body_of(resp), skip: 0 })
     }
 
-    fn body_of(&self, resp: reqwest::Response) -> futures::stream::BoxStream<'static, Result<Bytes, Error>> {
+    pub(crate) fn body_of(
+        &self,
+        resp: reqwest::Response,
+    ) -> futures::stream::BoxStream<'static, Result<Bytes, Error>> {
         let host = self.host.clone();
         let bytes = metrics::counter!("berth_upstream_bytes_total", "registry" => host.clone());
         resp.bytes_stream()
@@ -313,6 +295,36 @@ impl Upstream {
     }
 }
 
+/// A manifest response's body, read whole (at most 4 MiB) and hashed; `from` names the
+/// sender in errors.
+pub(crate) async fn read_manifest(resp: reqwest::Response, from: &str) -> Result<FetchedManifest, Error> {
+    if let Some(len) = resp.content_length().filter(|&l| l > MAX_MANIFEST) {
+        return Err(Error::ManifestTooLarge(len));
+    }
+    let announced = header_digest(resp.headers());
+    let content_type =
+        resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let mut body = BytesMut::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| unavailable(from, e))?;
+        if (body.len() + chunk.len()) as u64 > MAX_MANIFEST {
+            return Err(Error::ManifestTooLarge((body.len() + chunk.len()) as u64));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let bytes = body.freeze();
+    let digest = Digest::of(&bytes);
+    if let Some(announced) = announced.filter(|a| *a != digest) {
+        return Err(Error::Integrity(format!("manifest announced as {announced} hashes to {digest}")));
+    }
+    let media_type = content_type
+        .filter(|t| !t.is_empty())
+        .or_else(|| media_type_in(&bytes))
+        .unwrap_or_else(|| "application/octet-stream".to_owned());
+    Ok(FetchedManifest { bytes, digest, media_type })
+}
+
 fn bearer(token: &str) -> Result<HeaderValue, Error> {
     HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|_| Error::Unavailable("token is not a valid header".into()))
@@ -342,7 +354,7 @@ fn media_type_in(bytes: &[u8]) -> Option<String> {
     serde_json::from_slice::<Probe>(bytes).ok()?.media_type
 }
 
-fn unavailable(host: &str, e: reqwest::Error) -> Error {
+pub(crate) fn unavailable(host: &str, e: reqwest::Error) -> Error {
     let mut source = std::error::Error::source(&e);
     while let Some(cause) = source {
         if let Some(refused) = cause.downcast_ref::<super::public::NotPublic>() {

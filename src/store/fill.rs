@@ -49,6 +49,8 @@ pub struct Source {
     pub room: Option<super::disk::Reservation>,
     /// How to continue after the body is cut; without it a cut fails the fill.
     pub resume: Option<Resume>,
+    /// Called when the content fails verification (a peer that sent wrong bytes).
+    pub rejected: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 #[derive(Clone)]
@@ -214,7 +216,7 @@ async fn lead(
         return Ok(());
     }
 
-    let Source { len, mut body, room, resume } = fetch.await?;
+    let Source { len, mut body, room, resume, rejected } = fetch.await?;
     let keep_on_disk = room.is_some();
     let (disk, d) = (store.disk.clone(), digest.clone());
     let (file, temp, map) = blocking(move || {
@@ -317,6 +319,9 @@ async fn lead(
     let (written, memory) = match verified {
         Ok(v) => v,
         Err(e) => {
+            if let (Error::Integrity(_), Some(rejected)) = (&e, rejected) {
+                rejected();
+            }
             let disk = store.disk.clone();
             blocking(move || {
                 disk.remove_temp(&temp);

@@ -9,6 +9,9 @@ use serde::Deserialize;
 use url::Url;
 
 pub use crate::secret::Secret;
+pub use peers::Peers;
+
+mod peers;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -20,6 +23,8 @@ pub struct Config {
     /// `[[pin]] image = "..."`: images GC never evicts, normalised (`docker.io/library/alpine:3.20`).
     pub pins: Vec<String>,
     pub registries: Vec<Registry>,
+    /// `[peers]`: other berths sharing fills, when configured.
+    pub peers: Option<Peers>,
 }
 
 /// `[gc]`: when the disk tier is collected (see `registry::gc`).
@@ -110,6 +115,7 @@ struct RawConfig {
     pin: Vec<RawPin>,
     #[serde(default)]
     registry: Vec<RawRegistry>,
+    peers: Option<peers::RawPeers>,
 }
 
 #[derive(Deserialize)]
@@ -208,31 +214,11 @@ impl Config {
 
 fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
     let mut p = Checker(problems);
-    let admin_token = match (&raw.server.admin_token_file, &raw.server.admin_token_env) {
-        (Some(_), Some(_)) => {
-            p.0.push("server: set admin_token_file or admin_token_env, not both".into());
-            None
-        }
-        (Some(f), None) => match std::fs::read_to_string(f) {
-            Ok(s) if !s.trim().is_empty() => Some(Secret::new(s.trim())),
-            Ok(_) => {
-                p.0.push(format!("server.admin_token_file {} is empty", f.display()));
-                None
-            }
-            Err(e) => {
-                p.0.push(format!("server.admin_token_file {}: {e}", f.display()));
-                None
-            }
-        },
-        (None, Some(var)) => match std::env::var(var) {
-            Ok(s) if !s.trim().is_empty() => Some(Secret::new(s.trim())),
-            _ => {
-                p.0.push(format!("server.admin_token_env {var} is not set"));
-                None
-            }
-        },
-        (None, None) => None,
-    };
+    let admin_token = p.secret(
+        "server.admin_token",
+        raw.server.admin_token_file.as_deref(),
+        raw.server.admin_token_env.as_deref(),
+    );
     let server = Server {
         listen: p.addr("server.listen", raw.server.listen, "0.0.0.0:5000"),
         admin_listen: p.addr("server.admin_listen", raw.server.admin_listen, "127.0.0.1:5001"),
@@ -367,7 +353,8 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             Err(e) => p.0.push(format!("pin[{i}]: {e}")),
         }
     }
-    Config { server, storage, tags, preheat, gc, pins, registries }
+    let peers = peers::validate(raw.peers, &mut p);
+    Config { server, storage, tags, preheat, gc, pins, registries, peers }
 }
 
 fn placeholder_url() -> Url {
@@ -377,6 +364,32 @@ fn placeholder_url() -> Url {
 struct Checker<'a>(&'a mut Vec<String>);
 
 impl Checker<'_> {
+    /// A token from `<key>_file` or `<key>_env` (at most one), trimmed and not empty.
+    fn secret(&mut self, key: &str, file: Option<&Path>, env: Option<&str>) -> Option<Secret> {
+        let value = match (file, env) {
+            (Some(_), Some(_)) => {
+                self.0.push(format!("{key}: set {key}_file or {key}_env, not both"));
+                return None;
+            }
+            (Some(f), None) => {
+                std::fs::read_to_string(f).map_err(|e| format!("{key}_file {}: {e}", f.display()))
+            }
+            (None, Some(var)) => std::env::var(var).map_err(|_| format!("{key}_env {var} is not set")),
+            (None, None) => return None,
+        };
+        match value {
+            Ok(s) if !s.trim().is_empty() => Some(Secret::new(s.trim())),
+            Ok(_) => {
+                self.0.push(format!("{key} is empty"));
+                None
+            }
+            Err(e) => {
+                self.0.push(e);
+                None
+            }
+        }
+    }
+
     fn addr(&mut self, key: &str, v: Option<String>, default: &str) -> SocketAddr {
         let v = v.unwrap_or_else(|| default.into());
         v.parse().unwrap_or_else(|e| {
@@ -411,7 +424,7 @@ mod tests {
 
     #[test]
     fn shipped_config_parses() {
-        let c = Config::parse(include_str!("../mirror.toml")).unwrap();
+        let c = Config::parse(include_str!("../../mirror.toml")).unwrap();
         assert_eq!(c.storage.memory_capacity, 512 * 1024 * 1024);
         assert_eq!(c.storage.memory_max_object, 64 * 1024 * 1024);
         assert_eq!(c.tags.ttl, Duration::from_secs(300));

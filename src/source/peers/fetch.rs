@@ -1,0 +1,122 @@
+//! Asking the owner: the normal manifest/blob-by-digest request plus the hop marker. Any
+//! trouble (no connection, an error status, a cut body, wrong bytes) sends the fill to
+//! upstream; a cut body resumes there with Range from where the peer stopped.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use http::{header, StatusCode};
+
+use super::{Peers, HOP, TOKEN};
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::registry::accept::AcceptClass;
+use crate::source::upstream::{read_manifest, unavailable, FetchedManifest};
+use crate::source::Upstream;
+use crate::store::fill::Source;
+
+impl Peers {
+    fn get(&self, peer: &str, ns: &str, path: &str) -> reqwest::RequestBuilder {
+        let ns: String = url::form_urlencoded::byte_serialize(ns.as_bytes()).collect();
+        let mut req = self.client.get(format!("{peer}{path}?ns={ns}")).header(HOP, self.me.as_str());
+        if let Some(t) = &self.token {
+            req = req.header(TOKEN, t.expose());
+        }
+        req
+    }
+
+    /// The owner's answer, or why it is no good. `Ok(Err(e))`: the owner answered with an
+    /// error that is upstream's (not found, rate limited): no reason to leave it out.
+    async fn ask(
+        &self,
+        peer: &str,
+        ns: &str,
+        path: &str,
+        accept: Option<&str>,
+    ) -> Result<Result<reqwest::Response, Error>, Error> {
+        self.forwarded.fetch_add(1, Ordering::Relaxed);
+        let mut req = self.get(peer, ns, path);
+        if let Some(a) = accept {
+            req = req.header(header::ACCEPT, a);
+        }
+        let resp = req.send().await.map_err(|e| unavailable(peer, e))?;
+        let status = resp.status();
+        metrics::counter!("berth_peer_requests_total", "peer" => peer.to_owned(), "status" => status.as_u16().to_string())
+            .increment(1);
+        match status {
+            StatusCode::OK => Ok(Ok(resp)),
+            StatusCode::NOT_FOUND | StatusCode::TOO_MANY_REQUESTS => {
+                Ok(Err(Error::Unavailable(format!("peer {peer} answered {status}"))))
+            }
+            _ => Err(Error::Unavailable(format!("peer {peer} answered {status}"))),
+        }
+    }
+
+    fn fell_back(&self, peer: &str, trouble: Option<&Error>) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("berth_peer_fallbacks_total").increment(1);
+        if let Some(e) = trouble {
+            self.mark_down(peer, &e.to_string());
+        }
+    }
+
+    /// A blob's source for a fill: the owner's response, or upstream's after peer trouble.
+    pub async fn blob(
+        self: &Arc<Self>,
+        owner: &str,
+        upstream: &Arc<Upstream>,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Source, Error> {
+        let resp = match self.ask(owner, &upstream.host, &format!("/v2/{repo}/blobs/{digest}"), None).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                tracing::info!(peer = owner, %digest, error = %e, "peer could not serve: asking upstream");
+                self.fell_back(owner, None);
+                return upstream.blob(repo, digest).await;
+            }
+            Err(e) => {
+                self.fell_back(owner, Some(&e));
+                return upstream.blob(repo, digest).await;
+            }
+        };
+        let len = resp.content_length();
+        let peer = owner.to_owned();
+        let body = resp.bytes_stream().map(move |r| r.map_err(|e| unavailable(&peer, e))).boxed();
+        let (peers, peer, from_upstream) = (self.clone(), owner.to_owned(), upstream.resume(repo, digest));
+        let resume = Box::new(move |offset| {
+            peers.fell_back(&peer, Some(&Error::Unavailable(format!("body cut at {offset}"))));
+            from_upstream(offset)
+        });
+        let (peers, peer) = (self.clone(), owner.to_owned());
+        let rejected =
+            Box::new(move || peers.mark_down(&peer, "sent content that does not match its digest"));
+        Ok(Source { len, body, room: None, resume: Some(resume), rejected: Some(rejected) })
+    }
+
+    /// A manifest by digest: from the owner when it sends the right bytes, else from upstream.
+    pub async fn manifest(
+        &self,
+        owner: &str,
+        upstream: &Upstream,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<FetchedManifest, Error> {
+        let accept = AcceptClass::all().header();
+        let path = format!("/v2/{repo}/manifests/{digest}");
+        let trouble = match self.ask(owner, &upstream.host, &path, Some(&accept)).await {
+            Ok(Ok(resp)) => match read_manifest(resp, owner).await {
+                Ok(m) if m.digest == *digest => return Ok(m),
+                Ok(m) => {
+                    Some(Error::Integrity(format!("manifest {digest} from peer hashes to {}", m.digest)))
+                }
+                Err(e) => Some(e),
+            },
+            Ok(Err(_)) => None,
+            Err(e) => Some(e),
+        };
+        self.fell_back(owner, trouble.as_ref());
+        upstream.manifest(repo, digest.as_str(), &accept).await
+    }
+}

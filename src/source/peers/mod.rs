@@ -1,0 +1,213 @@
+//! Peer mirrors: who the peers are (static list, DNS), which are healthy, and which one owns
+//! a digest. A miss on a non-owner is asked of the owner (see `fetch`); peer trouble only
+//! ever sends a fill to upstream instead.
+
+mod fetch;
+pub mod ring;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+use serde_json::{json, Value};
+
+use crate::config::{Peers as PeersConfig, Secret};
+use crate::digest::Digest;
+use crate::error::Error;
+
+/// Marks a request sent by a peer; its value is the sender. Such a request is answered from
+/// the tiers or upstream, never forwarded again.
+pub const HOP: &str = "x-berth-hop";
+/// The shared peer token, when `[peers]` has one.
+pub const TOKEN: &str = "x-berth-peer-token";
+
+/// A peer's identity: its URL's origin (`http://10.0.0.7:5000`), as every instance spells it.
+fn id_of(url: &url::Url) -> String {
+    url.origin().ascii_serialization()
+}
+
+#[derive(Default)]
+struct Health {
+    down_until: Option<Instant>,
+    last_error: Option<String>,
+    failures: u64,
+}
+
+pub struct Peers {
+    me: String,
+    statics: Vec<String>,
+    dns: Option<String>,
+    dns_interval: Duration,
+    /// The other peers now: static ones and the last DNS answer, without this instance.
+    members: RwLock<BTreeSet<String>>,
+    health: Mutex<HashMap<String, Health>>,
+    backoff: Duration,
+    token: Option<Secret>,
+    client: reqwest::Client,
+    /// Misses asked of an owner, fills that went to upstream after peer trouble, and
+    /// requests answered for peers.
+    forwarded: AtomicU64,
+    fallbacks: AtomicU64,
+    served: AtomicU64,
+}
+
+impl Peers {
+    pub fn new(cfg: &PeersConfig) -> Result<Arc<Peers>, Error> {
+        let me = id_of(&cfg.self_url);
+        let statics: Vec<String> = cfg.static_peers.iter().map(id_of).filter(|p| *p != me).collect();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(cfg.timeout)
+            .read_timeout(cfg.read_timeout)
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(Error::internal)?;
+        Ok(Arc::new(Peers {
+            members: RwLock::new(statics.iter().cloned().collect()),
+            me,
+            statics,
+            dns: cfg.dns.clone(),
+            dns_interval: cfg.dns_interval,
+            health: Mutex::new(HashMap::new()),
+            backoff: cfg.backoff,
+            token: cfg.token.clone(),
+            client,
+            forwarded: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+        }))
+    }
+
+    /// This instance's identity.
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// The other peers, healthy or not.
+    pub fn members(&self) -> Vec<String> {
+        self.members.read().expect("members lock").iter().cloned().collect()
+    }
+
+    fn healthy(&self, peer: &str) -> bool {
+        let health = self.health.lock().expect("health lock");
+        health.get(peer).and_then(|h| h.down_until).is_none_or(|until| Instant::now() >= until)
+    }
+
+    /// The peer that owns `digest`, or `None` when this instance does. Peers in backoff
+    /// are left out, so their digests fall to the next highest score.
+    pub fn owner(&self, digest: &Digest) -> Option<String> {
+        let members = self.members.read().expect("members lock");
+        let live = members.iter().map(String::as_str).filter(|p| self.healthy(p));
+        let owner = ring::owner(live.chain([self.me.as_str()]), digest)?;
+        (owner != self.me).then(|| owner.to_owned())
+    }
+
+    /// Leaves `peer` out of ownership for the backoff, after it failed a request.
+    pub fn mark_down(&self, peer: &str, why: &str) {
+        tracing::warn!(peer, error = why, backoff = ?self.backoff, "peer failed: using upstream meanwhile");
+        metrics::counter!("berth_peer_failures_total", "peer" => peer.to_owned()).increment(1);
+        let mut health = self.health.lock().expect("health lock");
+        let h = health.entry(peer.to_owned()).or_default();
+        h.down_until = Some(Instant::now() + self.backoff);
+        h.last_error = Some(why.to_owned());
+        h.failures += 1;
+    }
+
+    /// Whether a request comes from a peer (carries the hop marker). With a peer token set,
+    /// a request that claims to be a peer's must carry it.
+    pub fn from_peer(token: Option<&Secret>, headers: &HeaderMap) -> Result<bool, Error> {
+        if !headers.contains_key(HOP) {
+            return Ok(false);
+        }
+        if let Some(token) = token {
+            let presented = headers.get(TOKEN).map(|v| v.as_bytes()).unwrap_or_default();
+            if !token.matches(presented) {
+                return Err(Error::Denied("peer request without the right peer token".into()));
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether a request is a peer's, checked against this instance's token.
+    pub fn check(&self, headers: &HeaderMap) -> Result<bool, Error> {
+        let hop = Peers::from_peer(self.token.as_ref(), headers)?;
+        if hop {
+            self.served.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(hop)
+    }
+
+    /// Re-resolves `dns` every `dns_interval`, for as long as the peers are in use.
+    pub fn spawn_discovery(self: &Arc<Self>) {
+        let Some(name) = self.dns.clone() else { return };
+        let (peers, every) = (Arc::downgrade(self), self.dns_interval);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(peers) = peers.upgrade() else { return };
+                match tokio::net::lookup_host(name.as_str()).await {
+                    Ok(addrs) => {
+                        let found = addrs.map(|a| format!("http://{a}"));
+                        let members: BTreeSet<String> =
+                            peers.statics.iter().cloned().chain(found).filter(|p| *p != peers.me).collect();
+                        let mut current = peers.members.write().expect("members lock");
+                        if *current != members {
+                            tracing::info!(peers = ?members, "peer set changed");
+                            *current = members;
+                        }
+                    }
+                    // Keep the last answer: a DNS hiccup is not a reason to drop every peer.
+                    Err(e) => tracing::warn!(dns = %name, error = %e, "resolving peers failed"),
+                }
+            }
+        });
+    }
+
+    /// `/api/v1/peers`: every peer, its health, and the share of digests it owns now.
+    pub fn status(&self) -> Value {
+        let members = self.members();
+        let live: Vec<&str> = members
+            .iter()
+            .map(String::as_str)
+            .filter(|p| self.healthy(p))
+            .chain([self.me.as_str()])
+            .collect();
+        const SAMPLE: u32 = 4096;
+        let mut owned: HashMap<&str, u32> = HashMap::new();
+        for i in 0..SAMPLE {
+            if let Some(o) = ring::owner(live.iter().copied(), &Digest::of(&i.to_le_bytes())) {
+                *owned.entry(o).or_default() += 1;
+            }
+        }
+        let share = |p: &str| f64::from(owned.get(p).copied().unwrap_or(0)) / f64::from(SAMPLE);
+        let now = Instant::now();
+        let health = self.health.lock().expect("health lock");
+        let peers: Vec<Value> = members
+            .iter()
+            .map(|p| {
+                let h = health.get(p);
+                let down_for =
+                    h.and_then(|h| h.down_until).filter(|u| *u > now).map(|u| (u - now).as_secs_f64());
+                json!({
+                    "peer": p,
+                    "healthy": down_for.is_none(),
+                    "retry_in_seconds": down_for,
+                    "failures": h.map_or(0, |h| h.failures),
+                    "last_error": h.and_then(|h| h.last_error.clone()),
+                    "ownership_share": share(p),
+                })
+            })
+            .collect();
+        json!({
+            "self": { "peer": self.me, "ownership_share": share(&self.me) },
+            "peers": peers,
+            "dns": self.dns,
+            "forwarded": self.forwarded.load(Ordering::Relaxed),
+            "fallbacks": self.fallbacks.load(Ordering::Relaxed),
+            "served_to_peers": self.served.load(Ordering::Relaxed),
+        })
+    }
+}
