@@ -5,6 +5,7 @@
 #   BERTH_BIN=target/release/berth bash e2e/run.sh
 #   E2E_MIRROR=distribution bash e2e/run.sh   # dry run: distribution proxy instead of berth
 #   E2E_KEEP=1 ...                            # keep the scratch dir (logs) afterwards
+#   E2E_SCENARIOS="a m" ...                   # only these scenarios (after the setup)
 set -u -o pipefail
 
 # shellcheck source=e2e/lib.sh
@@ -293,11 +294,14 @@ scenario_alive() {
 . "$(dirname "${BASH_SOURCE[0]}")/gc.sh"
 # shellcheck source=e2e/resilience.sh
 . "$(dirname "${BASH_SOURCE[0]}")/resilience.sh"
+# shellcheck source=e2e/peers.sh
+. "$(dirname "${BASH_SOURCE[0]}")/peers.sh"
 
 # ---------------------------------------------------------------------------
 START=$SECONDS
 if setup; then
-    for s in a b c d e f g h i j k l alive; do
+    # E2E_SCENARIOS="a m" runs a subset (setup always runs).
+    for s in ${E2E_SCENARIOS:-a b c d e f g h i j k l m alive}; do
         log "--- scenario $s ($((SECONDS - START))s)"
         "scenario_$s"
     done

@@ -93,6 +93,11 @@ async fn a_cluster_fetches_each_blob_and_manifest_from_upstream_once() {
     }
     // The tag is resolved by each node with a HEAD; no node GETs it.
     assert_eq!(upstream.count(Method::GET, "/manifests/v1"), 0);
+    let manifest_len = upstream.state.manifests.lock().unwrap()[&format!("{REPO}:v1")].1.len();
+    for n in &nodes {
+        let r = n.client.head(n.url(&format!("/v2/{REPO}/manifests/v1"))).send().await.unwrap();
+        assert_eq!(r.headers()["content-length"], manifest_len.to_string().as_str(), "HEAD by tag");
+    }
     let forwarded: u64 = nodes
         .iter()
         .map(|n| n.berth.mirror.peers.as_ref().unwrap().status()["forwarded"].as_u64().unwrap())

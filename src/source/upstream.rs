@@ -202,9 +202,8 @@ impl Upstream {
         Ok(ManifestHead {
             digest: header_digest(h),
             media_type: h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned),
-            len: resp.content_length().or_else(|| {
-                h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
-            }),
+            // The header: a HEAD's body is empty, so `content_length()` says 0.
+            len: h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()),
         })
     }
 

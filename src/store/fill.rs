@@ -281,7 +281,7 @@ async fn lead(
             loop {
                 let Some(resume) = resume.as_ref().filter(|_| resumes < MAX_RESUMES) else { return Err(cut) };
                 resumes += 1;
-                tracing::warn!(%digest, offset = received, attempt = resumes, error = %cut, "upstream body cut; resuming");
+                tracing::warn!(%digest, offset = received, attempt = resumes, error = %cut, "source body cut; resuming");
                 metrics::counter!("berth_fill_resumes_total").increment(1);
                 tokio::time::sleep(RESUME_BACKOFF * 4u32.pow(resumes - 1)).await;
                 match resume(received).await {
