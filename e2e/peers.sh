@@ -5,7 +5,8 @@
 # Registry peers.test is fetched through e2e/faultproxy.py in front of distribution, so that
 # a transfer can be slowed down. 1. The three containerds pull the same multi-layer image at
 # once, each through its own berth: every blob and the manifest are GET from upstream once.
-# 2. The owner of a new image's largest blob is killed with SIGKILL while it streams: every
+# 2. `berth preheat --cluster` on one instance warms all three, fetching each blob once.
+# 3. The owner of a new image's largest blob is killed with SIGKILL while it streams: every
 # pull still completes (each containerd lists all three berths, its own first), and the
 # survivors mark the owner down.
 
@@ -112,7 +113,28 @@ scenario_m() {
         fail "m: three containerds pull at once through three peers; every blob and the manifest GET from upstream once" "$out"
     fi
 
-    # 2. the owner of the largest blob is killed while it streams: every pull completes
+    # 2. berth preheat --cluster on one instance warms all three; upstream sees each blob once
+    make_and_push single cluster 3 2M 1M || { fail "m: push cluster:3"; return; }
+    local m3="$E2E_DIR/cluster3.manifest" blobs3 d missing=
+    get_manifest "$UP_URL" library/cluster 3 >"$m3"
+    blobs3="$(manifest_field config <"$m3") $(manifest_field layers <"$m3" | tr '\n' ' ')"
+    out=$(BERTH_ADMIN="http://$(peer_admin 1)" timeout 120 "$BERTH_BIN" preheat --cluster peers.test/library/cluster:3 2>&1)
+    local code=$?
+    for i in 0 1 2; do
+        for d in $blobs3; do
+            [ -f "$E2E_DIR/peer-$i/v1/blobs/sha256/${d:7:2}/${d#sha256:}" ] || missing="$missing peer-$i:${d:7:12}"
+        done
+    done
+    # shellcheck disable=SC2086
+    if [ "$code" = 0 ] && [ -z "$missing" ] && grep -c "^peer .*: succeeded" <<<"$out" | grep -qx 2 &&
+        once_upstream $blobs3 >/dev/null; then
+        pass "m: berth preheat --cluster warms all three peers; each blob GET from upstream once"
+    else
+        fail "m: berth preheat --cluster warms all three peers; each blob GET from upstream once" \
+            "exit $code, missing:$missing" "$(tail -n 6 <<<"$out")" "$(once_upstream $blobs3)"
+    fi
+
+    # 3. the owner of the largest blob is killed while it streams: every pull completes
     make_and_push single cluster 2 24M 1M || { fail "m: push cluster:2"; return; }
     local big owner owner_i
     big=$(get_manifest "$UP_URL" library/cluster 2 | manifest_field layers | head -n 1)

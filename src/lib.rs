@@ -70,9 +70,15 @@ impl Server {
         let admin_addr = admin.local_addr().map_err(Error::internal)?;
         let tasks = vec![
             tokio::spawn(
-                axum::serve(registry, api::registry_router(mirror.clone()))
-                    .with_graceful_shutdown(stop(rx.clone()))
-                    .into_future(),
+                axum::serve(
+                    registry,
+                    api::registry_router(api::admin::Admin {
+                        mirror: mirror.clone(),
+                        preheater: preheater.clone(),
+                    }),
+                )
+                .with_graceful_shutdown(stop(rx.clone()))
+                .into_future(),
             ),
             tokio::spawn(
                 axum::serve(

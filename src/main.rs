@@ -60,6 +60,9 @@ enum Command {
         /// Record the images as pinned, so that GC keeps them.
         #[arg(long)]
         pin: bool,
+        /// Also have every peer of that berth preheat the same digests.
+        #[arg(long)]
+        cluster: bool,
         /// Print the final status as JSON instead of the summary.
         #[arg(long)]
         json: bool,
@@ -93,8 +96,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Preheat { admin, platforms, tiers, pin, json, images } => {
-            berth::cli::preheat::run(berth::cli::preheat::Args { admin, platforms, tiers, pin, json, images })
+        Command::Preheat { admin, platforms, tiers, pin, cluster, json, images } => {
+            berth::cli::preheat::run(berth::cli::preheat::Args {
+                admin,
+                platforms,
+                tiers,
+                pin,
+                cluster,
+                json,
+                images,
+            })
         }
     }
 }

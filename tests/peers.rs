@@ -263,3 +263,51 @@ async fn peer_requests_need_the_peer_token() {
     }
     assert_eq!(ask(Some("s3cret")).await.unwrap().status(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_preheat_warms_every_peer_and_fetches_each_blob_once() {
+    let upstream = Fake::start().await;
+    let layers: Vec<Bytes> = (0..4).map(|i| bytes_of(1 << 20, 40 + i)).collect();
+    let (_, digests) = upstream.put_image(REPO, "v1", &layers);
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let urls: Vec<String> = ports.iter().map(|p| url_of(*p)).collect();
+    let mut nodes = Vec::new();
+    for p in &ports {
+        nodes.push(peer(&upstream, *p, &urls, Some("s3cret")).await);
+    }
+    let admin = format!("http://{}/api/v1/preheat?wait=true", nodes[0].berth.admin_addr);
+    let body = serde_json::json!({ "images": [format!("docker.io/{REPO}:v1")], "scope": "cluster" });
+    let r = nodes[0].client.post(&admin).json(&body).send().await.unwrap();
+    let code = r.status();
+    let status: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(code, StatusCode::OK, "{status}");
+    assert_eq!(status["state"], "succeeded");
+    let parts = status["peers"].as_array().unwrap();
+    assert_eq!(parts.len(), 2, "{status}");
+    for part in parts {
+        assert_eq!(part["state"], "succeeded", "{part}");
+        assert_eq!(part["items"], part["items_cached"], "{part}");
+    }
+    for n in &nodes {
+        let stored = n.stored_blobs();
+        for d in &digests {
+            assert!(stored.contains(&d.hex().to_owned()), "{d} not on {}", n.berth.registry_addr);
+        }
+    }
+    for d in &digests {
+        assert_eq!(upstream_gets(&upstream, d).len(), 1, "{d}");
+    }
+    // Only peers may use the peer API, and a cluster preheat needs peers.
+    let sneaky = nodes[1].client.post(nodes[1].url("/berth/v1/preheat")).json(&body).send().await.unwrap();
+    assert_eq!(sneaky.status(), StatusCode::FORBIDDEN);
+    let alone = Harness::start().await;
+    let r = alone
+        .client
+        .post(format!("http://{}/api/v1/preheat", alone.berth.admin_addr))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("[peers]"));
+}

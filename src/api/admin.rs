@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::Secret;
-use crate::preheat::job::{Job, JobState};
+use crate::preheat::cluster;
+use crate::preheat::job::Job;
 use crate::preheat::{PreheatRequest, Preheater};
 use crate::registry::accept::AcceptClass;
 use crate::registry::image_ref::ImageRef;
@@ -66,12 +67,33 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-async fn status_of(a: &Admin, job: Arc<Job>) -> serde_json::Value {
+pub(super) async fn status_of(a: &Admin, job: Arc<Job>) -> serde_json::Value {
     let store = a.mirror.store.clone();
     // Reading the tiers stats files: off the async workers.
-    tokio::task::spawn_blocking(move || job.status(&store))
+    let local = job.clone();
+    let mut status = tokio::task::spawn_blocking(move || local.status(&store))
         .await
-        .unwrap_or_else(|e| json!({ "error": format!("status failed: {e}") }))
+        .unwrap_or_else(|e| json!({ "error": format!("status failed: {e}") }));
+    if let Some(peers) = a.mirror.peers.as_ref().filter(|_| job.cluster) {
+        let parts = cluster::statuses(peers, &job).await;
+        status["scope"] = json!("cluster");
+        status["local_state"] = status["state"].clone();
+        status["state"] = json!(cluster::aggregate(&status, &parts));
+        status["peers"] = json!(parts);
+    }
+    status
+}
+
+/// The status once the job, and with `cluster` scope every peer's part, has ended.
+async fn final_status(a: &Admin, job: Arc<Job>) -> serde_json::Value {
+    job.ended().await;
+    loop {
+        let status = status_of(a, job.clone()).await;
+        if status["state"] != "running" {
+            return status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// `POST /api/v1/preheat[?wait=true]`
@@ -85,9 +107,9 @@ async fn submit(State(a): State<Admin>, Query(q): Query<HashMap<String, String>>
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     if q.get("wait").is_some_and(|w| w == "true" || w == "1") {
-        let state = job.ended().await;
-        let status = if state == JobState::Succeeded { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
-        return (status, Json(status_of(&a, job).await)).into_response();
+        let status = final_status(&a, job).await;
+        let code = if status["state"] == "succeeded" { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
+        return (code, Json(status)).into_response();
     }
     let body = json!({ "id": job.id, "status_url": format!("/api/v1/preheat/{}", job.id) });
     (StatusCode::ACCEPTED, Json(body)).into_response()

@@ -3,19 +3,18 @@
 pub mod admin;
 pub mod log;
 pub mod metrics;
+pub mod peer;
 pub mod registry;
 pub mod route;
 
-use std::sync::Arc;
-
 use axum::Router;
 
-use crate::registry::Mirror;
-
-/// The registry API: every path goes through one handler that parses the distribution route.
-pub fn registry_router(mirror: Arc<Mirror>) -> Router {
+/// The registry API: every path goes through one handler that parses the distribution route,
+/// except the peer API under `/berth/` (outside `/v2/`, so no repository name can clash).
+pub fn registry_router(admin: admin::Admin) -> Router {
     Router::new()
         .fallback(registry::handle)
-        .with_state(mirror)
+        .with_state(admin.mirror.clone())
+        .merge(peer::router(admin))
         .layer(axum::middleware::from_fn(log::log_requests))
 }

@@ -13,6 +13,7 @@ pub struct Args {
     pub platforms: Vec<String>,
     pub tiers: Vec<String>,
     pub pin: bool,
+    pub cluster: bool,
     pub json: bool,
     pub images: Vec<String>,
 }
@@ -57,6 +58,9 @@ async fn submit_and_follow(args: &Args) -> Result<Value, String> {
     }
     if !args.tiers.is_empty() {
         body["tiers"] = json!(args.tiers);
+    }
+    if args.cluster {
+        body["scope"] = json!("cluster");
     }
     let resp = client
         .post(format!("{admin}/api/v1/preheat"))
@@ -214,6 +218,16 @@ pub fn summary(status: &Value) -> String {
     for p in problems {
         out.push_str(&p);
         out.push('\n');
+    }
+    for peer in status["peers"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "peer {}: {} ({}/{} cached){}\n",
+            peer["peer"].as_str().unwrap_or("?"),
+            peer["state"].as_str().unwrap_or("?"),
+            peer["items_cached"].as_u64().unwrap_or(0),
+            peer["items"].as_u64().unwrap_or(0),
+            peer["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default(),
+        ));
     }
     out.push_str(&format!(
         "preheat {}: {}\n",

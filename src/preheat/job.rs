@@ -129,6 +129,10 @@ pub struct Job {
     pub platforms: Vec<String>,
     pub tiers: Vec<TierName>,
     pub pin: bool,
+    /// Peers were asked to preheat the same digests (`"scope": "cluster"`).
+    pub cluster: bool,
+    /// Their jobs, once asked.
+    pub peer_jobs: Mutex<Vec<super::cluster::PeerJob>>,
     created: SystemTime,
     times: Mutex<(Option<SystemTime>, Option<SystemTime>)>,
     state: watch::Sender<JobState>,
@@ -148,10 +152,17 @@ impl Job {
             platforms,
             tiers,
             pin,
+            cluster: false,
+            peer_jobs: Mutex::new(Vec::new()),
             created: SystemTime::now(),
             times: Mutex::new((None, None)),
             state: watch::channel(JobState::Queued).0,
         }
+    }
+
+    pub fn in_cluster(mut self, cluster: bool) -> Job {
+        self.cluster = cluster;
+        self
     }
 
     pub fn state(&self) -> JobState {

@@ -1,6 +1,7 @@
 //! Preheat: resolve images to digests through the same tag cache and fills that pulls use, and
 //! warm the tiers before the pulls come. A job's status is read from the tiers.
 
+pub mod cluster;
 pub mod job;
 mod plan;
 
@@ -31,6 +32,17 @@ pub struct PreheatRequest {
     pub tiers: Option<Vec<TierName>>,
     #[serde(default)]
     pub pin: bool,
+    /// `cluster`: also ask every peer to preheat the same digests.
+    #[serde(default)]
+    pub scope: Scope,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    #[default]
+    Local,
+    Cluster,
 }
 
 pub struct Preheater {
@@ -69,8 +81,12 @@ impl Preheater {
             return Err("\"platforms\" is empty".into());
         }
         let tiers = req.tiers.unwrap_or_else(|| vec![TierName::Memory, TierName::Disk]);
+        let cluster = req.scope == Scope::Cluster;
+        if cluster && self.mirror.peers.is_none() {
+            return Err("\"scope\": \"cluster\" needs [peers] in the configuration".into());
+        }
         let images = refs.iter().map(|r| ImageJob::new(r.to_string())).collect();
-        let job = Arc::new(Job::new(new_id(), images, platforms, tiers, req.pin));
+        let job = Arc::new(Job::new(new_id(), images, platforms, tiers, req.pin).in_cluster(cluster));
         {
             let mut jobs = self.jobs.lock().expect("jobs lock");
             jobs.push_back(job.clone());
@@ -95,6 +111,18 @@ impl Preheater {
 
     async fn run(self: Arc<Self>, job: Arc<Job>, refs: Vec<ImageRef>) {
         job.start();
+        let (mirror, platforms) = (&self.mirror, &job.platforms);
+        let resolved = refs.iter().zip(&job.images).map(|(r, image)| async move {
+            if let Err(e) = plan::resolve(mirror, r, platforms, image).await {
+                image.fail(e);
+            }
+        });
+        futures::future::join_all(resolved).await;
+        // Peers preheat the digests resolved here, at the same time as this instance; each
+        // blob's owner fetches it from upstream once for all.
+        if let Some(peers) = self.mirror.peers.as_ref().filter(|_| job.cluster) {
+            cluster::fan_out(peers, &job).await;
+        }
         let images = refs.iter().zip(&job.images).map(|(r, image)| self.run_image(&job, r, image));
         futures::future::join_all(images).await;
         job.finish();
@@ -102,9 +130,6 @@ impl Preheater {
     }
 
     async fn run_image(&self, job: &Job, r: &ImageRef, image: &ImageJob) {
-        if let Err(e) = plan::resolve(&self.mirror, r, &job.platforms, image).await {
-            image.fail(e);
-        }
         let blobs: Vec<Arc<Item>> =
             image.items().into_iter().filter(|i| i.state() != ItemState::Cached).collect();
         let fetches = blobs.iter().map(|item| self.fetch(job, r, item));

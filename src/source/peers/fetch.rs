@@ -17,13 +17,19 @@ use crate::source::Upstream;
 use crate::store::fill::Source;
 
 impl Peers {
-    fn get(&self, peer: &str, ns: &str, path: &str) -> reqwest::RequestBuilder {
-        let ns: String = url::form_urlencoded::byte_serialize(ns.as_bytes()).collect();
-        let mut req = self.client.get(format!("{peer}{path}?ns={ns}")).header(HOP, self.me.as_str());
+    /// A request to `peer` as a peer: with the hop marker and the peer token.
+    pub fn request(&self, method: http::Method, peer: &str, path_and_query: &str) -> reqwest::RequestBuilder {
+        let mut req =
+            self.client.request(method, format!("{peer}{path_and_query}")).header(HOP, self.me.as_str());
         if let Some(t) = &self.token {
             req = req.header(TOKEN, t.expose());
         }
         req
+    }
+
+    fn get(&self, peer: &str, ns: &str, path: &str) -> reqwest::RequestBuilder {
+        let ns: String = url::form_urlencoded::byte_serialize(ns.as_bytes()).collect();
+        self.request(http::Method::GET, peer, &format!("{path}?ns={ns}"))
     }
 
     /// The owner's answer, or why it is no good. `Ok(Err(e))`: the owner answered with an
