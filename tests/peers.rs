@@ -121,6 +121,14 @@ async fn an_owner_that_is_down_is_skipped_for_upstream() {
     assert_eq!(status["peers"][0]["healthy"], false, "{status}");
     // While it is down, this instance owns everything.
     assert_eq!(status["self"]["ownership_share"], 1.0, "{status}");
+    let admin = |q: &str| format!("http://{}/api/v1/peers{q}", node.berth.admin_addr);
+    let r: serde_json::Value =
+        node.client.get(admin(&format!("?digest={d}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(r["owner"], me_url.as_str(), "{r}");
+    assert_eq!(r["peers"][0]["peer"], gone_url.as_str(), "{r}");
+    assert!(r["peers"][0]["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+    let bad = node.client.get(admin("?digest=sha256:nope")).send().await.unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 }
 
 /// A fake peer: a fake registry holding the same blob, with a fault.
