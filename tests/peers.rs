@@ -319,3 +319,33 @@ async fn a_cluster_preheat_warms_every_peer_and_fetches_each_blob_once() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(r.text().await.unwrap().contains("[peers]"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_are_found_through_dns_and_the_answer_is_refreshed() {
+    let upstream = Fake::start().await;
+    let (me, other) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path(), &[("docker.io", &upstream.url())], "");
+    cfg.server.listen = format!("127.0.0.1:{me}").parse().unwrap();
+    cfg.peers = Some(berth::config::Peers {
+        self_url: Url::parse(&url_of(me)).unwrap(),
+        static_peers: Vec::new(),
+        dns: Some(format!("localhost:{other}")),
+        dns_interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(200),
+        read_timeout: Duration::from_secs(2),
+        backoff: Duration::from_secs(60),
+        token: None,
+    });
+    let node = berth::Server::start(&cfg).await.unwrap();
+    let peers = node.mirror.peers.clone().unwrap();
+    let want = url_of(other);
+    for _ in 0..50 {
+        if peers.members().contains(&want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(peers.members().contains(&want), "{:?}", peers.members());
+    assert!(!peers.members().contains(&url_of(me)), "this instance is not its own peer");
+}
