@@ -22,7 +22,7 @@ pub mod secret;
 pub mod source;
 pub mod store;
 
-use std::future::{Future, IntoFuture};
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +43,7 @@ pub struct Server {
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     grace: Duration,
+    certs: Option<Arc<api::tls::Certs>>,
 }
 
 impl Server {
@@ -68,18 +69,18 @@ impl Server {
         };
         let registry_addr = registry.local_addr().map_err(Error::internal)?;
         let admin_addr = admin.local_addr().map_err(Error::internal)?;
+        let certs = match &config.server.tls {
+            Some((cert, key)) => Some(api::tls::Certs::load(cert, key)?),
+            None => None,
+        };
+        let options = api::serve::Options {
+            tls: certs.as_ref().map(|c| c.acceptor()),
+            idle: config.server.client_idle_timeout,
+        };
+        let router =
+            api::registry_router(api::admin::Admin { mirror: mirror.clone(), preheater: preheater.clone() });
         let tasks = vec![
-            tokio::spawn(
-                axum::serve(
-                    registry,
-                    api::registry_router(api::admin::Admin {
-                        mirror: mirror.clone(),
-                        preheater: preheater.clone(),
-                    }),
-                )
-                .with_graceful_shutdown(stop(rx.clone()))
-                .into_future(),
-            ),
+            tokio::spawn(api::serve::serve(registry, router, options, rx.clone())),
             tokio::spawn(
                 axum::serve(
                     admin,
@@ -92,14 +93,25 @@ impl Server {
                 .into_future(),
             ),
         ];
-        tracing::info!(%registry_addr, %admin_addr, "berth is serving");
-        Ok(Server { registry_addr, admin_addr, mirror, shutdown, tasks, grace: config.server.shutdown_grace })
+        tracing::info!(%registry_addr, %admin_addr, tls = certs.is_some(), "berth is serving");
+        Ok(Server {
+            registry_addr,
+            admin_addr,
+            mirror,
+            shutdown,
+            tasks,
+            grace: config.server.shutdown_grace,
+            certs,
+        })
     }
 
-    /// Serves until `signal` resolves, then stops accepting and lets responses finish.
-    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), Error> {
-        signal.await;
-        self.stop().await
+    /// Reads the TLS certificate and key again (SIGHUP): new connections use them, open ones
+    /// keep theirs. On error the old ones stay.
+    pub fn reload_tls(&self) -> Result<(), Error> {
+        match &self.certs {
+            Some(c) => c.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Stops accepting, lets in-flight responses finish for up to `shutdown_grace`, then

@@ -157,7 +157,20 @@ fn serve(path: PathBuf) -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {
         let server = berth::Server::start(&config).await?;
-        server.run_until(shutdown_signal()).await
+        let reloads = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+            while hup.recv().await.is_some() {
+                if let Err(e) = server.reload_tls() {
+                    tracing::error!(error = %e, "TLS reload failed; the previous certificate stays in use");
+                }
+            }
+        };
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = reloads => {}
+        }
+        server.stop().await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,8 @@ pub mod metrics;
 pub mod peer;
 pub mod registry;
 pub mod route;
+pub mod serve;
+pub mod tls;
 
 use axum::Router;
 

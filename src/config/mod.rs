@@ -49,6 +49,10 @@ pub struct Server {
     pub admin_token: Option<Secret>,
     /// How long in-flight responses may finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// TLS on the registry listener: certificate chain and key, PEM files (reloaded on SIGHUP).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// A client that takes no bytes for this long is dropped.
+    pub client_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +150,9 @@ struct RawServer {
     admin_token_file: Option<PathBuf>,
     admin_token_env: Option<String>,
     shutdown_grace: Option<String>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    client_idle_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -225,6 +232,20 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         default_registry: raw.server.default_registry.unwrap_or_else(|| "docker.io".into()),
         admin_token,
         shutdown_grace: p.duration("server.shutdown_grace", raw.server.shutdown_grace, "30s"),
+        tls: match (raw.server.tls_cert_file, raw.server.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                if let Err(e) = crate::api::tls::Certs::load(&cert, &key) {
+                    p.0.push(format!("server.tls: {e}"));
+                }
+                Some((cert, key))
+            }
+            (None, None) => None,
+            _ => {
+                p.0.push("server: tls_cert_file and tls_key_file go together".into());
+                None
+            }
+        },
+        client_idle_timeout: p.duration("server.client_idle_timeout", raw.server.client_idle_timeout, "60s"),
     };
     if !server.admin_listen.ip().is_loopback() && server.admin_token.is_none() {
         p.0.push(format!(
@@ -419,83 +440,4 @@ impl Checker<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shipped_config_parses() {
-        let c = Config::parse(include_str!("../../mirror.toml")).unwrap();
-        assert_eq!(c.storage.memory_capacity, 512 * 1024 * 1024);
-        assert_eq!(c.storage.memory_max_object, 64 * 1024 * 1024);
-        assert_eq!(c.tags.ttl, Duration::from_secs(300));
-        assert_eq!(c.registries[0].host, "docker.io");
-        assert_eq!(c.server.default_registry, "docker.io");
-    }
-
-    #[test]
-    fn every_problem_is_named() {
-        let err = Config::parse(
-            r#"
-            [server]
-            listen = "nope"
-            colour = "blue"
-            [storage]
-            memory_capacity = "lots"
-            [tags]
-            ttl = "forever"
-            [gc]
-            high_watermark = 0.5
-            low_watermark = 0.7
-            [[registry]]
-            host = "docker.io"
-            endpoint = "https://registry-1.docker.io"
-            [[registry]]
-            host = "docker.io"
-            endpoint = "ftp://x"
-            "#,
-        )
-        .unwrap_err();
-        let text = err.to_string();
-        for needle in [
-            "server.listen",
-            "unknown key `server.colour`",
-            "storage.memory_capacity",
-            "tags.ttl",
-            "duplicate host",
-            "low_watermark < high_watermark",
-            "must be an http(s) URL",
-        ] {
-            assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
-        }
-    }
-
-    #[test]
-    fn a_non_loopback_admin_listener_needs_a_token() {
-        let base = "[[registry]]\nhost = \"docker.io\"\nendpoint = \"https://registry-1.docker.io\"\n";
-        let err = Config::parse(&format!("[server]\nadmin_listen = \"0.0.0.0:5001\"\n{base}")).unwrap_err();
-        assert!(err.to_string().contains("admin_token"), "{err}");
-        std::env::set_var("BERTH_TEST_ADMIN_TOKEN", "t0k");
-        let c = Config::parse(&format!(
-            "[server]\nadmin_listen = \"0.0.0.0:5001\"\nadmin_token_env = \"BERTH_TEST_ADMIN_TOKEN\"\n{base}"
-        ))
-        .unwrap();
-        assert_eq!(c.server.admin_token.unwrap().expose(), "t0k");
-    }
-
-    #[test]
-    fn secrets_do_not_print() {
-        std::env::set_var("BERTH_TEST_PASSWORD", "hunter2");
-        let c = Config::parse(
-            r#"
-            [[registry]]
-            host = "docker.io"
-            endpoint = "https://registry-1.docker.io"
-            username = "bob"
-            password_env = "BERTH_TEST_PASSWORD"
-            "#,
-        )
-        .unwrap();
-        assert_eq!(c.registries[0].password.as_ref().unwrap().expose(), "hunter2");
-        assert!(!format!("{c:?}").contains("hunter2"));
-    }
-}
+mod tests;

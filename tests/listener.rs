@@ -1,0 +1,131 @@
+//! The registry listener: TLS with a certificate reloaded while serving, and clients that
+//! stop reading dropped after `client_idle_timeout` while slow and fast ones are served.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::{bytes_of, Harness};
+use http::StatusCode;
+
+const REPO: &str = "library/app";
+
+/// A self-signed certificate for localhost: (certificate PEM, key PEM).
+fn self_signed() -> (String, String) {
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    (cert.pem(), key_pair.serialize_pem())
+}
+
+fn trusting(pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_and_a_reload_changes_the_certificate_for_new_connections_only() {
+    let files = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (files.path().join("tls.crt"), files.path().join("tls.key"));
+    let (first, first_key) = self_signed();
+    std::fs::write(&cert_file, &first).unwrap();
+    std::fs::write(&key_file, &first_key).unwrap();
+    let h = Harness::start_with("", |c| c.server.tls = Some((cert_file.clone(), key_file.clone()))).await;
+    let url = format!("https://localhost:{}/v2/", h.berth.registry_addr.port());
+
+    let old = trusting(&first);
+    assert_eq!(old.get(&url).send().await.unwrap().status(), StatusCode::OK);
+    assert!(reqwest::get(url.replace("https", "http")).await.is_err(), "plain HTTP on a TLS listener");
+
+    let (second, second_key) = self_signed();
+    std::fs::write(&cert_file, &second).unwrap();
+    std::fs::write(&key_file, &second_key).unwrap();
+    h.berth.reload_tls().unwrap();
+    // The connection opened before the reload goes on; new ones get the new certificate.
+    assert_eq!(old.get(&url).send().await.unwrap().status(), StatusCode::OK);
+    assert!(trusting(&first).get(&url).send().await.is_err(), "a new connection got the old certificate");
+    assert_eq!(trusting(&second).get(&url).send().await.unwrap().status(), StatusCode::OK);
+
+    // A reload of broken files fails and keeps the certificate in use.
+    std::fs::write(&cert_file, "not a certificate").unwrap();
+    assert!(h.berth.reload_tls().is_err());
+    assert_eq!(trusting(&second).get(&url).send().await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn mismatched_tls_files_are_a_config_error() {
+    let files = tempfile::tempdir().unwrap();
+    let (cert, _) = self_signed();
+    let (_, other_key) = self_signed();
+    std::fs::write(files.path().join("tls.crt"), cert).unwrap();
+    std::fs::write(files.path().join("tls.key"), other_key).unwrap();
+    let text = format!(
+        "[server]\ntls_cert_file = \"{0}/tls.crt\"\ntls_key_file = \"{0}/tls.key\"\n\
+         [[registry]]\nhost = \"docker.io\"\nendpoint = \"https://registry-1.docker.io\"\n",
+        files.path().display()
+    );
+    let err = berth::config::Config::parse(&text).unwrap_err().to_string();
+    assert!(err.contains("server.tls"), "{err}");
+}
+
+/// Sends a GET for `path` on a raw connection and reads nothing.
+fn stalled_get(addr: std::net::SocketAddr, path: &str) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: berth\r\n\r\n").unwrap();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_stops_reading_is_dropped_and_others_are_not() {
+    let h = Harness::start_with("", |c| c.server.client_idle_timeout = Duration::from_secs(1)).await;
+    let blob = bytes_of(48 << 20, 7);
+    let d = h.upstream.add_blob(blob.clone());
+    let path = Harness::blob_path(REPO, &d);
+    assert!(h.get(&path).await.bytes().await.unwrap() == blob); // cached now
+    h.settle().await;
+
+    let stalled = stalled_get(h.berth.registry_addr, &path);
+    // A slow reader: a few KiB at a time, well under the idle timeout apart.
+    let addr = h.berth.registry_addr;
+    let slow_path = path.clone();
+    let slow = std::thread::spawn(move || {
+        let mut s = stalled_get(addr, &slow_path);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0usize;
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            if s.read_exact(&mut buf).is_err() {
+                return Err(got);
+            }
+            got += buf.len();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(got)
+    });
+    // While the stalled client holds its body, the blob counts as being read.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(h.berth.mirror.store.busy().contains(&d));
+    // A fast client of the same blob finishes meanwhile.
+    assert!(h.get(&path).await.bytes().await.unwrap() == blob);
+
+    let slow = tokio::task::spawn_blocking(move || slow.join().unwrap()).await.unwrap();
+    assert!(slow.is_ok(), "the slow reader was cut after {:?} bytes", slow.err());
+    // The stalled one was dropped: its body (and read guard) is gone, its socket closed.
+    let mut released = false;
+    for _ in 0..50 {
+        if !h.berth.mirror.store.busy().contains(&d) {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(released, "the stalled client's body is still held");
+    let mut stalled = stalled;
+    stalled.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sink = Vec::new();
+    let read = stalled.read_to_end(&mut sink);
+    assert!(read.is_err() || sink.len() < blob.len(), "the stalled client got the whole blob");
+}
