@@ -48,6 +48,7 @@ fn fill(c: &mut Criterion) {
                         room: Some(store.disk.reserve(blob.len() as u64)),
                         resume: None,
                         rejected: None,
+                        hold: None,
                     };
                     let started = std::time::Instant::now();
                     let (fill, _) = Arc::clone(&store).fill(&digest, async move { Ok(source) }.boxed());

@@ -277,3 +277,26 @@ async fn head_and_get_answer_the_same_headers() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["errors"][0]["code"], "BLOB_UNKNOWN");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fills_beyond_max_fills_wait_their_turn() {
+    let h = Harness::start_with("", |c| c.storage.max_fills = 1).await;
+    let (a, b) = (bytes_of(1 << 20, 31), bytes_of(1 << 20, 32));
+    let (da, db) = (h.upstream.add_blob(a.clone()), h.upstream.add_blob(b.clone()));
+    h.upstream.fault(&da, Fault::Slow { chunk: 64 << 10, delay: Duration::from_millis(60) });
+    let first = tokio::spawn({
+        let (client, url) = (h.client.clone(), h.url(&Harness::blob_path(REPO, &da)));
+        async move { client.get(url).send().await.unwrap().bytes().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = tokio::spawn({
+        let (client, url) = (h.client.clone(), h.url(&Harness::blob_path(REPO, &db)));
+        async move { client.get(url).send().await.unwrap().bytes().await.unwrap() }
+    });
+    // While the first fill runs, the second waits for its turn without asking upstream.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.upstream.count(Method::GET, db.as_str()), 0, "a second fill ran beside the first");
+    assert!(first.await.unwrap() == a);
+    assert!(second.await.unwrap() == b);
+    assert_eq!(h.upstream.count(Method::GET, db.as_str()), 1);
+}

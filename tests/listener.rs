@@ -129,3 +129,16 @@ async fn a_client_that_stops_reading_is_dropped_and_others_are_not() {
     let read = stalled.read_to_end(&mut sink);
     assert!(read.is_err() || sink.len() < blob.len(), "the stalled client got the whole blob");
 }
+
+#[tokio::test]
+async fn oversized_request_heads_are_refused() {
+    let h = Harness::start().await;
+    let big = "x".repeat(berth::api::serve::MAX_HEAD + 1);
+    let refused = h.client.get(h.url("/v2/")).header("x-filler", &big).send().await;
+    match refused {
+        Ok(r) => assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        Err(e) => assert!(e.is_request() || e.is_connect(), "{e}"),
+    }
+    let fine = h.client.get(h.url("/v2/")).header("x-filler", "x".repeat(8 * 1024)).send().await.unwrap();
+    assert_eq!(fine.status(), StatusCode::OK);
+}

@@ -61,6 +61,8 @@ pub struct Storage {
     pub memory_capacity: u64,
     pub memory_max_object: u64,
     pub disk_capacity: u64,
+    /// Blob fills fetching from upstream at once; more wait for a turn.
+    pub max_fills: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -161,6 +163,7 @@ struct RawStorage {
     memory_capacity: Option<String>,
     memory_max_object: Option<String>,
     disk_capacity: Option<String>,
+    max_fills: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -258,7 +261,11 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         memory_capacity: p.size("storage.memory_capacity", raw.storage.memory_capacity, "512MiB"),
         memory_max_object: p.size("storage.memory_max_object", raw.storage.memory_max_object, "64MiB"),
         disk_capacity: p.size("storage.disk_capacity", raw.storage.disk_capacity, "20GiB"),
+        max_fills: raw.storage.max_fills.unwrap_or(64),
     };
+    if storage.max_fills == 0 {
+        p.0.push("storage.max_fills must be at least 1".into());
+    }
     if storage.memory_max_object > storage.memory_capacity {
         p.0.push("storage.memory_max_object is larger than storage.memory_capacity".into());
     }

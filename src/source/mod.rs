@@ -21,6 +21,8 @@ pub struct Upstreams {
     wildcard: Option<Registry>,
     /// Upstreams made for the wildcard entry, by host.
     dynamic: Mutex<HashMap<String, Arc<Upstream>>>,
+    /// Turns for blob fills from any upstream (`storage.max_fills`).
+    fills: Arc<tokio::sync::Semaphore>,
 }
 
 /// Hosts remembered for the wildcard entry; past this, upstreams are made per request.
@@ -30,11 +32,12 @@ impl Upstreams {
     pub fn new(config: &Config) -> Result<Upstreams, Error> {
         let mut by_host = HashMap::new();
         let mut wildcard = None;
+        let fills = Arc::new(tokio::sync::Semaphore::new(config.storage.max_fills));
         for r in &config.registries {
             if r.host == "*" {
                 wildcard = Some(r.clone());
             } else {
-                by_host.insert(r.host.clone(), Arc::new(Upstream::new(r, false)?));
+                by_host.insert(r.host.clone(), Arc::new(Upstream::new(r, false, fills.clone())?));
             }
         }
         Ok(Upstreams {
@@ -42,6 +45,7 @@ impl Upstreams {
             default: config.server.default_registry.clone(),
             wildcard,
             dynamic: Mutex::new(HashMap::new()),
+            fills,
         })
     }
 
@@ -70,7 +74,7 @@ impl Upstreams {
             endpoint: url::Url::parse(&endpoint).map_err(|_| denied())?,
             ..template.clone()
         };
-        let upstream = Arc::new(Upstream::new(&cfg, true)?);
+        let upstream = Arc::new(Upstream::new(&cfg, true, self.fills.clone())?);
         let mut dynamic = self.dynamic.lock().expect("upstreams lock");
         if dynamic.len() < MAX_DYNAMIC {
             dynamic.insert(host.to_owned(), upstream.clone());

@@ -27,6 +27,8 @@ pub struct Upstream {
     tokens: TokenCache,
     /// Upstream asked for Basic auth: send credentials up front from now on.
     basic: AtomicBool,
+    /// Turns for blob fills, shared by all upstreams.
+    fills: Arc<tokio::sync::Semaphore>,
 }
 
 /// A manifest as fetched: exact bytes, their digest, and the media type to answer with.
@@ -45,7 +47,11 @@ pub struct ManifestHead {
 
 impl Upstream {
     /// `public_only`: connect only to public addresses (the wildcard registry).
-    pub fn new(cfg: &Registry, public_only: bool) -> Result<Upstream, Error> {
+    pub fn new(
+        cfg: &Registry,
+        public_only: bool,
+        fills: Arc<tokio::sync::Semaphore>,
+    ) -> Result<Upstream, Error> {
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(cfg.connect_timeout)
@@ -71,6 +77,7 @@ impl Upstream {
             creds,
             tokens: TokenCache::default(),
             basic: AtomicBool::new(false),
+            fills,
         })
     }
 
@@ -209,13 +216,22 @@ impl Upstream {
 
     /// GET a blob as a stream for a fill.
     /// A fill resumes a cut body through `Source::resume`, which asks for the rest with Range.
+    /// Waits for a turn first (`storage.max_fills`); the fill holds it until it ends.
     pub async fn blob(self: &Arc<Self>, repo: &str, digest: &Digest) -> Result<Source, Error> {
+        let turn = self.fills.clone().acquire_owned().await.map_err(Error::internal)?;
         let resp =
             self.send(Method::GET, &format!("/v2/{repo}/blobs/{digest}"), repo, HeaderMap::new()).await?;
         let resp = check(resp, Error::BlobUnknown)?;
         let len = resp.content_length();
         let body = self.body_of(resp);
-        Ok(Source { len, body, room: None, resume: Some(self.resume(repo, digest)), rejected: None })
+        Ok(Source {
+            len,
+            body,
+            room: None,
+            resume: Some(self.resume(repo, digest)),
+            rejected: None,
+            hold: Some(Box::new(turn)),
+        })
     }
 
     /// How a fill of this blob continues after a cut: the rest, from upstream, with Range.

@@ -51,6 +51,8 @@ pub struct Source {
     pub resume: Option<Resume>,
     /// Called when the content fails verification (a peer that sent wrong bytes).
     pub rejected: Option<Box<dyn FnOnce() + Send + Sync>>,
+    /// Kept until the fill ends (a turn among the fills allowed at once).
+    pub hold: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 #[derive(Clone)]
@@ -216,7 +218,7 @@ async fn lead(
         return Ok(());
     }
 
-    let Source { len, mut body, room, resume, rejected } = fetch.await?;
+    let Source { len, mut body, room, resume, rejected, hold: _turn } = fetch.await?;
     let keep_on_disk = room.is_some();
     let (disk, d) = (store.disk.clone(), digest.clone());
     let (file, temp, map) = blocking(move || {
