@@ -25,6 +25,7 @@ fn fill(c: &mut Criterion) {
         memory_capacity: 1 << 30,
         memory_max_object: 1 << 20,
         disk_capacity: 1 << 40,
+        max_fills: 64,
     };
     let store = rt.block_on(async { Store::open(&storage) }).unwrap();
     let blob =
