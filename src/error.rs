@@ -16,6 +16,8 @@ pub enum Error {
     },
     Unsupported(String),
     Denied(String),
+    /// No or wrong credentials for the registry API (`[auth]`).
+    Unauthorized(String),
     // Not found, here or upstream.
     BlobUnknown,
     ManifestUnknown,
@@ -48,6 +50,7 @@ impl Error {
             RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID"),
             Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             Denied(_) | UpstreamDenied(_) => (StatusCode::FORBIDDEN, "DENIED"),
+            Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             BlobUnknown => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
             ManifestUnknown => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
             NameUnknown => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
@@ -68,7 +71,8 @@ impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use Error::*;
         match self {
-            NameInvalid(m) | DigestInvalid(m) | TagInvalid(m) | Unsupported(m) | Denied(m) => f.write_str(m),
+            NameInvalid(m) | DigestInvalid(m) | TagInvalid(m) | Unsupported(m) | Denied(m)
+            | Unauthorized(m) => f.write_str(m),
             RangeNotSatisfiable { len } => write!(f, "range not satisfiable for {len} bytes"),
             BlobUnknown => f.write_str("blob unknown to registry"),
             ManifestUnknown => f.write_str("manifest unknown"),
@@ -99,6 +103,9 @@ impl IntoResponse for Error {
                 if let Ok(v) = HeaderValue::from_str(v) {
                     headers.insert(header::RETRY_AFTER, v);
                 }
+            }
+            Error::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"berth\""));
             }
             Error::RangeNotSatisfiable { len } => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {

@@ -44,6 +44,7 @@ pub struct Server {
     tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     grace: Duration,
     certs: Option<Arc<api::tls::Certs>>,
+    auth: Option<Arc<api::auth::ClientAuth>>,
 }
 
 impl Server {
@@ -77,8 +78,14 @@ impl Server {
             tls: certs.as_ref().map(|c| c.acceptor()),
             idle: config.server.client_idle_timeout,
         };
-        let router =
-            api::registry_router(api::admin::Admin { mirror: mirror.clone(), preheater: preheater.clone() });
+        let auth = match &config.auth {
+            Some(a) => {
+                Some(api::auth::ClientAuth::load(a.htpasswd_file.as_deref(), a.tokens_file.as_deref())?)
+            }
+            None => None,
+        };
+        let admin_state = api::admin::Admin { mirror: mirror.clone(), preheater: preheater.clone() };
+        let router = api::registry_router(admin_state, auth.clone());
         let tasks = vec![
             tokio::spawn(api::serve::serve(registry, router, options, rx.clone())),
             tokio::spawn(
@@ -102,16 +109,17 @@ impl Server {
             tasks,
             grace: config.server.shutdown_grace,
             certs,
+            auth,
         })
     }
 
-    /// Reads the TLS certificate and key again (SIGHUP): new connections use them, open ones
-    /// keep theirs. On error the old ones stay.
-    pub fn reload_tls(&self) -> Result<(), Error> {
-        match &self.certs {
-            Some(c) => c.reload(),
-            None => Ok(()),
-        }
+    /// Reads the TLS certificate and key and the `[auth]` files again (SIGHUP): new
+    /// connections use the new certificate, open ones keep theirs. What fails to load keeps
+    /// its old contents, and the first error is returned.
+    pub fn reload(&self) -> Result<(), Error> {
+        let tls = self.certs.as_ref().map_or(Ok(()), |c| c.reload());
+        let auth = self.auth.as_ref().map_or(Ok(()), |a| a.reload());
+        tls.and(auth)
     }
 
     /// Stops accepting, lets in-flight responses finish for up to `shutdown_grace`, then

@@ -42,6 +42,11 @@ enum Command {
         #[arg(long, default_value = "/etc/containerd/certs.d")]
         dir: PathBuf,
     },
+    /// Print an htpasswd line (bcrypt) for [auth] htpasswd_file; the password is read from stdin.
+    Htpasswd {
+        /// The user name.
+        user: String,
+    },
     /// Warm a running berth's tiers with images before they are pulled.
     ///
     /// When the admin API needs a token, put it in BERTH_ADMIN_TOKEN.
@@ -84,6 +89,23 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => check_config(config),
+        Command::Htpasswd { user } => {
+            let mut password = String::new();
+            if std::io::stdin().read_line(&mut password).is_err() {
+                eprintln!("berth htpasswd: cannot read the password from stdin");
+                return ExitCode::from(2);
+            }
+            match berth::api::auth::htpasswd_line(&user, password.trim_end_matches(['\r', '\n'])) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("berth htpasswd: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::HostsToml { mirror, registries, default, dir } => {
             match berth::cli::hosts_toml::write(&dir, &mirror, &registries, default) {
                 Ok(files) => {
@@ -161,8 +183,8 @@ fn serve(path: PathBuf) -> ExitCode {
             use tokio::signal::unix::{signal, SignalKind};
             let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
             while hup.recv().await.is_some() {
-                if let Err(e) = server.reload_tls() {
-                    tracing::error!(error = %e, "TLS reload failed; the previous certificate stays in use");
+                if let Err(e) = server.reload() {
+                    tracing::error!(error = %e, "reload failed; what did not load stays as it was");
                 }
             }
         };

@@ -43,7 +43,7 @@ async fn tls_serves_and_a_reload_changes_the_certificate_for_new_connections_onl
     let (second, second_key) = self_signed();
     std::fs::write(&cert_file, &second).unwrap();
     std::fs::write(&key_file, &second_key).unwrap();
-    h.berth.reload_tls().unwrap();
+    h.berth.reload().unwrap();
     // The connection opened before the reload goes on; new ones get the new certificate.
     assert_eq!(old.get(&url).send().await.unwrap().status(), StatusCode::OK);
     assert!(trusting(&first).get(&url).send().await.is_err(), "a new connection got the old certificate");
@@ -51,7 +51,7 @@ async fn tls_serves_and_a_reload_changes_the_certificate_for_new_connections_onl
 
     // A reload of broken files fails and keeps the certificate in use.
     std::fs::write(&cert_file, "not a certificate").unwrap();
-    assert!(h.berth.reload_tls().is_err());
+    assert!(h.berth.reload().is_err());
     assert_eq!(trusting(&second).get(&url).send().await.unwrap().status(), StatusCode::OK);
 }
 

@@ -60,6 +60,9 @@ async fn dispatch(
     let ns = ns_of(uri);
     let ns = ns.as_deref();
     let hop = mirror.from_peer(headers)?;
+    if let Some(peers) = mirror.peers.as_ref().filter(|_| hop) {
+        peers.served_one();
+    }
     match route {
         Route::Base => {
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}").into_response())

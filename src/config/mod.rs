@@ -25,6 +25,15 @@ pub struct Config {
     pub registries: Vec<Registry>,
     /// `[peers]`: other berths sharing fills, when configured.
     pub peers: Option<Peers>,
+    /// `[auth]`: credentials the registry API requires, when configured.
+    pub auth: Option<Auth>,
+}
+
+/// `[auth]`: an htpasswd file (bcrypt) and/or a file of bearer tokens, one a line.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub htpasswd_file: Option<PathBuf>,
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// `[gc]`: when the disk tier is collected (see `registry::gc`).
@@ -122,6 +131,13 @@ struct RawConfig {
     #[serde(default)]
     registry: Vec<RawRegistry>,
     peers: Option<peers::RawPeers>,
+    auth: Option<RawAuth>,
+}
+
+#[derive(Deserialize)]
+struct RawAuth {
+    htpasswd_file: Option<PathBuf>,
+    tokens_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -382,7 +398,20 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         }
     }
     let peers = peers::validate(raw.peers, &mut p);
-    Config { server, storage, tags, preheat, gc, pins, registries, peers }
+    let auth = raw.auth.map(|a| Auth { htpasswd_file: a.htpasswd_file, tokens_file: a.tokens_file });
+    if let Some(a) = &auth {
+        if let Err(e) =
+            crate::api::auth::ClientAuth::load(a.htpasswd_file.as_deref(), a.tokens_file.as_deref())
+        {
+            p.0.push(format!("auth: {e}"));
+        }
+        if peers.as_ref().is_some_and(|peers| peers.token.is_none()) {
+            p.0.push(
+                "auth: with [peers], set peers.token_file or token_env (peer requests pass by it)".into(),
+            );
+        }
+    }
+    Config { server, storage, tags, preheat, gc, pins, registries, peers, auth }
 }
 
 fn placeholder_url() -> Url {

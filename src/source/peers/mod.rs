@@ -132,11 +132,12 @@ impl Peers {
 
     /// Whether a request is a peer's, checked against this instance's token.
     pub fn check(&self, headers: &HeaderMap) -> Result<bool, Error> {
-        let hop = Peers::from_peer(self.token.as_ref(), headers)?;
-        if hop {
-            self.served.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(hop)
+        Peers::from_peer(self.token.as_ref(), headers)
+    }
+
+    /// Counts a request answered for a peer.
+    pub fn served_one(&self) {
+        self.served.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Re-resolves `dns` every `dns_interval`, for as long as the peers are in use.
