@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Runs every test berth has: unit and in-process tests (cargo test, with a fault-injecting
 # fake upstream), then the real-client e2e suite (distribution as upstream, containerd,
-# dockerd and skopeo as clients). Installs the Debian packages the e2e suite needs when they
-# are missing (needs root, as containerd and dockerd do), and the benchmark harness in its
-# quick mode (it installs nginx-light and wrk when missing).
+# dockerd and skopeo as clients). Installs the Debian packages the e2e suite needs (openssl
+# too, for the TLS scenario) when they are missing (needs root, as containerd and dockerd
+# do), and the benchmark harness in its quick mode (it installs nginx-light and wrk when
+# missing).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 missing=()
 for tool in containerd:containerd ctr:containerd dockerd:docker.io docker:docker.io \
             docker-registry:docker-registry skopeo:skopeo curl:curl python3:python3 \
-            nginx:nginx-light wrk:wrk; do
+            nginx:nginx-light wrk:wrk openssl:openssl; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if ((${#missing[@]})); then
