@@ -25,6 +25,8 @@ if ((${#missing[@]})); then
 fi
 
 cargo test --locked
+# Each fuzz target for 30 s from the committed corpus (installs cargo-fuzz when missing).
+bash fuzz/run.sh 30
 cargo build --release --locked
 BERTH_BIN="$PWD/target/release/berth" bash e2e/run.sh
 # The side-by-side benchmark in its quick mode (tiny blobs): keeps the harness from rotting
