@@ -32,3 +32,5 @@ BERTH_BIN="$PWD/target/release/berth" bash e2e/run.sh
 # The side-by-side benchmark in its quick mode (tiny blobs): keeps the harness from rotting
 # and fails on wrong bytes or a second upstream fetch, never on a timing.
 BERTH_BIN="$PWD/target/release/berth" bash benches/compare.sh --quick --out "${TMPDIR:-/tmp}/berth-compare-quick.md"
+# The load harness in its quick mode: fails on an error answer or a second upstream fetch.
+BERTH_BIN="$PWD/target/release/berth" bash benches/load.sh --quick --out "${TMPDIR:-/tmp}/berth-load-quick.md"

@@ -14,6 +14,7 @@ Writes to OUT_DIR:
   small-tags.txt       request paths /v2/bench/small/manifests/<tag>, one a line
   small-digests.txt    request paths /v2/bench/small/manifests/<digest>, same order
   small-expected.txt   "<tag> <digest>" per small image (what each must resolve to)
+  small-blobs.txt      "<tag> <layer digest> <config digest>" per small image (benches/load.sh)
 """
 import hashlib
 import http.client
@@ -90,7 +91,7 @@ def main():
         f.write(body)
 
     shared = reg.push_blob("bench/small", os.urandom(1024))
-    tags, digests, expected = [], [], []
+    tags, digests, expected, blobs = [], [], [], []
     for n in range(1, small_count + 1):
         layer = os.urandom(1024)
         ld = reg.push_blob("bench/small", layer)
@@ -101,9 +102,10 @@ def main():
         tags.append(f"/v2/bench/small/manifests/{n}")
         digests.append(f"/v2/bench/small/manifests/{md}")
         expected.append(f"{n} {md}")
+        blobs.append(f"{n} {ld} {cd}")
 
     for name, lines in (("small-tags.txt", tags), ("small-digests.txt", digests),
-                        ("small-expected.txt", expected)):
+                        ("small-expected.txt", expected), ("small-blobs.txt", blobs)):
         with open(os.path.join(out, name), "w") as f:
             f.write("\n".join(lines) + "\n")
     with open(os.path.join(out, "content.sh"), "w") as f:
