@@ -10,7 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
+const ACCEPT: &str =
+    "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
 
 #[derive(Default)]
 struct Tally {
@@ -58,7 +59,9 @@ fn main() {
         all.latencies_us.extend(t.latencies_us);
     }
     all.latencies_us.sort_unstable();
-    let pct = |p: f64| all.latencies_us.get(((all.latencies_us.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        all.latencies_us.get(((all.latencies_us.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0)
+    };
     println!(
         "RESULT requests={} duration_us={} non2xx={} errors={} bytes={} p50_us={} p99_us={} max_us={}",
         all.requests,
@@ -94,7 +97,10 @@ async fn client(id: u64, url: &str, images: &[[String; 3]], started: Instant, ru
         let roll = next() % 10;
         let sent = Instant::now();
         let result = if roll < 4 {
-            http.head(format!("{url}/v2/bench/small/manifests/{}", image[0])).header("accept", ACCEPT).send().await
+            http.head(format!("{url}/v2/bench/small/manifests/{}", image[0]))
+                .header("accept", ACCEPT)
+                .send()
+                .await
         } else {
             let blob = if roll < 7 { &image[1] } else { &image[2] };
             http.get(format!("{url}/v2/bench/small/blobs/{blob}")).send().await

@@ -5,7 +5,8 @@
 # each blob response cut once at a random offset → clients get complete, verified bodies and
 # the upstream sees Range requests; cut forever → the client's stream aborts and nothing is
 # kept; throttled and berth killed with SIGKILL mid-fill → after a restart the blob is served
-# byte-exact and the store holds no partial file.
+# byte-exact and the store holds no partial file; a store that fills up mid-write, then a
+# read-only one → the pull passes through from upstream, verified, and nothing is kept.
 
 PROXY_ADDR="127.0.0.1:15010"
 PROXY_LOG="$E2E_DIR/faultproxy.log"
@@ -23,7 +24,7 @@ get_via_berth() { curl -s -m 120 -o "$2" -w '%{http_code}' "$BERTH_URL/v2/librar
 
 scenario_l() {
     if [ "$E2E_MIRROR" != berth ]; then pass "l: skipped (resumable fills are berth's)"; return; fi
-    start_upstream || { fail "l: upstream starts"; return; }
+    curl -sf -m 5 "$UP_URL/v2/" >/dev/null || start_upstream || { fail "l: upstream starts"; return; }
     python3 "$E2E_SRC/faultproxy.py" "${PROXY_ADDR##*:}" "$UP_PORT" >"$PROXY_LOG" 2>&1 &
     _track $!
     wait_for_port "$PROXY_ADDR" 10 || { fail "l: fault proxy starts"; return; }
@@ -78,4 +79,37 @@ scenario_l() {
         fail "l: killed mid-fill, restarted: no partial file left, the blob served byte-exact" \
             "temp files while filling: $partial, after restart: $leftover, status $code"
     fi
+
+    # 4. a store that fills up mid-write, then a read-only one: pulls pass through, verified
+    stop_berth
+    local small="$E2E_DIR/berth-small" mark
+    mkdir -p "$small" && mount -t tmpfs -o size=6m tmpfs "$small" || { fail "l: a 6 MiB tmpfs for the store"; return; }
+    BERTH_DATA="$small" \
+        BERTH_EXTRA_TOML=$'[[registry]]\nhost = "faulty.test"\nendpoint = "http://'"$PROXY_ADDR"$'"' \
+        start_berth || { fail "l: berth on a small store starts"; return; }
+    mark=$(berth_log_mark)
+    code=$(get_via_berth "$l1" "$E2E_DIR/l1-full")
+    if [ "$code" = 200 ] && [ "$(sha256_of <"$E2E_DIR/l1-full")" = "$l1" ] &&
+        [ ! -e "$small/v1/blobs/sha256/${l1:7:2}/${l1#sha256:}" ] &&
+        berth_log_since "$mark" | grep -q "disk tier cannot write.*pass-through\|pass-through.*disk tier cannot write"; then
+        pass "l: the store fills up mid-write: the pull passes through, verified, nothing kept, logged"
+    else
+        fail "l: the store fills up mid-write: the pull passes through, verified, nothing kept, logged" \
+            "status $code" "$(berth_log_since "$mark" | grep -iE 'error|warn' | tail -n 3 | cut -c1-250)"
+    fi
+    # The temp folder read-only (a bind mount: the store's open files keep it from a remount)
+    mount --bind "$small/v1/tmp" "$small/v1/tmp" && mount -o remount,bind,ro "$small/v1/tmp" ||
+        { fail "l: a read-only temp folder"; return; }
+    mark=$(berth_log_mark)
+    code=$(get_via_berth "$l2" "$E2E_DIR/l2-ro")
+    if [ "$code" = 200 ] && [ "$(sha256_of <"$E2E_DIR/l2-ro")" = "$l2" ] &&
+        berth_log_since "$mark" | grep -q "cannot make a temp file"; then
+        pass "l: a read-only store: the pull passes through, verified, logged"
+    else
+        fail "l: a read-only store: the pull passes through, verified, logged" \
+            "status $code" "$(berth_log_since "$mark" | grep -iE 'error|warn' | tail -n 3 | cut -c1-250)"
+    fi
+    stop_berth
+    umount -l "$small/v1/tmp" 2>/dev/null || true
+    umount -l "$small" 2>/dev/null || true
 }

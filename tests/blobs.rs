@@ -300,3 +300,33 @@ async fn fills_beyond_max_fills_wait_their_turn() {
     assert!(second.await.unwrap() == b);
     assert_eq!(h.upstream.count(Method::GET, db.as_str()), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_cannot_write_passes_blobs_through_verified() {
+    let h = Harness::start().await;
+    let blob = bytes_of(3 << 20, 41);
+    let d = h.upstream.add_blob(blob.clone());
+    // No temp file can be made: the temp folder is now a file.
+    let tmp = h.dir.path().join("v1/tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, b"not a folder").unwrap();
+    let path = Harness::blob_path(REPO, &d);
+    let gets = (0..3).map(|_| h.get(&path));
+    for r in futures::future::join_all(gets).await {
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.bytes().await.unwrap() == blob, "a pass-through body differs");
+    }
+    let ranged = h.client.get(h.url(&path)).header("range", "bytes=1000-1999").send().await.unwrap();
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(ranged.bytes().await.unwrap(), blob.slice(1000..2000));
+    h.settle().await;
+    assert!(!h.stored_blobs().contains(&d.hex().to_owned()), "a blob was kept");
+    assert!(h.berth.mirror.store.memory.get(&d).await.is_none());
+
+    // Wrong bytes from upstream are still refused: the body does not end as complete.
+    let bad = bytes_of(1 << 20, 42);
+    let bd = h.upstream.add_blob(bad.clone());
+    h.upstream.fault(&bd, Fault::Corrupt);
+    let r = h.get(&Harness::blob_path(REPO, &bd)).await;
+    assert!(r.bytes().await.map(|b| b != bad).unwrap_or(true), "corrupt bytes passed through as complete");
+}

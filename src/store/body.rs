@@ -51,6 +51,8 @@ pub fn guarded<G: Send + 'static>(stream: BodyStream, guard: G) -> BodyStream {
 
 struct Follower {
     rx: watch::Receiver<FillState>,
+    /// Once the fill passes through: the rest of this body, from the source.
+    rest: Option<BodyStream>,
     _fill: Arc<Fill>,
     pos: u64,
     /// Where this body ends, if the request or the source said; otherwise the verified length.
@@ -62,14 +64,22 @@ struct Follower {
 /// available. The last byte is only handed out once the whole content is verified.
 pub fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> BodyStream {
     let rx = fill.subscribe();
-    let state = Follower { rx, _fill: fill, pos: start, end, done: false };
+    let state = Follower { rx, rest: None, _fill: fill, pos: start, end, done: false };
     stream::unfold(state, |mut f| async move {
         if f.done {
             return None;
         }
         loop {
+            if let Some(rest) = f.rest.as_mut() {
+                let next = rest.next().await;
+                return next.map(|item| (item, f));
+            }
             let state = f.rx.borrow_and_update().clone();
             let (file, map, available, verified) = match state {
+                FillState::PassThrough(p) => {
+                    f.rest = Some(super::passthrough::follow(p, f.pos, f.end));
+                    continue;
+                }
                 FillState::Pending => (None, None, 0, false),
                 FillState::Streaming { file, map, written, .. } => (Some(file), map, written, false),
                 FillState::Verified { file, map, len } => (Some(file), map, len, true),

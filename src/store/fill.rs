@@ -74,6 +74,9 @@ pub enum FillState {
         len: u64,
     },
     Failed(Error),
+    /// The disk tier could not take the content: clients are served from the source, and
+    /// nothing is kept (see `passthrough`).
+    PassThrough(Arc<super::passthrough::PassThrough>),
 }
 
 pub struct Fill {
@@ -102,6 +105,7 @@ impl Fill {
         match &*state {
             FillState::Streaming { len, .. } => Ok(*len),
             FillState::Verified { len, .. } => Ok(Some(*len)),
+            FillState::PassThrough(p) => Ok(p.len),
             FillState::Failed(e) => Err(e.clone()),
             FillState::Pending => unreachable!("waited for a non-pending state"),
         }
@@ -116,12 +120,17 @@ impl Fill {
     pub async fn verified(&self) -> Result<u64, Error> {
         let mut rx = self.subscribe();
         let state = rx
-            .wait_for(|s| matches!(s, FillState::Verified { .. } | FillState::Failed(_)))
+            .wait_for(|s| {
+                matches!(s, FillState::Verified { .. } | FillState::Failed(_) | FillState::PassThrough(_))
+            })
             .await
             .map_err(|_| Error::Internal("fill abandoned".into()))?;
         match &*state {
             FillState::Verified { len, .. } => Ok(*len),
             FillState::Failed(e) => Err(e.clone()),
+            FillState::PassThrough(p) => p.len.ok_or_else(|| {
+                Error::Unavailable(format!("{}; upstream sent no length to pass through", p.why))
+            }),
             _ => unreachable!("waited for a final state"),
         }
     }
@@ -219,9 +228,10 @@ async fn lead(
     }
 
     let Source { len, mut body, room, resume, rejected, hold: _turn } = fetch.await?;
+    let resume = resume.map(Arc::new);
     let keep_on_disk = room.is_some();
     let (disk, d) = (store.disk.clone(), digest.clone());
-    let (file, temp, map) = blocking(move || {
+    let made = blocking(move || {
         let (file, temp) = disk.temp(&d)?;
         // Sized up front so that followers read it through one mapping as it fills.
         let map = match len {
@@ -233,7 +243,15 @@ async fn lead(
         };
         Ok((file, temp, map))
     })
-    .await?;
+    .await;
+    let (file, temp, map) = match (made, &resume) {
+        (Ok(made), _) => made,
+        (Err(e), Some(resume)) => {
+            let why = format!("disk tier cannot make a temp file: {e}");
+            return pass_through(fill, None, None, 0, len, resume.clone(), why).await;
+        }
+        (Err(e), None) => return Err(e),
+    };
     let file = Arc::new(file);
     let streaming = FillState::Streaming { file: file.clone(), map: map.clone(), len, written: 0 };
     fill.state.send_replace(streaming);
@@ -281,7 +299,7 @@ async fn lead(
             };
             // Cut: ask for the rest, a few times, hashing on from where it was.
             loop {
-                let Some(resume) = resume.as_ref().filter(|_| resumes < MAX_RESUMES) else { return Err(cut) };
+                let Some(resume) = resume.as_deref().filter(|_| resumes < MAX_RESUMES) else { return Err(cut) };
                 resumes += 1;
                 tracing::warn!(%digest, offset = received, attempt = resumes, error = %cut, "source body cut; resuming");
                 metrics::counter!("berth_fill_resumes_total").increment(1);
@@ -304,8 +322,25 @@ async fn lead(
     }
     .await;
     drop((tx, hash_tx));
-    let written = writer.await.map_err(Error::internal)?;
+    let (written, write_error) = writer.await.map_err(Error::internal)?;
     let (hash, memory) = hasher.await.map_err(Error::internal)?;
+    if let (Some(e), Some(resume)) = (&write_error, &resume) {
+        // What is written is good; clients get the rest from the source.
+        let why = format!("disk tier cannot write: {e}");
+        let (file, map) = (Some(file), map);
+        let done = pass_through(fill, file, map, written, len, resume.clone(), why).await;
+        let disk = store.disk.clone();
+        blocking(move || {
+            disk.remove_temp(&temp);
+            Ok(())
+        })
+        .await?;
+        return done;
+    }
+    let written = match write_error {
+        Some(e) => Err(e),
+        None => Ok(written),
+    };
 
     let verified = pumped.and_then(|_| {
         let written = written?;
@@ -358,11 +393,14 @@ async fn lead(
     .await
 }
 
-/// Runs on a blocking thread: writes each batch, then tells followers. Returns the length.
-fn write_loop(mut rx: mpsc::Receiver<Bytes>, file: &File, fill: &Fill) -> Result<u64, Error> {
+/// Runs on a blocking thread: writes each batch, then tells followers. Returns the length
+/// written, and the error that stopped it, if one did.
+fn write_loop(mut rx: mpsc::Receiver<Bytes>, file: &File, fill: &Fill) -> (u64, Option<Error>) {
     let mut offset: u64 = 0;
     while let Some(buf) = rx.blocking_recv() {
-        file.write_all_at(&buf, offset).map_err(|e| Error::Internal(format!("writing blob: {e}")))?;
+        if let Err(e) = file.write_all_at(&buf, offset) {
+            return (offset, Some(Error::Internal(format!("writing blob: {e}"))));
+        }
         offset += buf.len() as u64;
         fill.state.send_modify(|s| {
             if let FillState::Streaming { written, .. } = s {
@@ -370,7 +408,49 @@ fn write_loop(mut rx: mpsc::Receiver<Bytes>, file: &File, fill: &Fill) -> Result
             }
         });
     }
-    Ok(offset)
+    (offset, None)
+}
+
+/// Serves the fill's clients from the source from here on: the state becomes `PassThrough`
+/// with a hash of the `written` bytes, and nothing is kept.
+#[allow(clippy::too_many_arguments)]
+async fn pass_through(
+    fill: &Arc<Fill>,
+    file: Option<Arc<File>>,
+    map: Option<Bytes>,
+    written: u64,
+    len: Option<u64>,
+    resume: Arc<Resume>,
+    why: String,
+) -> Result<(), Error> {
+    let digest = fill.digest.clone();
+    tracing::error!(%digest, written, error = %why, "serving from upstream without caching (pass-through)");
+    metrics::counter!("berth_fills_total", "outcome" => "passthrough").increment(1);
+    let (f, m) = (file.clone(), map.clone());
+    let prefix = tokio::task::spawn_blocking(move || -> std::io::Result<Sha256> {
+        let mut h = Sha256::new();
+        let mut pos = 0u64;
+        while pos < written {
+            let n = (4u64 << 20).min(written - pos);
+            match (&m, &f) {
+                (Some(m), _) => h.update(&m[pos as usize..(pos + n) as usize]),
+                (None, Some(f)) => {
+                    let mut buf = vec![0u8; n as usize];
+                    f.read_exact_at(&mut buf, pos)?;
+                    h.update(&buf);
+                }
+                (None, None) => break,
+            }
+            pos += n;
+        }
+        Ok(h)
+    })
+    .await
+    .map_err(Error::internal)?
+    .map_err(|e| Error::Internal(format!("reading back the written part: {e}")))?;
+    let p = super::passthrough::PassThrough { digest, file, map, written, len, prefix, resume, why };
+    fill.state.send_replace(FillState::PassThrough(Arc::new(p)));
+    Ok(())
 }
 
 /// Runs on a blocking thread: hashes each batch and, for the memory tier, keeps a copy.

@@ -1,0 +1,138 @@
+//! When the disk tier cannot take a fill (no temp file, or a write fails), the fill's clients
+//! are served from the source instead of the file, and nothing is kept. Each client reads
+//! what was written, then asks the source for the rest (the fill's `resume`, with Range),
+//! hashing the whole content on from the fill's hash of the written part, and holds back its
+//! last byte until the content matches the digest: a pass-through body is verified like any
+//! other.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+
+use super::body::BodyStream;
+use super::fill::Resume;
+use crate::digest::Digest;
+use crate::error::Error;
+
+/// Bytes handed to a client at a time from the written part.
+const CHUNK: u64 = 1 << 20;
+
+/// A fill that could not be written to disk: what was written, and how to get the rest.
+pub struct PassThrough {
+    pub digest: Digest,
+    /// The temp file and its mapping, holding `written` good bytes (none when no file could
+    /// be made). Both stay readable after the file is unlinked.
+    pub file: Option<Arc<File>>,
+    pub map: Option<Bytes>,
+    pub written: u64,
+    pub len: Option<u64>,
+    /// SHA-256 state after the first `written` bytes.
+    pub prefix: Sha256,
+    pub resume: Arc<Resume>,
+    /// Why the disk tier did not take it (for the error a client may see).
+    pub why: String,
+}
+
+/// Bytes `start..end` (or to the end) of the content, verified as a whole before the last
+/// byte goes out.
+pub fn follow(p: Arc<PassThrough>, start: u64, end: Option<u64>) -> BodyStream {
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::spawn(async move {
+        let mut out = Held { tx, last: None };
+        if let Err(e) = serve(&p, start, end, &mut out).await {
+            let _ = out.tx.send(Err(std::io::Error::other(e.to_string()))).await;
+        }
+    });
+    stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+}
+
+/// Sends every slice but the latest, which waits until the content is verified.
+struct Held {
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+    last: Option<Bytes>,
+}
+
+impl Held {
+    async fn push(&mut self, b: Bytes) -> Result<(), Error> {
+        if b.is_empty() {
+            return Ok(());
+        }
+        if let Some(prev) = self.last.replace(b) {
+            self.tx.send(Ok(prev)).await.map_err(|_| Error::Internal("client gone".into()))?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) {
+        if let Some(last) = self.last.take() {
+            let _ = self.tx.send(Ok(last)).await;
+        }
+    }
+}
+
+async fn serve(p: &PassThrough, start: u64, end: Option<u64>, out: &mut Held) -> Result<(), Error> {
+    let want = |from: u64, b: &Bytes| -> Bytes {
+        // The part of `b` (at offset `from`) inside start..end.
+        let lo = start.saturating_sub(from).min(b.len() as u64);
+        let hi = end.map_or(b.len() as u64, |e| e.saturating_sub(from).min(b.len() as u64));
+        if hi > lo {
+            b.slice(lo as usize..hi as usize)
+        } else {
+            Bytes::new()
+        }
+    };
+    // The written part, from the file.
+    let mut pos = start.min(p.written);
+    while pos < p.written && end.is_none_or(|e| pos < e) {
+        let n = CHUNK.min(p.written - pos);
+        let chunk = match (&p.map, &p.file) {
+            (Some(map), _) => map.slice(pos as usize..(pos + n) as usize),
+            (None, Some(file)) => {
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; n as usize];
+                    file.read_exact_at(&mut buf, pos).map(|_| Bytes::from(buf))
+                })
+                .await
+                .map_err(Error::internal)?
+                .map_err(|e| Error::Internal(format!("reading the written part: {e}")))?
+            }
+            (None, None) => break,
+        };
+        out.push(want(pos, &chunk)).await?;
+        pos += n;
+    }
+    // The rest, from the source, hashed on from the written part.
+    let mut hasher = p.prefix.clone();
+    let mut at = p.written;
+    let rest = (p.resume)(at).await?;
+    let (mut body, mut skip) = (rest.body, rest.skip);
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk?;
+        if skip > 0 {
+            let n = skip.min(chunk.len() as u64);
+            chunk = chunk.slice(n as usize..);
+            skip -= n;
+        }
+        if p.len.is_some_and(|l| at + chunk.len() as u64 > l) {
+            return Err(Error::Integrity(format!("{}: body longer than announced", p.digest)));
+        }
+        hasher.update(&chunk);
+        out.push(want(at, &chunk)).await?;
+        at += chunk.len() as u64;
+    }
+    if let Some(l) = p.len.filter(|&l| l != at) {
+        return Err(Error::Unavailable(format!("{}: passed through {at} of {l} bytes", p.digest)));
+    }
+    let actual = Digest::from_hash(hasher.finalize().into());
+    if actual != p.digest {
+        return Err(Error::Integrity(format!("{}: content hashes to {actual}", p.digest)));
+    }
+    out.finish().await;
+    Ok(())
+}
