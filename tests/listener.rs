@@ -142,3 +142,39 @@ async fn oversized_request_heads_are_refused() {
     let fine = h.client.get(h.url("/v2/")).header("x-filler", "x".repeat(8 * 1024)).send().await.unwrap();
     assert_eq!(fine.status(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_client_does_not_hold_back_the_fill_or_a_fast_client() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let h = Harness::start().await;
+    let blob = bytes_of(24 << 20, 9);
+    let d = h.upstream.add_blob(blob.clone());
+    h.upstream.fault(&d, common::Fault::Slow { chunk: 1 << 20, delay: Duration::from_millis(20) });
+    let path = Harness::blob_path(REPO, &d);
+
+    // About 1 MB/s: 64 KiB every 60 ms.
+    let read = Arc::new(AtomicUsize::new(0));
+    let (addr, slow_path, slow_read) = (h.berth.registry_addr, path.clone(), read.clone());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slow_stop = stop.clone();
+    let slow = std::thread::spawn(move || {
+        let mut s = stalled_get(addr, &slow_path);
+        let mut buf = vec![0u8; 64 << 10];
+        while !slow_stop.load(Ordering::Relaxed) {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => slow_read.fetch_add(n, Ordering::Relaxed),
+            };
+            std::thread::sleep(Duration::from_millis(60));
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(h.get(&path).await.bytes().await.unwrap() == blob, "the fast client's body differs");
+    h.settle().await; // the fill is done and published
+    let slow_had = read.load(Ordering::Relaxed);
+    assert!(slow_had < blob.len() / 2, "the slow client had read {slow_had} bytes: it was not slow");
+    assert!(h.stored_blobs().contains(&d.hex().to_owned()), "the fill waited for the slow client");
+    stop.store(true, Ordering::Relaxed);
+    slow.join().unwrap();
+}
