@@ -112,4 +112,5 @@ scenario_l() {
     stop_berth
     umount -l "$small/v1/tmp" 2>/dev/null || true
     umount -l "$small" 2>/dev/null || true
+    start_berth || fail "l: the suite's berth starts again"
 }

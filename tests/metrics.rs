@@ -61,4 +61,10 @@ async fn metrics_count_what_happened() {
     assert!(v("berth_tier_bytes", &[("tier", "disk")]) >= layer.len() as f64);
     assert_eq!(v("berth_tier_capacity_bytes", &[("tier", "memory")]), (64u64 << 20) as f64);
     assert_eq!(v("berth_fills_in_flight", &[]), 0.0);
+    // Two fills (the layer, and the missing blob's, which failed), one client each; the
+    // manifest and the layer on disk.
+    assert_eq!(v("berth_fill_clients_count", &[]), 2.0);
+    assert_eq!(v("berth_fill_clients_sum", &[]), 2.0);
+    assert_eq!(v("berth_tier_objects", &[("tier", "disk")]), 2.0);
+    assert!(v("berth_tier_objects", &[("tier", "memory")]) >= 0.0);
 }

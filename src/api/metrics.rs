@@ -28,6 +28,8 @@ pub fn render(mirror: &Mirror) -> String {
     metrics::gauge!("berth_tier_bytes", "tier" => "disk").set(store.disk.used() as f64);
     metrics::gauge!("berth_tier_capacity_bytes", "tier" => "memory").set(store.memory.capacity() as f64);
     metrics::gauge!("berth_tier_capacity_bytes", "tier" => "disk").set(mirror.gc.capacity() as f64);
+    metrics::gauge!("berth_tier_objects", "tier" => "memory").set(store.memory.objects() as f64);
+    metrics::gauge!("berth_tier_objects", "tier" => "disk").set(store.disk.objects() as f64);
     metrics::gauge!("berth_fills_in_flight").set(store.fills_in_flight() as f64);
     match install() {
         Some(handle) => {

@@ -18,8 +18,10 @@ pub struct DiskTier {
     blobs: PathBuf,
     tmp: PathBuf,
     next_tmp: AtomicU64,
-    /// Bytes of published blobs: counted at startup, kept up to date by publish and remove.
+    /// Bytes and number of published blobs: counted at startup, kept up to date by publish
+    /// and remove.
     used: AtomicU64,
+    objects: AtomicU64,
     /// Bytes promised to fills in flight that will be kept (see `reserve`).
     pending: AtomicU64,
 }
@@ -59,16 +61,23 @@ impl DiskTier {
             tmp,
             next_tmp: AtomicU64::new(0),
             used: AtomicU64::new(0),
+            objects: AtomicU64::new(0),
             pending: AtomicU64::new(0),
         };
-        let used = disk.scan()?.iter().map(|(_, len)| len).sum();
-        disk.used.store(used, Ordering::Relaxed);
+        let found = disk.scan()?;
+        disk.used.store(found.iter().map(|(_, len)| len).sum(), Ordering::Relaxed);
+        disk.objects.store(found.len() as u64, Ordering::Relaxed);
         Ok(disk)
     }
 
     /// Bytes of published blobs.
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
+    }
+
+    /// Number of published blobs.
+    pub fn objects(&self) -> u64 {
+        self.objects.load(Ordering::Relaxed)
     }
 
     /// Bytes promised to fills in flight.
@@ -117,6 +126,7 @@ impl DiskTier {
         };
         fs::remove_file(&path)?;
         self.used.fetch_sub(len, Ordering::Relaxed);
+        self.objects.fetch_sub(1, Ordering::Relaxed);
         Ok(len)
     }
 
@@ -172,9 +182,10 @@ impl DiskTier {
         fs::rename(temp, &dest)?;
         drop(room);
         self.used.fetch_add(len, Ordering::Relaxed);
-        if let Some(old) = replaced {
-            self.used.fetch_sub(old, Ordering::Relaxed);
-        }
+        match replaced {
+            Some(old) => self.used.fetch_sub(old, Ordering::Relaxed),
+            None => self.objects.fetch_add(1, Ordering::Relaxed),
+        };
         File::open(dir)?.sync_all()
     }
 

@@ -81,6 +81,8 @@ pub enum FillState {
 
 pub struct Fill {
     digest: Digest,
+    /// Requests served by this fill: the one that started it and every follower.
+    clients: std::sync::atomic::AtomicU64,
     state: watch::Sender<FillState>,
     /// Set once the fill has ended: published to the tiers, or failed.
     settled: watch::Sender<bool>,
@@ -147,10 +149,16 @@ impl Store {
         let mut inflight = self.inflight.lock().expect("inflight lock");
         if let Some(fill) = inflight.get(digest) {
             metrics::counter!("berth_fill_followers_total").increment(1);
+            fill.clients.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return (fill.clone(), false);
         }
         let (state, _) = watch::channel(FillState::Pending);
-        let fill = Arc::new(Fill { digest: digest.clone(), state, settled: watch::channel(false).0 });
+        let fill = Arc::new(Fill {
+            digest: digest.clone(),
+            clients: std::sync::atomic::AtomicU64::new(1),
+            state,
+            settled: watch::channel(false).0,
+        });
         inflight.insert(digest.clone(), fill.clone());
         drop(inflight);
         let store = self.clone();
@@ -204,6 +212,9 @@ impl Drop for LeadGuard<'_> {
         if inflight.get(&self.fill.digest).is_some_and(|f| Arc::ptr_eq(f, self.fill)) {
             inflight.remove(&self.fill.digest);
         }
+        drop(inflight);
+        let clients = self.fill.clients.load(std::sync::atomic::Ordering::Relaxed);
+        metrics::histogram!("berth_fill_clients").record(clients as f64);
         self.fill.settled.send_replace(true);
     }
 }

@@ -66,6 +66,11 @@ impl MemoryTier {
         self.capacity
     }
 
+    /// Blobs held now (settles as moka's maintenance runs, like `used`).
+    pub fn objects(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
     pub async fn remove(&self, digest: &Digest) {
         self.cache.invalidate(digest).await;
     }
