@@ -100,15 +100,20 @@ impl<T> WriteIdle<T> {
         WriteIdle { inner, idle, stalled: None }
     }
 
-    /// After a write that made no progress: fails once the deadline has passed.
-    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+    /// A write's outcome, watched: progress resets the deadline; no progress arms it, and
+    /// fails the write once it has passed.
+    fn watch<R>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
         let idle = self.idle;
         let timer = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
         if timer.as_mut().poll(cx).is_ready() {
             metrics::counter!("berth_stalled_clients_total").increment(1);
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"));
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")));
         }
-        Ok(())
+        Poll::Pending
     }
 }
 
@@ -126,16 +131,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for WriteIdle<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for WriteIdle<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Pending => match self.check(cx) {
-                Ok(()) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(e)),
-            },
-            ready => {
-                self.stalled = None;
-                ready
-            }
-        }
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -143,16 +140,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteIdle<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Pending => match self.check(cx) {
-                Ok(()) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(e)),
-            },
-            ready => {
-                self.stalled = None;
-                ready
-            }
-        }
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -160,16 +149,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteIdle<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Pending => match self.check(cx) {
-                Ok(()) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(e)),
-            },
-            ready => {
-                self.stalled = None;
-                ready
-            }
-        }
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
