@@ -33,7 +33,14 @@ async fn peer_as(upstream: &Fake, port: u16, me: &str, peers: &[String], token: 
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::config(dir.path(), &[("docker.io", &upstream.url())], "");
     cfg.server.listen = format!("127.0.0.1:{port}").parse().unwrap();
-    cfg.peers = Some(berth::config::Peers {
+    cfg.peers = Some(peers_config(me, peers, token));
+    let berth = berth::Server::start(&cfg).await.unwrap();
+    Harness { dir, upstream: upstream.clone(), berth, client: reqwest::Client::new() }
+}
+
+/// `[peers]` for tests: short timeouts, a long backoff, no DNS.
+fn peers_config(me: &str, peers: &[String], token: Option<&str>) -> berth::config::Peers {
+    berth::config::Peers {
         self_url: Url::parse(me).unwrap(),
         static_peers: peers.iter().map(|p| Url::parse(p).unwrap()).collect(),
         dns: None,
@@ -42,9 +49,18 @@ async fn peer_as(upstream: &Fake, port: u16, me: &str, peers: &[String], token: 
         read_timeout: Duration::from_secs(2),
         backoff: Duration::from_secs(60),
         token: token.map(berth::config::Secret::new),
-    });
-    let berth = berth::Server::start(&cfg).await.unwrap();
-    Harness { dir, upstream: upstream.clone(), berth, client: reqwest::Client::new() }
+    }
+}
+
+/// `n` berths on free ports, each knowing all of them.
+async fn cluster(upstream: &Fake, n: usize, token: Option<&str>) -> Vec<Harness> {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let urls: Vec<String> = ports.iter().map(|p| url_of(*p)).collect();
+    let mut nodes = Vec::new();
+    for p in &ports {
+        nodes.push(peer(upstream, *p, &urls, token).await);
+    }
+    nodes
 }
 
 fn upstream_gets(upstream: &Fake, d: &Digest) -> Vec<common::Logged> {
@@ -68,12 +84,7 @@ async fn a_cluster_fetches_each_blob_and_manifest_from_upstream_once() {
     let upstream = Fake::start().await;
     let layers: Vec<Bytes> = (0..6).map(|i| bytes_of(1 << 20, 10 + i)).collect();
     let (manifest, digests) = upstream.put_image(REPO, "v1", &layers);
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let urls: Vec<String> = ports.iter().map(|p| url_of(*p)).collect();
-    let mut nodes = Vec::new();
-    for p in &ports {
-        nodes.push(peer(&upstream, *p, &urls, Some("s3cret")).await);
-    }
+    let nodes = cluster(&upstream, 3, Some("s3cret")).await;
     // Every node pulls everything at once: the manifest by tag, then every blob.
     let digests = &digests;
     let pulls = nodes.iter().map(|n| async move {
@@ -277,12 +288,7 @@ async fn a_cluster_preheat_warms_every_peer_and_fetches_each_blob_once() {
     let upstream = Fake::start().await;
     let layers: Vec<Bytes> = (0..4).map(|i| bytes_of(1 << 20, 40 + i)).collect();
     let (_, digests) = upstream.put_image(REPO, "v1", &layers);
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let urls: Vec<String> = ports.iter().map(|p| url_of(*p)).collect();
-    let mut nodes = Vec::new();
-    for p in &ports {
-        nodes.push(peer(&upstream, *p, &urls, Some("s3cret")).await);
-    }
+    let nodes = cluster(&upstream, 3, Some("s3cret")).await;
     let admin = format!("http://{}/api/v1/preheat?wait=true", nodes[0].berth.admin_addr);
     let body = serde_json::json!({ "images": [format!("docker.io/{REPO}:v1")], "scope": "cluster" });
     let r = nodes[0].client.post(&admin).json(&body).send().await.unwrap();
@@ -328,14 +334,9 @@ async fn peers_are_found_through_dns_and_the_answer_is_refreshed() {
     let mut cfg = common::config(dir.path(), &[("docker.io", &upstream.url())], "");
     cfg.server.listen = format!("127.0.0.1:{me}").parse().unwrap();
     cfg.peers = Some(berth::config::Peers {
-        self_url: Url::parse(&url_of(me)).unwrap(),
-        static_peers: Vec::new(),
         dns: Some(format!("localhost:{other}")),
         dns_interval: Duration::from_millis(100),
-        timeout: Duration::from_millis(200),
-        read_timeout: Duration::from_secs(2),
-        backoff: Duration::from_secs(60),
-        token: None,
+        ..peers_config(&url_of(me), &[], None)
     });
     let node = berth::Server::start(&cfg).await.unwrap();
     let peers = node.mirror.peers.clone().unwrap();
