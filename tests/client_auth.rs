@@ -26,7 +26,7 @@ async fn guarded(extra_peer_token: bool) -> (Harness, tempfile::TempDir) {
                 timeout: std::time::Duration::from_millis(200),
                 read_timeout: std::time::Duration::from_secs(2),
                 backoff: std::time::Duration::from_secs(30),
-                token: Some(berth::config::Secret::new("peer-secret")),
+                token: berth::config::Secret::new("peer-secret"),
             });
         }
     })
@@ -100,7 +100,7 @@ fn auth_with_peers_needs_a_peer_token_and_files_must_hold_someone() {
     ))
     .unwrap_err()
     .to_string();
-    assert!(err.contains("peers.token"), "{err}");
+    assert!(err.contains("set token_file or token_env"), "{err}");
     let err = berth::config::Config::parse(&format!("[auth]\ntokens_file = \"{dir}/empty\"\n{base}"))
         .unwrap_err()
         .to_string();

@@ -35,7 +35,7 @@ fn the_kubernetes_kit_hangs_together() {
         berth::config::Config::parse(str_of(&cm["data"]["mirror.toml"])).unwrap_or_else(|e| panic!("{e}"));
     let peers = config.peers.expect("[peers] in the ConfigMap");
     assert_eq!(peers.self_url.as_str(), format!("http://10.1.2.3:{}/", config.server.listen.port()));
-    assert!(peers.token.is_some());
+    assert!(!peers.token.expose().is_empty());
     assert!(config.server.admin_listen.ip().is_loopback(), "admin stays on the node");
 
     // Peers are found through the headless Service's DNS name, on the registry port.

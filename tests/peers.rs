@@ -48,7 +48,8 @@ fn peers_config(me: &str, peers: &[String], token: Option<&str>) -> berth::confi
         timeout: Duration::from_millis(200),
         read_timeout: Duration::from_secs(2),
         backoff: Duration::from_secs(60),
-        token: token.map(berth::config::Secret::new),
+        // Every cluster has a token ([peers] requires one); `None` means the default one.
+        token: berth::config::Secret::new(token.unwrap_or("cluster-token")),
     }
 }
 

@@ -1,22 +1,18 @@
 //! Client authentication on the registry API, when `[auth]` is configured: HTTP Basic
 //! against an htpasswd file (bcrypt entries, as distribution takes) or a static bearer
-//! token. Requests from peers pass with the peer token instead. Both files are read again on
-//! reload (SIGHUP).
+//! token (`api::caller` asks it, after the peer token). Both files are read again on reload
+//! (SIGHUP).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use http::{header, HeaderMap};
 
 use crate::digest::Digest;
 use crate::error::Error;
-use crate::registry::Mirror;
 use crate::secret::Secret;
 
 #[derive(Default)]
@@ -33,7 +29,14 @@ pub struct ClientAuth {
     /// Basic credentials already checked against their bcrypt hash (bcrypt is slow on
     /// purpose; a pull sends the same header dozens of times), keyed by a hash of both.
     verified: moka::sync::Cache<Digest, ()>,
+    /// Turns for bcrypt checks of credentials not verified yet, so that a flood of wrong
+    /// passwords costs at most this many blocking threads.
+    bcrypt_turns: tokio::sync::Semaphore,
 }
+
+/// bcrypt checks at once, and how long a check waits for a turn before it is refused.
+const BCRYPT_TURNS: usize = 2;
+const BCRYPT_WAIT: Duration = Duration::from_secs(2);
 
 impl ClientAuth {
     pub fn load(htpasswd: Option<&Path>, tokens_file: Option<&Path>) -> Result<Arc<ClientAuth>, Error> {
@@ -45,6 +48,7 @@ impl ClientAuth {
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(600))
                 .build(),
+            bcrypt_turns: tokio::sync::Semaphore::new(BCRYPT_TURNS),
         };
         auth.reload()?;
         Ok(Arc::new(auth))
@@ -105,6 +109,10 @@ impl ClientAuth {
         if self.verified.contains_key(&key) {
             return Ok(());
         }
+        let _turn = tokio::time::timeout(BCRYPT_WAIT, self.bcrypt_turns.acquire())
+            .await
+            .map_err(|_| Error::TooManyRequests { retry_after: Some("1".into()) })?
+            .map_err(Error::internal)?;
         let password = password.to_owned();
         let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
             .await
@@ -114,23 +122,6 @@ impl ClientAuth {
         }
         self.verified.insert(key, ());
         Ok(())
-    }
-}
-
-/// The registry router's gate: everything needs credentials, but peers with the peer token.
-pub async fn require(
-    State((auth, mirror)): State<(Arc<ClientAuth>, Arc<Mirror>)>,
-    req: Request,
-    next: Next,
-) -> Response {
-    match mirror.from_peer(req.headers()) {
-        Ok(true) => return next.run(req).await,
-        Ok(false) => {}
-        Err(e) => return e.into_response(),
-    }
-    match auth.check(req.headers()).await {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
     }
 }
 

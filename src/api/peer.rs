@@ -1,15 +1,16 @@
 //! The peer API on the registry listener: what one berth asks of another besides content.
-//! Only requests with the hop marker (and the peer token, when one is set) are taken.
+//! Only peers' requests are taken (`Caller::Peer`: the peer token, decided in `api::caller`).
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::json;
 
 use super::admin::{status_of, Admin};
+use super::caller::Caller;
 use crate::error::Error;
 use crate::preheat::{PreheatRequest, Scope};
 
@@ -21,13 +22,10 @@ pub fn router(admin: Admin) -> Router {
 }
 
 /// Refuses what does not come from a peer.
-fn from_peer(a: &Admin, headers: &HeaderMap) -> Result<(), Error> {
-    if a.mirror.peers.is_none() {
-        return Err(Error::Denied("no [peers] configured".into()));
-    }
-    match a.mirror.from_peer(headers)? {
-        true => Ok(()),
-        false => Err(Error::Denied("the peer API takes requests from peers only".into())),
+fn from_peer(caller: Caller) -> Result<(), Error> {
+    match caller {
+        Caller::Peer => Ok(()),
+        _ => Err(Error::Denied("the peer API takes requests from peers only".into())),
     }
 }
 
@@ -36,8 +34,8 @@ fn bad_request(message: String) -> Response {
 }
 
 /// `POST /berth/v1/preheat`: a peer's share of a cluster preheat, run here as a local job.
-async fn submit(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(refused) = from_peer(&a, &headers) {
+async fn submit(State(a): State<Admin>, Extension(caller): Extension<Caller>, body: Bytes) -> Response {
+    if let Err(refused) = from_peer(caller) {
         return refused.into_response();
     }
     let mut req: PreheatRequest = match serde_json::from_slice(&body) {
@@ -52,8 +50,12 @@ async fn submit(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> Resp
 }
 
 /// `GET /berth/v1/preheat/<id>`
-async fn status(State(a): State<Admin>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(refused) = from_peer(&a, &headers) {
+async fn status(
+    State(a): State<Admin>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(refused) = from_peer(caller) {
         return refused.into_response();
     }
     match a.preheater.job(&id) {

@@ -4,10 +4,12 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
+use axum::Extension;
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
+use super::caller::Caller;
 use super::route::{self, Route};
 use crate::digest::Digest;
 use crate::error::Error;
@@ -26,11 +28,12 @@ pub fn ns_of(uri: &Uri) -> Option<String> {
 
 pub async fn handle(
     State(mirror): State<Arc<Mirror>>,
+    Extension(caller): Extension<Caller>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    match dispatch(&mirror, &method, &uri, &headers).await {
+    match dispatch(&mirror, caller, &method, &uri, &headers).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
@@ -38,6 +41,7 @@ pub async fn handle(
 
 async fn dispatch(
     mirror: &Mirror,
+    caller: Caller,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -59,7 +63,7 @@ async fn dispatch(
     }
     let ns = ns_of(uri);
     let ns = ns.as_deref();
-    let hop = mirror.from_peer(headers)?;
+    let hop = caller.is_peer();
     if let Some(peers) = mirror.peers.as_ref().filter(|_| hop) {
         peers.served_one();
     }

@@ -405,11 +405,6 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         {
             p.0.push(format!("auth: {e}"));
         }
-        if peers.as_ref().is_some_and(|peers| peers.token.is_none()) {
-            p.0.push(
-                "auth: with [peers], set peers.token_file or token_env (peer requests pass by it)".into(),
-            );
-        }
     }
     Config { server, storage, tags, preheat, gc, pins, registries, peers, auth }
 }

@@ -26,8 +26,9 @@ pub struct Peers {
     pub read_timeout: Duration,
     /// How long a peer that failed is left out of ownership before it is tried again.
     pub backoff: Duration,
-    /// Shared secret peer requests carry; with it, peer requests without it are refused.
-    pub token: Option<Secret>,
+    /// Shared secret every peer request carries (required): a request is a peer's only when
+    /// it presents this token, and only a peer's request may use the peer API or skip `[auth]`.
+    pub token: Secret,
 }
 
 #[derive(Deserialize, Default)]
@@ -85,6 +86,11 @@ pub(super) fn validate(raw: Option<RawPeers>, p: &mut Checker) -> Option<Peers> 
     let read_timeout = p.duration("peers.read_timeout", raw.read_timeout, "10s");
     let backoff = p.duration("peers.backoff", raw.backoff, "30s");
     let token = p.secret("peers.token", raw.token_file.as_deref(), raw.token_env.as_deref());
+    if token.is_none() && raw.token_file.is_none() && raw.token_env.is_none() {
+        p.0.push(
+            "peers: set token_file or token_env: peers prove who they are with a shared token".into(),
+        );
+    }
     Some(Peers {
         self_url: self_url?,
         static_peers,
@@ -93,7 +99,7 @@ pub(super) fn validate(raw: Option<RawPeers>, p: &mut Checker) -> Option<Peers> 
         timeout,
         read_timeout,
         backoff,
-        token,
+        token: token?,
     })
 }
 
@@ -118,26 +124,34 @@ mod tests {
     use crate::config::Config;
 
     const BASE: &str = "[[registry]]\nhost = \"docker.io\"\nendpoint = \"https://registry-1.docker.io\"\n";
+    /// A peer token every `[peers]` table here takes from the environment.
+    const TOKEN: &str = "token_env = \"BERTH_TEST_PEER_TOKEN\"\n";
+
+    fn with_token() {
+        std::env::set_var("BERTH_TEST_PEER_TOKEN", "s3cret");
+    }
 
     #[test]
     fn peers_parse_with_defaults() {
+        with_token();
         let c = Config::parse(&format!(
-            "[peers]\nself = \"http://10.0.0.1:5000\"\nstatic = [\"http://10.0.0.1:5000\", \"http://10.0.0.2:5000\"]\n{BASE}"
+            "[peers]\nself = \"http://10.0.0.1:5000\"\nstatic = [\"http://10.0.0.1:5000\", \"http://10.0.0.2:5000\"]\n{TOKEN}{BASE}"
         ))
         .unwrap();
         let peers = c.peers.unwrap();
         assert_eq!(peers.self_url.as_str(), "http://10.0.0.1:5000/");
         assert_eq!(peers.static_peers.len(), 2);
         assert_eq!(peers.timeout, std::time::Duration::from_millis(200));
-        assert!(peers.token.is_none());
+        assert_eq!(peers.token.expose(), "s3cret");
         assert!(Config::parse(BASE).unwrap().peers.is_none());
     }
 
     #[test]
     fn self_may_name_an_environment_variable() {
         std::env::set_var("BERTH_TEST_POD_IP", "10.1.2.3");
+        with_token();
         let c = Config::parse(&format!(
-            "[peers]\nself = \"http://${{BERTH_TEST_POD_IP}}:5000\"\ndns = \"berth-peers:5000\"\n{BASE}"
+            "[peers]\nself = \"http://${{BERTH_TEST_POD_IP}}:5000\"\ndns = \"berth-peers:5000\"\n{TOKEN}{BASE}"
         ))
         .unwrap();
         assert_eq!(c.peers.unwrap().self_url.as_str(), "http://10.1.2.3:5000/");
@@ -155,8 +169,14 @@ mod tests {
         ))
         .unwrap_err()
         .to_string();
-        for needle in
-            ["peers.self is required", "peers.static[0]", "peers.static[1]", "peers.dns", "peers.timeout"]
+        for needle in [
+            "peers.self is required",
+            "peers.static[0]",
+            "peers.static[1]",
+            "peers.dns",
+            "peers.timeout",
+            "set token_file or token_env",
+        ]
         {
             assert!(err.contains(needle), "{needle:?} missing from:\n{err}");
         }

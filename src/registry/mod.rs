@@ -68,12 +68,4 @@ impl Mirror {
         let peers = self.peers.as_ref().filter(|_| !hop)?;
         Some((peers.clone(), peers.owner(digest)?))
     }
-
-    /// Whether a request comes from a peer (refused without the peer token, when one is set).
-    pub fn from_peer(&self, headers: &http::HeaderMap) -> Result<bool, Error> {
-        match &self.peers {
-            Some(p) => p.check(headers),
-            None => Ok(headers.contains_key(crate::source::peers::HOP)),
-        }
-    }
 }

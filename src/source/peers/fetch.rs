@@ -19,12 +19,10 @@ use crate::store::fill::Source;
 impl Peers {
     /// A request to `peer` as a peer: with the hop marker and the peer token.
     pub fn request(&self, method: http::Method, peer: &str, path_and_query: &str) -> reqwest::RequestBuilder {
-        let mut req =
-            self.client.request(method, format!("{peer}{path_and_query}")).header(HOP, self.me.as_str());
-        if let Some(t) = &self.token {
-            req = req.header(TOKEN, t.expose());
-        }
-        req
+        self.client
+            .request(method, format!("{peer}{path_and_query}"))
+            .header(HOP, self.me.as_str())
+            .header(TOKEN, self.token.expose())
     }
 
     fn get(&self, peer: &str, ns: &str, path: &str) -> reqwest::RequestBuilder {

@@ -10,17 +10,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use http::HeaderMap;
 use serde_json::{json, Value};
 
 use crate::config::{Peers as PeersConfig, Secret};
 use crate::digest::Digest;
 use crate::error::Error;
 
-/// Marks a request sent by a peer; its value is the sender. Such a request is answered from
-/// the tiers or upstream, never forwarded again.
+/// Marks a request sent by a peer; its value is the sender. It grants nothing by itself:
+/// only the peer token makes a request a peer's (`api::caller`), and a peer's request is
+/// answered from the tiers or upstream, never forwarded again.
 pub const HOP: &str = "x-berth-hop";
-/// The shared peer token, when `[peers]` has one.
+/// The shared peer token every peer request carries.
 pub const TOKEN: &str = "x-berth-peer-token";
 
 /// A peer's identity: its URL's origin (`http://10.0.0.7:5000`), as every instance spells it.
@@ -44,7 +44,7 @@ pub struct Peers {
     members: RwLock<BTreeSet<String>>,
     health: Mutex<HashMap<String, Health>>,
     backoff: Duration,
-    token: Option<Secret>,
+    token: Secret,
     client: reqwest::Client,
     /// Misses asked of an owner, fills that went to upstream after peer trouble, and
     /// requests answered for peers.
@@ -115,24 +115,9 @@ impl Peers {
         h.failures += 1;
     }
 
-    /// Whether a request comes from a peer (carries the hop marker). With a peer token set,
-    /// a request that claims to be a peer's must carry it.
-    pub fn from_peer(token: Option<&Secret>, headers: &HeaderMap) -> Result<bool, Error> {
-        if !headers.contains_key(HOP) {
-            return Ok(false);
-        }
-        if let Some(token) = token {
-            let presented = headers.get(TOKEN).map(|v| v.as_bytes()).unwrap_or_default();
-            if !token.matches(presented) {
-                return Err(Error::Denied("peer request without the right peer token".into()));
-            }
-        }
-        Ok(true)
-    }
-
-    /// Whether a request is a peer's, checked against this instance's token.
-    pub fn check(&self, headers: &HeaderMap) -> Result<bool, Error> {
-        Peers::from_peer(self.token.as_ref(), headers)
+    /// Whether `presented` is the peer token (compared in constant time).
+    pub fn token_matches(&self, presented: &[u8]) -> bool {
+        self.token.matches(presented)
     }
 
     /// Counts a request answered for a peer.
