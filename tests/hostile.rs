@@ -91,3 +91,88 @@ fn peers_without_a_token_are_refused_by_validation() {
     .to_string();
     assert!(err.contains("token_file or token_env"), "{err}");
 }
+
+/// A berth whose one registry is public-only (as the wildcard's hosts are) but may reach its
+/// fake upstream on loopback; every other non-public address is refused.
+async fn public_only() -> Harness {
+    let upstream = common::Fake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path(), &[("docker.io", &upstream.url())], "");
+    cfg.registries[0].public_only = true;
+    cfg.registries[0].public_exempt = vec![upstream.addr];
+    let berth = berth::Server::start(&cfg).await.unwrap();
+    Harness { dir, upstream, berth, client: reqwest::Client::new() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_to_internal_addresses_are_refused_for_a_public_only_registry() {
+    let h = public_only().await;
+    let internal = common::Fake::start().await; // stands for a service inside the network
+    internal.put_manifest(REPO, "1", common::OCI_MANIFEST, "{\"secret\":true}");
+    // The happy path first: the exempt upstream itself is served.
+    let (_, layers) = h.upstream.put_image(REPO, "ok", &[bytes_of(100, 9)]);
+    assert_eq!(h.get(&format!("/v2/{REPO}/manifests/ok")).await.status(), StatusCode::OK);
+    assert_eq!(h.get(&Harness::blob_path(REPO, &layers[0])).await.status(), StatusCode::OK);
+
+    for target in [internal.url(), "http://169.254.169.254".to_owned(), "http://[::1]:9".to_owned()] {
+        *h.upstream.state.redirect_all.lock().unwrap() = Some(target.clone());
+        for path in [format!("/v2/{REPO}/tags/list"), format!("/v2/{REPO}/manifests/1")] {
+            let started = std::time::Instant::now();
+            let r = h.get(&path).await;
+            let status = r.status();
+            let body = r.text().await.unwrap();
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path} via {target}: {body}");
+            assert!(!body.contains("secret"), "{body}");
+            assert!(started.elapsed() < Duration::from_secs(2), "refused before connecting");
+        }
+    }
+    assert!(internal.log().is_empty(), "the internal service was reached: {:?}", internal.log());
+    assert!(h
+        .berth
+        .mirror
+        .store
+        .disk
+        .scan()
+        .unwrap()
+        .iter()
+        .all(|(d, _)| *d != common::digest_of("{\"secret\":true}")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_realm_on_an_internal_address_is_refused_for_a_public_only_registry() {
+    let h = public_only().await;
+    let internal = common::Fake::start().await;
+    h.upstream.state.auth.lock().unwrap().bearer = true;
+    *h.upstream.state.realm.lock().unwrap() = Some(format!("{}/token", internal.url()));
+    h.upstream.put_image(REPO, "1", &[bytes_of(100, 3)]);
+    let r = h.get(&format!("/v2/{REPO}/manifests/1")).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "{}", r.text().await.unwrap());
+    assert!(internal.log().is_empty(), "the realm was asked: {:?}", internal.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numeric_spellings_of_loopback_are_refused_by_the_wildcard() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = common::Fake::start().await; // something listening on loopback
+    let port = listener.addr.port();
+    let cfg = berth::config::Config::parse(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndefault_registry = \"*\"\n\
+         [storage]\ndir = \"{}\"\n[[registry]]\nhost = \"*\"\nendpoint = \"https://*\"\n",
+        dir.path().display()
+    ))
+    .unwrap();
+    let berth = berth::Server::start(&cfg).await.unwrap();
+    let client = reqwest::Client::new();
+    for ns in [
+        format!("2130706433:{port}"),
+        format!("127.1:{port}"),
+        format!("0x7f.1:{port}"),
+        format!("0177.1:{port}"),
+    ] {
+        let url = format!("http://{}/v2/{REPO}/manifests/1?ns={ns}", berth.registry_addr);
+        let r = client.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{ns}");
+        assert!(r.text().await.unwrap().contains("DENIED"));
+    }
+    assert!(listener.log().is_empty());
+}

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::Extension;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures::TryStreamExt;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 

@@ -110,6 +110,11 @@ pub struct Registry {
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Connect only to public addresses (the wildcard entry and the hosts it mirrors).
+    pub public_only: bool,
+    /// Socket addresses a public-only registry may reach anyway: never set from mirror.toml
+    /// (tests put their loopback fake upstream here).
+    pub public_exempt: Vec<SocketAddr>,
 }
 
 // The file as written: strings for sizes and durations, so that validation can name every
@@ -378,6 +383,8 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             username: r.username,
             password,
             ca_file: r.ca_file,
+            public_only: wildcard,
+            public_exempt: Vec::new(),
         });
     }
     if registries.is_empty() {

@@ -87,9 +87,7 @@ pub(super) fn validate(raw: Option<RawPeers>, p: &mut Checker) -> Option<Peers> 
     let backoff = p.duration("peers.backoff", raw.backoff, "30s");
     let token = p.secret("peers.token", raw.token_file.as_deref(), raw.token_env.as_deref());
     if token.is_none() && raw.token_file.is_none() && raw.token_env.is_none() {
-        p.0.push(
-            "peers: set token_file or token_env: peers prove who they are with a shared token".into(),
-        );
+        p.0.push("peers: set token_file or token_env: peers prove who they are with a shared token".into());
     }
     Some(Peers {
         self_url: self_url?,
@@ -176,8 +174,7 @@ mod tests {
             "peers.dns",
             "peers.timeout",
             "set token_file or token_env",
-        ]
-        {
+        ] {
             assert!(err.contains(needle), "{needle:?} missing from:\n{err}");
         }
     }

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use super::public::Guard;
+use super::upstream::{body_at_most, BodyError};
 use crate::config::Secret;
 use crate::error::Error;
 
@@ -69,6 +71,9 @@ fn parse_params(s: &str) -> Vec<(String, String)> {
     }
 }
 
+/// Token responses larger than this are refused (real ones are a few KiB).
+const MAX_TOKEN_RESPONSE: u64 = 64 * 1024;
+
 #[derive(Deserialize)]
 struct TokenResponse {
     token: Option<String>,
@@ -102,6 +107,7 @@ impl TokenCache {
     pub async fn fetch(
         &self,
         client: &reqwest::Client,
+        guard: Option<&Guard>,
         challenge: &Challenge,
         scope: &str,
         creds: Option<&(String, Secret)>,
@@ -118,6 +124,9 @@ impl TokenCache {
             }
             q.append_pair("scope", asked.as_deref().unwrap_or(scope));
         }
+        if let Some(guard) = guard {
+            guard.check_url(&url).map_err(|e| Error::Denied(format!("token realm: {e}")))?;
+        }
         let mut req = client.get(url);
         if let Some((user, pass)) = creds {
             req = req.basic_auth(user, Some(pass.expose()));
@@ -130,8 +139,12 @@ impl TokenCache {
         if !status.is_success() {
             return Err(Error::Unavailable(format!("token service answered {status}")));
         }
+        let body = body_at_most(resp, MAX_TOKEN_RESPONSE, "token service").await.map_err(|e| match e {
+            BodyError::TooLarge(n) => Error::Unavailable(format!("token response of over {n} bytes")),
+            BodyError::Failed(e) => e,
+        })?;
         let body: TokenResponse =
-            resp.json().await.map_err(|e| Error::Unavailable(format!("token response: {e}")))?;
+            serde_json::from_slice(&body).map_err(|e| Error::Unavailable(format!("token response: {e}")))?;
         let token = body
             .token
             .or(body.access_token)

@@ -2,6 +2,7 @@
 //! registries.
 
 pub mod auth;
+pub(crate) mod outbound;
 pub mod peers;
 pub mod public;
 pub mod upstream;
@@ -37,7 +38,7 @@ impl Upstreams {
             if r.host == "*" {
                 wildcard = Some(r.clone());
             } else {
-                by_host.insert(r.host.clone(), Arc::new(Upstream::new(r, false, fills.clone())?));
+                by_host.insert(r.host.clone(), Arc::new(Upstream::new(r, fills.clone())?));
             }
         }
         Ok(Upstreams {
@@ -72,9 +73,10 @@ impl Upstreams {
         let cfg = Registry {
             host: host.to_owned(),
             endpoint: url::Url::parse(&endpoint).map_err(|_| denied())?,
+            public_only: true,
             ..template.clone()
         };
-        let upstream = Arc::new(Upstream::new(&cfg, true, self.fills.clone())?);
+        let upstream = Arc::new(Upstream::new(&cfg, self.fills.clone())?);
         let mut dynamic = self.dynamic.lock().expect("upstreams lock");
         if dynamic.len() < MAX_DYNAMIC {
             dynamic.insert(host.to_owned(), upstream.clone());

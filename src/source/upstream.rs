@@ -10,6 +10,7 @@ use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use url::Url;
 
 use super::auth::{parse_challenge, Challenge, TokenCache};
+use super::public::Guard;
 use crate::config::{Registry, Secret};
 use crate::digest::Digest;
 use crate::error::Error;
@@ -23,6 +24,8 @@ pub struct Upstream {
     pub host: String,
     endpoint: Url,
     client: reqwest::Client,
+    /// The address guard of a public-only registry, checked on every URL before it is asked.
+    guard: Option<Arc<Guard>>,
     creds: Option<(String, Secret)>,
     tokens: TokenCache,
     /// Upstream asked for Basic auth: send credentials up front from now on.
@@ -46,34 +49,16 @@ pub struct ManifestHead {
 }
 
 impl Upstream {
-    /// `public_only`: connect only to public addresses (the wildcard registry).
-    pub fn new(
-        cfg: &Registry,
-        public_only: bool,
-        fills: Arc<tokio::sync::Semaphore>,
-    ) -> Result<Upstream, Error> {
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(cfg.connect_timeout)
-            .read_timeout(cfg.read_timeout)
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| Error::Internal(format!("{}: {e}", ca.display())))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| Error::Internal(format!("{}: {e}", ca.display())))?
-            {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        if public_only {
-            builder = builder.dns_resolver(Arc::new(super::public::PublicOnly));
-        }
-        let client = builder.build().map_err(Error::internal)?;
+    /// A public-only registry (`cfg.public_only`, the wildcard's hosts) connects only to
+    /// public addresses; see `outbound`.
+    pub fn new(cfg: &Registry, fills: Arc<tokio::sync::Semaphore>) -> Result<Upstream, Error> {
+        let (client, guard) = super::outbound::client_for(cfg)?;
         let creds = cfg.username.clone().zip(cfg.password.clone());
         Ok(Upstream {
             host: cfg.host.clone(),
             endpoint: cfg.endpoint.clone(),
             client,
+            guard,
             creds,
             tokens: TokenCache::default(),
             basic: AtomicBool::new(false),
@@ -109,7 +94,10 @@ impl Upstream {
         match challenge {
             Some(c @ Challenge::Bearer { .. }) => {
                 self.tokens.forget(&scope);
-                let token = self.tokens.fetch(&self.client, &c, &scope, self.creds.as_ref()).await?;
+                let token = self
+                    .tokens
+                    .fetch(&self.client, self.guard.as_deref(), &c, &scope, self.creds.as_ref())
+                    .await?;
                 auth = Some(bearer(&token)?);
             }
             Some(Challenge::Basic) if self.creds.is_some() && !self.basic.swap(true, Ordering::Relaxed) => {
@@ -147,6 +135,7 @@ impl Upstream {
         let mut url = url.clone();
         let mut method = method.clone();
         for _ in 0..=MAX_REDIRECTS {
+            self.check_target(&url)?;
             let mut req = self.client.request(method.clone(), url.clone()).headers(headers.clone());
             if let Some(auth) = auth.filter(|_| url.origin() == self.endpoint.origin()) {
                 req = req.header(header::AUTHORIZATION, auth.clone());
@@ -174,6 +163,17 @@ impl Upstream {
             }
         }
         Err(Error::Unavailable(format!("{}: too many redirects", self.host)))
+    }
+
+    /// Refuses a URL the registry's address guard does not allow (a redirect or the first
+    /// request to a non-public IP literal).
+    fn check_target(&self, url: &Url) -> Result<(), Error> {
+        match &self.guard {
+            Some(guard) => {
+                guard.check_url(url).map_err(|e| Error::Denied(format!("registry {:?}: {e}", self.host)))
+            }
+            None => Ok(()),
+        }
     }
 
     /// GET a manifest by tag or digest: bytes read whole (at most 4 MiB) and hashed.
@@ -319,16 +319,10 @@ pub(crate) async fn read_manifest(resp: reqwest::Response, from: &str) -> Result
     let announced = header_digest(resp.headers());
     let content_type =
         resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let mut body = BytesMut::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| unavailable(from, e))?;
-        if (body.len() + chunk.len()) as u64 > MAX_MANIFEST {
-            return Err(Error::ManifestTooLarge((body.len() + chunk.len()) as u64));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    let bytes = body.freeze();
+    let bytes = body_at_most(resp, MAX_MANIFEST, from).await.map_err(|e| match e {
+        BodyError::TooLarge(n) => Error::ManifestTooLarge(n),
+        BodyError::Failed(e) => e,
+    })?;
     let digest = Digest::of(&bytes);
     if let Some(announced) = announced.filter(|a| *a != digest) {
         return Err(Error::Integrity(format!("manifest announced as {announced} hashes to {digest}")));
@@ -338,6 +332,33 @@ pub(crate) async fn read_manifest(resp: reqwest::Response, from: &str) -> Result
         .or_else(|| media_type_in(&bytes))
         .unwrap_or_else(|| "application/octet-stream".to_owned());
     Ok(FetchedManifest { bytes, digest, media_type })
+}
+
+/// Why a bounded body read failed.
+pub(crate) enum BodyError {
+    /// More than the limit arrived (at least this many bytes).
+    TooLarge(u64),
+    Failed(Error),
+}
+
+/// A response body read whole, refused as soon as more than `limit` bytes have arrived
+/// (whatever its Content-Length says); `from` names the sender in errors.
+pub(crate) async fn body_at_most(
+    resp: reqwest::Response,
+    limit: u64,
+    from: &str,
+) -> Result<Bytes, BodyError> {
+    let mut body = BytesMut::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| BodyError::Failed(unavailable(from, e)))?;
+        let total = (body.len() as u64).saturating_add(chunk.len() as u64);
+        if total > limit {
+            return Err(BodyError::TooLarge(total));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 fn bearer(token: &str) -> Result<HeaderValue, Error> {

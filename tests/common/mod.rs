@@ -68,6 +68,10 @@ pub struct FakeState {
     /// A status every manifest request gets, when set.
     pub manifest_status: Mutex<Option<u16>>,
     pub auth: Mutex<Auth>,
+    /// The token realm challenges name, when not this server's own `/token`.
+    pub realm: Mutex<Option<String>>,
+    /// Every `/v2/` request is answered with a 307 to this base URL plus the request's path.
+    pub redirect_all: Mutex<Option<String>>,
     pub log: Mutex<Vec<Logged>>,
     /// GETs per blob digest.
     pub gets: Mutex<HashMap<String, usize>>,
@@ -176,9 +180,8 @@ impl Fake {
     }
 }
 
-fn challenge(addr: SocketAddr, repo: &str, error: Option<&str>) -> Response {
-    let mut v =
-        format!(r#"Bearer realm="http://{addr}/token",service="fake",scope="repository:{repo}:pull""#);
+fn challenge(realm: &str, repo: &str, error: Option<&str>) -> Response {
+    let mut v = format!(r#"Bearer realm="{realm}",service="fake",scope="repository:{repo}:pull""#);
     if let Some(e) = error {
         v.push_str(&format!(r#",error="{e}""#));
     }
@@ -235,6 +238,11 @@ async fn handle(State(state): State<Arc<FakeState>>, req: Request) -> Response {
     let Some(rest) = path.strip_prefix("/v2/") else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    if let Some(base) = state.redirect_all.lock().unwrap().clone() {
+        return (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, format!("{base}{path}"))])
+            .into_response();
+    }
+    let realm = state.realm.lock().unwrap().clone().unwrap_or_else(|| format!("http://{addr}/token"));
     let (repo, kind, reference) = if let Some((r, x)) = rest.rsplit_once("/manifests/") {
         (r.to_owned(), "manifests", x.to_owned())
     } else if let Some((r, x)) = rest.rsplit_once("/blobs/") {
@@ -254,8 +262,10 @@ async fn handle(State(state): State<Arc<FakeState>>, req: Request) -> Response {
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::to_owned);
             match presented {
-                None => return challenge(addr, &repo, None),
-                Some(t) if !auth.tokens.contains(&t) => return challenge(addr, &repo, Some("invalid_token")),
+                None => return challenge(&realm, &repo, None),
+                Some(t) if !auth.tokens.contains(&t) => {
+                    return challenge(&realm, &repo, Some("invalid_token"))
+                }
                 Some(_) => {}
             }
         } else if let Some((u, p)) = &auth.basic {
@@ -498,4 +508,9 @@ pub fn bytes_of(len: usize, seed: u8) -> Bytes {
         })
         .collect::<Vec<u8>>()
         .into()
+}
+
+/// The digest of `bytes`.
+pub fn digest_of(bytes: impl AsRef<[u8]>) -> Digest {
+    Digest::of(bytes.as_ref())
 }

@@ -1,0 +1,109 @@
+//! The one place that builds the HTTP clients berth talks to upstream registries with, and so
+//! owns every outbound connection's policy: TLS roots (system plus `ca_file`, always
+//! verified), timeouts, proxies, redirects (never followed by the client: `Upstream` follows
+//! them itself, checking each hop), and for a public-only registry the address guard at the
+//! resolver and at the connector, with proxy environment variables ignored so that no proxy
+//! can reach what the guard refuses.
+
+use std::sync::Arc;
+
+use super::public::{ConnectGuard, Guard, PublicOnly};
+use crate::config::Registry;
+use crate::error::Error;
+
+/// The client for `cfg`'s upstream, and its guard when the registry is public-only.
+pub fn client_for(cfg: &Registry) -> Result<(reqwest::Client, Option<Arc<Guard>>), Error> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(cfg.connect_timeout)
+        .read_timeout(cfg.read_timeout)
+        .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = &cfg.ca_file {
+        for cert in extra_roots(ca)? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    let guard = cfg.public_only.then(|| Arc::new(Guard { exempt: cfg.public_exempt.clone() }));
+    if let Some(guard) = &guard {
+        builder = builder
+            .no_proxy()
+            .dns_resolver(Arc::new(PublicOnly))
+            .connector_layer(ConnectGuard(guard.clone()));
+    }
+    Ok((builder.build().map_err(Error::internal)?, guard))
+}
+
+/// The certificates of a PEM bundle, as extra trust roots.
+pub fn extra_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, Error> {
+    let pem = std::fs::read(path).map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
+    reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn registry(public_only: bool) -> Registry {
+        Registry {
+            host: "example.test".into(),
+            endpoint: url::Url::parse("https://example.test").unwrap(),
+            username: None,
+            password: None,
+            ca_file: None,
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            public_only,
+            public_exempt: Vec::new(),
+        }
+    }
+
+    /// A listener that counts the bytes any client sends it.
+    async fn listener() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::AsyncReadExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (addr, seen) = (l.local_addr().unwrap(), Arc::new(std::sync::atomic::AtomicUsize::new(0)));
+        let counted = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        counted.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn a_public_only_client_writes_nothing_on_a_connection_to_a_private_address() {
+        let (addr, seen) = listener().await;
+        let (client, _) = client_for(&registry(true)).unwrap();
+        // Straight to the client, past every URL check: the connector is the backstop.
+        let err = client.get(format!("http://{addr}/v2/")).send().await.unwrap_err();
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+        let mut refused = false;
+        while let Some(c) = cause {
+            refused |= c.downcast_ref::<crate::source::public::NotPublic>().is_some();
+            cause = c.source();
+        }
+        assert!(refused, "{err:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0, "a request was written");
+
+        // The same request from a client of a configured registry goes out.
+        let (open, _) = client_for(&registry(false)).unwrap();
+        let _ =
+            tokio::time::timeout(Duration::from_millis(300), open.get(format!("http://{addr}/v2/")).send())
+                .await;
+        assert!(seen.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    }
+}
