@@ -29,6 +29,13 @@ pub enum Error {
     },
     UpstreamDenied(String),
     ManifestTooLarge(u64),
+    /// A client error upstream answered (4xx but 401, 403, 404, 429), passed on as it is:
+    /// its status, the first OCI error code of its body, and that body.
+    Upstream {
+        status: u16,
+        code: String,
+        body: bytes::Bytes,
+    },
     /// Upstream bytes that do not match their digest or announced length.
     Integrity(String),
     // berth itself.
@@ -46,7 +53,8 @@ impl Error {
         match self {
             NameInvalid(_) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
             DigestInvalid(_) => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
-            TagInvalid(_) => (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
+            // A reference that is no valid tag names no manifest (as distribution answers).
+            TagInvalid(_) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
             RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID"),
             Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             Denied(_) | UpstreamDenied(_) => (StatusCode::FORBIDDEN, "DENIED"),
@@ -57,6 +65,9 @@ impl Error {
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
             ManifestTooLarge(_) => (StatusCode::BAD_GATEWAY, "MANIFEST_INVALID"),
+            Upstream { status, .. } => {
+                (StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY), "UNKNOWN")
+            }
             Integrity(_) => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
         }
@@ -81,6 +92,7 @@ impl std::fmt::Display for Error {
             TooManyRequests { .. } => f.write_str("upstream rate limit reached"),
             UpstreamDenied(m) => write!(f, "upstream denied access: {m}"),
             ManifestTooLarge(n) => write!(f, "manifest of {n} bytes exceeds the 4 MiB limit"),
+            Upstream { status, code, .. } => write!(f, "upstream answered {status} {code}"),
             Integrity(m) => write!(f, "upstream content rejected: {m}"),
             Internal(m) => write!(f, "internal error: {m}"),
         }
@@ -92,10 +104,11 @@ impl std::error::Error for Error {}
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code) = self.status_code();
-        let body = serde_json::json!({
-            "errors": [{ "code": code, "message": self.to_string(), "detail": null }]
-        });
-        let mut resp = (status, body.to_string()).into_response();
+        let body = match &self {
+            Error::Upstream { body, .. } => body.clone(),
+            _ => oci_body(code, &self.to_string()).into(),
+        };
+        let mut resp = (status, body).into_response();
         let headers = resp.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match &self {
@@ -116,6 +129,27 @@ impl IntoResponse for Error {
         }
         resp
     }
+}
+
+/// An OCI error document with one error.
+pub fn oci_body(code: &str, message: &str) -> String {
+    serde_json::json!({ "errors": [{ "code": code, "message": message, "detail": null }] }).to_string()
+}
+
+/// The first error code of an OCI error document, if `body` is one.
+pub fn first_code(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        errors: Vec<Item>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item {
+        code: String,
+    }
+    let doc: Doc = serde_json::from_slice(body).ok()?;
+    let code = doc.errors.into_iter().next()?.code;
+    let printable = !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_graphic());
+    printable.then_some(code)
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -86,7 +86,7 @@ async fn bad_input_gets_oci_errors() {
         ("/v2/library/app/blobs/sha256:abc", StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
         ("/v2/library/app/blobs/md5:abc", StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
         ("/v2/Library/App/manifests/1", StatusCode::BAD_REQUEST, "NAME_INVALID"),
-        ("/v2/library/app/manifests/-bad", StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
+        ("/v2/library/app/manifests/-bad", StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
         ("/v2/library/app/whatever", StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
     ] {
         let r = t.client.get(t.url(path)).send().await.unwrap();

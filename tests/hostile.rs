@@ -176,3 +176,106 @@ async fn numeric_spellings_of_loopback_are_refused_by_the_wildcard() {
     }
     assert!(listener.log().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_client_errors_pass_through_with_their_status_and_code() {
+    let h = Harness::start().await;
+    let invalid = r#"{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid","detail":{}}]}"#;
+    h.upstream
+        .state
+        .answers
+        .lock()
+        .unwrap()
+        .insert(format!("/v2/{REPO}/manifests/v1"), (400, invalid.into()));
+    let r = h
+        .client
+        .get(h.url(&format!("/v2/{REPO}/manifests/v1")))
+        .header("accept", common::OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "not 503: the client's error is no outage");
+    assert_eq!(r.text().await.unwrap(), invalid);
+    // A body that is no OCI error document keeps the status, with a generic body.
+    h.upstream
+        .state
+        .answers
+        .lock()
+        .unwrap()
+        .insert(format!("/v2/{REPO}/manifests/v2"), (409, "<html>".into()));
+    let r = h.get(&format!("/v2/{REPO}/manifests/v2")).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert!(r.text().await.unwrap().contains("\"UNKNOWN\""));
+    // Outages stay 503.
+    h.upstream.state.answers.lock().unwrap().insert(format!("/v2/{REPO}/manifests/v3"), (502, "{}".into()));
+    assert_eq!(h.get(&format!("/v2/{REPO}/manifests/v3")).await.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_references_get_the_codes_distribution_gives() {
+    let h = Harness::start().await;
+    for (reference, status, code) in [
+        (".INVALID_MANIFEST_NAME", StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+        ("-x", StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+        ("sha256:totallywrong", StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
+        ("md5:d41d8cd98f00b204e9800998ecf8427e", StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
+    ] {
+        for head in [false, true] {
+            let url = h.url(&format!("/v2/{REPO}/manifests/{reference}"));
+            let r = if head { h.client.head(url) } else { h.client.get(url) }.send().await.unwrap();
+            assert_eq!(r.status(), status, "{reference}");
+            if !head {
+                assert!(r.text().await.unwrap().contains(code), "{reference}");
+            }
+        }
+    }
+    assert!(h.upstream.log().is_empty(), "nothing to ask upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_answers_keep_filters_links_and_error_codes() {
+    let h = Harness::start().await;
+    let d = common::digest_of("subject");
+    let r = h.get(&format!("/v2/{REPO}/referrers/{d}?artifactType=application/x&ns=docker.io")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["oci-filters-applied"], "artifactType");
+
+    let r = h.get(&format!("/v2/{REPO}/tags/list?n=1&ns=docker.io")).await;
+    assert_eq!(r.headers()["link"], format!("</v2/{REPO}/tags/list?n=1&last=1&ns=docker.io>; rel=\"next\""));
+
+    let unknown = r#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry","detail":{"name":"nope/x"}}]}"#;
+    h.upstream.state.answers.lock().unwrap().insert("/v2/nope/x/tags/list".into(), (404, unknown.into()));
+    let r = h.get("/v2/nope/x/tags/list").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.text().await.unwrap(), unknown);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_with_range_gets_the_same_answer_on_a_hit_and_a_miss() {
+    let h = Harness::start().await;
+    let d = h.upstream.add_blob(bytes_of(5000, 4));
+    let url = h.url(&Harness::blob_path(REPO, &d));
+    let head = || h.client.head(&url).header("range", "bytes=10-19").send();
+    let miss = head().await.unwrap();
+    assert_eq!(h.get(&Harness::blob_path(REPO, &d)).await.bytes().await.unwrap().len(), 5000);
+    h.settle().await;
+    let hit = head().await.unwrap();
+    for r in [&miss, &hit] {
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-length"], "5000");
+        assert!(r.headers().get("content-range").is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_requests_to_a_basic_auth_upstream_all_succeed() {
+    let h = Harness::start_with("username = \"u\"\npassword_env = \"BERTH_HOSTILE_BASIC\"", |_| {});
+    std::env::set_var("BERTH_HOSTILE_BASIC", "p");
+    let h = h.await;
+    h.upstream.state.auth.lock().unwrap().basic = Some(("u".into(), "p".into()));
+    let blobs: Vec<_> = (0..8).map(|i| h.upstream.add_blob(bytes_of(2000, 50 + i))).collect();
+    let gets = blobs.iter().map(|d| h.client.get(h.url(&Harness::blob_path(REPO, d))).send());
+    for r in futures::future::join_all(gets).await {
+        assert_eq!(r.unwrap().status(), StatusCode::OK);
+    }
+}

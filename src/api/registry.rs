@@ -19,6 +19,9 @@ use crate::registry::Mirror;
 use crate::store::Tier;
 
 const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+/// The referrers filters upstream applied (the distribution spec says a registry MUST send it
+/// when it filtered).
+const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 
 /// The `ns` query parameter: which registry a containerd request is for.
 pub fn ns_of(uri: &Uri) -> Option<String> {
@@ -85,7 +88,12 @@ async fn dispatch(
             Ok(tagged(resp, m.tier))
         }
         Route::Blob { name, digest } => {
-            let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(RangeSpec::parse);
+            // A HEAD ignores Range (RFC 9110): the same answer on a hit and a miss.
+            let range = headers
+                .get(header::RANGE)
+                .filter(|_| !head)
+                .and_then(|v| v.to_str().ok())
+                .and_then(RangeSpec::parse);
             let b = mirror.blob(ns, &name, &digest, range, head, hop).await?;
             let body = match b.body {
                 Some(s) => Body::from_stream(s),
@@ -137,9 +145,15 @@ async fn passthrough(
     }
     let up = upstream.passthrough(&path, name, headers.get(header::ACCEPT)).await?;
     let mut resp = Response::builder().status(up.status().as_u16());
-    for h in [header::CONTENT_TYPE, header::LINK, header::CONTENT_LENGTH] {
+    for h in [header::CONTENT_TYPE, header::CONTENT_LENGTH, OCI_FILTERS_APPLIED] {
         if let Some(v) = up.headers().get(&h) {
             resp = resp.header(h, v.clone());
+        }
+    }
+    // The next page stays with this registry: the link is made relative to berth, keeping ns.
+    if let Some(link) = up.headers().get(header::LINK).and_then(|v| v.to_str().ok()) {
+        if let Some(v) = next_link(link, up.url(), ns).and_then(|l| HeaderValue::from_str(&l).ok()) {
+            resp = resp.header(header::LINK, v);
         }
     }
     let body = if head {
@@ -149,6 +163,25 @@ async fn passthrough(
     };
     let resp = resp.body(body).map_err(Error::internal)?;
     Ok(tagged(resp, Tier::Upstream))
+}
+
+/// Upstream's `Link: <URL>; rel="next"` for the next page, as a link to berth: the path and
+/// query of URL (resolved against the page it came with), with `ns` added back. A link that
+/// leaves `/v2/` is dropped.
+fn next_link(link: &str, page: &url::Url, ns: Option<&str>) -> Option<String> {
+    let (target, params) = link.trim().strip_prefix('<')?.split_once('>')?;
+    let target = page.join(target).ok()?;
+    if !target.path().starts_with("/v2/") {
+        return None;
+    }
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query.extend_pairs(target.query_pairs().filter(|(k, _)| k != "ns"));
+    if let Some(ns) = ns {
+        query.append_pair("ns", ns);
+    }
+    let query = query.finish();
+    let sep = if query.is_empty() { "" } else { "?" };
+    Some(format!("<{}{sep}{query}>{params}", target.path()))
 }
 
 fn content_headers(h: &mut HeaderMap, digest: &Digest) {
@@ -164,4 +197,26 @@ fn value(s: &str) -> Result<HeaderValue, Error> {
 fn tagged(mut resp: Response, tier: Tier) -> Response {
     resp.extensions_mut().insert(tier);
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_page_links_keep_the_registry() {
+        let page = url::Url::parse("https://ghcr.io/v2/org/app/tags/list?n=2").unwrap();
+        let link = r#"</v2/org/app/tags/list?n=2&last=b>; rel="next""#;
+        assert_eq!(
+            next_link(link, &page, Some("ghcr.io")).unwrap(),
+            r#"</v2/org/app/tags/list?n=2&last=b&ns=ghcr.io>; rel="next""#
+        );
+        let absolute = r#"<https://ghcr.io/v2/org/app/tags/list?last=b&ns=evil>; rel="next""#;
+        assert_eq!(
+            next_link(absolute, &page, None).unwrap(),
+            r#"</v2/org/app/tags/list?last=b>; rel="next""#
+        );
+        assert_eq!(next_link(r#"<https://elsewhere/steal>; rel="next""#, &page, None), None);
+        assert_eq!(next_link("garbage", &page, None), None);
+    }
 }

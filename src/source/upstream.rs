@@ -82,6 +82,10 @@ impl Upstream {
         let url = self.url(path_and_query)?;
         let scope = format!("repository:{repo}:pull");
         let mut auth = self.auth_for(&scope);
+        // Whether this request carries Basic credentials: any request that went out without
+        // them and is challenged for Basic retries with them (also when a concurrent request
+        // learned "Basic" first).
+        let sent_basic = auth.is_some() && self.tokens.get(&scope).is_none();
         let resp = self.send_once(&method, &url, &headers, auth.as_ref()).await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
@@ -100,7 +104,8 @@ impl Upstream {
                     .await?;
                 auth = Some(bearer(&token)?);
             }
-            Some(Challenge::Basic) if self.creds.is_some() && !self.basic.swap(true, Ordering::Relaxed) => {
+            Some(Challenge::Basic) if self.creds.is_some() && !sent_basic => {
+                self.basic.store(true, Ordering::Relaxed);
                 auth = self.auth_for(&scope);
             }
             _ => return Ok(resp),
@@ -186,7 +191,7 @@ impl Upstream {
         let resp = self
             .send(Method::GET, &format!("/v2/{repo}/manifests/{reference}"), repo, accept_headers(accept))
             .await?;
-        let resp = check(resp, Error::ManifestUnknown)?;
+        let resp = check(resp, Error::ManifestUnknown).await?;
         let m = read_manifest(resp, &self.host).await?;
         metrics::counter!("berth_upstream_bytes_total", "registry" => self.host.clone())
             .increment(m.bytes.len() as u64);
@@ -204,7 +209,7 @@ impl Upstream {
         let resp = self
             .send(Method::HEAD, &format!("/v2/{repo}/manifests/{reference}"), repo, accept_headers(accept))
             .await?;
-        let resp = check(resp, Error::ManifestUnknown)?;
+        let resp = check(resp, Error::ManifestUnknown).await?;
         let h = resp.headers();
         Ok(ManifestHead {
             digest: header_digest(h),
@@ -221,7 +226,7 @@ impl Upstream {
         let turn = self.fills.clone().acquire_owned().await.map_err(Error::internal)?;
         let resp =
             self.send(Method::GET, &format!("/v2/{repo}/blobs/{digest}"), repo, HeaderMap::new()).await?;
-        let resp = check(resp, Error::BlobUnknown)?;
+        let resp = check(resp, Error::BlobUnknown).await?;
         let len = resp.content_length();
         let body = self.body_of(resp);
         Ok(Source {
@@ -249,7 +254,7 @@ impl Upstream {
         let mut headers = HeaderMap::new();
         headers.insert(header::RANGE, HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii"));
         let resp = self.send(Method::GET, &format!("/v2/{repo}/blobs/{digest}"), repo, headers).await?;
-        let resp = check(resp, Error::BlobUnknown)?;
+        let resp = check(resp, Error::BlobUnknown).await?;
         if resp.status() != StatusCode::PARTIAL_CONTENT {
             return Ok(Resumed { body: self.body_of(resp), skip: offset });
         }
@@ -286,7 +291,7 @@ impl Upstream {
     pub async fn blob_len(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, Error> {
         let resp =
             self.send(Method::HEAD, &format!("/v2/{repo}/blobs/{digest}"), repo, HeaderMap::new()).await?;
-        let resp = check(resp, Error::BlobUnknown)?;
+        let resp = check(resp, Error::BlobUnknown).await?;
         Ok(resp
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -306,7 +311,7 @@ impl Upstream {
             headers.insert(header::ACCEPT, a.clone());
         }
         let resp = self.send(Method::GET, path_and_query, repo, headers).await?;
-        check(resp, Error::NameUnknown)
+        check_passthrough(resp).await
     }
 }
 
@@ -418,14 +423,28 @@ pub(crate) fn unavailable(host: &str, e: reqwest::Error) -> Error {
     Error::Unavailable(msg)
 }
 
+/// Upstream error bodies longer than this are cut to a generic one.
+const MAX_ERROR_BODY: u64 = 16 * 1024;
+
 /// Maps an upstream status to berth's errors; `not_found` is the OCI error for a 404.
-pub fn check(resp: reqwest::Response, not_found: Error) -> Result<reqwest::Response, Error> {
+/// Other client errors (400 `MANIFEST_INVALID` for an Accept the manifest does not match,
+/// 416, ...) are the client's: passed on with upstream's status and OCI error body. 401 and
+/// 403 are about berth's own credentials (`DENIED`); 5xx and the rest are `UNAVAILABLE`.
+pub async fn check(resp: reqwest::Response, not_found: Error) -> Result<reqwest::Response, Error> {
+    if resp.status() == StatusCode::NOT_FOUND {
+        return Err(not_found);
+    }
+    check_passthrough(resp).await
+}
+
+/// As `check`, for answers passed through (tags/list, referrers): a 404 keeps upstream's
+/// code too.
+pub async fn check_passthrough(resp: reqwest::Response) -> Result<reqwest::Response, Error> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);
     }
     Err(match status {
-        StatusCode::NOT_FOUND => not_found,
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
             Error::UpstreamDenied(format!("upstream answered {status}"))
         }
@@ -436,6 +455,25 @@ pub fn check(resp: reqwest::Response, not_found: Error) -> Result<reqwest::Respo
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
         },
+        StatusCode::PROXY_AUTHENTICATION_REQUIRED | StatusCode::REQUEST_TIMEOUT => {
+            Error::Unavailable(format!("upstream answered {status}"))
+        }
+        s if s.is_client_error() => client_error(resp).await,
         _ => Error::Unavailable(format!("upstream answered {status}")),
     })
+}
+
+/// An upstream client error as berth passes it on: its status, and its body when that is an
+/// OCI error document of reasonable size (else a generic one with the same status).
+async fn client_error(resp: reqwest::Response) -> Error {
+    let status = resp.status().as_u16();
+    let body = body_at_most(resp, MAX_ERROR_BODY, "upstream").await.ok();
+    let code = body.as_deref().and_then(crate::error::first_code);
+    match (body, code) {
+        (Some(body), Some(code)) => Error::Upstream { status, code, body },
+        _ => {
+            let body = crate::error::oci_body("UNKNOWN", &format!("upstream answered {status}"));
+            Error::Upstream { status, code: "UNKNOWN".into(), body: body.into() }
+        }
+    }
 }

@@ -72,6 +72,8 @@ pub struct FakeState {
     pub realm: Mutex<Option<String>>,
     /// Every `/v2/` request is answered with a 307 to this base URL plus the request's path.
     pub redirect_all: Mutex<Option<String>>,
+    /// Canned answers by exact path: status and body (a JSON error document, say).
+    pub answers: Mutex<HashMap<String, (u16, String)>>,
     pub log: Mutex<Vec<Logged>>,
     /// GETs per blob digest.
     pub gets: Mutex<HashMap<String, usize>>,
@@ -242,6 +244,10 @@ async fn handle(State(state): State<Arc<FakeState>>, req: Request) -> Response {
         return (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, format!("{base}{path}"))])
             .into_response();
     }
+    if let Some((status, body)) = state.answers.lock().unwrap().get(&path).cloned() {
+        let status = StatusCode::from_u16(status).unwrap();
+        return (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    }
     let realm = state.realm.lock().unwrap().clone().unwrap_or_else(|| format!("http://{addr}/token"));
     let (repo, kind, reference) = if let Some((r, x)) = rest.rsplit_once("/manifests/") {
         (r.to_owned(), "manifests", x.to_owned())
@@ -249,6 +255,8 @@ async fn handle(State(state): State<Arc<FakeState>>, req: Request) -> Response {
         (r.to_owned(), "blobs", x.to_owned())
     } else if let Some(r) = rest.strip_suffix("/tags/list") {
         (r.to_owned(), "tags", String::new())
+    } else if let Some((r, x)) = rest.rsplit_once("/referrers/") {
+        (r.to_owned(), "referrers", x.to_owned())
     } else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -277,11 +285,30 @@ async fn handle(State(state): State<Arc<FakeState>>, req: Request) -> Response {
     }
 
     match kind {
-        "tags" => (
-            [(header::CONTENT_TYPE, "application/json")],
-            serde_json::json!({"name": repo, "tags": ["1"]}).to_string(),
-        )
-            .into_response(),
+        "tags" => {
+            let query = parts.uri.query().unwrap_or("");
+            let mut r = (
+                [(header::CONTENT_TYPE, "application/json")],
+                serde_json::json!({"name": repo, "tags": ["1"]}).to_string(),
+            )
+                .into_response();
+            if query.contains("n=1") && !query.contains("last=") {
+                let next = format!("</v2/{repo}/tags/list?n=1&last=1>; rel=\"next\"");
+                r.headers_mut().insert(header::LINK, next.parse().unwrap());
+            }
+            r
+        }
+        "referrers" => {
+            let mut r = (
+                [(header::CONTENT_TYPE, "application/vnd.oci.image.index.v1+json")],
+                r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
+            )
+                .into_response();
+            if parts.uri.query().unwrap_or("").contains("artifactType=") {
+                r.headers_mut().insert("oci-filters-applied", "artifactType".parse().unwrap());
+            }
+            r
+        }
         "manifests" => {
             if let Some(s) = *state.manifest_status.lock().unwrap() {
                 let mut r = (StatusCode::from_u16(s).unwrap(), "{\"errors\":[]}").into_response();
