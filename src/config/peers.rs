@@ -17,7 +17,7 @@ pub struct Peers {
     /// Peers listed by URL; this instance may be among them.
     pub static_peers: Vec<Url>,
     /// `name:port` whose A/AAAA records are the peers (a Kubernetes headless Service),
-    /// resolved again every `dns_interval`.
+    /// resolved again every `dns_interval`. They are reached with the scheme of `self`.
     pub dns: Option<String>,
     pub dns_interval: Duration,
     /// Connect timeout for a peer: past it, the peer is skipped for upstream.
