@@ -49,6 +49,7 @@ fn peers_config(me: &str, peers: &[String], token: Option<&str>) -> berth::confi
         read_timeout: Duration::from_secs(2),
         backoff: Duration::from_secs(60),
         token: token.map(berth::config::Secret::new),
+        ca_file: None,
     }
 }
 

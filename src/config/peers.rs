@@ -28,6 +28,9 @@ pub struct Peers {
     pub backoff: Duration,
     /// Shared secret peer requests carry; with it, peer requests without it are refused.
     pub token: Option<Secret>,
+    /// A PEM bundle of roots trusted for peers besides the system's; peer TLS is always
+    /// verified.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -43,6 +46,7 @@ pub(super) struct RawPeers {
     backoff: Option<String>,
     token_file: Option<PathBuf>,
     token_env: Option<String>,
+    ca_file: Option<PathBuf>,
 }
 
 pub(super) fn validate(raw: Option<RawPeers>, p: &mut Checker) -> Option<Peers> {
@@ -85,6 +89,11 @@ pub(super) fn validate(raw: Option<RawPeers>, p: &mut Checker) -> Option<Peers> 
     let read_timeout = p.duration("peers.read_timeout", raw.read_timeout, "10s");
     let backoff = p.duration("peers.backoff", raw.backoff, "30s");
     let token = p.secret("peers.token", raw.token_file.as_deref(), raw.token_env.as_deref());
+    if let Some(ca) = &raw.ca_file {
+        if let Err(e) = crate::source::peers::extra_roots(ca) {
+            p.0.push(format!("peers.ca_file {e}"));
+        }
+    }
     Some(Peers {
         self_url: self_url?,
         static_peers,
@@ -94,6 +103,7 @@ pub(super) fn validate(raw: Option<RawPeers>, p: &mut Checker) -> Option<Peers> 
         read_timeout,
         backoff,
         token,
+        ca_file: raw.ca_file,
     })
 }
 
@@ -160,5 +170,40 @@ mod tests {
         {
             assert!(err.contains(needle), "{needle:?} missing from:\n{err}");
         }
+    }
+
+    fn with_ca_file(path: &std::path::Path) -> String {
+        format!(
+            "[peers]\nself = \"https://10.0.0.1\"\ndns = \"berth-peers:443\"\nca_file = {:?}\n{BASE}",
+            path.display().to_string()
+        )
+    }
+
+    #[test]
+    fn a_ca_file_that_is_missing_or_holds_no_root_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let err = Config::parse(&with_ca_file(&missing)).unwrap_err().to_string();
+        assert!(err.contains(&format!("peers.ca_file {}:", missing.display())), "{err}");
+
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "not a certificate\n").unwrap();
+        let err = Config::parse(&with_ca_file(&not_pem)).unwrap_err().to_string();
+        assert!(err.contains(&format!("peers.ca_file {}: no certificate", not_pem.display())), "{err}");
+
+        let not_der = dir.path().join("not-der.pem");
+        std::fs::write(&not_der, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+        let err = Config::parse(&with_ca_file(&not_der)).unwrap_err().to_string();
+        assert!(err.contains(&format!("peers.ca_file {}:", not_der.display())), "{err}");
+    }
+
+    #[test]
+    fn a_ca_file_with_a_root_builds_the_peer_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let root = rcgen::generate_simple_self_signed(vec!["berth-peer".into()]).unwrap();
+        std::fs::write(&ca, root.cert.pem()).unwrap();
+        let peers = Config::parse(&with_ca_file(&ca)).unwrap().peers.unwrap();
+        assert!(crate::source::peers::Peers::new(&peers).is_ok());
     }
 }

@@ -7,12 +7,16 @@ pub mod ring;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 use serde_json::{json, Value};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::rustls::RootCertStore;
 
 use crate::config::{Peers as PeersConfig, Secret};
 use crate::digest::Digest;
@@ -40,6 +44,42 @@ fn members_with(
 ) -> BTreeSet<String> {
     let found = found.into_iter().filter_map(|a| url::Url::parse(&format!("{scheme}://{a}")).ok());
     statics.iter().cloned().chain(found.map(|u| id_of(&u))).filter(|p| p != me).collect()
+}
+
+/// The client peers are asked with: no redirects, the `[peers]` timeouts, and the roots of
+/// `ca_file` trusted besides the system's.
+fn client(cfg: &PeersConfig) -> Result<reqwest::Client, Error> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(cfg.timeout)
+        .read_timeout(cfg.read_timeout)
+        .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = &cfg.ca_file {
+        for root in extra_roots(ca).map_err(|e| Error::Internal(format!("peers.ca_file {e}")))? {
+            builder = builder.add_root_certificate(root);
+        }
+    }
+    builder.build().map_err(Error::internal)
+}
+
+/// The certificates of a PEM bundle of extra roots (`peers.ca_file`): at least one, each
+/// parsed as a trust anchor, so a bundle that would fail the client fails validation first.
+/// An error starts with the file's path.
+pub(crate) fn extra_roots(ca_file: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let bad = |e: &dyn std::fmt::Display| format!("{}: {e}", ca_file.display());
+    let ders: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| bad(&e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(&e))?;
+    if ders.is_empty() {
+        return Err(bad(&"no certificate in the file"));
+    }
+    ders.iter()
+        .map(|der| {
+            RootCertStore::empty().add(der.clone()).map_err(|e| bad(&format!("not a usable root: {e}")))?;
+            reqwest::Certificate::from_der(der).map_err(|e| bad(&e))
+        })
+        .collect()
 }
 
 #[derive(Default)]
@@ -73,13 +113,7 @@ impl Peers {
     pub fn new(cfg: &PeersConfig) -> Result<Arc<Peers>, Error> {
         let me = id_of(&cfg.self_url);
         let statics: Vec<String> = cfg.static_peers.iter().map(id_of).filter(|p| *p != me).collect();
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(cfg.timeout)
-            .read_timeout(cfg.read_timeout)
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(Error::internal)?;
+        let client = client(cfg)?;
         Ok(Arc::new(Peers {
             members: RwLock::new(statics.iter().cloned().collect()),
             me,
