@@ -27,6 +27,7 @@ async fn guarded(extra_peer_token: bool) -> (Harness, tempfile::TempDir) {
                 read_timeout: std::time::Duration::from_secs(2),
                 backoff: std::time::Duration::from_secs(30),
                 token: berth::config::Secret::new("peer-secret"),
+                ca_file: None,
             });
         }
     })

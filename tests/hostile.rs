@@ -23,6 +23,7 @@ fn peers_with_token(token: &str) -> berth::config::Peers {
         read_timeout: Duration::from_secs(2),
         backoff: Duration::from_secs(30),
         token: berth::config::Secret::new(token),
+        ca_file: None,
     }
 }
 

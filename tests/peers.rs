@@ -50,6 +50,7 @@ fn peers_config(me: &str, peers: &[String], token: Option<&str>) -> berth::confi
         backoff: Duration::from_secs(60),
         // Every cluster has a token ([peers] requires one); `None` means the default one.
         token: berth::config::Secret::new(token.unwrap_or("cluster-token")),
+        ca_file: None,
     }
 }
 

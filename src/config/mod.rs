@@ -371,8 +371,8 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             p.0.push(format!("{at}: username and a password go together"));
         }
         if let Some(ca) = &r.ca_file {
-            if let Err(e) = std::fs::metadata(ca) {
-                p.0.push(format!("{at}: ca_file {}: {e}", ca.display()));
+            if let Err(e) = crate::source::outbound::extra_roots(ca) {
+                p.0.push(format!("{at}: ca_file {}", cause(e)));
             }
         }
         registries.push(Registry {
@@ -414,6 +414,14 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         }
     }
     Config { server, storage, tags, preheat, gc, pins, registries, peers, auth }
+}
+
+/// What went wrong, without the "internal error" a loader's error carries.
+fn cause(e: crate::error::Error) -> String {
+    match e {
+        crate::error::Error::Internal(m) => m,
+        e => e.to_string(),
+    }
 }
 
 fn placeholder_url() -> Url {

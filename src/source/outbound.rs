@@ -5,7 +5,12 @@
 //! resolver and at the connector, with proxy environment variables ignored so that no proxy
 //! can reach what the guard refuses.
 
+use std::path::Path;
 use std::sync::Arc;
+
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::rustls::RootCertStore;
 
 use super::public::{ConnectGuard, Guard, PublicOnly};
 use crate::config::Registry;
@@ -33,11 +38,40 @@ pub fn client_for(cfg: &Registry) -> Result<(reqwest::Client, Option<Arc<Guard>>
     Ok((builder.build().map_err(Error::internal)?, guard))
 }
 
-/// The certificates of a PEM bundle, as extra trust roots.
-pub fn extra_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, Error> {
-    let pem = std::fs::read(path).map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
-    reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))
+/// The client peer requests go out with: the peers' timeouts, the system roots plus
+/// `peers.ca_file`, no redirects. Peers are private addresses by nature: no address guard.
+pub fn peer_client(cfg: &crate::config::Peers) -> Result<reqwest::Client, Error> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(cfg.timeout)
+        .read_timeout(cfg.read_timeout)
+        .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = &cfg.ca_file {
+        for root in extra_roots(ca)? {
+            builder = builder.add_root_certificate(root);
+        }
+    }
+    builder.build().map_err(Error::internal)
+}
+
+/// The certificates of a PEM bundle of extra roots (a `ca_file`): at least one, each parsed
+/// as a trust anchor, so that a bundle that would fail the client fails validation first.
+/// The error names the file.
+pub fn extra_roots(ca_file: &Path) -> Result<Vec<reqwest::Certificate>, Error> {
+    let bad = |e: &dyn std::fmt::Display| Error::Internal(format!("{}: {e}", ca_file.display()));
+    let ders: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| bad(&e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(&e))?;
+    if ders.is_empty() {
+        return Err(bad(&"no certificate in the file"));
+    }
+    ders.iter()
+        .map(|der| {
+            RootCertStore::empty().add(der.clone()).map_err(|e| bad(&format!("not a usable root: {e}")))?;
+            reqwest::Certificate::from_der(der).map_err(|e| bad(&e))
+        })
+        .collect()
 }
 
 #[cfg(test)]

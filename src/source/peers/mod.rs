@@ -6,6 +6,7 @@ mod fetch;
 pub mod ring;
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -28,6 +29,19 @@ fn id_of(url: &url::Url) -> String {
     url.origin().ascii_serialization()
 }
 
+/// The other peers after a DNS answer: the static ones and the addresses found, the latter
+/// spelled with `scheme` (that of `peers.self`) and as identities, so an address of this
+/// instance (`https://10.0.0.7` found as `10.0.0.7:443`) is recognised and left out.
+fn members_with(
+    me: &str,
+    scheme: &str,
+    statics: &[String],
+    found: impl IntoIterator<Item = SocketAddr>,
+) -> BTreeSet<String> {
+    let found = found.into_iter().filter_map(|a| url::Url::parse(&format!("{scheme}://{a}")).ok());
+    statics.iter().cloned().chain(found.map(|u| id_of(&u))).filter(|p| p != me).collect()
+}
+
 #[derive(Default)]
 struct Health {
     down_until: Option<Instant>,
@@ -40,6 +54,8 @@ pub struct Peers {
     statics: Vec<String>,
     dns: Option<String>,
     dns_interval: Duration,
+    /// The scheme of `peers.self`: peers found through DNS are reached with it.
+    scheme: String,
     /// The other peers now: static ones and the last DNS answer, without this instance.
     members: RwLock<BTreeSet<String>>,
     health: Mutex<HashMap<String, Health>>,
@@ -57,19 +73,14 @@ impl Peers {
     pub fn new(cfg: &PeersConfig) -> Result<Arc<Peers>, Error> {
         let me = id_of(&cfg.self_url);
         let statics: Vec<String> = cfg.static_peers.iter().map(id_of).filter(|p| *p != me).collect();
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(cfg.timeout)
-            .read_timeout(cfg.read_timeout)
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(Error::internal)?;
+        let client = crate::source::outbound::peer_client(cfg)?;
         Ok(Arc::new(Peers {
             members: RwLock::new(statics.iter().cloned().collect()),
             me,
             statics,
             dns: cfg.dns.clone(),
             dns_interval: cfg.dns_interval,
+            scheme: cfg.self_url.scheme().to_owned(),
             health: Mutex::new(HashMap::new()),
             backoff: cfg.backoff,
             token: cfg.token.clone(),
@@ -136,9 +147,7 @@ impl Peers {
                 let Some(peers) = peers.upgrade() else { return };
                 match tokio::net::lookup_host(name.as_str()).await {
                     Ok(addrs) => {
-                        let found = addrs.map(|a| format!("http://{a}"));
-                        let members: BTreeSet<String> =
-                            peers.statics.iter().cloned().chain(found).filter(|p| *p != peers.me).collect();
+                        let members = members_with(&peers.me, &peers.scheme, &peers.statics, addrs);
                         let mut current = peers.members.write().expect("members lock");
                         if *current != members {
                             tracing::info!(peers = ?members, "peer set changed");
@@ -195,5 +204,22 @@ impl Peers {
             "fallbacks": self.fallbacks.load(Ordering::Relaxed),
             "served_to_peers": self.served.load(Ordering::Relaxed),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_members_take_the_self_scheme_and_leave_this_instance_out() {
+        let me = id_of(&url::Url::parse("https://10.0.0.7").unwrap());
+        let statics = vec!["https://10.0.0.5".to_owned()];
+        let found: Vec<SocketAddr> =
+            ["10.0.0.7:443", "10.0.0.8:443", "[fd00::9]:5000"].iter().map(|a| a.parse().unwrap()).collect();
+        let members = members_with(&me, "https", &statics, found);
+        let expected: BTreeSet<String> =
+            ["https://10.0.0.5", "https://10.0.0.8", "https://[fd00::9]:5000"].map(String::from).into();
+        assert_eq!(members, expected);
     }
 }
