@@ -26,6 +26,7 @@ fn fill(c: &mut Criterion) {
         memory_max_object: 1 << 20,
         disk_capacity: 1 << 40,
         max_fills: 64,
+        max_blob_size: 1 << 40,
     };
     let store = rt.block_on(async { Store::open(&storage) }).unwrap();
     let blob =
@@ -46,7 +47,6 @@ fn fill(c: &mut Criterion) {
                     let source = Source {
                         len: Some(blob.len() as u64),
                         body: futures::stream::iter(chunks).boxed(),
-                        room: Some(store.disk.reserve(blob.len() as u64)),
                         resume: None,
                         rejected: None,
                         hold: None,

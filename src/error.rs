@@ -29,6 +29,8 @@ pub enum Error {
     },
     UpstreamDenied(String),
     ManifestTooLarge(u64),
+    /// A blob announced or sent larger than `storage.max_blob_size`.
+    BlobTooLarge(u64),
     /// A client error upstream answered (4xx but 401, 403, 404, 429), passed on as it is:
     /// its status, the first OCI error code of its body, and that body.
     Upstream {
@@ -65,6 +67,7 @@ impl Error {
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
             ManifestTooLarge(_) => (StatusCode::BAD_GATEWAY, "MANIFEST_INVALID"),
+            BlobTooLarge(_) => (StatusCode::BAD_GATEWAY, "SIZE_INVALID"),
             Upstream { status, .. } => {
                 (StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY), "UNKNOWN")
             }
@@ -92,6 +95,7 @@ impl std::fmt::Display for Error {
             TooManyRequests { .. } => f.write_str("upstream rate limit reached"),
             UpstreamDenied(m) => write!(f, "upstream denied access: {m}"),
             ManifestTooLarge(n) => write!(f, "manifest of {n} bytes exceeds the 4 MiB limit"),
+            BlobTooLarge(n) => write!(f, "upstream blob of {n} bytes exceeds storage.max_blob_size"),
             Upstream { status, code, .. } => write!(f, "upstream answered {status} {code}"),
             Integrity(m) => write!(f, "upstream content rejected: {m}"),
             Internal(m) => write!(f, "internal error: {m}"),

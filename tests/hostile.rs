@@ -280,3 +280,127 @@ async fn concurrent_first_requests_to_a_basic_auth_upstream_all_succeed() {
         assert_eq!(r.unwrap().status(), StatusCode::OK);
     }
 }
+
+const MIB: usize = 1 << 20;
+
+/// A berth with `capacity` bytes of disk and nothing counted as in use.
+async fn small_disk(capacity: usize) -> Harness {
+    Harness::start_with("", move |c| {
+        c.storage.disk_capacity = capacity as u64;
+        c.gc.in_use_window = Duration::ZERO;
+    })
+    .await
+}
+
+/// Pulls a blob whole, returns its status.
+async fn pull(h: &Harness, d: &berth::digest::Digest) -> StatusCode {
+    let r = h.get(&Harness::blob_path(REPO, d)).await;
+    let status = r.status();
+    let _ = r.bytes().await;
+    h.settle().await;
+    status
+}
+
+fn on_disk(h: &Harness, d: &berth::digest::Digest) -> bool {
+    h.stored_blobs().contains(&d.hex().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_announces_more_than_it_sends_evicts_nothing() {
+    // Two registries on one 8 MiB disk: an honest one, and one whose upstream announces
+    // 7 MiB and sends 10 bytes.
+    let honest = common::Fake::start().await;
+    let liar = common::raw_upstream("HTTP/1.1 200 OK\r\nContent-Length: 7340032", bytes_of(10, 63)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let liar_url = format!("http://{liar}");
+    let mut cfg = common::config(dir.path(), &[("docker.io", &honest.url()), ("liar.test", &liar_url)], "");
+    cfg.storage.disk_capacity = 8 * MIB as u64;
+    cfg.gc.in_use_window = Duration::ZERO;
+    let h = Harness {
+        dir,
+        upstream: honest,
+        berth: berth::Server::start(&cfg).await.unwrap(),
+        client: reqwest::Client::new(),
+    };
+    let kept: Vec<_> = (0..3).map(|i| h.upstream.add_blob(bytes_of(2 * MIB, 60 + i))).collect();
+    for d in &kept {
+        assert_eq!(pull(&h, d).await, StatusCode::OK);
+    }
+    let d = common::digest_of(bytes_of(10, 63));
+    let r = h.get(&format!("/v2/{REPO}/blobs/{d}?ns=liar.test")).await;
+    assert!(r.status() != StatusCode::OK || r.bytes().await.is_err(), "a short body is never complete");
+    h.settle().await;
+    for d in &kept {
+        assert!(on_disk(&h, d), "an announced length evicted {d}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_length_near_u64_max_is_refused_with_502_before_any_byte() {
+    let liar =
+        common::raw_upstream("HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551613", bytes_of(100, 64))
+            .await;
+    let (_dir, berth) =
+        common::berth_for(&format!("http://{liar}"), |c| c.storage.disk_capacity = 8 * MIB as u64).await;
+    let d = common::digest_of(bytes_of(100, 64));
+    let r = reqwest::get(format!("http://{}/v2/{REPO}/blobs/{d}", berth.registry_addr)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert!(r.text().await.unwrap().contains("SIZE_INVALID"));
+
+    // Above max_blob_size, however large the disk.
+    let h = Harness::start_with("", |c| c.storage.max_blob_size = 1000).await;
+    let d = h.upstream.add_blob(bytes_of(5000, 65));
+    let r = h.get(&Harness::blob_path(REPO, &d)).await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    // And a body with no length that grows past it is cut, and not kept.
+    let d = h.upstream.add_blob(bytes_of(300_000, 66));
+    h.upstream.fault(&d, common::Fault::NoLength);
+    let r = h.get(&Harness::blob_path(REPO, &d)).await;
+    assert!(r.status() != StatusCode::OK || r.bytes().await.is_err());
+    h.settle().await;
+    assert!(!on_disk(&h, &d));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_larger_than_the_disk_is_served_uncached_without_evicting() {
+    let h = small_disk(8 * MIB).await;
+    let kept = h.upstream.add_blob(bytes_of(3 * MIB, 67));
+    assert_eq!(pull(&h, &kept).await, StatusCode::OK);
+    let huge = bytes_of(9 * MIB, 68);
+    let d = h.upstream.add_blob(huge.clone());
+    let r = h.get(&Harness::blob_path(REPO, &d)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.bytes().await.unwrap() == huge, "served whole");
+    h.settle().await;
+    assert!(on_disk(&h, &kept), "evicted for a blob that could never fit");
+    assert!(!on_disk(&h, &d));
+    assert_eq!(h.temp_files(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_blobs_and_manifests_stay_within_disk_capacity() {
+    let capacity = 5 * MIB;
+    let h = small_disk(capacity).await;
+    let disk = &h.berth.mirror.store.disk;
+    for i in 0..4 {
+        let d = h.upstream.add_blob(bytes_of(2 * MIB, 70 + i));
+        h.upstream.fault(&d, common::Fault::NoLength);
+        assert_eq!(pull(&h, &d).await, StatusCode::OK);
+        assert!(disk.used() <= capacity as u64, "{} bytes on a {capacity}-byte disk", disk.used());
+    }
+    // Manifests too: 64 manifests of 100 KiB on a disk with room for a few.
+    let h = small_disk(MIB).await;
+    let disk = &h.berth.mirror.store.disk;
+    for i in 0..64 {
+        let body = format!(
+            "{{\"schemaVersion\":2,\"mediaType\":\"{}\",\"pad\":\"{}\"}}",
+            common::OCI_MANIFEST,
+            "x".repeat(100 << 10)
+        );
+        let d = h.upstream.put_manifest(REPO, &format!("t{i}"), common::OCI_MANIFEST, body.clone());
+        let r = h.get(&format!("/v2/{REPO}/manifests/{d}")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.bytes().await.unwrap(), body.as_bytes());
+    }
+    assert!(disk.used() <= MIB as u64, "{} bytes on a 1 MiB disk", disk.used());
+}

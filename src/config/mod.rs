@@ -72,6 +72,8 @@ pub struct Storage {
     pub disk_capacity: u64,
     /// Blob fills fetching from upstream at once; more wait for a turn.
     pub max_fills: usize,
+    /// Blobs announced (or grown) larger than this are refused with 502.
+    pub max_blob_size: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +187,7 @@ struct RawStorage {
     memory_max_object: Option<String>,
     disk_capacity: Option<String>,
     max_fills: Option<usize>,
+    max_blob_size: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -283,6 +286,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         memory_max_object: p.size("storage.memory_max_object", raw.storage.memory_max_object, "64MiB"),
         disk_capacity: p.size("storage.disk_capacity", raw.storage.disk_capacity, "20GiB"),
         max_fills: raw.storage.max_fills.unwrap_or(64),
+        max_blob_size: p.size("storage.max_blob_size", raw.storage.max_blob_size, "1TiB"),
     };
     if storage.max_fills == 0 {
         p.0.push("storage.max_fills must be at least 1".into());

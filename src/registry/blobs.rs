@@ -56,17 +56,12 @@ impl Mirror {
 
         let fetch = {
             let (upstream, repo, digest) = (upstream.clone(), repo.to_owned(), digest.clone());
-            let gc = self.gc.clone();
             let owner = self.owner_of(&digest, hop);
             async move {
-                let mut source = match owner {
-                    Some((peers, owner)) => peers.blob(&owner, &upstream, &repo, &digest).await?,
-                    None => upstream.blob(&repo, &digest).await?,
-                };
-                // A fill never fails for want of a GC pass: make room first, or serve it
-                // without keeping it when everything left is pinned or in use.
-                source.room = gc.make_room(source.len.unwrap_or(0)).await;
-                Ok(source)
+                match owner {
+                    Some((peers, owner)) => peers.blob(&owner, &upstream, &repo, &digest).await,
+                    None => upstream.blob(&repo, &digest).await,
+                }
             }
             .boxed()
         };

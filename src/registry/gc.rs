@@ -12,7 +12,6 @@ use super::tags::TagCache;
 use crate::config::Gc as GcConfig;
 use crate::digest::Digest;
 use crate::error::Error;
-use crate::store::disk::Reservation;
 use crate::store::gc::plan::{self, Blob, Inventory, Policy, Reason, Version};
 use crate::store::meta::now_secs;
 use crate::store::Store;
@@ -26,8 +25,6 @@ pub struct Collector {
     config_pins: Vec<String>,
     /// One pass at a time.
     running: tokio::sync::Mutex<()>,
-    /// Fills served without being kept, for want of room.
-    uncached: std::sync::atomic::AtomicU64,
 }
 
 /// What a pass did.
@@ -81,15 +78,7 @@ impl Collector {
         capacity: u64,
         pins: Vec<String>,
     ) -> Self {
-        Collector {
-            store,
-            tags,
-            config,
-            capacity,
-            config_pins: pins,
-            running: tokio::sync::Mutex::new(()),
-            uncached: Default::default(),
-        }
+        Collector { store, tags, config, capacity, config_pins: pins, running: tokio::sync::Mutex::new(()) }
     }
 
     pub fn capacity(&self) -> u64 {
@@ -115,33 +104,27 @@ impl Collector {
         self.collect(target).await.map(Some)
     }
 
-    /// Reserves room for a blob of `len` bytes about to be filled, evicting first if needed.
-    /// `None` when even a pass cannot free enough (everything left is pinned or in use).
-    pub async fn make_room(&self, len: u64) -> Option<Reservation> {
+    /// Evicts so that `more` bytes fit beside what is used and promised, as far as the rules
+    /// allow (pinned and in-use content stays): the disk tier's `Store::grow` asks this when a
+    /// reservation cannot grow. One pass brings usage down to the low watermark, or further
+    /// when the bytes need it, so that the next batches fit without another pass.
+    pub async fn free_for(&self, more: u64) {
         let disk = &self.store.disk;
-        let fits = || disk.used() + disk.pending() + len <= self.capacity;
         {
             let _one = self.running.lock().await;
-            if fits() {
-                return Some(disk.reserve(len));
+            if disk.fits(more) {
+                return; // another pass made room meanwhile
             }
         }
-        let room = self.capacity.checked_sub(len + disk.pending())?;
-        let target = self.low_target().min(room);
-        if let Err(e) = self.collect(target).await {
+        let Some(room) = self.capacity.checked_sub(more.saturating_add(disk.pending())) else { return };
+        if let Err(e) = self.collect(self.low_target().min(room)).await {
             tracing::warn!(error = %e, "GC pass failed");
         }
-        let _one = self.running.lock().await;
-        let room = fits().then(|| disk.reserve(len));
-        if room.is_none() {
-            self.uncached.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        room
     }
 
     /// Fills served without being kept since startup, for want of room.
     pub fn uncached(&self) -> u64 {
-        self.uncached.load(std::sync::atomic::Ordering::Relaxed)
+        self.store.uncached()
     }
 
     /// Evicts until the disk tier holds at most `target` bytes, as far as the rules allow.

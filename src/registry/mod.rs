@@ -50,6 +50,15 @@ impl Mirror {
             config.storage.disk_capacity,
             config.pins.clone(),
         ));
+        let collector = Arc::downgrade(&gc);
+        store.on_full(Arc::new(move |more| {
+            let collector = collector.clone();
+            Box::pin(async move {
+                if let Some(gc) = collector.upgrade() {
+                    gc.free_for(more).await;
+                }
+            })
+        }));
         Ok(Mirror {
             upstreams: Upstreams::new(config)?,
             peers: config.peers.as_ref().map(Peers::new).transpose()?,

@@ -232,7 +232,6 @@ impl Upstream {
         Ok(Source {
             len,
             body,
-            room: None,
             resume: Some(self.resume(repo, digest)),
             rejected: None,
             hold: Some(Box::new(turn)),

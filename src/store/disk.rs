@@ -24,12 +24,36 @@ pub struct DiskTier {
     objects: AtomicU64,
     /// Bytes promised to fills in flight that will be kept (see `reserve`).
     pending: AtomicU64,
+    /// `storage.disk_capacity`: published plus promised bytes never exceed it.
+    capacity: u64,
 }
 
-/// Room promised to a fill; given back when dropped (after the fill published or failed).
+/// Room promised to a fill, grown as its bytes are written, never past the capacity; given
+/// back when dropped (after the fill published or failed), or turned into used bytes by
+/// `publish`.
 pub struct Reservation {
     disk: Arc<DiskTier>,
     bytes: u64,
+}
+
+impl Reservation {
+    /// Bytes promised so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Promises `more` bytes if used plus promised bytes stay within the capacity.
+    pub fn try_grow(&mut self, more: u64) -> bool {
+        let disk = &self.disk;
+        let fits = disk.pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |pending| {
+            let total = pending.checked_add(more)?;
+            (total.checked_add(disk.used())? <= disk.capacity).then_some(total)
+        });
+        if fits.is_ok() {
+            self.bytes += more;
+        }
+        fits.is_ok()
+    }
 }
 
 impl Drop for Reservation {
@@ -40,7 +64,7 @@ impl Drop for Reservation {
 
 impl DiskTier {
     /// Opens (creating) the layout under `root` and removes temp files left by a crash.
-    pub fn open(root: &Path) -> io::Result<DiskTier> {
+    pub fn open(root: &Path, capacity: u64) -> io::Result<DiskTier> {
         let base = root.join("v1");
         let blobs = base.join("blobs").join("sha256");
         let tmp = base.join("tmp");
@@ -63,6 +87,7 @@ impl DiskTier {
             used: AtomicU64::new(0),
             objects: AtomicU64::new(0),
             pending: AtomicU64::new(0),
+            capacity,
         };
         let found = disk.scan()?;
         disk.used.store(found.iter().map(|(_, len)| len).sum(), Ordering::Relaxed);
@@ -85,10 +110,22 @@ impl DiskTier {
         self.pending.load(Ordering::Relaxed)
     }
 
-    /// Promises `bytes` of room to a fill until the reservation is dropped.
-    pub fn reserve(self: &Arc<Self>, bytes: u64) -> Reservation {
-        self.pending.fetch_add(bytes, Ordering::Relaxed);
-        Reservation { disk: self.clone(), bytes }
+    /// An empty reservation, to grow with `Reservation::try_grow` as bytes arrive.
+    pub fn reserve(self: &Arc<Self>) -> Reservation {
+        Reservation { disk: self.clone(), bytes: 0 }
+    }
+
+    /// `storage.disk_capacity`.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Whether `more` bytes would fit beside what is used and promised now.
+    pub fn fits(&self, more: u64) -> bool {
+        self.used()
+            .checked_add(self.pending())
+            .and_then(|t| t.checked_add(more))
+            .is_some_and(|t| t <= self.capacity)
     }
 
     /// Every published blob and its length. Files whose names are not digests are skipped.
@@ -197,11 +234,11 @@ impl DiskTier {
         }
     }
 
-    /// Writes verified `bytes` as the blob for `digest` (used for manifests).
-    pub fn put(&self, digest: &Digest, bytes: &[u8]) -> io::Result<()> {
+    /// Writes verified `bytes` as the blob for `digest` (used for manifests), within `room`.
+    pub fn put(&self, digest: &Digest, bytes: &[u8], room: Reservation) -> io::Result<()> {
         use std::io::Write;
         let (mut file, temp) = self.temp(digest)?;
-        let result = file.write_all(bytes).and_then(|_| self.publish(&file, &temp, digest, None));
+        let result = file.write_all(bytes).and_then(|_| self.publish(&file, &temp, digest, Some(room)));
         if result.is_err() {
             let _ = fs::remove_file(&temp);
         }

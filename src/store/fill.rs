@@ -44,9 +44,6 @@ pub struct Source {
     /// The announced length, when upstream sent one.
     pub len: Option<u64>,
     pub body: BoxStream<'static, Result<Bytes, Error>>,
-    /// Room reserved on the disk tier for the content; `None` when there was no room for
-    /// it: its clients are served, then the temp file is dropped.
-    pub room: Option<super::disk::Reservation>,
     /// How to continue after the body is cut; without it a cut fails the fill.
     pub resume: Option<Resume>,
     /// Called when the content fails verification (a peer that sent wrong bytes).
@@ -238,9 +235,15 @@ async fn lead(
         return Ok(());
     }
 
-    let Source { len, mut body, room, resume, rejected, hold: _turn } = fetch.await?;
+    let Source { len, mut body, resume, rejected, hold: _turn } = fetch.await?;
+    if let Some(len) = len.filter(|&l| l > store.max_blob_size) {
+        return Err(Error::BlobTooLarge(len));
+    }
     let resume = resume.map(Arc::new);
-    let keep_on_disk = room.is_some();
+    // Room on disk is reserved as bytes are written, never for an announced length; content
+    // announced beyond the whole capacity is served without evicting anything.
+    let mut room = store.disk.reserve();
+    let mut keep_on_disk = len.is_none_or(|l| l <= store.disk.capacity());
     let (disk, d) = (store.disk.clone(), digest.clone());
     let made = blocking(move || {
         let (file, temp) = disk.temp(&d)?;
@@ -291,13 +294,17 @@ async fn lead(
                         chunk = chunk.slice(n as usize..);
                         skip -= n;
                     }
-                    received += chunk.len() as u64;
+                    received = received.saturating_add(chunk.len() as u64);
                     if len.is_some_and(|l| received > l) {
                         return Err(Error::Integrity(format!("{digest}: body longer than announced")));
+                    }
+                    if received > store.max_blob_size {
+                        return Err(Error::BlobTooLarge(received));
                     }
                     batch.extend_from_slice(&chunk);
                     if batch.len() >= WRITE_BATCH {
                         let full = batch.split().freeze();
+                        keep_on_disk = keep_on_disk && room_for(store, &mut room, &digest, full.len()).await;
                         if hash_tx.send(full.clone()).await.is_err() || tx.send(full).await.is_err() {
                             break; // the writer failed; its error is reported below
                         }
@@ -326,6 +333,7 @@ async fn lead(
         }
         if !batch.is_empty() {
             let full = batch.split().freeze();
+            keep_on_disk = keep_on_disk && room_for(store, &mut room, &digest, full.len()).await;
             let _ = hash_tx.send(full.clone()).await;
             let _ = tx.send(full).await;
         }
@@ -393,7 +401,7 @@ async fn lead(
         if !keep_on_disk {
             tracing::warn!(%digest, bytes = written, "disk tier full of pinned or in-use content: served without caching");
             disk.remove_temp(&temp);
-        } else if let Err(e) = disk.publish(&file, &temp, &digest, room) {
+        } else if let Err(e) = disk.publish(&file, &temp, &digest, Some(room)) {
             tracing::warn!(%digest, error = %e, "verified blob not stored on disk");
             disk.remove_temp(&temp);
         } else if let Err(e) = meta.record_blob(&digest, written, None) {
@@ -402,6 +410,17 @@ async fn lead(
         Ok(())
     })
     .await
+}
+
+/// Grows the fill's room on disk by a batch about to be written; false (and counted) when
+/// no room can be made, and the fill goes on without keeping the content.
+async fn room_for(store: &Store, room: &mut super::disk::Reservation, digest: &Digest, batch: usize) -> bool {
+    if store.grow(room, batch as u64).await {
+        return true;
+    }
+    tracing::warn!(%digest, reserved = room.bytes(), "no room on the disk tier: serving without keeping");
+    store.count_uncached();
+    false
 }
 
 /// Runs on a blocking thread: writes each batch, then tells followers. Returns the length

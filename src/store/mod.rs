@@ -51,6 +51,10 @@ pub struct Hit {
     pub bytes: Bytes,
 }
 
+/// Frees room on the disk tier for `n` more bytes, as far as the eviction rules allow (the
+/// collector's `free_for`, set by the registry layer).
+pub type Evict = Arc<dyn Fn(u64) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
 pub struct Store {
     pub memory: MemoryTier,
     pub disk: Arc<DiskTier>,
@@ -61,6 +65,12 @@ pub struct Store {
     /// Disk blobs whose content was checked against the digest since startup (written by a
     /// fill here, or hashed on their first hit).
     checked: Mutex<std::collections::HashSet<Digest>>,
+    /// Asked for room when a fill's reservation cannot grow.
+    evict: std::sync::OnceLock<Evict>,
+    /// `storage.max_blob_size`: a fill announced or grown past it fails.
+    pub max_blob_size: u64,
+    /// Fills served without being kept since startup, for want of room.
+    uncached: std::sync::atomic::AtomicU64,
 }
 
 /// Marks a blob as being read until dropped.
@@ -83,7 +93,7 @@ impl Drop for ReadGuard {
 
 impl Store {
     pub fn open(cfg: &Storage) -> Result<Arc<Store>, Error> {
-        let disk = DiskTier::open(&cfg.dir)
+        let disk = DiskTier::open(&cfg.dir, cfg.disk_capacity)
             .map_err(|e| Error::Internal(format!("opening {}: {e}", cfg.dir.display())))?;
         let meta = Meta::open(&cfg.dir.join("v1").join("meta.redb"))?;
         Ok(Arc::new(Store {
@@ -93,7 +103,41 @@ impl Store {
             inflight: Mutex::new(HashMap::new()),
             readers: Arc::new(Mutex::new(HashMap::new())),
             checked: Mutex::new(std::collections::HashSet::new()),
+            evict: std::sync::OnceLock::new(),
+            max_blob_size: cfg.max_blob_size,
+            uncached: Default::default(),
         }))
+    }
+
+    /// Sets what frees room when a reservation cannot grow (once; later calls are ignored).
+    pub fn on_full(&self, evict: Evict) {
+        let _ = self.evict.set(evict);
+    }
+
+    /// Grows `room` by `more` bytes, evicting first when the disk tier is full; false when
+    /// even that leaves no room (everything left is pinned or in use), or when `more` alone
+    /// is beyond the capacity (nothing is evicted for it).
+    pub async fn grow(&self, room: &mut disk::Reservation, more: u64) -> bool {
+        if room.try_grow(more) {
+            return true;
+        }
+        if room.bytes().saturating_add(more) > self.disk.capacity() {
+            return false;
+        }
+        if let Some(evict) = self.evict.get() {
+            evict(more).await;
+        }
+        room.try_grow(more)
+    }
+
+    /// Counts a fill served without being kept.
+    pub fn count_uncached(&self) {
+        self.uncached.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Fills served without being kept since startup, for want of room.
+    pub fn uncached(&self) -> u64 {
+        self.uncached.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Marks `digest` as being read until the guard is dropped.
@@ -162,7 +206,8 @@ impl Store {
         }
     }
 
-    /// Stores a verified manifest (or other small content) in both tiers.
+    /// Stores a verified manifest (or other small content) in both tiers; on disk only when
+    /// room can be made for it (else it stays in memory only).
     pub async fn put_verified(
         &self,
         digest: &Digest,
@@ -171,10 +216,19 @@ impl Store {
     ) -> Result<(), Error> {
         self.memory.insert(digest.clone(), bytes.clone()).await;
         self.mark_checked(digest);
+        let on_disk = self.disk.len(digest).ok().flatten() == Some(bytes.len() as u64);
+        let mut room = self.disk.reserve();
+        if !on_disk && !self.grow(&mut room, bytes.len() as u64).await {
+            tracing::warn!(%digest, bytes = bytes.len(),
+                "disk tier full of pinned or in-use content: manifest kept in memory only");
+            return Ok(());
+        }
         let (disk, meta, d) = (self.disk.clone(), self.meta.clone(), digest.clone());
         let media_type = media_type.map(str::to_owned);
         tokio::task::spawn_blocking(move || {
-            disk.put(&d, &bytes).map_err(Error::internal)?;
+            if !on_disk {
+                disk.put(&d, &bytes, room).map_err(Error::internal)?;
+            }
             meta.record_blob(&d, bytes.len() as u64, media_type.as_deref())
         })
         .await

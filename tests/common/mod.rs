@@ -46,6 +46,10 @@ pub enum Fault {
     Status(u16),
     /// 307 to the same path on another server, as Docker Hub does to its CDN.
     RedirectTo(SocketAddr),
+    /// Announces this Content-Length whatever the body is, then sends the blob's bytes.
+    Announce(u64),
+    /// Sends `chunk` bytes every `delay` with no Content-Length (a trickle).
+    Trickle { chunk: usize, delay: Duration },
 }
 
 #[derive(Default)]
@@ -381,6 +385,25 @@ fn blob_response(state: &FakeState, method: &Method, digest: &str, range: Option
         });
         return Response::new(Body::from_stream(paced));
     }
+    if let (false, Some(Fault::Announce(n))) = (method == Method::HEAD, &fault) {
+        let mut r = Response::new(Body::from(bytes));
+        r.headers_mut().insert(header::CONTENT_LENGTH, (*n).into());
+        return r;
+    }
+    if let (false, Some(Fault::Trickle { chunk, delay })) = (method == Method::HEAD, fault.clone()) {
+        let stream = futures::stream::unfold(0usize, move |pos| {
+            let bytes = bytes.clone();
+            async move {
+                if pos >= bytes.len() {
+                    return None;
+                }
+                tokio::time::sleep(delay).await;
+                let end = (pos + chunk).min(bytes.len());
+                Some((Ok::<_, std::io::Error>(bytes.slice(pos..end)), end))
+            }
+        });
+        return Response::new(Body::from_stream(stream));
+    }
     let body = match (method, fault) {
         (&Method::HEAD, _) => Body::empty(),
         (_, None) => Body::from(bytes),
@@ -413,7 +436,10 @@ fn blob_response(state: &FakeState, method: &Method, digest: &str, range: Option
             });
             Body::from_stream(stream)
         }
-        (_, Some(Fault::NoLength)) | (_, Some(Fault::CutOnce { .. })) => unreachable!("answered above"),
+        (_, Some(Fault::NoLength))
+        | (_, Some(Fault::CutOnce { .. }))
+        | (_, Some(Fault::Announce(_)))
+        | (_, Some(Fault::Trickle { .. })) => unreachable!("answered above"),
         (_, Some(Fault::Stall)) => {
             let half = futures::stream::iter([Ok::<_, std::io::Error>(bytes.slice(..len / 2))]);
             let never = futures::stream::pending();
@@ -540,4 +566,39 @@ pub fn bytes_of(len: usize, seed: u8) -> Bytes {
 /// The digest of `bytes`.
 pub fn digest_of(bytes: impl AsRef<[u8]>) -> Digest {
     Digest::of(bytes.as_ref())
+}
+
+/// An upstream that answers every request with `head` (status line and headers, without the
+/// blank line) and `body`, then closes: for answers hyper would refuse to send, such as a
+/// Content-Length that does not match the body.
+pub async fn raw_upstream(head: &str, body: Bytes) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let head = format!("{head}\r\nConnection: close\r\n\r\n");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (head, body) = (head.clone(), body.clone());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// berth in-process with "docker.io" at `endpoint` (`tweak` edits the parsed config).
+pub async fn berth_for(
+    endpoint: &str,
+    tweak: impl FnOnce(&mut Config),
+) -> (tempfile::TempDir, berth::Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), &[("docker.io", endpoint)], "");
+    tweak(&mut cfg);
+    let berth = berth::Server::start(&cfg).await.unwrap();
+    (dir, berth)
 }

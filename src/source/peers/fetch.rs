@@ -96,7 +96,7 @@ impl Peers {
         let (peers, peer) = (self.clone(), owner.to_owned());
         let rejected =
             Box::new(move || peers.mark_down(&peer, "sent content that does not match its digest"));
-        Ok(Source { len, body, room: None, resume: Some(resume), rejected: Some(rejected), hold: None })
+        Ok(Source { len, body, resume: Some(resume), rejected: Some(rejected), hold: None })
     }
 
     /// A manifest by digest: from the owner when it sends the right bytes, else from upstream.
