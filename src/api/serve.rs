@@ -18,12 +18,14 @@ use tokio::sync::watch;
 
 /// Request heads (request line and headers) larger than this are refused.
 pub const MAX_HEAD: usize = 64 * 1024;
-/// A client has this long to finish its TLS handshake, and to send a request head.
-const HEAD_DEADLINE: Duration = Duration::from_secs(30);
 
+/// How the listener treats its connections (from `[server]`).
 pub struct Options {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
-    pub idle: Duration,
+    /// A write that makes no progress for this long fails (`WriteIdle`).
+    pub client_idle_timeout: Duration,
+    /// A client has this long to finish its TLS handshake, and to send a request head.
+    pub head_timeout: Duration,
 }
 
 /// Serves `router` on `listener` until `shutdown` turns true, then waits for open connections.
@@ -35,7 +37,7 @@ pub async fn serve(
 ) -> io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEAD_DEADLINE).max_buf_size(MAX_HEAD);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(options.head_timeout).max_buf_size(MAX_HEAD);
     builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD as u32);
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
@@ -56,11 +58,16 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let (builder, watcher, tls, idle) =
-            (builder.clone(), graceful.watcher(), options.tls.clone(), options.idle);
+        let (builder, watcher, tls, idle, head_timeout) = (
+            builder.clone(),
+            graceful.watcher(),
+            options.tls.clone(),
+            options.client_idle_timeout,
+            options.head_timeout,
+        );
         tokio::spawn(async move {
             let served = match tls {
-                Some(acceptor) => match tokio::time::timeout(HEAD_DEADLINE, acceptor.accept(stream)).await {
+                Some(acceptor) => match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         let conn = builder.serve_connection(TokioIo::new(WriteIdle::new(tls, idle)), service);
                         watcher.watch(conn.into_owned()).await

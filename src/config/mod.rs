@@ -62,6 +62,8 @@ pub struct Server {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// A client that takes no bytes for this long is dropped.
     pub client_idle_timeout: Duration,
+    /// A client has this long to finish its TLS handshake, and to send each HTTP/1 request head.
+    pub head_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +173,7 @@ struct RawServer {
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
     client_idle_timeout: Option<String>,
+    head_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -265,6 +268,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             }
         },
         client_idle_timeout: p.duration("server.client_idle_timeout", raw.server.client_idle_timeout, "60s"),
+        head_timeout: p.timeout("server.head_timeout", raw.server.head_timeout, "30s"),
     };
     if !server.admin_listen.ip().is_loopback() && server.admin_token.is_none() {
         p.0.push(format!(
@@ -472,6 +476,16 @@ impl Checker<'_> {
             self.0.push(format!("{key} = {v:?}: {e} (expected a duration such as \"5m\")"));
             Duration::ZERO
         })
+    }
+
+    /// A duration that must not be zero (a zero timeout would close every connection at once).
+    fn timeout(&mut self, key: &str, v: Option<String>, default: &str) -> Duration {
+        let problems = self.0.len();
+        let d = self.duration(key, v, default);
+        if d.is_zero() && self.0.len() == problems {
+            self.0.push(format!("{key} must be more than 0"));
+        }
+        d
     }
 }
 
