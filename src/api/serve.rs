@@ -1,10 +1,12 @@
 //! The registry listener's accept loop: plain or TLS connections served by hyper (HTTP/1.1,
 //! and HTTP/2 where the client speaks it), with limits on request heads, a deadline for the
 //! head and the TLS handshake, and a connection whose client stops reading dropped after
-//! `client_idle_timeout`. Shutdown stops accepting and lets open connections finish.
+//! `client_idle_timeout`. At most `max_connections` are open at once: past it, the next is
+//! accepted when one closes. Shutdown stops accepting and lets open connections finish.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 /// Request heads (request line and headers) larger than this are refused.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -26,6 +28,8 @@ pub struct Options {
     pub client_idle_timeout: Duration,
     /// A client has this long to finish its TLS handshake, and to send a request head.
     pub head_timeout: Duration,
+    /// Connections open at once; past it, the next is accepted when one closes.
+    pub max_connections: u32,
 }
 
 /// Serves `router` on `listener` until `shutdown` turns true, then waits for open connections.
@@ -43,7 +47,13 @@ pub async fn serve(
         let _ = shutdown.wait_for(|s| *s).await;
     };
     tokio::pin!(stop);
+    let open = Arc::new(Semaphore::new(options.max_connections as usize));
     loop {
+        // A turn first, then `accept`: past the cap, connections wait in the listen backlog.
+        let turn = tokio::select! {
+            turn = open.clone().acquire_owned() => turn.expect("the semaphore is never closed"),
+            _ = &mut stop => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -66,6 +76,7 @@ pub async fn serve(
             options.head_timeout,
         );
         tokio::spawn(async move {
+            let _turn = turn;
             let served = match tls {
                 Some(acceptor) => match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {

@@ -64,6 +64,8 @@ pub struct Server {
     pub client_idle_timeout: Duration,
     /// A client has this long to finish its TLS handshake, and to send each HTTP/1 request head.
     pub head_timeout: Duration,
+    /// Connections open at once; past it, new ones wait to be accepted until one closes.
+    pub max_connections: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -174,6 +176,7 @@ struct RawServer {
     tls_key_file: Option<PathBuf>,
     client_idle_timeout: Option<String>,
     head_timeout: Option<String>,
+    max_connections: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -269,7 +272,11 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         },
         client_idle_timeout: p.duration("server.client_idle_timeout", raw.server.client_idle_timeout, "60s"),
         head_timeout: p.timeout("server.head_timeout", raw.server.head_timeout, "30s"),
+        max_connections: raw.server.max_connections.unwrap_or(4096),
     };
+    if server.max_connections == 0 {
+        p.0.push("server.max_connections must be at least 1".into());
+    }
     if !server.admin_listen.ip().is_loopback() && server.admin_token.is_none() {
         p.0.push(format!(
             "server.admin_listen {} is not a loopback address: set admin_token_file or admin_token_env",

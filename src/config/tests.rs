@@ -61,6 +61,14 @@ fn listener_timeouts_must_be_more_than_zero() {
 }
 
 #[test]
+fn max_connections_is_at_least_one() {
+    let base = "[[registry]]\nhost = \"docker.io\"\nendpoint = \"https://registry-1.docker.io\"\n";
+    let err = Config::parse(&format!("[server]\nmax_connections = 0\n{base}")).unwrap_err();
+    assert!(err.to_string().contains("server.max_connections must be at least 1"), "{err}");
+    assert_eq!(Config::parse(base).unwrap().server.max_connections, 4096);
+}
+
+#[test]
 fn a_non_loopback_admin_listener_needs_a_token() {
     let base = "[[registry]]\nhost = \"docker.io\"\nendpoint = \"https://registry-1.docker.io\"\n";
     let err = Config::parse(&format!("[server]\nadmin_listen = \"0.0.0.0:5001\"\n{base}")).unwrap_err();
