@@ -78,6 +78,7 @@ impl Server {
             tls: certs.as_ref().map(|c| c.acceptor()),
             client_idle_timeout: config.server.client_idle_timeout,
             head_timeout: config.server.head_timeout,
+            idle_timeout: config.server.idle_timeout,
             max_connections: config.server.max_connections,
         };
         let auth = match &config.auth {

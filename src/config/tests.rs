@@ -56,8 +56,11 @@ fn listener_timeouts_must_be_more_than_zero() {
     assert!(err.to_string().contains("server.head_timeout must be more than 0"), "{err}");
     let err = Config::parse(&format!("[server]\nhead_timeout = \"soon\"\n{base}")).unwrap_err();
     assert_eq!(err.0.len(), 1, "one problem per bad value: {err}");
+    let err = Config::parse(&format!("[server]\nidle_timeout = \"0s\"\n{base}")).unwrap_err();
+    assert!(err.to_string().contains("server.idle_timeout must be more than 0"), "{err}");
     let c = Config::parse(base).unwrap();
     assert_eq!(c.server.head_timeout, Duration::from_secs(30));
+    assert_eq!(c.server.idle_timeout, Duration::from_secs(90));
 }
 
 #[test]
