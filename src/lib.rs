@@ -76,7 +76,10 @@ impl Server {
         };
         let options = api::serve::Options {
             tls: certs.as_ref().map(|c| c.acceptor()),
-            idle: config.server.client_idle_timeout,
+            client_idle_timeout: config.server.client_idle_timeout,
+            head_timeout: config.server.head_timeout,
+            idle_timeout: config.server.idle_timeout,
+            max_connections: config.server.max_connections,
         };
         let auth = match &config.auth {
             Some(a) => {

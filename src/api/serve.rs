@@ -1,29 +1,58 @@
-//! The registry listener's accept loop: plain or TLS connections served by hyper (HTTP/1.1,
-//! and HTTP/2 where the client speaks it), with limits on request heads, a deadline for the
-//! head and the TLS handshake, and a connection whose client stops reading dropped after
-//! `client_idle_timeout`. Shutdown stops accepting and lets open connections finish.
+//! The registry listener: plain or TLS connections served by hyper (HTTP/1.1, and HTTP/2
+//! where the client speaks it), each driven here to its end. Request heads are limited in
+//! size; a connection that sends no byte within `head_timeout` (after its TLS handshake,
+//! which has as long) is dropped, as is a client that stops reading (`client_idle_timeout`)
+//! or an HTTP/2 peer that answers no ping. A connection with no request in flight for
+//! `idle_timeout` is closed gracefully. At most `max_connections` are open at once: past it,
+//! the next is accepted when one closes. Shutdown stops accepting and closes open
+//! connections gracefully, letting their requests finish.
 
+use std::convert::Infallible;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::Router;
+use futures::future::BoxFuture;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
 
 /// Request heads (request line and headers) larger than this are refused.
 pub const MAX_HEAD: usize = 64 * 1024;
-/// A client has this long to finish its TLS handshake, and to send a request head.
-const HEAD_DEADLINE: Duration = Duration::from_secs(30);
 
+/// How the listener treats its connections (from `[server]`).
 pub struct Options {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
-    pub idle: Duration,
+    /// A write that makes no progress for this long fails (`WriteIdle`); an HTTP/2 peer
+    /// silent this long is pinged, and dropped if its answer takes as long again.
+    pub client_idle_timeout: Duration,
+    /// A client has this long to finish its TLS handshake, then to send its first byte, and
+    /// to send each HTTP/1 request head.
+    pub head_timeout: Duration,
+    /// A connection with no request in flight for this long is closed gracefully.
+    pub idle_timeout: Duration,
+    /// Connections open at once; past it, the next is accepted when one closes.
+    pub max_connections: u32,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What every connection of the listener shares.
+struct Shared {
+    router: Router,
+    http: auto::Builder<TokioExecutor>,
+    options: Options,
 }
 
 /// Serves `router` on `listener` until `shutdown` turns true, then waits for open connections.
@@ -31,17 +60,19 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     options: Options,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEAD_DEADLINE).max_buf_size(MAX_HEAD);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD as u32);
-    let stop = async move {
-        let _ = shutdown.wait_for(|s| *s).await;
-    };
+    let max = options.max_connections;
+    let shared = Arc::new(Shared { router, http: http_builder(&options), options });
+    let open = Arc::new(Semaphore::new(max as usize));
+    let stop = shut_down(shutdown.clone());
     tokio::pin!(stop);
     loop {
+        // A turn first, then `accept`: past the cap, connections wait in the listen backlog.
+        let turn = tokio::select! {
+            turn = open.clone().acquire_owned() => turn.expect("the semaphore is never closed"),
+            _ = &mut stop => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -55,35 +86,254 @@ pub async fn serve(
             _ = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let (builder, watcher, tls, idle) =
-            (builder.clone(), graceful.watcher(), options.tls.clone(), options.idle);
+        let (shared, shutdown) = (shared.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let served = match tls {
-                Some(acceptor) => match tokio::time::timeout(HEAD_DEADLINE, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let conn = builder.serve_connection(TokioIo::new(WriteIdle::new(tls, idle)), service);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                },
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(WriteIdle::new(stream, idle)), service);
-                    watcher.watch(conn.into_owned()).await
-                }
-            };
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            serve_connection(stream, peer, &shared, shutdown).await;
+            drop(turn);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Each connection holds its turn until it ends.
+    let _ = open.acquire_many(max).await;
     Ok(())
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+async fn shut_down(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// hyper's settings: head limits and deadlines, and HTTP/2 pings that find peers gone away.
+fn http_builder(options: &Options) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(options.head_timeout).max_buf_size(MAX_HEAD);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD as u32)
+        .keep_alive_interval(options.client_idle_timeout)
+        .keep_alive_timeout(options.client_idle_timeout);
+    builder
+}
+
+/// Serves one accepted connection to its end: the TLS handshake when configured, then HTTP.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    shutdown: watch::Receiver<bool>,
+) {
+    let served = match &shared.options.tls {
+        None => serve_http(stream, shared, shutdown).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(shared.options.head_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_http(tls, shared, shutdown).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// HTTP on an open connection (plain, or TLS after its handshake), until it ends.
+async fn serve_http<T>(io: T, shared: &Shared, shutdown: watch::Receiver<bool>) -> Result<(), BoxError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let options = &shared.options;
+    let heard = Arc::new(AtomicBool::new(false));
+    let io = Heard { inner: WriteIdle::new(io, options.client_idle_timeout), heard: heard.clone() };
+    let in_flight = InFlight::new();
+    let service =
+        Counting { router: TowerToHyperService::new(shared.router.clone()), in_flight: in_flight.clone() };
+    let conn = shared.http.serve_connection(TokioIo::new(io), service);
+    drive(conn, &in_flight, &heard, options, shutdown).await
+}
+
+/// Drives a connection to its end. It is closed gracefully (requests in flight finish, no
+/// new ones are taken) when the server shuts down or once nothing has been in flight for
+/// `idle_timeout`. It is dropped if its peer sent no byte within `head_timeout`, or if it is
+/// still open, and idle, `idle_timeout` after it was asked to close (an HTTP/2 peer that
+/// never acknowledges the close).
+async fn drive<I>(
+    conn: auto::Connection<'_, TokioIo<I>, Counting, TokioExecutor>,
+    in_flight: &InFlight,
+    heard: &AtomicBool,
+    options: &Options,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    tokio::pin!(conn);
+    let silent = silent_past(heard, options.head_timeout);
+    tokio::pin!(silent);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            served = conn.as_mut() => return served,
+            () = &mut silent => return Err(timed_out("no byte within head_timeout")),
+            () = in_flight.idle_for(options.idle_timeout) => {
+                if closing {
+                    return Err(timed_out("still open, idle, after being asked to close"));
+                }
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = shutdown.wait_for(|s| *s), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+}
+
+/// Resolves if the peer has sent no byte within `deadline`; never otherwise.
+async fn silent_past(heard: &AtomicBool, deadline: Duration) {
+    tokio::time::sleep(deadline).await;
+    if heard.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn timed_out(why: &'static str) -> BoxError {
+    Box::new(io::Error::new(io::ErrorKind::TimedOut, why))
+}
+
+/// Requests in flight on one connection: each counts from the service call (so one waiting
+/// for its answer counts) until its response body is dropped (sent in full, or abandoned).
+#[derive(Clone)]
+struct InFlight(watch::Sender<usize>);
+
+impl InFlight {
+    fn new() -> Self {
+        InFlight(watch::Sender::new(0))
+    }
+
+    fn begin(&self) -> InFlightGuard {
+        self.0.send_modify(|n| *n += 1);
+        InFlightGuard(self.0.clone())
+    }
+
+    /// Resolves once nothing has been in flight for `idle` in one stretch.
+    async fn idle_for(&self, idle: Duration) {
+        let mut changes = self.0.subscribe();
+        loop {
+            if *changes.borrow_and_update() > 0 {
+                // Cannot fail: `self` holds a sender.
+                let _ = changes.changed().await;
+            } else if tokio::time::timeout(idle, changes.changed()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One request counted in flight until dropped.
+struct InFlightGuard(watch::Sender<usize>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// The router as a hyper service, counting each request in flight on its connection.
+#[derive(Clone)]
+struct Counting {
+    router: TowerToHyperService<Router>,
+    in_flight: InFlight,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Counting {
+    type Response = Response<Counted>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Counted>, Infallible>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let guard = self.in_flight.begin();
+        let answer = self.router.call(request);
+        Box::pin(async move { Ok(answer.await?.map(|body| Counted { body, _in_flight: guard })) })
+    }
+}
+
+/// A response body that keeps its request in flight until the body is dropped.
+struct Counted {
+    body: Body,
+    _in_flight: InFlightGuard,
+}
+
+impl http_body::Body for Counted {
+    type Data = <Body as http_body::Body>::Data;
+    type Error = <Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A connection that notes when its peer sends its first byte.
+struct Heard<T> {
+    inner: T,
+    heard: Arc<AtomicBool>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Heard<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.heard.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Heard<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// A connection whose writes fail once one has waited `idle` without any progress: a

@@ -60,8 +60,23 @@ pub struct Server {
     pub shutdown_grace: Duration,
     /// TLS on the registry listener: certificate chain and key, PEM files (reloaded on SIGHUP).
     pub tls: Option<(PathBuf, PathBuf)>,
-    /// A client that takes no bytes for this long is dropped.
+    /// A client that takes no bytes for this long is dropped; an HTTP/2 peer that sends
+    /// nothing for this long is pinged, and dropped if the answer takes as long again.
     pub client_idle_timeout: Duration,
+    /// A client has this long to finish its TLS handshake, then to send its first bytes, and
+    /// to send each HTTP/1 request head (so an idle HTTP/1 connection lasts this long).
+    pub head_timeout: Duration,
+    /// A connection with no request in flight (none waiting for its answer, no response body
+    /// being sent) for this long is closed gracefully, and dropped if it is still open and
+    /// idle after as long again (an HTTP/2 peer that never acknowledges the close). The
+    /// default, 90 s, is no shorter than clients keep an idle connection for reuse (containerd
+    /// 30 s, Go's default transport 90 s), so the client normally closes first and berth's
+    /// close does not race its next request; and short enough that idle connections do not
+    /// hold many of the `max_connections` for long. An idle HTTP/1 connection also ends when
+    /// `head_timeout` passes without its next request head.
+    pub idle_timeout: Duration,
+    /// Connections open at once; past it, new ones wait to be accepted until one closes.
+    pub max_connections: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -178,6 +193,9 @@ struct RawServer {
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
     client_idle_timeout: Option<String>,
+    head_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -273,7 +291,13 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             }
         },
         client_idle_timeout: p.duration("server.client_idle_timeout", raw.server.client_idle_timeout, "60s"),
+        head_timeout: p.timeout("server.head_timeout", raw.server.head_timeout, "30s"),
+        idle_timeout: p.timeout("server.idle_timeout", raw.server.idle_timeout, "90s"),
+        max_connections: raw.server.max_connections.unwrap_or(4096),
     };
+    if server.max_connections == 0 {
+        p.0.push("server.max_connections must be at least 1".into());
+    }
     if !server.admin_listen.ip().is_loopback() && server.admin_token.is_none() {
         p.0.push(format!(
             "server.admin_listen {} is not a loopback address: set admin_token_file or admin_token_env",
@@ -486,6 +510,16 @@ impl Checker<'_> {
             self.0.push(format!("{key} = {v:?}: {e} (expected a duration such as \"5m\")"));
             Duration::ZERO
         })
+    }
+
+    /// A duration that must not be zero (a zero timeout would close every connection at once).
+    fn timeout(&mut self, key: &str, v: Option<String>, default: &str) -> Duration {
+        let problems = self.0.len();
+        let d = self.duration(key, v, default);
+        if d.is_zero() && self.0.len() == problems {
+            self.0.push(format!("{key} must be more than 0"));
+        }
+        d
     }
 }
 

@@ -50,6 +50,28 @@ fn every_problem_is_named() {
 }
 
 #[test]
+fn listener_timeouts_must_be_more_than_zero() {
+    let base = "[[registry]]\nhost = \"docker.io\"\nendpoint = \"https://registry-1.docker.io\"\n";
+    let err = Config::parse(&format!("[server]\nhead_timeout = \"0s\"\n{base}")).unwrap_err();
+    assert!(err.to_string().contains("server.head_timeout must be more than 0"), "{err}");
+    let err = Config::parse(&format!("[server]\nhead_timeout = \"soon\"\n{base}")).unwrap_err();
+    assert_eq!(err.0.len(), 1, "one problem per bad value: {err}");
+    let err = Config::parse(&format!("[server]\nidle_timeout = \"0s\"\n{base}")).unwrap_err();
+    assert!(err.to_string().contains("server.idle_timeout must be more than 0"), "{err}");
+    let c = Config::parse(base).unwrap();
+    assert_eq!(c.server.head_timeout, Duration::from_secs(30));
+    assert_eq!(c.server.idle_timeout, Duration::from_secs(90));
+}
+
+#[test]
+fn max_connections_is_at_least_one() {
+    let base = "[[registry]]\nhost = \"docker.io\"\nendpoint = \"https://registry-1.docker.io\"\n";
+    let err = Config::parse(&format!("[server]\nmax_connections = 0\n{base}")).unwrap_err();
+    assert!(err.to_string().contains("server.max_connections must be at least 1"), "{err}");
+    assert_eq!(Config::parse(base).unwrap().server.max_connections, 4096);
+}
+
+#[test]
 fn a_non_loopback_admin_listener_needs_a_token() {
     let base = "[[registry]]\nhost = \"docker.io\"\nendpoint = \"https://registry-1.docker.io\"\n";
     let err = Config::parse(&format!("[server]\nadmin_listen = \"0.0.0.0:5001\"\n{base}")).unwrap_err();
