@@ -52,7 +52,8 @@ fn fill(c: &mut Criterion) {
                         hold: None,
                     };
                     let started = std::time::Instant::now();
-                    let (fill, _) = Arc::clone(&store).fill(&digest, async move { Ok(source) }.boxed());
+                    let (fill, _) =
+                        Arc::clone(&store).fill(&digest, "bench", async move { Ok(source) }.boxed());
                     fill.ready().await.unwrap();
                     let mut body = body::follow(fill, 0, Some(blob.len() as u64));
                     let mut n = 0;

@@ -541,3 +541,67 @@ async fn a_slow_body_and_a_request_queued_for_a_fill_are_not_idle() {
     // The connection is still open and kept alive.
     assert_eq!(get_on(&mut streaming, "/v2/").await.0, 200);
 }
+
+/// berth in front of two registries: "docker.io" (the default) and "b.test".
+async fn two_registries() -> (Harness, common::Fake) {
+    let a = common::Fake::start().await;
+    let b = common::Fake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::config(dir.path(), &[("docker.io", &a.url()), ("b.test", &b.url())], "");
+    let berth = berth::Server::start(&cfg).await.unwrap();
+    (Harness { dir, upstream: a, berth, client: reqwest::Client::new() }, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_cached_from_one_registry_is_not_served_under_another_that_lacks_it() {
+    let (h, b) = two_registries().await;
+    let blob = bytes_of(3000, 80);
+    let d = h.upstream.add_blob(blob.clone());
+    let under_b = format!("{}?ns=b.test", Harness::blob_path(REPO, &d));
+    assert_eq!(pull(&h, &d).await, StatusCode::OK);
+    for head in [false, true] {
+        let url = h.url(&under_b);
+        let r = if head { h.client.head(url) } else { h.client.get(url) }.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "served under b.test, which lacks it (head: {head})");
+    }
+    // Once b.test has it, one HEAD confirms it and the cached copy is served.
+    b.add_blob(blob.clone());
+    b.clear_log();
+    let r = h.get(&under_b).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.bytes().await.unwrap() == blob);
+    assert_eq!(b.count(http::Method::GET, d.as_str()), 0, "content is stored once");
+    assert_eq!(b.count(http::Method::HEAD, d.as_str()), 1);
+    // Recorded: with b.test down, what it confirmed is still served under it, and nothing else.
+    let other = h.upstream.add_blob(bytes_of(3000, 81));
+    assert_eq!(pull(&h, &other).await, StatusCode::OK);
+    b.stop();
+    assert_eq!(h.get(&under_b).await.status(), StatusCode::OK);
+    let other_under_b = format!("{}?ns=b.test", Harness::blob_path(REPO, &other));
+    assert_eq!(h.get(&other_under_b).await.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_cached_from_one_registry_is_not_served_under_another_that_lacks_it() {
+    let (h, b) = two_registries().await;
+    let (m, _) = h.upstream.put_image(REPO, "1", &[bytes_of(100, 82)]);
+    assert_eq!(h.get(&format!("/v2/{REPO}/manifests/{m}")).await.status(), StatusCode::OK);
+    let r = h.get(&format!("/v2/{REPO}/manifests/{m}?ns=b.test")).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(b.log().iter().all(|l| l.method == http::Method::HEAD), "only asked, never fetched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_registrys_404_does_not_answer_another_registrys_concurrent_request() {
+    let (h, b) = two_registries().await;
+    let (m, _) = b.put_image(REPO, "1", &[bytes_of(100, 83)]);
+    *h.upstream.state.manifest_delay.lock().unwrap() = Some(Duration::from_millis(600));
+    let under_a = h.client.get(h.url(&format!("/v2/{REPO}/manifests/{m}"))).send();
+    let under_b = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.client.get(h.url(&format!("/v2/{REPO}/manifests/{m}?ns=b.test"))).send().await
+    };
+    let (a, bb) = tokio::join!(under_a, under_b);
+    assert_eq!(a.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(bb.unwrap().status(), StatusCode::OK, "b.test has it");
+}

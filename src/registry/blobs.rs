@@ -1,4 +1,7 @@
-//! Blobs: from memory, from disk, or by following the one fill of their digest.
+//! Blobs: from memory, from disk, or by following the one fill of their digest. A blob is
+//! served under a registry only once that registry has it (see `provenance`).
+
+use std::sync::Arc;
 
 use futures::FutureExt;
 
@@ -6,7 +9,9 @@ use super::range::RangeSpec;
 use super::Mirror;
 use crate::digest::Digest;
 use crate::error::Error;
+use crate::source::Upstream;
 use crate::store::body::{self, BodyStream};
+use crate::store::fill::Fill;
 use crate::store::Tier;
 
 /// A blob answer: the full length, the span served (`Some` for a 206), and the body for a GET.
@@ -31,6 +36,7 @@ impl Mirror {
     ) -> Result<BlobAnswer, Error> {
         let upstream = &self.upstreams.get(ns)?;
         if let Some(hit) = self.store.get(digest).await? {
+            self.confirm_blob(upstream, repo, digest).await?;
             let len = hit.bytes.len() as u64;
             let span = range.map(|r| r.resolve(len)).transpose()?;
             let (start, end) = span.unwrap_or((0, len));
@@ -44,28 +50,20 @@ impl Mirror {
         if head {
             // A HEAD does not start a fill: answer from a fill in flight, else ask upstream.
             if let Some(fill) = self.store.inflight(digest) {
-                if let Some(len) = fill.ready().await? {
-                    return Ok(BlobAnswer { len, range: None, body: None, tier: Tier::FillFollower });
+                if fill.origin() == upstream.host || self.provenance.knows(&upstream.host, digest).await {
+                    if let Some(len) = fill.ready().await? {
+                        return Ok(BlobAnswer { len, range: None, body: None, tier: Tier::FillFollower });
+                    }
                 }
             }
             let len = upstream.blob_len(repo, digest).await?.ok_or_else(|| {
                 Error::Unavailable("upstream sent no Content-Length for a blob HEAD".into())
             })?;
+            self.provenance.record(&upstream.host, digest).await;
             return Ok(BlobAnswer { len, range: None, body: None, tier: Tier::Upstream });
         }
 
-        let fetch = {
-            let (upstream, repo, digest) = (upstream.clone(), repo.to_owned(), digest.clone());
-            let owner = self.owner_of(&digest, hop);
-            async move {
-                match owner {
-                    Some((peers, owner)) => peers.blob(&owner, &upstream, &repo, &digest).await,
-                    None => upstream.blob(&repo, &digest).await,
-                }
-            }
-            .boxed()
-        };
-        let (fill, led) = self.store.fill(digest, fetch);
+        let (fill, led) = self.join_fill(upstream, repo, digest, hop).await?;
         let tier = if led { Tier::FillLeader } else { Tier::FillFollower };
         let len = match fill.ready().await? {
             Some(len) => len,
@@ -80,5 +78,70 @@ impl Mirror {
             body: Some(body::guarded(body::follow(fill, start, Some(end)), self.store.reading(digest))),
             tier,
         })
+    }
+
+    /// Joins the digest's fill, or starts one from this registry. A fill started for another
+    /// registry is joined only once this registry confirms the digest; when that fill fails
+    /// (the other registry does not have it), this registry fills it itself.
+    async fn join_fill(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &str,
+        digest: &Digest,
+        hop: bool,
+    ) -> Result<(Arc<Fill>, bool), Error> {
+        let (fill, led) = self.store.fill(digest, &upstream.host, self.fetch(upstream, repo, digest, hop));
+        if led || fill.origin() == upstream.host {
+            return Ok((fill, led));
+        }
+        self.confirm_blob(upstream, repo, digest).await?;
+        if fill.ready().await.is_ok() {
+            return Ok((fill, false));
+        }
+        fill.settled().await;
+        Ok(self.store.fill(digest, &upstream.host, self.fetch(upstream, repo, digest, hop)))
+    }
+
+    /// The fetch of a fill from this registry: through the digest's owner among the peers,
+    /// else from upstream. A source that answers records that the registry has the digest.
+    fn fetch(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &str,
+        digest: &Digest,
+        hop: bool,
+    ) -> futures::future::BoxFuture<'static, Result<crate::store::fill::Source, Error>> {
+        let (upstream, repo, digest) = (upstream.clone(), repo.to_owned(), digest.clone());
+        let owner = self.owner_of(&digest, hop);
+        let provenance = self.provenance.clone();
+        async move {
+            let source = match owner {
+                Some((peers, owner)) => peers.blob(&owner, &upstream, &repo, &digest).await?,
+                None => upstream.blob(&repo, &digest).await?,
+            };
+            provenance.record(&upstream.host, &digest).await;
+            Ok(source)
+        }
+        .boxed()
+    }
+
+    /// Succeeds when this registry has served or confirmed `digest`; otherwise asks its
+    /// upstream (one HEAD) and records the answer. Not confirmed, for whatever reason
+    /// (upstream says no, or cannot be asked): 404.
+    async fn confirm_blob(&self, upstream: &Upstream, repo: &str, digest: &Digest) -> Result<(), Error> {
+        if self.provenance.knows(&upstream.host, digest).await {
+            return Ok(());
+        }
+        match upstream.blob_len(repo, digest).await {
+            Ok(_) => {
+                self.provenance.record(&upstream.host, digest).await;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::info!(registry = %upstream.host, %digest, error = %e,
+                    "a cached blob not confirmed by this registry: not served under it");
+                Err(Error::BlobUnknown)
+            }
+        }
     }
 }

@@ -39,6 +39,8 @@ impl Mirror {
             Reference::Tag(tag) => {
                 let (entry, tier) = self.resolve_tag(upstream, repo, tag, accept).await?;
                 let digest = Digest::parse(&entry.digest)?;
+                // The registry named this digest for its tag: it has it.
+                self.provenance.record(&upstream.host, &digest).await;
                 if head {
                     return Ok(ManifestAnswer {
                         digest,
@@ -66,6 +68,7 @@ impl Mirror {
         hop: bool,
     ) -> Result<ManifestAnswer, Error> {
         if let Some(answer) = self.stored_manifest(digest).await? {
+            self.confirm_manifest(upstream, repo, digest).await?;
             return Ok(answer);
         }
         let fetch = {
@@ -73,6 +76,7 @@ impl Mirror {
             let store = self.store.clone();
             let media_types = self.media_types.clone();
             let owner = self.owner_of(&digest, hop);
+            let provenance = self.provenance.clone();
             async move {
                 let m = match owner {
                     Some((peers, owner)) => peers.manifest(&owner, &upstream, &repo, &digest).await?,
@@ -82,11 +86,13 @@ impl Mirror {
                     return Err(Error::Integrity(format!("manifest {digest} hashes to {}", m.digest)));
                 }
                 store.put_verified(&digest, m.bytes, Some(&m.media_type)).await?;
+                provenance.record(&upstream.host, &digest).await;
                 media_types.insert(digest, m.media_type.into());
                 Ok(())
             }
         };
-        let (result, led) = self.manifest_fetches.run(digest.clone(), || fetch).await;
+        let key = (upstream.host.clone(), digest.clone());
+        let (result, led) = self.manifest_fetches.run(key, || fetch).await;
         result?;
         let mut answer = self
             .stored_manifest(digest)
@@ -94,6 +100,25 @@ impl Mirror {
             .ok_or_else(|| Error::Internal(format!("manifest {digest} vanished after its fetch")))?;
         answer.tier = if led { Tier::FillLeader } else { Tier::FillFollower };
         Ok(answer)
+    }
+
+    /// Succeeds when this registry has served or confirmed manifest `digest`; otherwise asks
+    /// its upstream (one HEAD) and records the answer. Not confirmed: 404.
+    async fn confirm_manifest(&self, upstream: &Upstream, repo: &str, digest: &Digest) -> Result<(), Error> {
+        if self.provenance.knows(&upstream.host, digest).await {
+            return Ok(());
+        }
+        match upstream.head_manifest(repo, digest.as_str(), &AcceptClass::all().header()).await {
+            Ok(_) => {
+                self.provenance.record(&upstream.host, digest).await;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::info!(registry = %upstream.host, %digest, error = %e,
+                    "a cached manifest not confirmed by this registry: not served under it");
+                Err(Error::ManifestUnknown)
+            }
+        }
     }
 
     /// A manifest from the tiers, when both its bytes and its media type are known.

@@ -6,6 +6,7 @@ pub mod blobs;
 pub mod gc;
 pub mod image_ref;
 pub mod manifests;
+pub mod provenance;
 pub mod range;
 pub mod reference;
 pub mod singleflight;
@@ -34,7 +35,11 @@ pub struct Mirror {
     pub peers: Option<Arc<Peers>>,
     tags: Arc<TagCache>,
     pub gc: Arc<gc::Collector>,
-    manifest_fetches: SingleFlight<Digest, ()>,
+    /// Manifest fetches by (registry, digest): one registry's answer never stands in for
+    /// another's.
+    manifest_fetches: SingleFlight<(String, Digest), ()>,
+    /// Which registry has served or confirmed which digest.
+    provenance: Arc<provenance::Provenance>,
     tag_lookups: SingleFlight<String, TagEntry>,
     /// Media types of stored manifests, so that a memory hit needs no metadata read.
     media_types: moka::sync::Cache<Digest, Arc<str>>,
@@ -64,8 +69,9 @@ impl Mirror {
             peers: config.peers.as_ref().map(Peers::new).transpose()?,
             tags,
             gc,
-            store,
             manifest_fetches: SingleFlight::default(),
+            provenance: Arc::new(provenance::Provenance::new(store.meta.clone())),
+            store,
             tag_lookups: SingleFlight::default(),
             media_types: moka::sync::Cache::new(65_536),
         })

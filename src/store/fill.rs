@@ -78,6 +78,8 @@ pub enum FillState {
 
 pub struct Fill {
     digest: Digest,
+    /// Who started it (the registry, for the layer above: a label the store does not read).
+    origin: Arc<str>,
     /// Requests served by this fill: the one that started it and every follower.
     clients: std::sync::atomic::AtomicU64,
     state: watch::Sender<FillState>,
@@ -88,6 +90,11 @@ pub struct Fill {
 impl Fill {
     pub fn digest(&self) -> &Digest {
         &self.digest
+    }
+
+    /// The label the fill was started with.
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     pub fn subscribe(&self) -> watch::Receiver<FillState> {
@@ -136,11 +143,12 @@ impl Fill {
 }
 
 impl Store {
-    /// Joins the in-flight fill of `digest`, or starts one that fetches with `fetch`.
-    /// Returns the fill and whether this call started it.
+    /// Joins the in-flight fill of `digest`, or starts one labelled `origin` that fetches with
+    /// `fetch`. Returns the fill and whether this call started it.
     pub fn fill(
         self: &Arc<Self>,
         digest: &Digest,
+        origin: &str,
         fetch: BoxFuture<'static, Result<Source, Error>>,
     ) -> (Arc<Fill>, bool) {
         let mut inflight = self.inflight.lock().expect("inflight lock");
@@ -152,6 +160,7 @@ impl Store {
         let (state, _) = watch::channel(FillState::Pending);
         let fill = Arc::new(Fill {
             digest: digest.clone(),
+            origin: origin.into(),
             clients: std::sync::atomic::AtomicU64::new(1),
             state,
             settled: watch::channel(false).0,

@@ -22,6 +22,8 @@ type Table = TableDefinition<'static, &'static str, &'static [u8]>;
 const BLOBS: Table = TableDefinition::new("blobs");
 const TAGS: Table = TableDefinition::new("tags");
 const PINS: Table = TableDefinition::new("pins");
+/// `<digest> <registry>` → empty: the registries that served or confirmed a digest.
+const SERVED: Table = TableDefinition::new("served");
 
 /// An image a user asked to keep: recorded now, honoured by GC.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,6 +56,11 @@ pub struct Meta {
     touched: Mutex<HashMap<String, u64>>,
 }
 
+/// The `served` table's key: digest first, so that a blob's rows are one range.
+pub fn served_key(registry: &str, digest: &Digest) -> String {
+    format!("{digest} {registry}")
+}
+
 pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -69,6 +76,7 @@ impl Meta {
         txn.open_table(BLOBS).map_err(db_err)?;
         txn.open_table(TAGS).map_err(db_err)?;
         txn.open_table(PINS).map_err(db_err)?;
+        txn.open_table(SERVED).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         Ok(Meta { db, touched: Mutex::new(HashMap::new()) })
     }
@@ -111,7 +119,38 @@ impl Meta {
     /// Forgets a blob. Call after its file is deleted, so that a crash in between leaves a
     /// record without a file (a miss), never a file served without its record.
     pub fn remove_blob(&self, digest: &Digest) -> Result<(), Error> {
-        self.remove(BLOBS, digest.as_str()).map(drop)
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            txn.open_table(BLOBS).map_err(db_err)?.remove(digest.as_str()).map_err(db_err)?;
+            let mut served = txn.open_table(SERVED).map_err(db_err)?;
+            let (from, to) = (format!("{digest} "), format!("{digest}!"));
+            let keys: Vec<String> = served
+                .range(from.as_str()..to.as_str())
+                .map_err(db_err)?
+                .filter_map(|row| row.ok().map(|(k, _)| k.value().to_owned()))
+                .collect();
+            for key in keys {
+                served.remove(key.as_str()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Notes that `registry` served or confirmed `digest`.
+    pub fn record_served(&self, registry: &str, digest: &Digest) -> Result<(), Error> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.open_table(SERVED)
+            .map_err(db_err)?
+            .insert(served_key(registry, digest).as_str(), &[][..])
+            .map_err(db_err)?;
+        txn.commit().map_err(db_err)
+    }
+
+    /// Whether `registry` served or confirmed `digest`.
+    pub fn served(&self, registry: &str, digest: &Digest) -> Result<bool, Error> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(SERVED).map_err(db_err)?;
+        Ok(table.get(served_key(registry, digest).as_str()).map_err(db_err)?.is_some())
     }
 
     /// Notes a read; written to the database by the next `flush_access`.

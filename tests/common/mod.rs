@@ -71,6 +71,8 @@ pub struct FakeState {
     pub faults: Mutex<HashMap<String, Fault>>,
     /// A status every manifest request gets, when set.
     pub manifest_status: Mutex<Option<u16>>,
+    /// A pause before every manifest answer, when set.
+    pub manifest_delay: Mutex<Option<Duration>>,
     pub auth: Mutex<Auth>,
     /// The token realm challenges name, when not this server's own `/token`.
     pub realm: Mutex<Option<String>>,
@@ -314,6 +316,10 @@ async fn handle(State(state): State<Arc<FakeState>>, req: Request) -> Response {
             r
         }
         "manifests" => {
+            let delay = *state.manifest_delay.lock().unwrap();
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
             if let Some(s) = *state.manifest_status.lock().unwrap() {
                 let mut r = (StatusCode::from_u16(s).unwrap(), "{\"errors\":[]}").into_response();
                 if s == 429 {
