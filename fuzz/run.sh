@@ -12,7 +12,7 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # cargo fuzz builds with sanitizer flags that need a nightly compiler; the stable toolchain
 # accepts them with RUSTC_BOOTSTRAP.
 export RUSTC_BOOTSTRAP=1
-for target in paths range headers; do
+for target in paths range headers trust; do
     scratch=$(mktemp -d)
     echo "fuzz: $target for ${secs}s"
     cargo fuzz run --fuzz-dir . "$target" "$scratch" "corpus/$target" -- \
