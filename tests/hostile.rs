@@ -605,3 +605,30 @@ async fn one_registrys_404_does_not_answer_another_registrys_concurrent_request(
     assert_eq!(a.unwrap().status(), StatusCode::NOT_FOUND);
     assert_eq!(bb.unwrap().status(), StatusCode::OK, "b.test has it");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_wrong_passwords_gets_bounded_bcrypt_work() {
+    let files = tempfile::tempdir().unwrap();
+    // A realistic cost: each check takes a noticeable fraction of a second.
+    let hash = bcrypt::hash("right", 11).unwrap();
+    std::fs::write(files.path().join("htpasswd"), format!("alice:{hash}\n")).unwrap();
+    let htpasswd = files.path().join("htpasswd");
+    let h = Harness::start_with("", |c| {
+        c.auth = Some(berth::config::Auth { htpasswd_file: Some(htpasswd), tokens_file: None })
+    })
+    .await;
+    let started = Instant::now();
+    let attempts =
+        (0..40).map(|i| h.client.get(h.url("/v2/")).basic_auth("alice", Some(format!("guess{i}"))).send());
+    let statuses: Vec<StatusCode> =
+        futures::future::join_all(attempts).await.into_iter().map(|r| r.unwrap().status()).collect();
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED || *s == StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&StatusCode::TOO_MANY_REQUESTS), "every guess got a bcrypt run: {statuses:?}");
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    // The right password still passes.
+    let r = h.client.get(h.url("/v2/")).basic_auth("alice", Some("right")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
