@@ -50,7 +50,12 @@ impl Peers {
             .increment(1);
         match status {
             StatusCode::OK => Ok(Ok(resp)),
+            // Upstream's answers, passed on by a healthy owner: not found, rate limited, or
+            // another client error (the owner's own token trouble, 401/403, is the peer's).
             StatusCode::NOT_FOUND | StatusCode::TOO_MANY_REQUESTS => {
+                Ok(Err(Error::Unavailable(format!("peer {peer} answered {status}"))))
+            }
+            s if s.is_client_error() && s != StatusCode::UNAUTHORIZED && s != StatusCode::FORBIDDEN => {
                 Ok(Err(Error::Unavailable(format!("peer {peer} answered {status}"))))
             }
             _ => Err(Error::Unavailable(format!("peer {peer} answered {status}"))),
