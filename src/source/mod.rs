@@ -10,8 +10,11 @@ pub mod upstream;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::config::{Config, Registry};
+use tokio::sync::Semaphore;
+
+use crate::config::{Config, Registry, WILDCARD_MAX_FILLS};
 use crate::error::Error;
+use upstream::FillTurns;
 pub use upstream::Upstream;
 
 /// The configured registries by the name clients use (`?ns=`).
@@ -22,8 +25,8 @@ pub struct Upstreams {
     wildcard: Option<Registry>,
     /// Upstreams made for the wildcard entry, by host.
     dynamic: Mutex<HashMap<String, Arc<Upstream>>>,
-    /// Turns for blob fills from any upstream (`storage.max_fills`).
-    fills: Arc<tokio::sync::Semaphore>,
+    /// Turns for blob fills that all the wildcard's hosts share (`storage.max_fills`).
+    wildcard_fills: Arc<Semaphore>,
 }
 
 /// Hosts remembered for the wildcard entry; past this, upstreams are made per request.
@@ -33,12 +36,13 @@ impl Upstreams {
     pub fn new(config: &Config) -> Result<Upstreams, Error> {
         let mut by_host = HashMap::new();
         let mut wildcard = None;
-        let fills = Arc::new(tokio::sync::Semaphore::new(config.storage.max_fills));
         for r in &config.registries {
             if r.host == "*" {
                 wildcard = Some(r.clone());
             } else {
-                by_host.insert(r.host.clone(), Arc::new(Upstream::new(r, fills.clone())?));
+                // Each registry has turns of its own: one slow registry cannot hold another's.
+                let turns = FillTurns::new(r.max_fills.unwrap_or(config.storage.max_fills), None);
+                by_host.insert(r.host.clone(), Arc::new(Upstream::new(r, turns)?));
             }
         }
         Ok(Upstreams {
@@ -46,7 +50,7 @@ impl Upstreams {
             default: config.server.default_registry.clone(),
             wildcard,
             dynamic: Mutex::new(HashMap::new()),
-            fills,
+            wildcard_fills: Arc::new(Semaphore::new(config.storage.max_fills)),
         })
     }
 
@@ -76,11 +80,95 @@ impl Upstreams {
             public_only: true,
             ..template.clone()
         };
-        let upstream = Arc::new(Upstream::new(&cfg, self.fills.clone())?);
+        // A few turns per host, within a total for all of them: a flood of hosts cannot
+        // exceed `storage.max_fills`, and one host cannot take all of those.
+        let per_host = template.max_fills.unwrap_or(WILDCARD_MAX_FILLS);
+        let turns = FillTurns::new(per_host, Some(self.wildcard_fills.clone()));
+        let upstream = Arc::new(Upstream::new(&cfg, turns)?);
         let mut dynamic = self.dynamic.lock().expect("upstreams lock");
         if dynamic.len() < MAX_DYNAMIC {
             dynamic.insert(host.to_owned(), upstream.clone());
         }
         Ok(upstream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// docker.io and the wildcard entry, with `[storage] max_fills`.
+    fn with_wildcard(max_fills: usize) -> Config {
+        Config::parse(&format!(
+            r#"
+            [storage]
+            max_fills = {max_fills}
+            [[registry]]
+            host = "docker.io"
+            endpoint = "https://registry-1.docker.io"
+            [[registry]]
+            host = "*"
+            endpoint = "https://*"
+            "#
+        ))
+        .unwrap()
+    }
+
+    /// A fill turn of `u`, if one is given at once.
+    async fn turn_now(u: &Upstream) -> Option<upstream::Turn> {
+        tokio::time::timeout(Duration::from_millis(50), u.turn()).await.ok().map(Result::unwrap)
+    }
+
+    #[tokio::test]
+    async fn each_wildcard_host_has_a_few_turns_within_a_total_for_all_of_them() {
+        let upstreams = Upstreams::new(&with_wildcard(6)).unwrap();
+        let host = |h: &str| upstreams.get(Some(h)).unwrap();
+        let mut held = Vec::new();
+        for _ in 0..WILDCARD_MAX_FILLS {
+            held.push(turn_now(&host("one.example.com")).await.expect("a host's own turns"));
+        }
+        assert!(turn_now(&host("one.example.com")).await.is_none(), "one host took more than its own turns");
+        for _ in 0..2 {
+            held.push(
+                turn_now(&host("two.example.com")).await.expect("another host waited behind the first"),
+            );
+        }
+        // Six turns held: all the wildcard's hosts share storage.max_fills.
+        assert!(
+            turn_now(&host("three.example.com")).await.is_none(),
+            "the wildcard's hosts exceeded their total"
+        );
+        // A configured registry has turns of its own.
+        assert!(turn_now(&host("docker.io")).await.is_some(), "docker.io waited behind the wildcard's hosts");
+        held.clear();
+        assert!(turn_now(&host("three.example.com")).await.is_some(), "turns given back were not free");
+    }
+
+    #[tokio::test]
+    async fn each_configured_registry_has_its_own_turns() {
+        let config = Config::parse(
+            r#"
+            [storage]
+            max_fills = 1
+            [[registry]]
+            host = "docker.io"
+            endpoint = "https://registry-1.docker.io"
+            [[registry]]
+            host = "ghcr.io"
+            endpoint = "https://ghcr.io"
+            max_fills = 2
+            "#,
+        )
+        .unwrap();
+        let upstreams = Upstreams::new(&config).unwrap();
+        let (docker, ghcr) =
+            (upstreams.get(Some("docker.io")).unwrap(), upstreams.get(Some("ghcr.io")).unwrap());
+        let _docker = turn_now(&docker).await.expect("docker.io's turn");
+        assert!(turn_now(&docker).await.is_none(), "docker.io took more than storage.max_fills");
+        let _ghcr =
+            (turn_now(&ghcr).await.expect("ghcr.io's first"), turn_now(&ghcr).await.expect("its second"));
+        assert!(turn_now(&ghcr).await.is_none(), "ghcr.io took more than its max_fills");
     }
 }
