@@ -8,7 +8,7 @@ pub mod public;
 pub mod upstream;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
@@ -23,13 +23,14 @@ pub struct Upstreams {
     default: String,
     /// The `host = "*"` entry, if any: its settings apply to every public host.
     wildcard: Option<Registry>,
-    /// Upstreams made for the wildcard entry, by host.
-    dynamic: Mutex<HashMap<String, Arc<Upstream>>>,
+    /// Upstreams made for the wildcard entry, by host, at most `MAX_DYNAMIC`: past it, the
+    /// least recently used is dropped (its client with it) to make room.
+    dynamic: moka::sync::Cache<String, Arc<Upstream>>,
     /// Turns for blob fills that all the wildcard's hosts share (`storage.max_fills`).
     wildcard_fills: Arc<Semaphore>,
 }
 
-/// Hosts remembered for the wildcard entry; past this, upstreams are made per request.
+/// Hosts the wildcard entry keeps an upstream (and its HTTP client) for.
 const MAX_DYNAMIC: usize = 1024;
 
 impl Upstreams {
@@ -49,7 +50,10 @@ impl Upstreams {
             by_host,
             default: config.server.default_registry.clone(),
             wildcard,
-            dynamic: Mutex::new(HashMap::new()),
+            dynamic: moka::sync::Cache::builder()
+                .max_capacity(MAX_DYNAMIC as u64)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build(),
             wildcard_fills: Arc::new(Semaphore::new(config.storage.max_fills)),
         })
     }
@@ -66,30 +70,34 @@ impl Upstreams {
         let denied = || Error::Denied(format!("registry {host:?} is not mirrored here"));
         let Some(template) = &self.wildcard else { return Err(denied()) };
         public::check_host(host).map_err(|why| Error::Denied(format!("registry {host:?}: {why}")))?;
-        if let Some(u) = self.dynamic.lock().expect("upstreams lock").get(host) {
-            return Ok(u.clone());
-        }
+        // Built once per host while it is remembered (concurrent first requests share it).
+        self.dynamic
+            .try_get_with(host.to_owned(), || self.wildcard_upstream(host, template))
+            .map_err(|e| (*e).clone())
+    }
+
+    /// A new upstream for `host`, a public registry the wildcard entry `template` mirrors.
+    fn wildcard_upstream(&self, host: &str, template: &Registry) -> Result<Arc<Upstream>, Error> {
         let endpoint = if host == "docker.io" {
             "https://registry-1.docker.io".to_owned()
         } else {
             format!("https://{host}")
         };
-        let cfg = Registry {
-            host: host.to_owned(),
-            endpoint: url::Url::parse(&endpoint).map_err(|_| denied())?,
-            public_only: true,
-            ..template.clone()
-        };
+        let endpoint = url::Url::parse(&endpoint)
+            .map_err(|_| Error::Denied(format!("registry {host:?} is not mirrored here")))?;
+        let cfg = Registry { host: host.to_owned(), endpoint, public_only: true, ..template.clone() };
         // A few turns per host, within a total for all of them: a flood of hosts cannot
         // exceed `storage.max_fills`, and one host cannot take all of those.
         let per_host = template.max_fills.unwrap_or(WILDCARD_MAX_FILLS);
         let turns = FillTurns::new(per_host, Some(self.wildcard_fills.clone()));
-        let upstream = Arc::new(Upstream::new(&cfg, turns)?);
-        let mut dynamic = self.dynamic.lock().expect("upstreams lock");
-        if dynamic.len() < MAX_DYNAMIC {
-            dynamic.insert(host.to_owned(), upstream.clone());
-        }
-        Ok(upstream)
+        Ok(Arc::new(Upstream::new(&cfg, turns)?))
+    }
+
+    /// How many of the wildcard's hosts have an upstream remembered now.
+    #[cfg(test)]
+    fn remembered_hosts(&self) -> usize {
+        self.dynamic.run_pending_tasks();
+        usize::try_from(self.dynamic.entry_count()).unwrap_or(usize::MAX)
     }
 }
 
@@ -144,6 +152,29 @@ mod tests {
         assert!(turn_now(&host("docker.io")).await.is_some(), "docker.io waited behind the wildcard's hosts");
         held.clear();
         assert!(turn_now(&host("three.example.com")).await.is_some(), "turns given back were not free");
+    }
+
+    #[tokio::test]
+    async fn wildcard_hosts_are_remembered_within_a_bound_and_reused_past_it() {
+        let upstreams = Upstreams::new(&with_wildcard(64)).unwrap();
+        let get = |h: &str| upstreams.get(Some(h)).unwrap();
+        for i in 0..MAX_DYNAMIC + 100 {
+            get(&format!("h{i}.example.com"));
+        }
+        assert!(
+            upstreams.remembered_hosts() <= MAX_DYNAMIC,
+            "{} hosts remembered",
+            upstreams.remembered_hosts()
+        );
+        for late in [format!("h{}.example.com", MAX_DYNAMIC + 99), "new.example.com".to_owned()] {
+            let (first, again) = (get(&late), get(&late));
+            assert!(Arc::ptr_eq(&first, &again), "{late} got a new upstream (and client) per request");
+        }
+        assert!(
+            upstreams.remembered_hosts() <= MAX_DYNAMIC,
+            "{} hosts remembered",
+            upstreams.remembered_hosts()
+        );
     }
 
     #[tokio::test]
