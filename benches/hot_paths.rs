@@ -50,6 +50,7 @@ fn fill(c: &mut Criterion) {
                         resume: None,
                         rejected: None,
                         hold: None,
+                        floor: None,
                     };
                     let started = std::time::Instant::now();
                     let (fill, _) =

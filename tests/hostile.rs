@@ -632,3 +632,111 @@ async fn a_flood_of_wrong_passwords_gets_bounded_bcrypt_work() {
     let r = h.client.get(h.url("/v2/")).basic_auth("alice", Some("right")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// berth mirroring two fake upstreams as "a.example" (the default) and "b.example", with
+/// `[storage] max_fills` and nothing else about fills configured.
+async fn two_registries_with_fills(
+    a: &common::Fake,
+    b: &common::Fake,
+    max_fills: usize,
+) -> (tempfile::TempDir, berth::Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        admin_listen = "127.0.0.1:0"
+        default_registry = "a.example"
+        [storage]
+        dir = "{}"
+        max_fills = {max_fills}
+        [[registry]]
+        host = "a.example"
+        endpoint = "{}"
+        [[registry]]
+        host = "b.example"
+        endpoint = "{}"
+        "#,
+        dir.path().display(),
+        a.url(),
+        b.url(),
+    );
+    let cfg = berth::config::Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let berth = berth::Server::start(&cfg).await.unwrap();
+    (dir, berth)
+}
+
+/// Waits until `fake` has had `n` blob GETs.
+async fn blob_gets_reach(fake: &common::Fake, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fake.count(http::Method::GET, "/blobs/") < n {
+        assert!(
+            Instant::now() < deadline,
+            "upstream got {} blob GETs, not {n}",
+            fake.count(http::Method::GET, "/blobs/")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_trickles_does_not_hold_the_fill_turns_of_another() {
+    let (a, b) = (common::Fake::start().await, common::Fake::start().await);
+    let (_dir, berth) = two_registries_with_fills(&a, &b, 2).await;
+    let client = reqwest::Client::new();
+    let url = |ns: &str, d: &berth::digest::Digest| {
+        format!("http://{}/v2/{REPO}/blobs/{d}?ns={ns}", berth.registry_addr)
+    };
+    // Two fills from A, a byte every 200 ms: minutes each, and as many as max_fills.
+    for seed in [1, 2] {
+        let d = a.add_blob(bytes_of(4096, seed));
+        a.fault(&d, Fault::Trickle { chunk: 1, delay: Duration::from_millis(200) });
+        tokio::spawn(client.get(url("a.example", &d)).send());
+    }
+    blob_gets_reach(&a, 2).await;
+
+    let cold = bytes_of(1000, 3);
+    let d = b.add_blob(cold.clone());
+    let pulled = tokio::time::timeout(Duration::from_secs(2), async {
+        client.get(url("b.example", &d)).send().await.unwrap().bytes().await.unwrap()
+    })
+    .await
+    .expect("a cold pull from B waited behind A's trickling fills");
+    assert!(pulled == cold, "B's blob differs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_trickles_below_the_min_rate_is_cut_and_frees_its_turn() {
+    let h =
+        Harness::start_with("min_rate = \"1KiB/s\"\nrate_window = \"300ms\"", |c| c.storage.max_fills = 1)
+            .await;
+    // 320 bytes a second, never silent long enough for read_timeout: 64 KiB take minutes.
+    let d = h.upstream.add_blob(bytes_of(64 << 10, 4));
+    h.upstream.fault(&d, Fault::Trickle { chunk: 16, delay: Duration::from_millis(50) });
+    let started = Instant::now();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), async {
+        let r = h.get(&Harness::blob_path(REPO, &d)).await;
+        (r.status(), r.text().await.unwrap_or_default())
+    })
+    .await
+    .expect("a trickling upstream held its fill for 10 s");
+    // With no length announced, the client waits for the whole blob: it gets the error.
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("UNAVAILABLE"), "{body}");
+    // Each window below the floor is a cut: the first GET, 3 resumes, then the fill failed.
+    h.settle().await;
+    assert_eq!(h.upstream.count(http::Method::GET, d.as_str()), 4, "resumes were not bounded");
+    assert!(started.elapsed() < Duration::from_secs(8), "cut after {:?}", started.elapsed());
+    assert!(!on_disk(&h, &d), "a cut blob was kept");
+    assert_eq!(h.temp_files(), 0, "a temp file was left");
+
+    // The only turn is free again: a cold pull goes through at once.
+    let next = bytes_of(1000, 5);
+    let nd = h.upstream.add_blob(next.clone());
+    let pulled = tokio::time::timeout(Duration::from_secs(2), async {
+        h.get(&Harness::blob_path(REPO, &nd)).await.bytes().await.unwrap()
+    })
+    .await
+    .expect("the cut fill kept its turn");
+    assert!(pulled == next, "the next blob differs");
+}

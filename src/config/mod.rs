@@ -85,7 +85,8 @@ pub struct Storage {
     pub memory_capacity: u64,
     pub memory_max_object: u64,
     pub disk_capacity: u64,
-    /// Blob fills fetching from upstream at once; more wait for a turn.
+    /// Blob fills from each configured registry at once, unless its entry sets `max_fills`;
+    /// also the fills from all the wildcard's hosts together. More wait for a turn.
     pub max_fills: usize,
     /// Blobs announced (or grown) larger than this are refused with 502.
     pub max_blob_size: u64,
@@ -132,6 +133,26 @@ pub struct Registry {
     /// Socket addresses a public-only registry may reach anyway: never set from mirror.toml
     /// (tests put their loopback fake upstream here).
     pub public_exempt: Vec<SocketAddr>,
+    /// Blob fills from this registry at once; more wait for a turn. None: `storage.max_fills`,
+    /// and for the wildcard entry [`WILDCARD_MAX_FILLS`] per host.
+    pub max_fills: Option<usize>,
+    /// The slowest a blob body from this registry may arrive: below it, the body counts as
+    /// cut (resumed, then the fill fails).
+    pub min_rate: MinRate,
+}
+
+/// Blob fills at once from each host the wildcard entry mirrors, unless it sets `max_fills`.
+pub const WILDCARD_MAX_FILLS: usize = 4;
+
+/// The most `max_fills` may say: more fills than this at once is no bound.
+const MAX_FILLS: usize = 65_536;
+
+/// A transfer-rate floor: at least `bytes_per_sec` on average over each `window` spent waiting
+/// for the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinRate {
+    pub bytes_per_sec: u64,
+    pub window: Duration,
 }
 
 // The file as written: strings for sizes and durations, so that validation can name every
@@ -223,6 +244,9 @@ struct RawRegistry {
     ca_file: Option<PathBuf>,
     connect_timeout: Option<String>,
     read_timeout: Option<String>,
+    max_fills: Option<usize>,
+    min_rate: Option<String>,
+    rate_window: Option<String>,
 }
 
 /// Every problem found in a config file, one per line.
@@ -312,9 +336,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         max_fills: raw.storage.max_fills.unwrap_or(64),
         max_blob_size: p.size("storage.max_blob_size", raw.storage.max_blob_size, "1TiB"),
     };
-    if storage.max_fills == 0 {
-        p.0.push("storage.max_fills must be at least 1".into());
-    }
+    p.fills("storage.max_fills", Some(storage.max_fills));
     if storage.memory_max_object > storage.memory_capacity {
         p.0.push("storage.memory_max_object is larger than storage.memory_capacity".into());
     }
@@ -403,9 +425,15 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
                 p.0.push(format!("{at}: ca_file {}", cause(e)));
             }
         }
+        p.fills(&format!("{at}.max_fills"), r.max_fills);
         registries.push(Registry {
             connect_timeout: p.duration(&format!("{at}.connect_timeout"), r.connect_timeout, "3s"),
             read_timeout: p.duration(&format!("{at}.read_timeout"), r.read_timeout, "30s"),
+            max_fills: r.max_fills,
+            min_rate: MinRate {
+                bytes_per_sec: p.rate(&format!("{at}.min_rate"), r.min_rate, "16KiB/s"),
+                window: p.timeout(&format!("{at}.rate_window"), r.rate_window, "30s"),
+            },
             host: r.host,
             endpoint,
             username: r.username,
@@ -512,7 +540,35 @@ impl Checker<'_> {
         })
     }
 
-    /// A duration that must not be zero (a zero timeout would close every connection at once).
+    /// A rate in bytes a second, written as a size per second (`"16KiB/s"`), at least 1 B/s.
+    fn rate(&mut self, key: &str, v: Option<String>, default: &str) -> u64 {
+        let v = v.unwrap_or_else(|| default.into());
+        let size = v.trim().strip_suffix("/s").map(|s| s.trim().parse::<bytesize::ByteSize>());
+        match size {
+            Some(Ok(s)) if s.as_u64() > 0 => s.as_u64(),
+            Some(Ok(_)) => {
+                self.0.push(format!("{key} = {v:?} must be at least 1B/s"));
+                1
+            }
+            Some(Err(e)) => {
+                self.0.push(format!("{key} = {v:?}: {e} (expected a rate such as \"16KiB/s\")"));
+                1
+            }
+            None => {
+                self.0.push(format!("{key} = {v:?}: expected a rate such as \"16KiB/s\""));
+                1
+            }
+        }
+    }
+
+    /// A number of fills at once, when given: from 1 to `MAX_FILLS`.
+    fn fills(&mut self, key: &str, v: Option<usize>) {
+        if v.is_some_and(|n| !(1..=MAX_FILLS).contains(&n)) {
+            self.0.push(format!("{key} must be from 1 to {MAX_FILLS}"));
+        }
+    }
+
+    /// A duration that must not be zero (a zero timeout or window would cut everything at once).
     fn timeout(&mut self, key: &str, v: Option<String>, default: &str) -> Duration {
         let problems = self.0.len();
         let d = self.duration(key, v, default);

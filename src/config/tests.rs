@@ -13,6 +13,62 @@ fn shipped_config_parses() {
 }
 
 #[test]
+fn fill_limits_and_rate_floors_parse_and_are_checked() {
+    let c = Config::parse(
+        r#"
+        [[registry]]
+        host = "docker.io"
+        endpoint = "https://registry-1.docker.io"
+        [[registry]]
+        host = "ghcr.io"
+        endpoint = "https://ghcr.io"
+        max_fills = 8
+        min_rate = "1MiB/s"
+        rate_window = "10s"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.storage.max_fills, 64);
+    assert_eq!(c.registries[0].max_fills, None, "the default is storage.max_fills");
+    assert_eq!(
+        c.registries[0].min_rate,
+        MinRate { bytes_per_sec: 16 * 1024, window: Duration::from_secs(30) }
+    );
+    assert_eq!(c.registries[1].max_fills, Some(8));
+    assert_eq!(c.registries[1].min_rate, MinRate { bytes_per_sec: 1 << 20, window: Duration::from_secs(10) });
+
+    let err = Config::parse(
+        r#"
+        [storage]
+        max_fills = 0
+        [[registry]]
+        host = "docker.io"
+        endpoint = "https://registry-1.docker.io"
+        max_fills = 0
+        min_rate = "16KiB"
+        rate_window = "0s"
+        [[registry]]
+        host = "ghcr.io"
+        endpoint = "https://ghcr.io"
+        max_fills = 1000000
+        min_rate = "0B/s"
+        "#,
+    )
+    .unwrap_err()
+    .to_string();
+    for needle in [
+        "storage.max_fills must be from 1",
+        "registry[0] (docker.io).max_fills must be from 1",
+        "registry[0] (docker.io).min_rate = \"16KiB\": expected a rate",
+        "registry[0] (docker.io).rate_window must be more than 0",
+        "registry[1] (ghcr.io).max_fills must be from 1",
+        "registry[1] (ghcr.io).min_rate = \"0B/s\" must be at least 1B/s",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing from:\n{err}");
+    }
+}
+
+#[test]
 fn every_problem_is_named() {
     let err = Config::parse(
         r#"

@@ -47,7 +47,8 @@ pub struct Mirror {
 
 impl Mirror {
     pub fn new(config: &Config, store: Arc<Store>) -> Result<Mirror, Error> {
-        let tags = Arc::new(TagCache::load(store.meta.clone(), config.tags.ttl)?);
+        let tags =
+            Arc::new(TagCache::load(store.meta.clone(), config.tags.ttl, tags::MAX_BASES, &config.pins)?);
         let gc = Arc::new(gc::Collector::new(
             store.clone(),
             tags.clone(),

@@ -1,7 +1,9 @@
 //! Tag → digest mappings, keyed by (registry, repository, tag) and then by accept class, kept
 //! in memory and in the metadata store so that a restart with upstream gone still resolves tags.
+//! At most a bounded number of (registry, repository, tag) bases are kept: past it, the least
+//! recently confirmed are dropped from both, pinned ones never.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,23 +19,40 @@ fn stored_key(base: &str, accept: &str) -> String {
     format!("{base}#{accept}")
 }
 
+/// Bases the tag cache keeps (each a few hundred bytes with its accept classes, in memory and
+/// in redb): far more tags than a mirror's clients pull within any ttl.
+pub const MAX_BASES: usize = 100_000;
+
+/// base → accept class → entry.
+type Entries = HashMap<String, HashMap<String, TagEntry>>;
+
 pub struct TagCache {
-    /// base → accept class → entry.
-    entries: Mutex<HashMap<String, HashMap<String, TagEntry>>>,
+    entries: Mutex<Entries>,
     meta: Arc<Meta>,
     ttl: Duration,
+    /// Bases kept at most; past it, the least recently confirmed are dropped.
+    cap: usize,
+    /// References `[[pin]]` in mirror.toml names: never dropped.
+    pinned: HashSet<String>,
 }
 
 impl TagCache {
-    /// Loads the stored mappings.
-    pub fn load(meta: Arc<Meta>, ttl: Duration) -> Result<TagCache, Error> {
-        let mut entries: HashMap<String, HashMap<String, TagEntry>> = HashMap::new();
+    /// Loads the stored mappings, keeping at most `cap` bases (see `trim`); the bases in
+    /// `pinned` (normalised references, as `[[pin]]` holds them) are never dropped.
+    pub fn load(meta: Arc<Meta>, ttl: Duration, cap: usize, pinned: &[String]) -> Result<TagCache, Error> {
+        let mut entries = Entries::new();
         for (key, entry) in meta.tags()? {
             if let Some((base, accept)) = key.rsplit_once('#') {
                 entries.entry(base.to_owned()).or_default().insert(accept.to_owned(), entry);
             }
         }
-        Ok(TagCache { entries: Mutex::new(entries), meta, ttl })
+        let pinned: HashSet<String> = pinned.iter().cloned().collect();
+        let kept = with_pins(&pinned, meta.pins()?);
+        let dropped = trim(&mut entries, cap, &kept);
+        if !dropped.is_empty() {
+            meta.remove_tags(&dropped)?;
+        }
+        Ok(TagCache { entries: Mutex::new(entries), meta, ttl, cap, pinned })
     }
 
     /// The entry for exactly this accept class.
@@ -82,12 +101,32 @@ impl TagCache {
     }
 
     pub async fn put(&self, base: &str, accept: &str, entry: TagEntry) -> Result<(), Error> {
-        {
+        let full = {
             let mut entries = self.entries.lock().expect("tag lock");
             entries.entry(base.to_owned()).or_default().insert(accept.to_owned(), entry.clone());
-        }
+            entries.len() > self.cap
+        };
         let (meta, key) = (self.meta.clone(), stored_key(base, accept));
-        tokio::task::spawn_blocking(move || meta.put_tag(&key, &entry)).await.map_err(Error::internal)?
+        tokio::task::spawn_blocking(move || meta.put_tag(&key, &entry)).await.map_err(Error::internal)??;
+        if full {
+            self.drop_least_recently_confirmed().await?;
+        }
+        Ok(())
+    }
+
+    /// Makes room past the cap (see `trim`), in memory and in redb, keeping every base a pin
+    /// names: those of `[[pin]]` and those pinned through the admin API or a preheat.
+    async fn drop_least_recently_confirmed(&self) -> Result<(), Error> {
+        let meta = self.meta.clone();
+        let pins = tokio::task::spawn_blocking(move || meta.pins()).await.map_err(Error::internal)??;
+        let kept = with_pins(&self.pinned, pins);
+        let dropped = trim(&mut self.entries.lock().expect("tag lock"), self.cap, &kept);
+        if dropped.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(mappings = dropped.len(), "tag cache full: dropped the least recently confirmed tags");
+        let meta = self.meta.clone();
+        tokio::task::spawn_blocking(move || meta.remove_tags(&dropped)).await.map_err(Error::internal)?
     }
 
     pub async fn remove(&self, base: &str, accept: &str) -> Result<(), Error> {
@@ -102,5 +141,120 @@ impl TagCache {
         }
         let (meta, key) = (self.meta.clone(), stored_key(base, accept));
         tokio::task::spawn_blocking(move || meta.remove_tag(&key)).await.map_err(Error::internal)?
+    }
+}
+
+/// `pinned` and the images of `pins`: the bases never dropped.
+fn with_pins(pinned: &HashSet<String>, pins: Vec<(String, crate::store::meta::Pin)>) -> HashSet<String> {
+    let mut kept = pinned.clone();
+    kept.extend(pins.into_iter().map(|(image, _)| image));
+    kept
+}
+
+/// With more than `cap` bases, drops the least recently confirmed (the newest `checked_at` of
+/// their accept classes) down to nine tenths of `cap`, so that the next drop is a tenth of the
+/// inserts away; a base in `kept` stays whatever its age. Returns the stored keys dropped.
+fn trim(entries: &mut Entries, cap: usize, kept: &HashSet<String>) -> Vec<String> {
+    if entries.len() <= cap {
+        return Vec::new();
+    }
+    let target = cap.saturating_sub(cap / 10);
+    let mut candidates: Vec<(u64, &String)> = entries
+        .iter()
+        .filter(|(base, _)| !kept.contains(*base))
+        .map(|(base, classes)| (classes.values().map(|e| e.checked_at).max().unwrap_or(0), base))
+        .collect();
+    let excess = entries.len().saturating_sub(target).min(candidates.len());
+    if excess == 0 {
+        return Vec::new();
+    }
+    candidates.select_nth_unstable(excess - 1);
+    let oldest: Vec<String> = candidates[..excess].iter().map(|(_, base)| (*base).clone()).collect();
+    let mut dropped = Vec::new();
+    for base in oldest {
+        if let Some(classes) = entries.remove(&base) {
+            dropped.extend(classes.keys().map(|accept| stored_key(&base, accept)));
+        }
+    }
+    dropped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::meta::Pin;
+
+    const TTL: Duration = Duration::from_secs(300);
+
+    fn entry(checked_at: u64) -> TagEntry {
+        TagEntry {
+            digest: format!("sha256:{checked_at:064x}"),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            size: 1,
+            checked_at,
+        }
+    }
+
+    fn numbered(i: u64) -> String {
+        base("docker.io", &format!("library/app{i}"), "1")
+    }
+
+    fn bases(cache: &TagCache) -> HashSet<String> {
+        cache.entries.lock().unwrap().keys().cloned().collect()
+    }
+
+    #[tokio::test]
+    async fn the_map_stays_bounded_keeps_the_newest_and_pinned_bases_and_a_restart_sees_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Arc::new(Meta::open(&dir.path().join("meta.redb")).unwrap());
+        let pinned = vec![base("docker.io", "library/pinned", "3.20")];
+        let runtime_pin = base("docker.io", "library/pinned-later", "1");
+        let pin = Pin { digest: entry(2).digest, pinned_at: 2 };
+        meta.put_pin(&runtime_pin, &pin).unwrap();
+        let cache = TagCache::load(meta.clone(), TTL, 100, &pinned).unwrap();
+        // The pinned bases are the least recently confirmed of all.
+        cache.put(&pinned[0], "oci", entry(1)).await.unwrap();
+        cache.put(&runtime_pin, "oci", entry(2)).await.unwrap();
+        for i in 0..400 {
+            cache.put(&numbered(i), "oci", entry(100 + i)).await.unwrap();
+            cache.put(&numbered(i), "docker", entry(100 + i)).await.unwrap();
+            assert!(bases(&cache).len() <= 100, "{} bases after {i}", bases(&cache).len());
+        }
+        let kept = bases(&cache);
+        assert!(kept.len() >= 90, "dropped more than a batch: {}", kept.len());
+        for i in 320..400 {
+            assert!(cache.get(&numbered(i), "docker").is_some(), "a newest base was dropped: {i}");
+        }
+        assert!(cache.get(&numbered(0), "oci").is_none(), "the oldest base was kept");
+        assert!(cache.get(&pinned[0], "oci").is_some(), "a [[pin]] base was dropped");
+        assert!(cache.get(&runtime_pin, "oci").is_some(), "a pinned base was dropped");
+
+        drop(cache);
+        let again = TagCache::load(meta.clone(), TTL, 100, &pinned).unwrap();
+        assert_eq!(bases(&again), kept, "a restart sees other bases");
+        assert_eq!(meta.tags().unwrap().len(), 2 * kept.len() - 2, "redb holds dropped mappings");
+
+        // A smaller cap at startup trims what was stored, newest kept, pins kept.
+        drop(again);
+        let smaller = TagCache::load(meta.clone(), TTL, 20, &pinned).unwrap();
+        let left = bases(&smaller);
+        assert!(left.len() <= 20, "{} bases", left.len());
+        assert!(left.contains(&pinned[0]) && left.contains(&runtime_pin));
+        assert!(left.contains(&numbered(399)));
+        drop(smaller);
+        let after = TagCache::load(meta, TTL, 100, &pinned).unwrap();
+        assert_eq!(bases(&after), left, "the trim at startup was not stored");
+    }
+
+    #[test]
+    fn a_trim_with_only_kept_bases_past_the_cap_drops_none_of_them() {
+        let mut entries = Entries::new();
+        let kept: HashSet<String> = (0..5).map(numbered).collect();
+        for b in kept.iter().chain([numbered(5)].iter()) {
+            entries.entry(b.clone()).or_default().insert("oci".into(), entry(1));
+        }
+        assert_eq!(trim(&mut entries, 2, &kept), vec![stored_key(&numbered(5), "oci")]);
+        assert_eq!(entries.len(), 5);
+        assert!(trim(&mut entries, 2, &kept).is_empty());
     }
 }

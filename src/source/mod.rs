@@ -8,10 +8,13 @@ pub mod public;
 pub mod upstream;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use crate::config::{Config, Registry};
+use tokio::sync::Semaphore;
+
+use crate::config::{Config, Registry, WILDCARD_MAX_FILLS};
 use crate::error::Error;
+use upstream::FillTurns;
 pub use upstream::Upstream;
 
 /// The configured registries by the name clients use (`?ns=`).
@@ -20,33 +23,38 @@ pub struct Upstreams {
     default: String,
     /// The `host = "*"` entry, if any: its settings apply to every public host.
     wildcard: Option<Registry>,
-    /// Upstreams made for the wildcard entry, by host.
-    dynamic: Mutex<HashMap<String, Arc<Upstream>>>,
-    /// Turns for blob fills from any upstream (`storage.max_fills`).
-    fills: Arc<tokio::sync::Semaphore>,
+    /// Upstreams made for the wildcard entry, by host, at most `MAX_DYNAMIC`: past it, the
+    /// least recently used is dropped (its client with it) to make room.
+    dynamic: moka::sync::Cache<String, Arc<Upstream>>,
+    /// Turns for blob fills that all the wildcard's hosts share (`storage.max_fills`).
+    wildcard_fills: Arc<Semaphore>,
 }
 
-/// Hosts remembered for the wildcard entry; past this, upstreams are made per request.
+/// Hosts the wildcard entry keeps an upstream (and its HTTP client) for.
 const MAX_DYNAMIC: usize = 1024;
 
 impl Upstreams {
     pub fn new(config: &Config) -> Result<Upstreams, Error> {
         let mut by_host = HashMap::new();
         let mut wildcard = None;
-        let fills = Arc::new(tokio::sync::Semaphore::new(config.storage.max_fills));
         for r in &config.registries {
             if r.host == "*" {
                 wildcard = Some(r.clone());
             } else {
-                by_host.insert(r.host.clone(), Arc::new(Upstream::new(r, fills.clone())?));
+                // Each registry has turns of its own: one slow registry cannot hold another's.
+                let turns = FillTurns::new(r.max_fills.unwrap_or(config.storage.max_fills), None);
+                by_host.insert(r.host.clone(), Arc::new(Upstream::new(r, turns)?));
             }
         }
         Ok(Upstreams {
             by_host,
             default: config.server.default_registry.clone(),
             wildcard,
-            dynamic: Mutex::new(HashMap::new()),
-            fills,
+            dynamic: moka::sync::Cache::builder()
+                .max_capacity(MAX_DYNAMIC as u64)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build(),
+            wildcard_fills: Arc::new(Semaphore::new(config.storage.max_fills)),
         })
     }
 
@@ -62,25 +70,136 @@ impl Upstreams {
         let denied = || Error::Denied(format!("registry {host:?} is not mirrored here"));
         let Some(template) = &self.wildcard else { return Err(denied()) };
         public::check_host(host).map_err(|why| Error::Denied(format!("registry {host:?}: {why}")))?;
-        if let Some(u) = self.dynamic.lock().expect("upstreams lock").get(host) {
-            return Ok(u.clone());
-        }
+        // Built once per host while it is remembered (concurrent first requests share it).
+        self.dynamic
+            .try_get_with(host.to_owned(), || self.wildcard_upstream(host, template))
+            .map_err(|e| (*e).clone())
+    }
+
+    /// A new upstream for `host`, a public registry the wildcard entry `template` mirrors.
+    fn wildcard_upstream(&self, host: &str, template: &Registry) -> Result<Arc<Upstream>, Error> {
         let endpoint = if host == "docker.io" {
             "https://registry-1.docker.io".to_owned()
         } else {
             format!("https://{host}")
         };
-        let cfg = Registry {
-            host: host.to_owned(),
-            endpoint: url::Url::parse(&endpoint).map_err(|_| denied())?,
-            public_only: true,
-            ..template.clone()
-        };
-        let upstream = Arc::new(Upstream::new(&cfg, self.fills.clone())?);
-        let mut dynamic = self.dynamic.lock().expect("upstreams lock");
-        if dynamic.len() < MAX_DYNAMIC {
-            dynamic.insert(host.to_owned(), upstream.clone());
+        let endpoint = url::Url::parse(&endpoint)
+            .map_err(|_| Error::Denied(format!("registry {host:?} is not mirrored here")))?;
+        let cfg = Registry { host: host.to_owned(), endpoint, public_only: true, ..template.clone() };
+        // A few turns per host, within a total for all of them: a flood of hosts cannot
+        // exceed `storage.max_fills`, and one host cannot take all of those.
+        let per_host = template.max_fills.unwrap_or(WILDCARD_MAX_FILLS);
+        let turns = FillTurns::new(per_host, Some(self.wildcard_fills.clone()));
+        Ok(Arc::new(Upstream::new(&cfg, turns)?))
+    }
+
+    /// How many of the wildcard's hosts have an upstream remembered now.
+    #[cfg(test)]
+    fn remembered_hosts(&self) -> usize {
+        self.dynamic.run_pending_tasks();
+        usize::try_from(self.dynamic.entry_count()).unwrap_or(usize::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// docker.io and the wildcard entry, with `[storage] max_fills`.
+    fn with_wildcard(max_fills: usize) -> Config {
+        Config::parse(&format!(
+            r#"
+            [storage]
+            max_fills = {max_fills}
+            [[registry]]
+            host = "docker.io"
+            endpoint = "https://registry-1.docker.io"
+            [[registry]]
+            host = "*"
+            endpoint = "https://*"
+            "#
+        ))
+        .unwrap()
+    }
+
+    /// A fill turn of `u`, if one is given at once.
+    async fn turn_now(u: &Upstream) -> Option<upstream::Turn> {
+        tokio::time::timeout(Duration::from_millis(50), u.turn()).await.ok().map(Result::unwrap)
+    }
+
+    #[tokio::test]
+    async fn each_wildcard_host_has_a_few_turns_within_a_total_for_all_of_them() {
+        let upstreams = Upstreams::new(&with_wildcard(6)).unwrap();
+        let host = |h: &str| upstreams.get(Some(h)).unwrap();
+        let mut held = Vec::new();
+        for _ in 0..WILDCARD_MAX_FILLS {
+            held.push(turn_now(&host("one.example.com")).await.expect("a host's own turns"));
         }
-        Ok(upstream)
+        assert!(turn_now(&host("one.example.com")).await.is_none(), "one host took more than its own turns");
+        for _ in 0..2 {
+            held.push(
+                turn_now(&host("two.example.com")).await.expect("another host waited behind the first"),
+            );
+        }
+        // Six turns held: all the wildcard's hosts share storage.max_fills.
+        assert!(
+            turn_now(&host("three.example.com")).await.is_none(),
+            "the wildcard's hosts exceeded their total"
+        );
+        // A configured registry has turns of its own.
+        assert!(turn_now(&host("docker.io")).await.is_some(), "docker.io waited behind the wildcard's hosts");
+        held.clear();
+        assert!(turn_now(&host("three.example.com")).await.is_some(), "turns given back were not free");
+    }
+
+    #[tokio::test]
+    async fn wildcard_hosts_are_remembered_within_a_bound_and_reused_past_it() {
+        let upstreams = Upstreams::new(&with_wildcard(64)).unwrap();
+        let get = |h: &str| upstreams.get(Some(h)).unwrap();
+        for i in 0..MAX_DYNAMIC + 100 {
+            get(&format!("h{i}.example.com"));
+        }
+        assert!(
+            upstreams.remembered_hosts() <= MAX_DYNAMIC,
+            "{} hosts remembered",
+            upstreams.remembered_hosts()
+        );
+        for late in [format!("h{}.example.com", MAX_DYNAMIC + 99), "new.example.com".to_owned()] {
+            let (first, again) = (get(&late), get(&late));
+            assert!(Arc::ptr_eq(&first, &again), "{late} got a new upstream (and client) per request");
+        }
+        assert!(
+            upstreams.remembered_hosts() <= MAX_DYNAMIC,
+            "{} hosts remembered",
+            upstreams.remembered_hosts()
+        );
+    }
+
+    #[tokio::test]
+    async fn each_configured_registry_has_its_own_turns() {
+        let config = Config::parse(
+            r#"
+            [storage]
+            max_fills = 1
+            [[registry]]
+            host = "docker.io"
+            endpoint = "https://registry-1.docker.io"
+            [[registry]]
+            host = "ghcr.io"
+            endpoint = "https://ghcr.io"
+            max_fills = 2
+            "#,
+        )
+        .unwrap();
+        let upstreams = Upstreams::new(&config).unwrap();
+        let (docker, ghcr) =
+            (upstreams.get(Some("docker.io")).unwrap(), upstreams.get(Some("ghcr.io")).unwrap());
+        let _docker = turn_now(&docker).await.expect("docker.io's turn");
+        assert!(turn_now(&docker).await.is_none(), "docker.io took more than storage.max_fills");
+        let _ghcr =
+            (turn_now(&ghcr).await.expect("ghcr.io's first"), turn_now(&ghcr).await.expect("its second"));
+        assert!(turn_now(&ghcr).await.is_none(), "ghcr.io took more than its max_fills");
     }
 }

@@ -91,6 +91,8 @@ mod tests {
             read_timeout: Duration::from_secs(1),
             public_only,
             public_exempt: Vec::new(),
+            max_fills: None,
+            min_rate: crate::config::MinRate { bytes_per_sec: 1, window: Duration::from_secs(30) },
         }
     }
 

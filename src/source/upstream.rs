@@ -7,11 +7,12 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
 use super::auth::{parse_challenge, Challenge, TokenCache};
 use super::public::Guard;
-use crate::config::{Registry, Secret};
+use crate::config::{MinRate, Registry, Secret};
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::store::fill::{Resume, Resumed, Source};
@@ -30,8 +31,42 @@ pub struct Upstream {
     tokens: TokenCache,
     /// Upstream asked for Basic auth: send credentials up front from now on.
     basic: AtomicBool,
-    /// Turns for blob fills, shared by all upstreams.
-    fills: Arc<tokio::sync::Semaphore>,
+    /// Turns for blob fills from this upstream.
+    turns: FillTurns,
+    /// The slowest a blob body from this upstream may arrive.
+    floor: MinRate,
+}
+
+/// The turns a blob fill from one upstream takes before it asks: the registry's own
+/// (`max_fills`), then, for a host of the wildcard entry, one of those all its hosts share.
+#[derive(Clone)]
+pub(crate) struct FillTurns {
+    own: Arc<Semaphore>,
+    shared: Option<Arc<Semaphore>>,
+}
+
+/// A fill's turns, given back when dropped.
+pub(crate) struct Turn {
+    _own: OwnedSemaphorePermit,
+    _shared: Option<OwnedSemaphorePermit>,
+}
+
+impl FillTurns {
+    /// `own` turns for one registry, and within `shared` when the registry shares a total.
+    pub(crate) fn new(own: usize, shared: Option<Arc<Semaphore>>) -> FillTurns {
+        FillTurns { own: Arc::new(Semaphore::new(own)), shared }
+    }
+
+    /// Waits for a turn of the registry's own, then for one of the shared total: a host with
+    /// a queue of fills holds no more of the shared turns than its own allow.
+    pub(crate) async fn take(&self) -> Result<Turn, Error> {
+        let own = self.own.clone().acquire_owned().await.map_err(Error::internal)?;
+        let shared = match &self.shared {
+            Some(shared) => Some(shared.clone().acquire_owned().await.map_err(Error::internal)?),
+            None => None,
+        };
+        Ok(Turn { _own: own, _shared: shared })
+    }
 }
 
 /// A manifest as fetched: exact bytes, their digest, and the media type to answer with.
@@ -51,7 +86,7 @@ pub struct ManifestHead {
 impl Upstream {
     /// A public-only registry (`cfg.public_only`, the wildcard's hosts) connects only to
     /// public addresses; see `outbound`.
-    pub fn new(cfg: &Registry, fills: Arc<tokio::sync::Semaphore>) -> Result<Upstream, Error> {
+    pub(crate) fn new(cfg: &Registry, turns: FillTurns) -> Result<Upstream, Error> {
         let (client, guard) = super::outbound::client_for(cfg)?;
         let creds = cfg.username.clone().zip(cfg.password.clone());
         Ok(Upstream {
@@ -62,8 +97,19 @@ impl Upstream {
             creds,
             tokens: TokenCache::default(),
             basic: AtomicBool::new(false),
-            fills,
+            turns,
+            floor: cfg.min_rate,
         })
+    }
+
+    /// Waits for a turn to fill a blob from this upstream; the fill holds it until it ends.
+    pub(crate) async fn turn(&self) -> Result<Turn, Error> {
+        self.turns.take().await
+    }
+
+    /// The slowest a blob body from this upstream may arrive (`min_rate` over `rate_window`).
+    pub(crate) fn floor(&self) -> MinRate {
+        self.floor
     }
 
     fn url(&self, path_and_query: &str) -> Result<Url, Error> {
@@ -221,9 +267,10 @@ impl Upstream {
 
     /// GET a blob as a stream for a fill.
     /// A fill resumes a cut body through `Source::resume`, which asks for the rest with Range.
-    /// Waits for a turn first (`storage.max_fills`); the fill holds it until it ends.
+    /// Waits for a turn first (see `turn`); the fill holds it until it ends, and its body is
+    /// held to the registry's floor.
     pub async fn blob(self: &Arc<Self>, repo: &str, digest: &Digest) -> Result<Source, Error> {
-        let turn = self.fills.clone().acquire_owned().await.map_err(Error::internal)?;
+        let turn = self.turn().await?;
         let resp =
             self.send(Method::GET, &format!("/v2/{repo}/blobs/{digest}"), repo, HeaderMap::new()).await?;
         let resp = check(resp, Error::BlobUnknown).await?;
@@ -235,6 +282,7 @@ impl Upstream {
             resume: Some(self.resume(repo, digest)),
             rejected: None,
             hold: Some(Box::new(turn)),
+            floor: Some(self.floor),
         })
     }
 

@@ -194,6 +194,18 @@ impl Meta {
         self.remove(TAGS, key).map(drop)
     }
 
+    /// Removes these tag mappings in one transaction.
+    pub fn remove_tags(&self, keys: &[String]) -> Result<(), Error> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(TAGS).map_err(db_err)?;
+            for key in keys {
+                table.remove(key.as_str()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
     pub fn put_pin(&self, image: &str, pin: &Pin) -> Result<(), Error> {
         self.put_json(PINS, image, pin)
     }

@@ -101,7 +101,9 @@ impl Peers {
         let (peers, peer) = (self.clone(), owner.to_owned());
         let rejected =
             Box::new(move || peers.mark_down(&peer, "sent content that does not match its digest"));
-        Ok(Source { len, body, resume: Some(resume), rejected: Some(rejected), hold: None })
+        // A peer is held to the registry's floor too: below it, the rest comes from upstream.
+        let floor = Some(upstream.floor());
+        Ok(Source { len, body, resume: Some(resume), rejected: Some(rejected), hold: None, floor })
     }
 
     /// A manifest by digest: from the owner when it sends the right bytes, else from upstream.
