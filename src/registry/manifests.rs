@@ -14,6 +14,15 @@ use crate::source::Upstream;
 use crate::store::meta::{now_secs, TagEntry};
 use crate::store::Tier;
 
+/// How a manifest digest came to be asked for under a registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    /// The registry's own tag mapping named it: the registry has it.
+    ByTag,
+    /// A client named it: served only once the registry has served or confirmed it.
+    ByDigest,
+}
+
 /// A manifest answer: headers, and the bytes for a GET.
 pub struct ManifestAnswer {
     pub digest: Digest,
@@ -35,12 +44,15 @@ impl Mirror {
     ) -> Result<ManifestAnswer, Error> {
         let upstream = &self.upstreams.get(ns)?;
         match reference {
-            Reference::Digest(d) => self.manifest_by_digest(upstream, repo, d, hop).await,
+            Reference::Digest(d) => self.manifest_by_digest(upstream, repo, d, Asked::ByDigest, hop).await,
             Reference::Tag(tag) => {
                 let (entry, tier) = self.resolve_tag(upstream, repo, tag, accept).await?;
                 let digest = Digest::parse(&entry.digest)?;
-                // The registry named this digest for its tag: it has it.
-                self.provenance.record(&upstream.host, &digest).await;
+                // The registry named this digest for its tag (a mapping of its own tag cache,
+                // recorded when it was learnt): it has it.
+                if tier != Tier::Memory {
+                    self.provenance.record(&upstream.host, &digest).await;
+                }
                 if head {
                     return Ok(ManifestAnswer {
                         digest,
@@ -50,7 +62,7 @@ impl Mirror {
                         tier,
                     });
                 }
-                let mut answer = self.manifest_by_digest(upstream, repo, &digest, hop).await?;
+                let mut answer = self.manifest_by_digest(upstream, repo, &digest, Asked::ByTag, hop).await?;
                 if tier != Tier::Memory {
                     answer.tier = tier;
                 }
@@ -65,10 +77,13 @@ impl Mirror {
         upstream: &Arc<Upstream>,
         repo: &str,
         digest: &Digest,
+        asked: Asked,
         hop: bool,
     ) -> Result<ManifestAnswer, Error> {
         if let Some(answer) = self.stored_manifest(digest).await? {
-            self.confirm_manifest(upstream, repo, digest).await?;
+            if asked == Asked::ByDigest {
+                self.confirm_manifest(upstream, repo, digest).await?;
+            }
             return Ok(answer);
         }
         let fetch = {
