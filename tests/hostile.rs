@@ -276,6 +276,7 @@ async fn concurrent_first_requests_to_a_basic_auth_upstream_all_succeed() {
     std::env::set_var("BERTH_HOSTILE_BASIC", "p");
     let h = h.await;
     h.upstream.state.auth.lock().unwrap().basic = Some(("u".into(), "p".into()));
+    *h.upstream.state.challenge_delay.lock().unwrap() = Some(Duration::from_millis(200));
     let blobs: Vec<_> = (0..8).map(|i| h.upstream.add_blob(bytes_of(2000, 50 + i))).collect();
     let gets = blobs.iter().map(|d| h.client.get(h.url(&Harness::blob_path(REPO, d))).send());
     for r in futures::future::join_all(gets).await {
@@ -348,8 +349,11 @@ async fn a_content_length_near_u64_max_is_refused_with_502_before_any_byte() {
     let r = reqwest::get(format!("http://{}/v2/{REPO}/blobs/{d}", berth.registry_addr)).await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
     assert!(r.text().await.unwrap().contains("SIZE_INVALID"));
+}
 
-    // Above max_blob_size, however large the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_above_max_blob_size_is_refused_and_not_kept() {
+    // Announced above it, however large the disk.
     let h = Harness::start_with("", |c| c.storage.max_blob_size = 1000).await;
     let d = h.upstream.add_blob(bytes_of(5000, 65));
     let r = h.get(&Harness::blob_path(REPO, &d)).await;

@@ -71,6 +71,9 @@ pub struct FakeState {
     pub faults: Mutex<HashMap<String, Fault>>,
     /// A status every manifest request gets, when set.
     pub manifest_status: Mutex<Option<u16>>,
+    /// A pause before every Basic challenge (401), when set: concurrent requests then all
+    /// reach the server before any of them learns the challenge.
+    pub challenge_delay: Mutex<Option<Duration>>,
     /// A pause before every manifest answer, when set.
     pub manifest_delay: Mutex<Option<Duration>>,
     pub auth: Mutex<Auth>,
@@ -267,6 +270,7 @@ async fn handle(State(state): State<Arc<FakeState>>, req: Request) -> Response {
         return StatusCode::NOT_FOUND.into_response();
     };
 
+    let mut basic_challenge = false;
     {
         let auth = state.auth.lock().unwrap();
         if auth.bearer {
@@ -283,11 +287,16 @@ async fn handle(State(state): State<Arc<FakeState>>, req: Request) -> Response {
                 Some(_) => {}
             }
         } else if let Some((u, p)) = &auth.basic {
-            if !basic_ok(&headers, u, p) {
-                return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, r#"Basic realm="fake""#)], "")
-                    .into_response();
-            }
+            basic_challenge = !basic_ok(&headers, u, p);
         }
+    }
+    if basic_challenge {
+        let delay = *state.challenge_delay.lock().unwrap();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, r#"Basic realm="fake""#)], "")
+            .into_response();
     }
 
     match kind {
