@@ -156,8 +156,17 @@ async fn a_token_realm_on_an_internal_address_is_refused_for_a_public_only_regis
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn numeric_spellings_of_loopback_are_refused_by_the_wildcard() {
     let dir = tempfile::tempdir().unwrap();
-    let listener = common::Fake::start().await; // something listening on loopback
-    let port = listener.addr.port();
+    // Something listening on loopback that counts connections: the host check must refuse
+    // before any connection is made (the connector's check would refuse only after one).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
     let cfg = berth::config::Config::parse(&format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndefault_registry = \"*\"\n\
          [storage]\ndir = \"{}\"\n[[registry]]\nhost = \"*\"\nendpoint = \"https://*\"\n",
@@ -177,7 +186,7 @@ async fn numeric_spellings_of_loopback_are_refused_by_the_wildcard() {
         assert_eq!(r.status(), StatusCode::FORBIDDEN, "{ns}");
         assert!(r.text().await.unwrap().contains("DENIED"));
     }
-    assert!(listener.log().is_empty());
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0, "a connection was made");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -743,4 +752,101 @@ async fn an_upstream_that_trickles_below_the_min_rate_is_cut_and_frees_its_turn(
     .await
     .expect("the cut fill kept its turn");
     assert!(pulled == next, "the next blob differs");
+}
+
+/// Hostile upstream answers must not panic berth: a token response whose `expires_in` is
+/// near u64::MAX overflows `Instant + Duration` in `TokenCache::put`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_response_with_a_huge_expires_in_gets_an_answer_not_a_panic() {
+    let body = r#"{"token":"t","expires_in":18446744073709551615}"#;
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}", body.len());
+    let realm = common::raw_upstream(&head, body.into()).await;
+    let h = Harness::start().await;
+    h.upstream.state.auth.lock().unwrap().bearer = true;
+    *h.upstream.state.realm.lock().unwrap() = Some(format!("http://{realm}/token"));
+    let d = h.upstream.add_blob(bytes_of(100, 93));
+    let r = h.client.head(h.url(&Harness::blob_path(REPO, &d))).send().await;
+    assert!(r.is_ok(), "no HTTP answer (the handler panicked): {r:?}");
+}
+
+/// The `served` table (provenance) keeps a row per (registry, digest) a registry confirmed
+/// with a HEAD, also for content berth never stored; rows go only with a stored blob, so a
+/// HEAD flood for made-up digests grows meta.redb (one durable write each) without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_for_content_berth_does_not_hold_leave_no_permanent_record() {
+    let yes =
+        common::raw_upstream("HTTP/1.1 200 OK\r\nContent-Length: 5", bytes::Bytes::from_static(b"hello"))
+            .await;
+    let fake = common::Fake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg =
+        common::config(dir.path(), &[("docker.io", &fake.url()), ("any.test", &format!("http://{yes}"))], "");
+    let berth = berth::Server::start(&cfg).await.unwrap();
+    let client = reqwest::Client::new();
+    let digests: Vec<_> = (0..50u32).map(|i| berth::digest::Digest::of(&i.to_le_bytes())).collect();
+    for d in &digests {
+        let url = format!("http://{}/v2/{REPO}/blobs/{d}?ns=any.test", berth.registry_addr);
+        assert_eq!(client.head(url).send().await.unwrap().status(), StatusCode::OK);
+    }
+    let kept = digests.iter().filter(|d| berth.mirror.store.meta.served("any.test", d).unwrap()).count();
+    assert_eq!(kept, 0, "{kept} provenance rows for blobs berth does not hold");
+}
+
+/// A request berth refuses (404: the registry named in ns lacks the blob) still touches the
+/// blob, which keeps it "in use" (never evicted) for in_use_window: an anonymous client pins
+/// any cached blob for an hour per HEAD, and through it the whole image version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_does_not_keep_a_blob_in_use() {
+    let (a, b) = (common::Fake::start().await, common::Fake::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path(), &[("docker.io", &a.url()), ("b.test", &b.url())], "");
+    cfg.storage.disk_capacity = 5 * MIB as u64;
+    cfg.gc.in_use_window = Duration::from_secs(2);
+    let h = Harness {
+        dir,
+        upstream: a,
+        berth: berth::Server::start(&cfg).await.unwrap(),
+        client: reqwest::Client::new(),
+    };
+    let old = h.upstream.add_blob(bytes_of(3 * MIB, 94));
+    assert_eq!(h.get(&Harness::blob_path(REPO, &old)).await.bytes().await.unwrap().len(), 3 * MIB);
+    h.settle().await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // past the in-use window
+    let refused = h.client.head(h.url(&format!("{}?ns=b.test", Harness::blob_path(REPO, &old)))).send().await;
+    assert_eq!(refused.unwrap().status(), StatusCode::NOT_FOUND);
+    let new = h.upstream.add_blob(bytes_of(3 * MIB, 95));
+    assert_eq!(h.get(&Harness::blob_path(REPO, &new)).await.bytes().await.unwrap().len(), 3 * MIB);
+    h.settle().await;
+    let stored = h.stored_blobs();
+    assert!(
+        stored.contains(&new.hex().to_owned()),
+        "the new blob was served uncached: the refused HEAD kept the old one in use"
+    );
+}
+
+/// Isolation between registries covers whether a digest is served, not how: the media type
+/// is stored per digest from whichever registry fetched it first, so a registry an attacker
+/// runs (the wildcard's, or any other) that serves the right bytes under a wrong Content-Type
+/// first decides the Content-Type every other registry's clients get (containerd then refuses
+/// the manifest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_registrys_content_type_does_not_answer_another_registrys_clients() {
+    let (a, b) = (common::Fake::start().await, common::Fake::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::config(dir.path(), &[("docker.io", &a.url()), ("b.test", &b.url())], "");
+    let berth = berth::Server::start(&cfg).await.unwrap();
+    let body = format!(r#"{{"schemaVersion":2,"mediaType":"{}","layers":[]}}"#, common::OCI_MANIFEST);
+    let d = a.put_manifest(REPO, "1", common::OCI_MANIFEST, body.clone());
+    b.put_manifest(REPO, "1", "text/html", body);
+    let client = reqwest::Client::new();
+    let url = |ns: &str| format!("http://{}/v2/{REPO}/manifests/{d}?ns={ns}", berth.registry_addr);
+    let first = client.get(url("b.test")).send().await.unwrap();
+    assert_eq!(first.headers()["content-type"], common::OCI_MANIFEST, "the type the manifest names");
+    let r = client.get(url("docker.io")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["content-type"],
+        common::OCI_MANIFEST,
+        "docker.io's clients got b.test's media type"
+    );
 }

@@ -35,6 +35,11 @@ impl Mirror {
         hop: bool,
     ) -> Result<BlobAnswer, Error> {
         let upstream = &self.upstreams.get(ns)?;
+        // Confirmed before the tiers are read: a refused request does not count as a read
+        // (which would keep the blob in use).
+        if !self.provenance.knows(&upstream.host, digest).await && self.store.holds(digest) {
+            self.confirm_blob(upstream, repo, digest).await?;
+        }
         if let Some(hit) = self.store.get(digest).await? {
             self.confirm_blob(upstream, repo, digest).await?;
             let len = hit.bytes.len() as u64;
@@ -59,11 +64,14 @@ impl Mirror {
             let len = upstream.blob_len(repo, digest).await?.ok_or_else(|| {
                 Error::Unavailable("upstream sent no Content-Length for a blob HEAD".into())
             })?;
-            self.provenance.record(&upstream.host, digest).await;
+            // Not recorded: berth does not hold it, and records are kept for what it holds.
             return Ok(BlobAnswer { len, range: None, body: None, tier: Tier::Upstream });
         }
 
         let (fill, led) = self.join_fill(upstream, repo, digest, hop).await?;
+        if led {
+            self.record_when_verified(&fill, &upstream.host);
+        }
         let tier = if led { Tier::FillLeader } else { Tier::FillFollower };
         let len = match fill.ready().await? {
             Some(len) => len,
@@ -103,7 +111,7 @@ impl Mirror {
     }
 
     /// The fetch of a fill from this registry: through the digest's owner among the peers,
-    /// else from upstream. A source that answers records that the registry has the digest.
+    /// else from upstream.
     fn fetch(
         &self,
         upstream: &Arc<Upstream>,
@@ -113,16 +121,24 @@ impl Mirror {
     ) -> futures::future::BoxFuture<'static, Result<crate::store::fill::Source, Error>> {
         let (upstream, repo, digest) = (upstream.clone(), repo.to_owned(), digest.clone());
         let owner = self.owner_of(&digest, hop);
-        let provenance = self.provenance.clone();
         async move {
-            let source = match owner {
-                Some((peers, owner)) => peers.blob(&owner, &upstream, &repo, &digest).await?,
-                None => upstream.blob(&repo, &digest).await?,
-            };
-            provenance.record(&upstream.host, &digest).await;
-            Ok(source)
+            match owner {
+                Some((peers, owner)) => peers.blob(&owner, &upstream, &repo, &digest).await,
+                None => upstream.blob(&repo, &digest).await,
+            }
         }
         .boxed()
+    }
+
+    /// Records that `registry` has the fill's digest once the fill has verified it (a source
+    /// that answered for a digest it does not have leaves no record).
+    fn record_when_verified(&self, fill: &Arc<Fill>, registry: &str) {
+        let (fill, provenance, registry) = (fill.clone(), self.provenance.clone(), registry.to_owned());
+        tokio::spawn(async move {
+            if fill.verified().await.is_ok() {
+                provenance.record(&registry, fill.digest()).await;
+            }
+        });
     }
 
     /// Succeeds when this registry has served or confirmed `digest`; otherwise asks its

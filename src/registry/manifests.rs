@@ -80,6 +80,13 @@ impl Mirror {
         asked: Asked,
         hop: bool,
     ) -> Result<ManifestAnswer, Error> {
+        // Confirmed before the tiers are read: a refused request does not count as a read.
+        if asked == Asked::ByDigest
+            && !self.provenance.knows(&upstream.host, digest).await
+            && self.store.holds(digest)
+        {
+            self.confirm_manifest(upstream, repo, digest).await?;
+        }
         if let Some(answer) = self.stored_manifest(digest).await? {
             if asked == Asked::ByDigest {
                 self.confirm_manifest(upstream, repo, digest).await?;

@@ -1,8 +1,6 @@
 //! Registry auth as clients of Docker Hub, ghcr.io and distribution practise it:
 //! `WWW-Authenticate` challenges, bearer tokens from the realm, cached per scope until expiry.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -81,26 +79,40 @@ struct TokenResponse {
     expires_in: Option<u64>,
 }
 
-/// Bearer tokens per scope, each until shortly before it expires.
-#[derive(Default)]
+/// Tokens cached at once (the least recently used go first) and the longest a token is kept,
+/// whatever its `expires_in` says: scopes come from client requests (one per repository).
+const MAX_TOKENS: u64 = 4096;
+const MAX_TOKEN_LIFE: Duration = Duration::from_secs(24 * 3600);
+
+/// Bearer tokens per scope, each until shortly before it expires; bounded in number and life.
 pub struct TokenCache {
-    tokens: Mutex<HashMap<String, (String, Instant)>>,
+    tokens: moka::sync::Cache<String, (String, Instant)>,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        TokenCache {
+            tokens: moka::sync::Cache::builder()
+                .max_capacity(MAX_TOKENS)
+                .time_to_live(MAX_TOKEN_LIFE)
+                .build(),
+        }
+    }
 }
 
 impl TokenCache {
     pub fn get(&self, scope: &str) -> Option<String> {
-        let tokens = self.tokens.lock().expect("token lock");
-        tokens.get(scope).filter(|(_, until)| *until > Instant::now()).map(|(t, _)| t.clone())
+        self.tokens.get(scope).filter(|(_, until)| *until > Instant::now()).map(|(t, _)| t)
     }
 
     pub fn forget(&self, scope: &str) {
-        self.tokens.lock().expect("token lock").remove(scope);
+        self.tokens.invalidate(scope);
     }
 
     fn put(&self, scope: &str, token: String, expires_in: Duration) {
         // Renew a little early so a token does not expire between check and use.
-        let until = Instant::now() + expires_in.saturating_sub(Duration::from_secs(10));
-        self.tokens.lock().expect("token lock").insert(scope.to_owned(), (token, until));
+        let life = expires_in.min(MAX_TOKEN_LIFE).saturating_sub(Duration::from_secs(10));
+        self.tokens.insert(scope.to_owned(), (token, Instant::now() + life));
     }
 
     /// Asks the challenge's realm for a token for `scope` and caches it.
@@ -149,7 +161,8 @@ impl TokenCache {
             .token
             .or(body.access_token)
             .ok_or_else(|| Error::Unavailable("token response has no token".into()))?;
-        let expires_in = Duration::from_secs(body.expires_in.unwrap_or(60).max(60));
+        let expires_in =
+            Duration::from_secs(body.expires_in.unwrap_or(60).clamp(60, MAX_TOKEN_LIFE.as_secs()));
         self.put(scope, token.clone(), expires_in);
         Ok(token)
     }

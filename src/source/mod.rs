@@ -69,10 +69,13 @@ impl Upstreams {
         }
         let denied = || Error::Denied(format!("registry {host:?} is not mirrored here"));
         let Some(template) = &self.wildcard else { return Err(denied()) };
-        public::check_host(host).map_err(|why| Error::Denied(format!("registry {host:?}: {why}")))?;
+        // One spelling per host (`GHCR.io:443` is ghcr.io), so that no host gets more turns
+        // or records by being spelled differently.
+        let host = canonical(host);
+        public::check_host(&host).map_err(|why| Error::Denied(format!("registry {host:?}: {why}")))?;
         // Built once per host while it is remembered (concurrent first requests share it).
         self.dynamic
-            .try_get_with(host.to_owned(), || self.wildcard_upstream(host, template))
+            .try_get_with(host.clone(), || self.wildcard_upstream(&host, template))
             .map_err(|e| (*e).clone())
     }
 
@@ -98,6 +101,15 @@ impl Upstreams {
     fn remembered_hosts(&self) -> usize {
         self.dynamic.run_pending_tasks();
         usize::try_from(self.dynamic.entry_count()).unwrap_or(usize::MAX)
+    }
+}
+
+/// A wildcard host as one spelling: lowercase, without the default port `:443`.
+fn canonical(host: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    match host.strip_suffix(":443") {
+        Some(bare) if !bare.is_empty() && !bare.ends_with(':') => bare.to_owned(),
+        _ => host,
     }
 }
 

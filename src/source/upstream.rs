@@ -23,6 +23,8 @@ const MAX_REDIRECTS: usize = 5;
 
 pub struct Upstream {
     pub host: String,
+    /// The `registry` label of this upstream's metrics.
+    label: String,
     endpoint: Url,
     client: reqwest::Client,
     /// The address guard of a public-only registry, checked on every URL before it is asked.
@@ -91,6 +93,8 @@ impl Upstream {
         let creds = cfg.username.clone().zip(cfg.password.clone());
         Ok(Upstream {
             host: cfg.host.clone(),
+            // The wildcard's hosts come from clients: one metric series for all of them.
+            label: if cfg.public_only { "*".to_owned() } else { cfg.host.clone() },
             endpoint: cfg.endpoint.clone(),
             client,
             guard,
@@ -192,13 +196,13 @@ impl Upstream {
                 req = req.header(header::AUTHORIZATION, auth.clone());
             }
             let resp = req.send().await.map_err(|e| {
-                metrics::counter!("berth_upstream_requests_total", "registry" => self.host.clone(), "status" => "error")
+                metrics::counter!("berth_upstream_requests_total", "registry" => self.label.clone(), "status" => "error")
                     .increment(1);
                 unavailable(&self.host, e)
             })?;
             metrics::counter!(
                 "berth_upstream_requests_total",
-                "registry" => self.host.clone(),
+                "registry" => self.label.clone(),
                 "status" => resp.status().as_u16().to_string(),
             )
             .increment(1);
@@ -239,7 +243,7 @@ impl Upstream {
             .await?;
         let resp = check(resp, Error::ManifestUnknown).await?;
         let m = read_manifest(resp, &self.host).await?;
-        metrics::counter!("berth_upstream_bytes_total", "registry" => self.host.clone())
+        metrics::counter!("berth_upstream_bytes_total", "registry" => self.label.clone())
             .increment(m.bytes.len() as u64);
         Ok(m)
     }
@@ -323,7 +327,7 @@ impl Upstream {
         resp: reqwest::Response,
     ) -> futures::stream::BoxStream<'static, Result<Bytes, Error>> {
         let host = self.host.clone();
-        let bytes = metrics::counter!("berth_upstream_bytes_total", "registry" => host.clone());
+        let bytes = metrics::counter!("berth_upstream_bytes_total", "registry" => self.label.clone());
         resp.bytes_stream()
             .map(move |r| {
                 if let Ok(b) = &r {
@@ -379,9 +383,12 @@ pub(crate) async fn read_manifest(resp: reqwest::Response, from: &str) -> Result
     if let Some(announced) = announced.filter(|a| *a != digest) {
         return Err(Error::Integrity(format!("manifest announced as {announced} hashes to {digest}")));
     }
-    let media_type = content_type
-        .filter(|t| !t.is_empty())
-        .or_else(|| media_type_in(&bytes))
+    // The type the manifest names for itself comes first: it is part of the verified bytes,
+    // so the first registry to answer for a digest cannot give it another type for everyone.
+    // The header serves manifests that name none (schema1).
+    let media_type = media_type_in(&bytes)
+        .filter(|t| !t.is_empty() && HeaderValue::from_str(t).is_ok())
+        .or(content_type.filter(|t| !t.is_empty()))
         .unwrap_or_else(|| "application/octet-stream".to_owned());
     Ok(FetchedManifest { bytes, digest, media_type })
 }

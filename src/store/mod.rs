@@ -158,6 +158,11 @@ impl Store {
         self.checked.lock().expect("checked lock").insert(digest.clone());
     }
 
+    /// Whether a tier holds `digest` (without reading it or counting an access).
+    pub fn holds(&self, digest: &Digest) -> bool {
+        self.memory.contains(digest) || matches!(self.disk.len(digest), Ok(Some(_)))
+    }
+
     /// Looks in memory, then on disk. A disk hit small enough for memory is promoted.
     /// A disk blob is hashed on its first hit after startup; one that does not match its
     /// digest (damaged on disk) is deleted and answered as a miss, so it is fetched again.
