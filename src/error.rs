@@ -29,7 +29,8 @@ pub enum Error {
     },
     UpstreamDenied(String),
     ManifestTooLarge(u64),
-    /// A blob announced or sent larger than `storage.max_blob_size`.
+    /// A blob announced or sent larger than `storage.max_blob_size`, or sent without a length
+    /// past the whole disk tier when it cannot be kept.
     BlobTooLarge(u64),
     /// A client error upstream answered (4xx but 401, 403, 404, 429), passed on as it is:
     /// its status, the first OCI error code of its body, and that body.
@@ -95,7 +96,9 @@ impl std::fmt::Display for Error {
             TooManyRequests { .. } => f.write_str("upstream rate limit reached"),
             UpstreamDenied(m) => write!(f, "upstream denied access: {m}"),
             ManifestTooLarge(n) => write!(f, "manifest of {n} bytes exceeds the 4 MiB limit"),
-            BlobTooLarge(n) => write!(f, "upstream blob of {n} bytes exceeds storage.max_blob_size"),
+            BlobTooLarge(n) => {
+                write!(f, "upstream blob of {n} bytes is larger than storage.max_blob_size or, with no length, the disk tier")
+            }
             Upstream { status, code, .. } => write!(f, "upstream answered {status} {code}"),
             Integrity(m) => write!(f, "upstream content rejected: {m}"),
             Internal(m) => write!(f, "internal error: {m}"),

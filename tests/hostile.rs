@@ -850,3 +850,58 @@ async fn one_registrys_content_type_does_not_answer_another_registrys_clients() 
         "docker.io's clients got b.test's media type"
     );
 }
+
+/// Bytes allocated on disk under `dir` now.
+fn allocated(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// `storage.disk_capacity` holds for temp files too: a fill that cannot be kept passes
+/// through (announced larger than the disk) or, with no length to pass through with, is
+/// refused once it outgrows the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_that_is_not_kept_does_not_write_past_disk_capacity() {
+    let capacity = 2 * MIB;
+    let h = Harness::start_with("", |c| {
+        c.storage.disk_capacity = capacity as u64;
+        c.gc.in_use_window = Duration::ZERO;
+    })
+    .await;
+    let chunked = bytes_of(16 * MIB, 90);
+    let d1 = h.upstream.add_blob(chunked.clone());
+    h.upstream.fault(&d1, Fault::NoLength);
+    let announced = bytes_of(16 * MIB, 91);
+    let d2 = h.upstream.add_blob(announced.clone());
+    h.upstream.fault(&d2, Fault::Slow { chunk: 256 << 10, delay: Duration::from_millis(10) });
+
+    for (d, blob) in [(d1.clone(), chunked), (d2, announced)] {
+        let tmp = h.dir.path().join("v1/tmp");
+        let watch = tokio::spawn(async move {
+            let mut most = 0;
+            for _ in 0..300 {
+                most = most.max(allocated(&tmp));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            most
+        });
+        let r = h.get(&Harness::blob_path(REPO, &d)).await;
+        if d == d1 {
+            // No length: nothing to pass through with, and more than the disk holds: refused.
+            assert!(r.status() != StatusCode::OK || r.bytes().await.is_err());
+        } else {
+            assert_eq!(r.status(), StatusCode::OK);
+            assert!(r.bytes().await.unwrap() == blob, "passed through whole");
+        }
+        let most = watch.await.unwrap();
+        h.settle().await;
+        // One write batch (256 KiB) may land before its reservation is refused.
+        let slack = 256 << 10;
+        assert!(most <= (capacity + slack) as u64, "{most} bytes in v1/tmp on a {capacity}-byte disk ({d})");
+    }
+}

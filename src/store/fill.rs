@@ -254,10 +254,19 @@ async fn lead(
         return Err(Error::BlobTooLarge(len));
     }
     let resume = resume.map(Arc::new);
-    // Room on disk is reserved as bytes are written, never for an announced length; content
-    // announced beyond the whole capacity is served without evicting anything.
+    // Room on disk is reserved as bytes are written, never for an announced length. Content
+    // announced beyond the whole capacity is passed through at once: nothing is evicted for
+    // it and nothing written.
+    if let (Some(l), Some(resume)) = (len.filter(|&l| l > store.disk.capacity()), &resume) {
+        store.count_uncached();
+        let why = format!("{l} bytes do not fit the disk tier");
+        return pass_through(fill, None, None, 0, len, resume.clone(), why).await;
+    }
     let mut room = store.disk.reserve();
     let mut keep_on_disk = len.is_none_or(|l| l <= store.disk.capacity());
+    // Set when room runs out: with a source to resume from, the fill stops writing and its
+    // clients get the rest from the source, so that temp files stay within the capacity too.
+    let mut no_room = false;
     let (disk, d) = (store.disk.clone(), digest.clone());
     let made = blocking(move || {
         let (file, temp) = disk.temp(&d)?;
@@ -320,6 +329,15 @@ async fn lead(
                     if batch.len() >= WRITE_BATCH {
                         let full = batch.split().freeze();
                         keep_on_disk = keep_on_disk && room_for(store, &mut room, &digest, full.len()).await;
+                        if !keep_on_disk && resume.is_some() && len.is_some() {
+                            no_room = true;
+                            break;
+                        }
+                        if !keep_on_disk && received > store.disk.capacity() {
+                            // No length to pass through with: an uncached fill may not use
+                            // more temp space than the disk tier has.
+                            return Err(Error::BlobTooLarge(received));
+                        }
                         if hash_tx.send(full.clone()).await.is_err() || tx.send(full).await.is_err() {
                             break; // the writer failed; its error is reported below
                         }
@@ -347,9 +365,13 @@ async fn lead(
                 }
             }
         }
-        if !batch.is_empty() {
+        if !batch.is_empty() && !no_room {
             let full = batch.split().freeze();
             keep_on_disk = keep_on_disk && room_for(store, &mut room, &digest, full.len()).await;
+            if !keep_on_disk && resume.is_some() && len.is_some() {
+                no_room = true;
+                return Ok(());
+            }
             let _ = hash_tx.send(full.clone()).await;
             let _ = tx.send(full).await;
         }
@@ -359,9 +381,13 @@ async fn lead(
     drop((tx, hash_tx));
     let (written, write_error) = writer.await.map_err(Error::internal)?;
     let (hash, memory) = hasher.await.map_err(Error::internal)?;
-    if let (Some(e), Some(resume)) = (&write_error, &resume) {
+    let disk_trouble = match (&write_error, no_room) {
+        (Some(e), _) => Some(format!("disk tier cannot write: {e}")),
+        (None, true) => Some("no room left on the disk tier (the rest is pinned or in use)".to_owned()),
+        (None, false) => None,
+    };
+    if let (Some(why), Some(resume)) = (disk_trouble, &resume) {
         // What is written is good; clients get the rest from the source.
-        let why = format!("disk tier cannot write: {e}");
         let (file, map) = (Some(file), map);
         let done = pass_through(fill, file, map, written, len, resume.clone(), why).await;
         let disk = store.disk.clone();
