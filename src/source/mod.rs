@@ -190,6 +190,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_wildcard_host_has_one_spelling() {
+        let upstreams = Upstreams::new(&with_wildcard(64)).unwrap();
+        let first = upstreams.get(Some("ghcr.io")).unwrap();
+        for spelling in ["GHCR.io", "ghcr.io:443", "Ghcr.IO:443"] {
+            let again = upstreams.get(Some(spelling)).unwrap();
+            assert!(Arc::ptr_eq(&first, &again), "{spelling} got an upstream of its own");
+            assert_eq!(again.host, "ghcr.io");
+        }
+        assert!(!Arc::ptr_eq(&first, &upstreams.get(Some("ghcr.io:8443")).unwrap()));
+    }
+
+    #[tokio::test]
     async fn each_configured_registry_has_its_own_turns() {
         let config = Config::parse(
             r#"
