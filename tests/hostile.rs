@@ -905,3 +905,102 @@ async fn a_fill_that_is_not_kept_does_not_write_past_disk_capacity() {
         assert!(most <= (capacity + slack) as u64, "{most} bytes in v1/tmp on a {capacity}-byte disk ({d})");
     }
 }
+
+// Open holes the review found after the fixes above: reproductions kept, ignored until fixed
+// (run them with `cargo test --test hostile -- --ignored`).
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let n = payload.len() as u32;
+    let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
+    f.extend(stream.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+/// README: "A client that takes no bytes of a response for client_idle_timeout (60 s) is
+/// dropped". Over HTTP/2 a client that never opens its flow-control window (and answers
+/// pings) takes no bytes, yet is never dropped: no write is pending, so WriteIdle never arms,
+/// and the request is "in flight", so idle_timeout never fires. Its ReadGuard keeps the blob
+/// busy (never evicted) for as long as it likes.
+#[ignore = "open: an HTTP/2 client that keeps its window shut and answers pings holds its stream, read guard and connection slot; needs a per-stream no-progress deadline"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_that_never_opens_its_window_is_dropped() {
+    let h = Harness::start_with("", |c| {
+        c.server.client_idle_timeout = Duration::from_secs(1);
+        c.server.idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let d = h.upstream.add_blob(bytes_of(MIB, 92));
+    assert_eq!(h.get(&Harness::blob_path(REPO, &d)).await.bytes().await.unwrap().len(), MIB);
+    h.settle().await;
+
+    let s = TcpStream::connect(h.berth.registry_addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    wr.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: the server may send no DATA on any stream.
+    wr.write_all(&frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0])).await.unwrap();
+    let path = Harness::blob_path(REPO, &d);
+    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+    block.extend(path.as_bytes());
+    block.extend([0x01, 5]);
+    block.extend(b"berth");
+    wr.write_all(&frame(0x1, 0x5, 1, &block)).await.unwrap();
+
+    // A live peer: SETTINGS and PINGs acknowledged, never a WINDOW_UPDATE.
+    let started = Instant::now();
+    let peer = tokio::spawn(async move {
+        loop {
+            let mut head = [0u8; 9];
+            if rd.read_exact(&mut head).await.is_err() {
+                return started.elapsed();
+            }
+            let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if rd.read_exact(&mut payload).await.is_err() {
+                return started.elapsed();
+            }
+            let (kind, flags) = (head[3], head[4]);
+            let reply = match (kind, flags & 1) {
+                (0x6, 0) => frame(0x6, 1, 0, &payload),
+                (0x4, 0) => frame(0x4, 1, 0, &[]),
+                _ => continue,
+            };
+            if wr.write_all(&reply).await.is_err() {
+                return started.elapsed();
+            }
+        }
+    });
+    let dropped = tokio::time::timeout(Duration::from_secs(8), peer).await;
+    assert!(
+        dropped.is_ok(),
+        "an HTTP/2 client that took no byte is still connected after 8 s (client_idle_timeout 1 s); \
+         blob busy: {}",
+        h.berth.mirror.store.busy().contains(&d)
+    );
+}
+
+/// Fills are detached from their clients, and wait for a turn in a FIFO queue: a client that
+/// asks for made-up digests and leaves at once still costs one queued fill and one upstream
+/// request each, ahead of every later pull from that registry.
+#[ignore = "open: a fill still waiting for its turn goes on after every client left; needs abandonment before the turn and a bounded queue"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_abandoned_before_their_turn_are_not_fetched() {
+    let h = Harness::start_with("", |c| c.storage.max_fills = 1).await;
+    let slow = h.upstream.add_blob(bytes_of(64 << 10, 96));
+    h.upstream.fault(&slow, Fault::Slow { chunk: 1024, delay: Duration::from_millis(50) });
+    let slow_get = {
+        let (client, url) = (h.client.clone(), h.url(&Harness::blob_path(REPO, &slow)));
+        tokio::spawn(async move { client.get(url).send().await.unwrap().bytes().await.unwrap().len() })
+    };
+    while h.upstream.count(http::Method::GET, slow.as_str()) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let junk: Vec<_> = (0..50u32).map(|i| berth::digest::Digest::of(&i.to_be_bytes())).collect();
+    for d in &junk {
+        let _ = tokio::time::timeout(Duration::from_millis(20), h.get(&Harness::blob_path(REPO, d))).await;
+    }
+    assert_eq!(slow_get.await.unwrap(), 64 << 10);
+    h.settle().await;
+    let fetched = junk.iter().filter(|d| h.upstream.count(http::Method::GET, d.as_str()) > 0).count();
+    assert_eq!(fetched, 0, "{fetched} upstream GETs for fills whose clients had all left while queued");
+}
