@@ -18,16 +18,7 @@ use crate::error::Error;
 
 /// The client for `cfg`'s upstream, and its guard when the registry is public-only.
 pub fn client_for(cfg: &Registry) -> Result<(reqwest::Client, Option<Arc<Guard>>), Error> {
-    let mut builder = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(cfg.connect_timeout)
-        .read_timeout(cfg.read_timeout)
-        .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
-    if let Some(ca) = &cfg.ca_file {
-        for cert in extra_roots(ca)? {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
+    let mut builder = base(cfg.connect_timeout, cfg.read_timeout, cfg.ca_file.as_deref())?;
     let guard = cfg.public_only.then(|| Arc::new(Guard { exempt: cfg.public_exempt.clone() }));
     if let Some(guard) = &guard {
         builder = builder
@@ -41,17 +32,25 @@ pub fn client_for(cfg: &Registry) -> Result<(reqwest::Client, Option<Arc<Guard>>
 /// The client peer requests go out with: the peers' timeouts, the system roots plus
 /// `peers.ca_file`, no redirects. Peers are private addresses by nature: no address guard.
 pub fn peer_client(cfg: &crate::config::Peers) -> Result<reqwest::Client, Error> {
+    base(cfg.timeout, cfg.read_timeout, cfg.ca_file.as_deref())?.build().map_err(Error::internal)
+}
+
+/// What every outbound client has: no redirects followed by the client, the timeouts, and
+/// the system roots plus `ca_file`.
+fn base(
+    connect: std::time::Duration,
+    read: std::time::Duration,
+    ca_file: Option<&Path>,
+) -> Result<reqwest::ClientBuilder, Error> {
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(cfg.timeout)
-        .read_timeout(cfg.read_timeout)
+        .connect_timeout(connect)
+        .read_timeout(read)
         .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
-    if let Some(ca) = &cfg.ca_file {
-        for root in extra_roots(ca)? {
-            builder = builder.add_root_certificate(root);
-        }
+    for root in ca_file.map(extra_roots).transpose()?.unwrap_or_default() {
+        builder = builder.add_root_certificate(root);
     }
-    builder.build().map_err(Error::internal)
+    Ok(builder)
 }
 
 /// The certificates of a PEM bundle of extra roots (a `ca_file`): at least one, each parsed
