@@ -982,7 +982,6 @@ async fn an_h2_client_that_never_opens_its_window_is_dropped() {
 /// Fills are detached from their clients, and wait for a turn in a FIFO queue: a client that
 /// asks for made-up digests and leaves at once still costs one queued fill and one upstream
 /// request each, ahead of every later pull from that registry.
-#[ignore = "open: a fill still waiting for its turn goes on after every client left; needs abandonment before the turn and a bounded queue"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fills_abandoned_before_their_turn_are_not_fetched() {
     let h = Harness::start_with("", |c| c.storage.max_fills = 1).await;

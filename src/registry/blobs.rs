@@ -11,7 +11,7 @@ use crate::digest::Digest;
 use crate::error::Error;
 use crate::source::Upstream;
 use crate::store::body::{self, BodyStream};
-use crate::store::fill::Fill;
+use crate::store::fill::{Fill, FillState};
 use crate::store::Tier;
 
 /// A blob answer: the full length, the span served (`Some` for a 206), and the body for a GET.
@@ -133,10 +133,19 @@ impl Mirror {
     /// Records that `registry` has the fill's digest once the fill has verified it (a source
     /// that answered for a digest it does not have leaves no record).
     fn record_when_verified(&self, fill: &Arc<Fill>, registry: &str) {
-        let (fill, provenance, registry) = (fill.clone(), self.provenance.clone(), registry.to_owned());
+        // Watches the fill's state without holding the fill, which counts its clients by
+        // reference (a fill nobody waits for is given up before its source answers).
+        let (mut state, digest) = (fill.subscribe(), fill.digest().clone());
+        let (provenance, registry) = (self.provenance.clone(), registry.to_owned());
         tokio::spawn(async move {
-            if fill.verified().await.is_ok() {
-                provenance.record(&registry, fill.digest()).await;
+            let ended = state
+                .wait_for(|s| {
+                    matches!(s, FillState::Verified { .. } | FillState::Failed(_) | FillState::PassThrough(_))
+                })
+                .await
+                .map(|s| matches!(*s, FillState::Verified { .. }));
+            if let Ok(true) = ended {
+                provenance.record(&registry, &digest).await;
             }
         });
     }

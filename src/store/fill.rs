@@ -249,7 +249,16 @@ async fn lead(
         return Ok(());
     }
 
-    let Source { len, mut body, resume, rejected, hold: _turn, floor } = fetch.await?;
+    // Until the source answers (a turn among the registry's fills, then the request), the
+    // fill waits only for as long as somebody waits for it.
+    let fetched = tokio::select! {
+        source = fetch => source,
+        () = every_client_left(fill) => {
+            metrics::counter!("berth_fills_total", "outcome" => "abandoned").increment(1);
+            return Err(Error::Unavailable("every client left before the source answered".into()));
+        }
+    };
+    let Source { len, mut body, resume, rejected, hold: _turn, floor } = fetched?;
     if let Some(len) = len.filter(|&l| l > store.max_blob_size) {
         return Err(Error::BlobTooLarge(len));
     }
@@ -516,6 +525,21 @@ fn bytes_in(floor: MinRate) -> u64 {
         .checked_mul(floor.window.as_millis())
         .map(|b| b / 1000)
         .map_or(u64::MAX, |b| u64::try_from(b).unwrap_or(u64::MAX))
+}
+
+/// References to a fill that are not its clients': the in-flight map's and the leader
+/// task's own.
+const OWN_REFERENCES: usize = 2;
+
+/// Resolves once nobody but the fill itself holds it: every client (a request, a preheat)
+/// has gone. Checked every 100 ms.
+async fn every_client_left(fill: &Arc<Fill>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if Arc::strong_count(fill) <= OWN_REFERENCES {
+            return;
+        }
+    }
 }
 
 /// Grows the fill's room on disk by a batch about to be written; false (and counted) when
