@@ -5,6 +5,7 @@ pub mod auth;
 pub(crate) mod outbound;
 pub mod peers;
 pub mod public;
+mod status;
 pub mod upstream;
 
 use std::collections::HashMap;

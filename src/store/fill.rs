@@ -15,10 +15,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
 
 use super::Store;
 use crate::config::MinRate;
@@ -317,7 +315,7 @@ async fn lead(
     let mut received: u64 = 0;
     let mut skip: u64 = 0;
     let mut resumes: u32 = 0;
-    let mut pace = Pace::new(floor);
+    let mut pace = super::pace::Pace::new(floor);
     let pumped: Result<(), Error> = async {
         loop {
             let mut cut = match pace.next(&mut body).await {
@@ -463,70 +461,6 @@ async fn lead(
     .await
 }
 
-/// Holds a source to its floor: what it sent while the pump waited for it in the current
-/// window, and how long the pump waited. Time the pump spends elsewhere (a writer or the disk
-/// tier holding it back) is not counted against the source.
-struct Pace {
-    floor: Option<MinRate>,
-    waited: Duration,
-    bytes: u64,
-}
-
-impl Pace {
-    fn new(floor: Option<MinRate>) -> Pace {
-        Pace { floor, waited: Duration::ZERO, bytes: 0 }
-    }
-
-    /// Starts a new window (a resumed body is judged on its own).
-    fn restart(&mut self) {
-        (self.waited, self.bytes) = (Duration::ZERO, 0);
-    }
-
-    /// The next item of `body`, or an error once a whole window has passed with fewer bytes
-    /// than the floor asks for.
-    async fn next(
-        &mut self,
-        body: &mut BoxStream<'static, Result<Bytes, Error>>,
-    ) -> Option<Result<Bytes, Error>> {
-        let Some(floor) = self.floor else { return body.next().await };
-        loop {
-            let started = Instant::now();
-            let next = tokio::time::timeout(floor.window.saturating_sub(self.waited), body.next()).await;
-            self.waited = self.waited.saturating_add(started.elapsed());
-            let chunk = match next {
-                Ok(Some(Ok(chunk))) => Some(chunk),
-                // An end or an error is passed on, however slow the last window was.
-                Ok(item) => return item,
-                Err(_window_over) => None,
-            };
-            if let Some(chunk) = &chunk {
-                self.bytes = self.bytes.saturating_add(chunk.len() as u64);
-            }
-            if self.waited >= floor.window {
-                if self.bytes < bytes_in(floor) {
-                    return Some(Err(Error::Unavailable(format!(
-                        "source sent {} bytes in {:?}, below the floor of {} bytes a second",
-                        self.bytes, self.waited, floor.bytes_per_sec
-                    ))));
-                }
-                self.restart();
-            }
-            // Without a chunk, the window ended with the source above its floor: wait on.
-            if let Some(chunk) = chunk {
-                return Some(Ok(chunk));
-            }
-        }
-    }
-}
-
-/// The bytes a source must send in one window of `floor`.
-fn bytes_in(floor: MinRate) -> u64 {
-    u128::from(floor.bytes_per_sec)
-        .checked_mul(floor.window.as_millis())
-        .map(|b| b / 1000)
-        .map_or(u64::MAX, |b| u64::try_from(b).unwrap_or(u64::MAX))
-}
-
 /// References to a fill that are not its clients': the in-flight map's and the leader
 /// task's own.
 const OWN_REFERENCES: usize = 2;
@@ -586,28 +520,7 @@ async fn pass_through(
     let digest = fill.digest.clone();
     tracing::error!(%digest, written, error = %why, "serving from upstream without caching (pass-through)");
     metrics::counter!("berth_fills_total", "outcome" => "passthrough").increment(1);
-    let (f, m) = (file.clone(), map.clone());
-    let prefix = tokio::task::spawn_blocking(move || -> std::io::Result<Sha256> {
-        let mut h = Sha256::new();
-        let mut pos = 0u64;
-        while pos < written {
-            let n = (4u64 << 20).min(written - pos);
-            match (&m, &f) {
-                (Some(m), _) => h.update(&m[pos as usize..(pos + n) as usize]),
-                (None, Some(f)) => {
-                    let mut buf = vec![0u8; n as usize];
-                    f.read_exact_at(&mut buf, pos)?;
-                    h.update(&buf);
-                }
-                (None, None) => break,
-            }
-            pos += n;
-        }
-        Ok(h)
-    })
-    .await
-    .map_err(Error::internal)?
-    .map_err(|e| Error::Internal(format!("reading back the written part: {e}")))?;
+    let prefix = super::passthrough::hash_written(file.clone(), map.clone(), written).await?;
     let p = super::passthrough::PassThrough { digest, file, map, written, len, prefix, resume, why };
     fill.state.send_replace(FillState::PassThrough(Arc::new(p)));
     Ok(())
@@ -633,74 +546,4 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(Error::internal)?
         .map_err(|e| Error::Internal(format!("disk tier: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    type Body = BoxStream<'static, Result<Bytes, Error>>;
-
-    /// `n` chunks of `chunk` bytes, one every `every`.
-    fn paced(chunk: usize, every: Duration, n: usize) -> Body {
-        futures::stream::iter(0..n)
-            .then(move |_| async move {
-                tokio::time::sleep(every).await;
-                Ok(Bytes::from(vec![0u8; chunk]))
-            })
-            .boxed()
-    }
-
-    /// Reads `body` to its end through `pace`: the bytes, or the first error.
-    async fn drain(pace: &mut Pace, mut body: Body) -> Result<usize, Error> {
-        let mut n = 0;
-        while let Some(chunk) = pace.next(&mut body).await {
-            n += chunk?.len();
-        }
-        Ok(n)
-    }
-
-    /// 2,000 bytes in each 200 ms window.
-    const FLOOR: MinRate = MinRate { bytes_per_sec: 10_000, window: Duration::from_millis(200) };
-
-    #[tokio::test]
-    async fn a_source_above_its_floor_goes_on_and_one_below_it_is_cut_within_a_window() {
-        // 50 KB/s over three windows.
-        let kept = drain(&mut Pace::new(Some(FLOOR)), paced(1000, Duration::from_millis(20), 30)).await;
-        assert_eq!(kept.unwrap(), 30_000);
-
-        // 5 KB/s, never silent for long.
-        let started = Instant::now();
-        let slow = drain(&mut Pace::new(Some(FLOOR)), paced(100, Duration::from_millis(20), 100)).await;
-        assert!(matches!(slow, Err(Error::Unavailable(_))), "{slow:?}");
-        assert!(started.elapsed() < Duration::from_millis(400), "cut after {:?}", started.elapsed());
-
-        // Silent: cut when the window ends.
-        let started = Instant::now();
-        let silent = drain(&mut Pace::new(Some(FLOOR)), futures::stream::pending().boxed()).await;
-        assert!(silent.is_err());
-        assert!(started.elapsed() < Duration::from_millis(400), "cut after {:?}", started.elapsed());
-
-        // No floor: no cut.
-        let unpaced = drain(&mut Pace::new(None), paced(1, Duration::from_millis(5), 50)).await;
-        assert_eq!(unpaced.unwrap(), 50);
-    }
-
-    #[tokio::test]
-    async fn time_the_pump_spends_away_from_the_source_is_not_counted_against_it() {
-        // A fast source whose reader pauses longer than a window between chunks (a writer or
-        // the disk tier holding the pump back).
-        let mut pace = Pace::new(Some(FLOOR));
-        let mut body = paced(1000, Duration::ZERO, 5);
-        while let Some(chunk) = pace.next(&mut body).await {
-            assert_eq!(chunk.unwrap().len(), 1000);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-
-    #[test]
-    fn the_bytes_a_window_asks_for_saturate() {
-        assert_eq!(bytes_in(FLOOR), 2000);
-        assert_eq!(bytes_in(MinRate { bytes_per_sec: u64::MAX, window: Duration::MAX }), u64::MAX);
-    }
 }

@@ -7,6 +7,7 @@ pub mod fill;
 pub mod gc;
 pub mod memory;
 pub mod meta;
+mod pace;
 pub mod passthrough;
 
 use std::collections::HashMap;

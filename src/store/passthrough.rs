@@ -38,6 +38,36 @@ pub struct PassThrough {
     pub why: String,
 }
 
+/// SHA-256 state after the first `written` bytes of a fill's temp file (from its mapping, or
+/// read back from the file), for clients that hash the rest as they pass it through.
+pub(crate) async fn hash_written(
+    file: Option<Arc<File>>,
+    map: Option<Bytes>,
+    written: u64,
+) -> Result<Sha256, Error> {
+    tokio::task::spawn_blocking(move || -> std::io::Result<Sha256> {
+        let mut h = Sha256::new();
+        let mut pos = 0u64;
+        while pos < written {
+            let n = (4u64 << 20).min(written - pos);
+            match (&map, &file) {
+                (Some(m), _) => h.update(&m[pos as usize..(pos + n) as usize]),
+                (None, Some(f)) => {
+                    let mut buf = vec![0u8; n as usize];
+                    f.read_exact_at(&mut buf, pos)?;
+                    h.update(&buf);
+                }
+                (None, None) => break,
+            }
+            pos += n;
+        }
+        Ok(h)
+    })
+    .await
+    .map_err(Error::internal)?
+    .map_err(|e| Error::Internal(format!("reading back the written part: {e}")))
+}
+
 /// Bytes `start..end` (or to the end) of the content, verified as a whole before the last
 /// byte goes out.
 pub fn follow(p: Arc<PassThrough>, start: u64, end: Option<u64>) -> BodyStream {
