@@ -155,7 +155,10 @@ impl Store {
         fetch: BoxFuture<'static, Result<Source, Error>>,
     ) -> (Arc<Fill>, bool) {
         let mut inflight = self.inflight.lock().expect("inflight lock");
-        if let Some(fill) = inflight.get(digest) {
+        // A fill that has failed but not yet left the map is not joined: it is replaced (its
+        // leader removes only its own entry).
+        let live = inflight.get(digest).filter(|f| !matches!(*f.state.borrow(), FillState::Failed(_)));
+        if let Some(fill) = live {
             metrics::counter!("berth_fill_followers_total").increment(1);
             fill.clients.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return (fill.clone(), false);
