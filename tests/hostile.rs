@@ -906,9 +906,6 @@ async fn a_fill_that_is_not_kept_does_not_write_past_disk_capacity() {
     }
 }
 
-// Open holes the review found after the fixes above: reproductions kept, ignored until fixed
-// (run them with `cargo test --test hostile -- --ignored`).
-
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let n = payload.len() as u32;
     let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
@@ -917,12 +914,99 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// README: "A client that takes no bytes of a response for client_idle_timeout (60 s) is
-/// dropped". Over HTTP/2 a client that never opens its flow-control window (and answers
-/// pings) takes no bytes, yet is never dropped: no write is pending, so WriteIdle never arms,
-/// and the request is "in flight", so idle_timeout never fires. Its ReadGuard keeps the blob
-/// busy (never evicted) for as long as it likes.
-#[ignore = "open: an HTTP/2 client that keeps its window shut and answers pings holds its stream, read guard and connection slot; needs a per-stream no-progress deadline"]
+/// What a hand-written HTTP/2 client saw of one GET: when its connection ended (if it did),
+/// and the DATA bytes it took.
+struct H2Seen {
+    ended_after: Option<Duration>,
+    data: usize,
+    end_stream: bool,
+}
+
+/// GETs `path` over h2c with its stream's window shut (SETTINGS_INITIAL_WINDOW_SIZE = 0),
+/// acknowledging SETTINGS and PINGs like a live peer. With `step`, it opens the stream and
+/// connection windows by that many bytes at each tick; without, never. Gives up after
+/// `within`.
+async fn h2_get_with_shut_window(
+    addr: std::net::SocketAddr,
+    path: &str,
+    step: Option<(u32, Duration)>,
+    within: Duration,
+) -> H2Seen {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    wr.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    wr.write_all(&frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0])).await.unwrap();
+    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+    block.extend(path.as_bytes());
+    block.extend([0x01, 5]);
+    block.extend(b"berth");
+    wr.write_all(&frame(0x1, 0x5, 1, &block)).await.unwrap();
+
+    let (replies, mut to_send) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(step.map_or(Duration::from_secs(3600), |(_, every)| every));
+        tick.tick().await;
+        loop {
+            let out = tokio::select! {
+                reply = to_send.recv() => match reply { Some(r) => r, None => return },
+                _ = tick.tick() => match step {
+                    Some((n, _)) => {
+                        let mut both = frame(0x8, 0, 0, &n.to_be_bytes());
+                        both.extend(frame(0x8, 0, 1, &n.to_be_bytes()));
+                        both
+                    }
+                    None => continue,
+                },
+            };
+            if wr.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    });
+    let started = Instant::now();
+    let read = async {
+        let mut seen = H2Seen { ended_after: None, data: 0, end_stream: false };
+        loop {
+            let mut head = [0u8; 9];
+            if rd.read_exact(&mut head).await.is_err() {
+                seen.ended_after = Some(started.elapsed());
+                return seen;
+            }
+            let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if rd.read_exact(&mut payload).await.is_err() {
+                seen.ended_after = Some(started.elapsed());
+                return seen;
+            }
+            let (kind, flags) = (head[3], head[4]);
+            match (kind, flags & 1) {
+                (0x0, end) => {
+                    seen.data += len;
+                    if end == 1 {
+                        seen.end_stream = true;
+                        return seen;
+                    }
+                }
+                (0x6, 0) => drop(replies.send(frame(0x6, 1, 0, &payload))),
+                (0x4, 0) => drop(replies.send(frame(0x4, 1, 0, &[]))),
+                _ => {}
+            }
+        }
+    };
+    let seen = tokio::time::timeout(within, read).await.unwrap_or(H2Seen {
+        ended_after: None,
+        data: 0,
+        end_stream: false,
+    });
+    writer.abort();
+    seen
+}
+
+/// README: "A client that takes no bytes of a response for client_idle_timeout is dropped".
+/// Over HTTP/2 a client that never opens its flow-control window (and answers pings) takes
+/// no bytes, but no write is pending, so no write deadline sees it; its request is "in
+/// flight", so idle_timeout never fires either, and its read guard would keep the blob busy
+/// (never evicted) for as long as it liked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_client_that_never_opens_its_window_is_dropped() {
     let h = Harness::start_with("", |c| {
@@ -934,49 +1018,54 @@ async fn an_h2_client_that_never_opens_its_window_is_dropped() {
     assert_eq!(h.get(&Harness::blob_path(REPO, &d)).await.bytes().await.unwrap().len(), MIB);
     h.settle().await;
 
-    let s = TcpStream::connect(h.berth.registry_addr).await.unwrap();
-    let (mut rd, mut wr) = s.into_split();
-    wr.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
-    // SETTINGS_INITIAL_WINDOW_SIZE = 0: the server may send no DATA on any stream.
-    wr.write_all(&frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0])).await.unwrap();
-    let path = Harness::blob_path(REPO, &d);
-    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
-    block.extend(path.as_bytes());
-    block.extend([0x01, 5]);
-    block.extend(b"berth");
-    wr.write_all(&frame(0x1, 0x5, 1, &block)).await.unwrap();
-
-    // A live peer: SETTINGS and PINGs acknowledged, never a WINDOW_UPDATE.
-    let started = Instant::now();
-    let peer = tokio::spawn(async move {
-        loop {
-            let mut head = [0u8; 9];
-            if rd.read_exact(&mut head).await.is_err() {
-                return started.elapsed();
-            }
-            let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
-            let mut payload = vec![0u8; len];
-            if rd.read_exact(&mut payload).await.is_err() {
-                return started.elapsed();
-            }
-            let (kind, flags) = (head[3], head[4]);
-            let reply = match (kind, flags & 1) {
-                (0x6, 0) => frame(0x6, 1, 0, &payload),
-                (0x4, 0) => frame(0x4, 1, 0, &[]),
-                _ => continue,
-            };
-            if wr.write_all(&reply).await.is_err() {
-                return started.elapsed();
-            }
-        }
-    });
-    let dropped = tokio::time::timeout(Duration::from_secs(8), peer).await;
+    let seen = h2_get_with_shut_window(
+        h.berth.registry_addr,
+        &Harness::blob_path(REPO, &d),
+        None,
+        Duration::from_secs(8),
+    )
+    .await;
     assert!(
-        dropped.is_ok(),
-        "an HTTP/2 client that took no byte is still connected after 8 s (client_idle_timeout 1 s); \
-         blob busy: {}",
-        h.berth.mirror.store.busy().contains(&d)
+        seen.ended_after.is_some(),
+        "an HTTP/2 client that took no byte is still connected after 8 s (client_idle_timeout 1 s)"
     );
+    assert_eq!(seen.data, 0);
+    let released = Instant::now() + Duration::from_secs(5);
+    while h.berth.mirror.store.busy().contains(&d) {
+        assert!(Instant::now() < released, "the dropped stream's read guard is still held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The other side: an HTTP/2 client that opens its window slowly but keeps taking bytes is
+/// served to the end, although each 4 MiB slice waits far longer than client_idle_timeout
+/// for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_h2_client_that_keeps_taking_bytes_is_served_in_full() {
+    let h = Harness::start_with("", |c| {
+        c.server.client_idle_timeout = Duration::from_secs(1);
+        c.server.idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let d = h.upstream.add_blob(bytes_of(MIB, 93));
+    assert_eq!(h.get(&Harness::blob_path(REPO, &d)).await.bytes().await.unwrap().len(), MIB);
+    h.settle().await;
+
+    // 128 KiB every 150 ms: the whole MiB takes about 1.2 s, past client_idle_timeout.
+    let step = Some((128 << 10, Duration::from_millis(150)));
+    let seen = h2_get_with_shut_window(
+        h.berth.registry_addr,
+        &Harness::blob_path(REPO, &d),
+        step,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(
+        seen.end_stream,
+        "the slow client got {} of {MIB} bytes (connection ended: {:?})",
+        seen.data, seen.ended_after
+    );
+    assert_eq!(seen.data, MIB);
 }
 
 /// Fills are detached from their clients, and wait for a turn in a FIFO queue: a client that

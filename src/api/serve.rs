@@ -2,7 +2,8 @@
 //! where the client speaks it), each driven here to its end. Request heads are limited in
 //! size; a connection that sends no byte within `head_timeout` (after its TLS handshake,
 //! which has as long) is dropped, as is a client that stops reading (`client_idle_timeout`)
-//! or an HTTP/2 peer that answers no ping. A connection with no request in flight for
+//! or an HTTP/2 peer that answers no ping, or whose response body made no progress for as
+//! long (an HTTP/2 client that never opens its flow-control window). A connection with no request in flight for
 //! `idle_timeout` is closed gracefully. At most `max_connections` are open at once: past it,
 //! the next is accepted when one closes. Shutdown stops accepting and closes open
 //! connections gracefully, letting their requests finish.
@@ -11,7 +12,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -148,23 +149,40 @@ where
 {
     let options = &shared.options;
     let heard = Arc::new(AtomicBool::new(false));
-    let io = Heard { inner: WriteIdle::new(io, options.client_idle_timeout), heard: heard.clone() };
+    let written = Arc::new(AtomicU64::new(0));
+    let io = Heard {
+        inner: WriteIdle::new(io, options.client_idle_timeout),
+        heard: heard.clone(),
+        written: written.clone(),
+    };
     let in_flight = InFlight::new();
-    let service =
-        Counting { router: TowerToHyperService::new(shared.router.clone()), in_flight: in_flight.clone() };
+    let progress = Progress::new(written);
+    let service = Counting {
+        router: TowerToHyperService::new(shared.router.clone()),
+        in_flight: in_flight.clone(),
+        progress: progress.clone(),
+    };
     let conn = shared.http.serve_connection(TokioIo::new(io), service);
-    drive(conn, &in_flight, &heard, options, shutdown).await
+    let watch = Watch { in_flight: &in_flight, progress: &progress, heard: &heard };
+    drive(conn, watch, options, shutdown).await
+}
+
+/// What `drive` watches on one connection.
+struct Watch<'a> {
+    in_flight: &'a InFlight,
+    progress: &'a Progress,
+    heard: &'a AtomicBool,
 }
 
 /// Drives a connection to its end. It is closed gracefully (requests in flight finish, no
 /// new ones are taken) when the server shuts down or once nothing has been in flight for
-/// `idle_timeout`. It is dropped if its peer sent no byte within `head_timeout`, or if it is
-/// still open, and idle, `idle_timeout` after it was asked to close (an HTTP/2 peer that
-/// never acknowledges the close).
+/// `idle_timeout`. It is dropped if its peer sent no byte within `head_timeout`, if one of
+/// its response bodies made no progress for `client_idle_timeout` while it had bytes to
+/// send, or if it is still open, and idle, `idle_timeout` after it was asked to close (an
+/// HTTP/2 peer that never acknowledges the close).
 async fn drive<I>(
     conn: auto::Connection<'_, TokioIo<I>, Counting, TokioExecutor>,
-    in_flight: &InFlight,
-    heard: &AtomicBool,
+    watch: Watch<'_>,
     options: &Options,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), BoxError>
@@ -172,6 +190,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     tokio::pin!(conn);
+    let Watch { in_flight, progress, heard } = watch;
     let silent = silent_past(heard, options.head_timeout);
     tokio::pin!(silent);
     let mut closing = false;
@@ -179,6 +198,10 @@ where
         tokio::select! {
             served = conn.as_mut() => return served,
             () = &mut silent => return Err(timed_out("no byte within head_timeout")),
+            () = progress.stalled_for(options.client_idle_timeout) => {
+                metrics::counter!("berth_stalled_clients_total").increment(1);
+                return Err(timed_out("a response took no byte within client_idle_timeout"));
+            }
             () = in_flight.idle_for(options.idle_timeout) => {
                 if closing {
                     return Err(timed_out("still open, idle, after being asked to close"));
@@ -244,11 +267,89 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// The response bodies of one connection, each stamped with when it last handed hyper a
+/// frame that hyper has not come back for, and how many bytes the connection had written
+/// then. A body hyper does not come back for while the connection writes next to nothing is
+/// one its client takes no bytes of: for HTTP/2, a stream whose flow-control window stays
+/// shut, which no write deadline sees since nothing is pending. A body waiting for its own
+/// bytes (a fill in progress) is not counted, nor is a slow client that keeps taking bytes.
+#[derive(Clone)]
+struct Progress {
+    epoch: std::time::Instant,
+    written: Arc<AtomicU64>,
+    bodies: Arc<std::sync::Mutex<Vec<std::sync::Weak<Stamp>>>>,
+}
+
+/// A connection that wrote fewer bytes than this while a body waited `client_idle_timeout`
+/// for hyper to come back is not serving that body (pings and settings are a few bytes).
+const MIN_PROGRESS: u64 = 64 << 10;
+
+/// When a body handed its last frame (ms since the connection's epoch, `NOT_WAITING` while
+/// it is not waiting for hyper), and the connection's written bytes at that moment.
+struct Stamp {
+    at: AtomicU64,
+    written: AtomicU64,
+}
+
+const NOT_WAITING: u64 = u64::MAX;
+
+impl Progress {
+    fn new(written: Arc<AtomicU64>) -> Self {
+        Progress { epoch: std::time::Instant::now(), written, bodies: Arc::default() }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(NOT_WAITING - 1)
+    }
+
+    /// A new body's stamp: it has its first frame to hand from now on.
+    fn track(&self) -> Arc<Stamp> {
+        let stamp = Arc::new(Stamp { at: AtomicU64::new(NOT_WAITING), written: AtomicU64::new(0) });
+        self.stamp(&stamp, true);
+        let mut bodies = self.bodies.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        bodies.retain(|b| b.strong_count() > 0);
+        bodies.push(Arc::downgrade(&stamp));
+        stamp
+    }
+
+    /// Marks `stamp` as waiting for hyper from now (or as not waiting).
+    fn stamp(&self, stamp: &Stamp, waiting: bool) {
+        if waiting {
+            stamp.written.store(self.written.load(Ordering::Relaxed), Ordering::Relaxed);
+            stamp.at.store(self.now(), Ordering::Relaxed);
+        } else {
+            stamp.at.store(NOT_WAITING, Ordering::Relaxed);
+        }
+    }
+
+    /// Resolves once a body has waited `idle` for hyper to come back while the connection
+    /// wrote fewer than `MIN_PROGRESS` bytes.
+    async fn stalled_for(&self, idle: Duration) {
+        let every = (idle / 4).max(Duration::from_millis(50));
+        let idle = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            tokio::time::sleep(every).await;
+            let (now, written) = (self.now(), self.written.load(Ordering::Relaxed));
+            let bodies = self.bodies.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let stalled = bodies.iter().filter_map(std::sync::Weak::upgrade).any(|b| {
+                let at = b.at.load(Ordering::Relaxed);
+                at != NOT_WAITING
+                    && now.saturating_sub(at) >= idle
+                    && written.saturating_sub(b.written.load(Ordering::Relaxed)) < MIN_PROGRESS
+            });
+            if stalled {
+                return;
+            }
+        }
+    }
+}
+
 /// The router as a hyper service, counting each request in flight on its connection.
 #[derive(Clone)]
 struct Counting {
     router: TowerToHyperService<Router>,
     in_flight: InFlight,
+    progress: Progress,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Counting {
@@ -259,13 +360,21 @@ impl hyper::service::Service<Request<Incoming>> for Counting {
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let guard = self.in_flight.begin();
         let answer = self.router.call(request);
-        Box::pin(async move { Ok(answer.await?.map(|body| Counted { body, _in_flight: guard })) })
+        let progress = self.progress.clone();
+        Box::pin(async move {
+            let response = answer.await?;
+            let stamp = progress.track();
+            Ok(response.map(|body| Counted { body, progress, stamp, _in_flight: guard }))
+        })
     }
 }
 
-/// A response body that keeps its request in flight until the body is dropped.
+/// A response body that keeps its request in flight until the body is dropped, and stamps
+/// when it last handed hyper a frame.
 struct Counted {
     body: Body,
+    progress: Progress,
+    stamp: Arc<Stamp>,
     _in_flight: InFlightGuard,
 }
 
@@ -277,7 +386,9 @@ impl http_body::Body for Counted {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        self.progress.stamp(&self.stamp, matches!(polled, Poll::Ready(Some(Ok(_)))));
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -289,10 +400,20 @@ impl http_body::Body for Counted {
     }
 }
 
-/// A connection that notes when its peer sends its first byte.
+/// A connection that notes when its peer sends its first byte, and counts the bytes it writes.
 struct Heard<T> {
     inner: T,
     heard: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+}
+
+impl<T> Heard<T> {
+    fn count(&self, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = polled {
+            self.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Heard<T> {
@@ -312,7 +433,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Heard<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Heard<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.count(polled)
     }
 
     fn poll_write_vectored(
@@ -320,7 +442,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Heard<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.count(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
