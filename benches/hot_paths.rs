@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use berth::config::Storage;
-use berth::digest::Digest;
+use berth::oci::digest::Digest;
 use berth::store::fill::Source;
 use berth::store::memory::MemoryTier;
 use berth::store::{body, Store};

@@ -108,6 +108,18 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+impl From<crate::oci::Invalid> for Error {
+    fn from(e: crate::oci::Invalid) -> Self {
+        use crate::oci::Invalid;
+        match e {
+            Invalid::Name(m) | Invalid::ImageRef(m) | Invalid::Platform(m) => Error::NameInvalid(m),
+            Invalid::Digest(m) => Error::DigestInvalid(m),
+            Invalid::Tag(m) => Error::TagInvalid(m),
+            Invalid::Range { len } => Error::RangeNotSatisfiable { len },
+        }
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code) = self.status_code();

@@ -14,8 +14,8 @@
 pub mod api;
 pub mod cli;
 pub mod config;
-pub mod digest;
 pub mod error;
+pub mod oci;
 pub mod preheat;
 pub mod registry;
 pub mod secret;

@@ -132,7 +132,7 @@ async fn upstream_without_content_length_is_verified_and_shared() {
     let bad = bytes_of(1 << 20, 13);
     let mut served = bad.to_vec();
     served[10] ^= 1;
-    let bad_digest = berth::digest::Digest::of(&bad);
+    let bad_digest = berth::oci::digest::Digest::of(&bad);
     h.upstream.state.blobs.lock().unwrap().insert(bad_digest.to_string(), served.into());
     h.upstream.fault(&bad_digest, Fault::NoLength);
     let r = h.get(&Harness::blob_path(REPO, &bad_digest)).await;
@@ -271,7 +271,7 @@ async fn head_and_get_answer_the_same_headers() {
     assert_eq!(get.headers()["docker-content-digest"], d.as_str());
     assert_eq!(get.headers()["content-length"], "5000");
 
-    let missing = berth::digest::Digest::of(b"nope");
+    let missing = berth::oci::digest::Digest::of(b"nope");
     let r = h.get(&Harness::blob_path(REPO, &missing)).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let body: serde_json::Value = r.json().await.unwrap();

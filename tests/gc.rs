@@ -21,7 +21,7 @@ async fn small_disk(window: Duration) -> Harness {
     .await
 }
 
-async fn pull_image(h: &Harness, repo: &str, layers: &[berth::digest::Digest]) {
+async fn pull_image(h: &Harness, repo: &str, layers: &[berth::oci::digest::Digest]) {
     assert_eq!(h.get(&format!("/v2/{repo}/manifests/1")).await.status(), StatusCode::OK);
     for d in layers {
         let r = h.get(&Harness::blob_path(repo, d)).await;
@@ -35,7 +35,7 @@ fn admin(h: &Harness, path: &str) -> String {
     format!("http://{}{path}", h.berth.admin_addr)
 }
 
-fn on_disk(h: &Harness, d: &berth::digest::Digest) -> bool {
+fn on_disk(h: &Harness, d: &berth::oci::digest::Digest) -> bool {
     h.stored_blobs().contains(&d.hex().to_owned())
 }
 

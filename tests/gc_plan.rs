@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use berth::digest::Digest;
+use berth::oci::digest::Digest;
 use berth::store::gc::plan::{plan, Blob, Inventory, Policy, Version};
 use proptest::prelude::*;
 

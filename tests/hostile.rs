@@ -305,7 +305,7 @@ async fn small_disk(capacity: usize) -> Harness {
 }
 
 /// Pulls a blob whole, returns its status.
-async fn pull(h: &Harness, d: &berth::digest::Digest) -> StatusCode {
+async fn pull(h: &Harness, d: &berth::oci::digest::Digest) -> StatusCode {
     let r = h.get(&Harness::blob_path(REPO, d)).await;
     let status = r.status();
     let _ = r.bytes().await;
@@ -313,7 +313,7 @@ async fn pull(h: &Harness, d: &berth::digest::Digest) -> StatusCode {
     status
 }
 
-fn on_disk(h: &Harness, d: &berth::digest::Digest) -> bool {
+fn on_disk(h: &Harness, d: &berth::oci::digest::Digest) -> bool {
     h.stored_blobs().contains(&d.hex().to_owned())
 }
 
@@ -697,7 +697,7 @@ async fn a_registry_that_trickles_does_not_hold_the_fill_turns_of_another() {
     let (a, b) = (common::Fake::start().await, common::Fake::start().await);
     let (_dir, berth) = two_registries_with_fills(&a, &b, 2).await;
     let client = reqwest::Client::new();
-    let url = |ns: &str, d: &berth::digest::Digest| {
+    let url = |ns: &str, d: &berth::oci::digest::Digest| {
         format!("http://{}/v2/{REPO}/blobs/{d}?ns={ns}", berth.registry_addr)
     };
     // Two fills from A, a byte every 200 ms: minutes each, and as many as max_fills.
@@ -783,7 +783,7 @@ async fn heads_for_content_berth_does_not_hold_leave_no_permanent_record() {
         common::config(dir.path(), &[("docker.io", &fake.url()), ("any.test", &format!("http://{yes}"))], "");
     let berth = berth::Server::start(&cfg).await.unwrap();
     let client = reqwest::Client::new();
-    let digests: Vec<_> = (0..50u32).map(|i| berth::digest::Digest::of(&i.to_le_bytes())).collect();
+    let digests: Vec<_> = (0..50u32).map(|i| berth::oci::digest::Digest::of(&i.to_le_bytes())).collect();
     for d in &digests {
         let url = format!("http://{}/v2/{REPO}/blobs/{d}?ns=any.test", berth.registry_addr);
         assert_eq!(client.head(url).send().await.unwrap().status(), StatusCode::OK);
@@ -1083,7 +1083,7 @@ async fn fills_abandoned_before_their_turn_are_not_fetched() {
     while h.upstream.count(http::Method::GET, slow.as_str()) == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let junk: Vec<_> = (0..50u32).map(|i| berth::digest::Digest::of(&i.to_be_bytes())).collect();
+    let junk: Vec<_> = (0..50u32).map(|i| berth::oci::digest::Digest::of(&i.to_be_bytes())).collect();
     for d in &junk {
         let _ = tokio::time::timeout(Duration::from_millis(20), h.get(&Harness::blob_path(REPO, d))).await;
     }

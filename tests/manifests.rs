@@ -102,7 +102,7 @@ async fn unreachable_upstream_answers_503_quickly_or_serves_stale() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["errors"][0]["code"], "UNAVAILABLE");
 
-    let blob = berth::digest::Digest::of(b"never fetched");
+    let blob = berth::oci::digest::Digest::of(b"never fetched");
     let r = h.get(&Harness::blob_path(REPO, &blob)).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
@@ -173,7 +173,7 @@ async fn bad_manifests_are_refused_and_not_cached() {
     assert!(!h.stored_blobs().contains(&big_digest.hex().to_owned()));
 
     // Upstream serves other bytes for a digest.
-    let wanted = berth::digest::Digest::of(b"the real manifest");
+    let wanted = berth::oci::digest::Digest::of(b"the real manifest");
     h.upstream.state.manifests.lock().unwrap().insert(
         format!("{REPO}:{wanted}"),
         (OCI_MANIFEST.to_owned(), bytes::Bytes::from_static(b"{\"other\":1}")),

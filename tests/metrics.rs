@@ -30,7 +30,7 @@ async fn metrics_count_what_happened() {
     h.settle().await;
     h.get(&blob).await.bytes().await.unwrap(); // memory
     h.get(&blob).await.bytes().await.unwrap(); // memory
-    let missing = berth::digest::Digest::of(b"missing");
+    let missing = berth::oci::digest::Digest::of(b"missing");
     assert_eq!(h.get(&Harness::blob_path("library/app", &missing)).await.status(), StatusCode::NOT_FOUND);
 
     let text = h

@@ -1,9 +1,9 @@
 //! Property tests for the small parsers the registry API and upstream auth rely on (the fuzz
 //! targets in fuzz/ look for panics; these check meaning).
 
-use berth::digest::Digest;
-use berth::registry::range::RangeSpec;
-use berth::registry::reference::{validate_name, Reference};
+use berth::oci::digest::Digest;
+use berth::oci::range::RangeSpec;
+use berth::oci::reference::{validate_name, Reference};
 use berth::source::auth::{parse_challenge, Challenge};
 use proptest::prelude::*;
 

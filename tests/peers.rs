@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use berth::digest::Digest;
+use berth::oci::digest::Digest;
 use berth::source::peers::ring;
 use bytes::Bytes;
 use common::{bytes_of, Fake, Fault, Harness};

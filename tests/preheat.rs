@@ -11,9 +11,9 @@ const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const CONTAINERD_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
 
 struct Multi {
-    index: berth::digest::Digest,
-    amd64_layers: Vec<berth::digest::Digest>,
-    arm64_layers: Vec<berth::digest::Digest>,
+    index: berth::oci::digest::Digest,
+    amd64_layers: Vec<berth::oci::digest::Digest>,
+    arm64_layers: Vec<berth::oci::digest::Digest>,
 }
 
 /// An index over linux/amd64 and linux/arm64/v8 images plus an attestation entry.
@@ -23,7 +23,7 @@ fn push_multi(h: &Harness, tag: &str, arm64_layer_sizes: &[usize]) -> Multi {
     let arm_layers: Vec<_> =
         arm64_layer_sizes.iter().enumerate().map(|(i, &n)| bytes_of(n, 10 + i as u8)).collect();
     let (arm64, arm64_layers) = h.upstream.put_image(REPO, "arm64-only", &arm_layers);
-    let manifest_size = |d: &berth::digest::Digest| {
+    let manifest_size = |d: &berth::oci::digest::Digest| {
         h.upstream.state.manifests.lock().unwrap()[&format!("{REPO}:{d}")].1.len()
     };
     let index = json!({
@@ -138,8 +138,9 @@ async fn blobs_too_big_for_memory_say_so_and_disk_only_skips_memory() {
     let (_, layers) = h.upstream.put_image("library/big", "1", &[bytes_of(5 << 20, 1), bytes_of(2 << 20, 2)]);
     let (_, status) = preheat(&h, json!({"images": ["big:1"], "tiers": ["memory", "disk"]})).await;
     assert_eq!(status["state"], "succeeded", "{status:#}");
-    let find =
-        |d: &berth::digest::Digest| items(&status).into_iter().find(|i| i["digest"] == d.as_str()).unwrap();
+    let find = |d: &berth::oci::digest::Digest| {
+        items(&status).into_iter().find(|i| i["digest"] == d.as_str()).unwrap()
+    };
     let too_big = find(&layers[0]);
     assert_eq!(too_big["tiers"], json!(["disk"]));
     assert!(too_big["note"].as_str().unwrap().contains("do not fit the memory tier"), "{too_big}");
@@ -150,7 +151,7 @@ async fn blobs_too_big_for_memory_say_so_and_disk_only_skips_memory() {
     assert_eq!(find_in(&status, &layers[0])["tiers"], json!(["disk"]));
 }
 
-fn find_in(status: &Value, d: &berth::digest::Digest) -> Value {
+fn find_in(status: &Value, d: &berth::oci::digest::Digest) -> Value {
     items(status).into_iter().find(|i| i["digest"] == d.as_str()).unwrap()
 }
 

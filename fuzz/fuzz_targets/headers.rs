@@ -2,7 +2,7 @@
 //! has a realm.
 #![no_main]
 
-use berth::registry::accept::AcceptClass;
+use berth::oci::accept::AcceptClass;
 use berth::source::auth::{parse_challenge, Challenge};
 use http::{header, HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;

@@ -3,9 +3,9 @@
 #![no_main]
 
 use berth::api::route::{self, Route};
-use berth::digest::Digest;
-use berth::registry::image_ref::ImageRef;
-use berth::registry::reference::{validate_name, Reference};
+use berth::oci::digest::Digest;
+use berth::oci::image_ref::ImageRef;
+use berth::oci::reference::{validate_name, Reference};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

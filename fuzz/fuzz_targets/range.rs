@@ -1,7 +1,7 @@
 //! Range headers: never a panic; a resolved span is non-empty and inside the content.
 #![no_main]
 
-use berth::registry::range::RangeSpec;
+use berth::oci::range::RangeSpec;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

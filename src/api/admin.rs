@@ -13,11 +13,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::Secret;
+use crate::oci::accept::AcceptClass;
+use crate::oci::image_ref::ImageRef;
 use crate::preheat::cluster;
 use crate::preheat::job::Job;
 use crate::preheat::{PreheatRequest, Preheater};
-use crate::registry::accept::AcceptClass;
-use crate::registry::image_ref::ImageRef;
 use crate::registry::Mirror;
 use crate::store::meta::{now_secs, Pin};
 
@@ -149,7 +149,7 @@ async fn peers(State(a): State<Admin>, Query(q): Query<HashMap<String, String>>)
     };
     let mut status = peers.status();
     if let Some(d) = q.get("digest") {
-        match crate::digest::Digest::parse(d) {
+        match crate::oci::digest::Digest::parse(d) {
             Ok(d) => status["owner"] = json!(peers.owner(&d).unwrap_or_else(|| peers.me().to_owned())),
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         }
@@ -195,7 +195,7 @@ struct PinRequest {
 /// The image of a pin request, or the message of a 400.
 fn pin_request(body: &[u8]) -> Result<ImageRef, String> {
     let req: PinRequest = serde_json::from_slice(body).map_err(|e| format!("invalid pin request: {e}"))?;
-    ImageRef::parse(&req.image)
+    ImageRef::parse(&req.image).map_err(|e| e.to_string())
 }
 
 /// `GET /api/v1/pins`

@@ -11,8 +11,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use http::{header, HeaderMap};
 
-use crate::digest::Digest;
 use crate::error::Error;
+use crate::oci::digest::Digest;
 use crate::secret::Secret;
 
 #[derive(Default)]

@@ -11,10 +11,10 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
 use super::caller::Caller;
 use super::route::{self, Route};
-use crate::digest::Digest;
 use crate::error::Error;
-use crate::registry::accept::AcceptClass;
-use crate::registry::range::RangeSpec;
+use crate::oci::accept::AcceptClass;
+use crate::oci::digest::Digest;
+use crate::oci::range::RangeSpec;
 use crate::registry::Mirror;
 use crate::store::Tier;
 

@@ -1,8 +1,8 @@
 //! Request paths of the distribution API, parsed and validated.
 
-use crate::digest::Digest;
 use crate::error::Error;
-use crate::registry::reference::{validate_name, Reference};
+use crate::oci::digest::Digest;
+use crate::oci::reference::{validate_name, Reference};
 
 #[derive(Debug, PartialEq)]
 pub enum Route {

@@ -330,7 +330,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
     }
     let mut pins = Vec::new();
     for (i, pin) in raw.pin.iter().enumerate() {
-        match crate::registry::image_ref::ImageRef::parse(&pin.image) {
+        match crate::oci::image_ref::ImageRef::parse(&pin.image) {
             Ok(r) if hosts.contains(&r.host) || hosts.contains("*") => pins.push(r.to_string()),
             Ok(r) => p.0.push(format!("pin[{i}]: {r}: registry {:?} is not configured", r.host)),
             Err(e) => p.0.push(format!("pin[{i}]: {e}")),

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::job::Job;
-use crate::registry::image_ref::ImageRef;
+use crate::oci::image_ref::ImageRef;
 use crate::source::peers::Peers;
 
 /// Where a peer's share of a cluster preheat runs.

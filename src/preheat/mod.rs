@@ -14,7 +14,8 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::config::Preheat as PreheatConfig;
-use crate::registry::image_ref::ImageRef;
+use crate::oci::image_ref::ImageRef;
+use crate::oci::platform::Platform;
 use crate::registry::Mirror;
 use crate::store::meta::{now_secs, Pin};
 use job::{ImageJob, Item, ItemState, Job, TierName};
@@ -69,13 +70,13 @@ impl Preheater {
         }
         let mut refs = Vec::new();
         for image in &req.images {
-            let r = ImageRef::parse(image)?;
+            let r = ImageRef::parse(image).map_err(|e| e.to_string())?;
             self.mirror.upstreams.get(Some(&r.host)).map_err(|e| format!("{r}: {e}"))?;
             refs.push(r);
         }
         let platforms = req.platforms.unwrap_or_else(|| self.config.platforms.clone());
         for p in &platforms {
-            plan::Platform::parse(p)?;
+            Platform::parse(p).map_err(|e| e.to_string())?;
         }
         if platforms.is_empty() {
             return Err("\"platforms\" is empty".into());
@@ -224,6 +225,6 @@ fn new_id() -> String {
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    crate::digest::Digest::of(format!("{nanos}-{seq}-{}", std::process::id()).as_bytes()).hex()[..16]
+    crate::oci::digest::Digest::of(format!("{nanos}-{seq}-{}", std::process::id()).as_bytes()).hex()[..16]
         .to_owned()
 }

@@ -4,60 +4,12 @@
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 
 use super::job::{ImageJob, Item, ItemKind, ItemState};
-use crate::digest::Digest;
-use crate::registry::accept::AcceptClass;
-use crate::registry::image_ref::ImageRef;
-use crate::registry::reference::Reference;
+use crate::oci::accept::AcceptClass;
+use crate::oci::digest::Digest;
+use crate::oci::image_ref::ImageRef;
+use crate::oci::platform::Platform;
+use crate::oci::reference::Reference;
 use crate::registry::Mirror;
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Platform {
-    os: String,
-    arch: String,
-    variant: Option<String>,
-}
-
-impl Platform {
-    /// `os/arch[/variant]`, e.g. `linux/arm64/v8`.
-    pub fn parse(s: &str) -> Result<Platform, String> {
-        let parts: Vec<&str> = s.split('/').collect();
-        match parts.as_slice() {
-            [os, arch] if !os.is_empty() && !arch.is_empty() => {
-                Ok(Platform { os: os.to_string(), arch: arch.to_string(), variant: None })
-            }
-            [os, arch, v] if !os.is_empty() && !arch.is_empty() && !v.is_empty() => {
-                Ok(Platform { os: os.to_string(), arch: arch.to_string(), variant: Some(v.to_string()) })
-            }
-            _ => Err(format!("platform {s:?} is not os/arch[/variant]")),
-        }
-    }
-
-    fn of(d: &Descriptor) -> Option<Platform> {
-        let p = d.platform().as_ref()?;
-        Some(Platform {
-            os: p.os().to_string(),
-            arch: p.architecture().to_string(),
-            variant: p.variant().clone(),
-        })
-    }
-
-    /// Whether an index entry for `other` serves this request; no variant asked means any.
-    fn serves(&self, other: &Platform) -> bool {
-        self.os == other.os
-            && self.arch == other.arch
-            && (self.variant.is_none() || self.variant == other.variant)
-    }
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.arch)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
 
 fn is_index(media_type: &str) -> bool {
     media_type.contains("image.index") || media_type.contains("manifest.list")
@@ -88,11 +40,11 @@ pub async fn resolve(
         .manifests()
         .iter()
         .filter_map(|d| Platform::of(d).map(|p| (p, d)))
-        .filter(|(p, _)| p.os != "unknown" && p.arch != "unknown") // attestations
+        .filter(|(p, _)| !p.is_unknown()) // attestations
         .collect();
     let mut chosen = Vec::new();
     for wanted in platforms {
-        let want = Platform::parse(wanted)?;
+        let want = Platform::parse(wanted).map_err(|e| e.to_string())?;
         let Some((p, d)) = entries.iter().find(|(p, _)| want.serves(p)) else {
             let has: Vec<String> = entries.iter().map(|(p, _)| p.to_string()).collect();
             return Err(format!("{r}: platform {want} is not in the index (it has: {})", has.join(", ")));

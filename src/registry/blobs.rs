@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 
-use super::range::RangeSpec;
 use super::Mirror;
-use crate::digest::Digest;
 use crate::error::Error;
+use crate::oci::digest::Digest;
+use crate::oci::range::RangeSpec;
 use crate::source::Upstream;
 use crate::store::body::{self, BodyStream};
 use crate::store::fill::{Fill, FillState};

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::tags::TagCache;
 use crate::config::Gc as GcConfig;
-use crate::digest::Digest;
 use crate::error::Error;
+use crate::oci::digest::Digest;
 use crate::store::gc::plan::{self, Blob, Inventory, Policy, Reason, Version};
 use crate::store::meta::now_secs;
 use crate::store::Store;

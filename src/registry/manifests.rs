@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::accept::AcceptClass;
-use super::reference::Reference;
 use super::{tags, Mirror};
-use crate::digest::Digest;
 use crate::error::Error;
+use crate::oci::accept::AcceptClass;
+use crate::oci::digest::Digest;
+use crate::oci::reference::Reference;
 use crate::source::Upstream;
 use crate::store::meta::{now_secs, TagEntry};
 use crate::store::Tier;

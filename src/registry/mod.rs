@@ -1,22 +1,18 @@
 //! Registry semantics: what a manifest or blob request means, answered from the store tiers
 //! or, on a miss, from the request's upstream registry through one coalesced fill.
 
-pub mod accept;
 pub mod blobs;
 pub mod gc;
-pub mod image_ref;
 pub mod manifests;
 pub mod provenance;
-pub mod range;
-pub mod reference;
 pub mod singleflight;
 pub mod tags;
 
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::digest::Digest;
 use crate::error::Error;
+use crate::oci::digest::Digest;
 use crate::source::peers::Peers;
 use crate::source::Upstreams;
 use crate::store::meta::TagEntry;

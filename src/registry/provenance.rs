@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 use crate::store::meta::{served_key, Meta};
 
 /// Records kept in memory in front of the metadata store.

@@ -14,8 +14,8 @@ use super::auth::{parse_challenge, Challenge, TokenCache};
 use super::public::Guard;
 use super::status::{check, check_passthrough};
 use crate::config::{MinRate, Registry, Secret};
-use crate::digest::Digest;
 use crate::error::Error;
+use crate::oci::digest::Digest;
 use crate::store::fill::{Resume, Resumed, Source};
 
 /// Manifests larger than this are refused, as clients refuse them.

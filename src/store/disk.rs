@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 
 pub struct DiskTier {
     blobs: PathBuf,

@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::Store;
 use crate::config::MinRate;
-use crate::digest::Digest;
 use crate::error::Error;
+use crate::oci::digest::Digest;
 
 /// Bytes handed to the writer thread at a time.
 const WRITE_BATCH: usize = 256 * 1024;

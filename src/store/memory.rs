@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use moka::future::Cache;
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 
 #[derive(Clone)]
 pub struct MemoryTier {

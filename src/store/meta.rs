@@ -14,8 +14,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
 use crate::error::Error;
+use crate::oci::digest::Digest;
 
 type Table = TableDefinition<'static, &'static str, &'static [u8]>;
 

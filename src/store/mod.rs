@@ -17,8 +17,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::Storage;
-use crate::digest::Digest;
 use crate::error::Error;
+use crate::oci::digest::Digest;
 use disk::DiskTier;
 use fill::Fill;
 use memory::MemoryTier;

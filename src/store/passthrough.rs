@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 
 use super::body::BodyStream;
 use super::fill::Resume;
-use crate::digest::Digest;
 use crate::error::Error;
+use crate::oci::digest::Digest;
 
 /// Bytes handed to a client at a time from the written part.
 const CHUNK: u64 = 1 << 20;

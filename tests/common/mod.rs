@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use berth::config::Config;
-use berth::digest::Digest;
+use berth::oci::digest::Digest;
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, StatusCode};
 

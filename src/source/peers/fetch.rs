@@ -9,9 +9,9 @@ use futures::StreamExt;
 use http::{header, StatusCode};
 
 use super::{Peers, HOP, TOKEN};
-use crate::digest::Digest;
 use crate::error::Error;
-use crate::registry::accept::AcceptClass;
+use crate::oci::accept::AcceptClass;
+use crate::oci::digest::Digest;
 use crate::source::upstream::{read_manifest, unavailable, FetchedManifest};
 use crate::source::Upstream;
 use crate::store::fill::Source;

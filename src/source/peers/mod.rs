@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::config::{Peers as PeersConfig, Secret};
-use crate::digest::Digest;
 use crate::error::Error;
+use crate::oci::digest::Digest;
 
 /// Marks a request sent by a peer; its value is the sender. It grants nothing by itself:
 /// only the peer token makes a request a peer's (`api::caller`), and a peer's request is

@@ -4,7 +4,7 @@
 
 use sha2::{Digest as _, Sha256};
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 
 /// The weight of `peer` for `digest`: the first 8 bytes of SHA-256 over both. Stable across
 /// builds and versions (unlike the standard library's hasher), so mixed versions agree.

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 
 /// How much younger a version a tag still points to counts, in seconds.
 pub const SUPERSEDED_GRACE: u64 = 3600;

@@ -1,12 +1,12 @@
 //! Repository names, tags and references, validated as distribution does.
 
-use crate::digest::Digest;
-use crate::error::Error;
+use super::digest::Digest;
+use super::Invalid;
 
 /// Checks a repository name: `/`-separated components of `[a-z0-9]+` joined by `.`, `_`,
 /// `__` or runs of `-`; at most 255 characters.
-pub fn validate_name(name: &str) -> Result<(), Error> {
-    let bad = || Error::NameInvalid(format!("invalid repository name {name:?}"));
+pub fn validate_name(name: &str) -> Result<(), Invalid> {
+    let bad = || Invalid::Name(format!("invalid repository name {name:?}"));
     if name.is_empty() || name.len() > 255 {
         return Err(bad());
     }
@@ -57,7 +57,7 @@ pub enum Reference {
 }
 
 impl Reference {
-    pub fn parse(s: &str) -> Result<Reference, Error> {
+    pub fn parse(s: &str) -> Result<Reference, Invalid> {
         if s.contains(':') {
             return Digest::parse(s).map(Reference::Digest);
         }
@@ -70,7 +70,7 @@ impl Reference {
         if valid {
             Ok(Reference::Tag(s.to_owned()))
         } else {
-            Err(Error::TagInvalid(format!("invalid tag {s:?}")))
+            Err(Invalid::Tag(format!("invalid tag {s:?}")))
         }
     }
 }

@@ -2,8 +2,9 @@
 
 use std::fmt;
 
-use crate::digest::Digest;
-use crate::registry::reference::{validate_name, Reference};
+use super::digest::Digest;
+use super::reference::{validate_name, Reference};
+use super::Invalid;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageRef {
@@ -17,13 +18,15 @@ pub struct ImageRef {
 
 impl ImageRef {
     /// Parses and normalises a reference. Errors name the problem, never echo credentials.
-    pub fn parse(s: &str) -> Result<ImageRef, String> {
+    pub fn parse(s: &str) -> Result<ImageRef, Invalid> {
         let shown = redact(s);
         if s.is_empty() || s.contains("://") || s.chars().any(char::is_whitespace) {
-            return Err(format!("{shown:?} is not an image reference"));
+            return Err(Invalid::ImageRef(format!("{shown:?} is not an image reference")));
         }
         let (rest, digest) = match s.split_once('@') {
-            Some((r, d)) => (r, Some(Digest::parse(d).map_err(|e| format!("{shown:?}: {e}"))?)),
+            Some((r, d)) => {
+                (r, Some(Digest::parse(d).map_err(|e| Invalid::ImageRef(format!("{shown:?}: {e}")))?))
+            }
             None => (s, None),
         };
         let (name, tag) = match rest.rsplit_once(':') {
@@ -42,9 +45,9 @@ impl ImageRef {
             host
         };
         let repo = if host == "docker.io" && !repo.contains('/') { format!("library/{repo}") } else { repo };
-        validate_name(&repo).map_err(|e| format!("{shown:?}: {e}"))?;
+        validate_name(&repo).map_err(|e| Invalid::ImageRef(format!("{shown:?}: {e}")))?;
         if let Some(t) = &tag {
-            Reference::parse(t).map_err(|e| format!("{shown:?}: {e}"))?;
+            Reference::parse(t).map_err(|e| Invalid::ImageRef(format!("{shown:?}: {e}")))?;
         }
         let tag = if tag.is_none() && digest.is_none() { Some("latest".to_owned()) } else { tag };
         Ok(ImageRef { host, repo, tag, digest })
@@ -111,6 +114,6 @@ mod tests {
             assert!(ImageRef::parse(bad).is_err(), "{bad}");
         }
         let e = ImageRef::parse("bob:hunter2@evil host").unwrap_err();
-        assert!(!e.contains("hunter2"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 }

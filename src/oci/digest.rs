@@ -5,23 +5,23 @@ use std::fmt;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::error::Error;
+use super::Invalid;
 
 /// A validated `sha256:<64 lowercase hex>` digest.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest(String);
 
 impl Digest {
-    pub fn parse(s: &str) -> Result<Self, Error> {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
         let Some((algo, hex)) = s.split_once(':') else {
-            return Err(Error::DigestInvalid(format!("{s:?} is not <algorithm>:<hex>")));
+            return Err(Invalid::Digest(format!("{s:?} is not <algorithm>:<hex>")));
         };
         if algo != "sha256" {
-            return Err(Error::DigestInvalid(format!("unsupported digest algorithm {algo:?}")));
+            return Err(Invalid::Digest(format!("unsupported digest algorithm {algo:?}")));
         }
         let valid = hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !valid {
-            return Err(Error::DigestInvalid(format!("{s:?} is not a sha256 digest")));
+            return Err(Invalid::Digest(format!("{s:?} is not a sha256 digest")));
         }
         Ok(Digest(s.to_owned()))
     }

@@ -1,6 +1,6 @@
 //! `Range: bytes=...` for blobs: one range, resolved against the content length.
 
-use crate::error::Error;
+use super::Invalid;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RangeSpec {
@@ -32,13 +32,13 @@ impl RangeSpec {
     }
 
     /// The byte span `start..end` (end exclusive) within `len` bytes, or 416.
-    pub fn resolve(self, len: u64) -> Result<(u64, u64), Error> {
+    pub fn resolve(self, len: u64) -> Result<(u64, u64), Invalid> {
         match self {
             RangeSpec::From { start, last } if start < len => {
                 Ok((start, last.map_or(len, |l| l.saturating_add(1).min(len))))
             }
             RangeSpec::Suffix(n) if n > 0 && len > 0 => Ok((len - n.min(len), len)),
-            _ => Err(Error::RangeNotSatisfiable { len }),
+            _ => Err(Invalid::Range { len }),
         }
     }
 }
@@ -54,7 +54,7 @@ mod tests {
         assert_eq!(r("bytes=10-19"), Ok((10, 20)));
         assert_eq!(r("bytes=90-500"), Ok((90, 100)));
         assert_eq!(r("bytes=-5"), Ok((95, 100)));
-        assert_eq!(r("bytes=100-"), Err(Error::RangeNotSatisfiable { len: 100 }));
+        assert_eq!(r("bytes=100-"), Err(Invalid::Range { len: 100 }));
         assert_eq!(RangeSpec::parse("bytes=5-1"), None);
         assert_eq!(RangeSpec::parse("bytes=0-1,5-6"), None);
         assert_eq!(RangeSpec::parse("items=0-1"), None);
