@@ -914,92 +914,111 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// What a hand-written HTTP/2 client saw of one GET: when its connection ended (if it did),
-/// and the DATA bytes it took.
+/// What a hand-written HTTP/2 client saw: when its connection ended (if it did), and per
+/// stream the DATA bytes it took and whether the stream ended.
 struct H2Seen {
     ended_after: Option<Duration>,
-    data: usize,
-    end_stream: bool,
+    data: Vec<usize>,
+    complete: Vec<bool>,
 }
 
-/// GETs `path` over h2c with its stream's window shut (SETTINGS_INITIAL_WINDOW_SIZE = 0),
-/// acknowledging SETTINGS and PINGs like a live peer. With `step`, it opens the stream and
-/// connection windows by that many bytes at each tick; without, never. Gives up after
-/// `within`.
-async fn h2_get_with_shut_window(
-    addr: std::net::SocketAddr,
-    path: &str,
-    step: Option<(u32, Duration)>,
-    within: Duration,
-) -> H2Seen {
-    let s = TcpStream::connect(addr).await.unwrap();
-    let (mut rd, mut wr) = s.into_split();
-    wr.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
-    wr.write_all(&frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0])).await.unwrap();
-    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
-    block.extend(path.as_bytes());
-    block.extend([0x01, 5]);
-    block.extend(b"berth");
-    wr.write_all(&frame(0x1, 0x5, 1, &block)).await.unwrap();
+/// How the hand-written HTTP/2 client behaves: its SETTINGS_INITIAL_WINDOW_SIZE (None: the
+/// default 65535), and for each GET how many bytes of window it opens on that stream (and
+/// on the connection) at each tick; None: never. Like a live peer, it acknowledges SETTINGS
+/// and PINGs.
+struct H2Client {
+    initial_window: Option<u32>,
+    gets: Vec<(String, Option<u32>)>,
+    tick: Duration,
+}
 
-    let (replies, mut to_send) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-    let writer = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(step.map_or(Duration::from_secs(3600), |(_, every)| every));
-        tick.tick().await;
-        loop {
-            let out = tokio::select! {
-                reply = to_send.recv() => match reply { Some(r) => r, None => return },
-                _ = tick.tick() => match step {
-                    Some((n, _)) => {
-                        let mut both = frame(0x8, 0, 0, &n.to_be_bytes());
-                        both.extend(frame(0x8, 0, 1, &n.to_be_bytes()));
-                        both
-                    }
-                    None => continue,
-                },
-            };
-            if wr.write_all(&out).await.is_err() {
-                return;
-            }
+impl H2Client {
+    /// Runs the GETs on one h2c connection until every stream ended, the connection ended,
+    /// or `within` passed.
+    async fn run(self, addr: std::net::SocketAddr, within: Duration) -> H2Seen {
+        let s = TcpStream::connect(addr).await.unwrap();
+        let (mut rd, mut wr) = s.into_split();
+        wr.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        let settings =
+            self.initial_window.map(|w| [&[0u8, 4][..], &w.to_be_bytes()].concat()).unwrap_or_default();
+        wr.write_all(&frame(0x4, 0, 0, &settings)).await.unwrap();
+        for (i, (path, _)) in self.gets.iter().enumerate() {
+            let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+            block.extend(path.as_bytes());
+            block.extend([0x01, 5]);
+            block.extend(b"berth");
+            wr.write_all(&frame(0x1, 0x5, 2 * i as u32 + 1, &block)).await.unwrap();
         }
-    });
-    let started = Instant::now();
-    let read = async {
-        let mut seen = H2Seen { ended_after: None, data: 0, end_stream: false };
-        loop {
-            let mut head = [0u8; 9];
-            if rd.read_exact(&mut head).await.is_err() {
-                seen.ended_after = Some(started.elapsed());
-                return seen;
-            }
-            let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
-            let mut payload = vec![0u8; len];
-            if rd.read_exact(&mut payload).await.is_err() {
-                seen.ended_after = Some(started.elapsed());
-                return seen;
-            }
-            let (kind, flags) = (head[3], head[4]);
-            match (kind, flags & 1) {
-                (0x0, end) => {
-                    seen.data += len;
-                    if end == 1 {
-                        seen.end_stream = true;
-                        return seen;
-                    }
+        let steps: Vec<(u32, u32)> = self
+            .gets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, step))| Some((2 * i as u32 + 1, (*step)?)))
+            .collect();
+        let (replies, mut to_send) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let every = self.tick;
+        let writer = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                let out = tokio::select! {
+                    reply = to_send.recv() => match reply { Some(r) => r, None => return },
+                    _ = tick.tick() => steps.iter().flat_map(|&(stream, n)| {
+                        [frame(0x8, 0, 0, &n.to_be_bytes()), frame(0x8, 0, stream, &n.to_be_bytes())].concat()
+                    }).collect(),
+                };
+                if wr.write_all(&out).await.is_err() {
+                    return;
                 }
-                (0x6, 0) => drop(replies.send(frame(0x6, 1, 0, &payload))),
-                (0x4, 0) => drop(replies.send(frame(0x4, 1, 0, &[]))),
-                _ => {}
             }
-        }
-    };
-    let seen = tokio::time::timeout(within, read).await.unwrap_or(H2Seen {
-        ended_after: None,
-        data: 0,
-        end_stream: false,
-    });
-    writer.abort();
-    seen
+        });
+        let started = Instant::now();
+        let n = self.gets.len();
+        let mut seen = H2Seen { ended_after: None, data: vec![0; n], complete: vec![false; n] };
+        let read = async {
+            while seen.complete.iter().any(|c| !c) {
+                let mut head = [0u8; 9];
+                if rd.read_exact(&mut head).await.is_err() {
+                    seen.ended_after = Some(started.elapsed());
+                    return;
+                }
+                let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+                let mut payload = vec![0u8; len];
+                if rd.read_exact(&mut payload).await.is_err() {
+                    seen.ended_after = Some(started.elapsed());
+                    return;
+                }
+                let (kind, flags) = (head[3], head[4]);
+                let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+                let i = (stream.max(1) as usize - 1) / 2;
+                match (kind, flags & 1) {
+                    (0x0, end) if i < n => {
+                        seen.data[i] += len;
+                        seen.complete[i] |= end == 1;
+                    }
+                    (0x6, 0) => drop(replies.send(frame(0x6, 1, 0, &payload))),
+                    (0x4, 0) => drop(replies.send(frame(0x4, 1, 0, &[]))),
+                    _ => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(within, read).await;
+        writer.abort();
+        seen
+    }
+}
+
+/// A berth with 1 s client and idle deadlines, and a blob of `len` bytes cached in memory.
+async fn berth_with_a_cached_blob(len: usize, seed: u8) -> (Harness, berth::oci::digest::Digest) {
+    let h = Harness::start_with("", |c| {
+        c.server.client_idle_timeout = Duration::from_secs(1);
+        c.server.idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let d = h.upstream.add_blob(bytes_of(len, seed));
+    assert_eq!(h.get(&Harness::blob_path(REPO, &d)).await.bytes().await.unwrap().len(), len);
+    h.settle().await;
+    (h, d)
 }
 
 /// README: "A client that takes no bytes of a response for client_idle_timeout is dropped".
@@ -1009,27 +1028,18 @@ async fn h2_get_with_shut_window(
 /// (never evicted) for as long as it liked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_client_that_never_opens_its_window_is_dropped() {
-    let h = Harness::start_with("", |c| {
-        c.server.client_idle_timeout = Duration::from_secs(1);
-        c.server.idle_timeout = Duration::from_secs(1);
-    })
-    .await;
-    let d = h.upstream.add_blob(bytes_of(MIB, 92));
-    assert_eq!(h.get(&Harness::blob_path(REPO, &d)).await.bytes().await.unwrap().len(), MIB);
-    h.settle().await;
-
-    let seen = h2_get_with_shut_window(
-        h.berth.registry_addr,
-        &Harness::blob_path(REPO, &d),
-        None,
-        Duration::from_secs(8),
-    )
-    .await;
+    let (h, d) = berth_with_a_cached_blob(MIB, 92).await;
+    let client = H2Client {
+        initial_window: Some(0),
+        gets: vec![(Harness::blob_path(REPO, &d), None)],
+        tick: Duration::from_secs(1),
+    };
+    let seen = client.run(h.berth.registry_addr, Duration::from_secs(8)).await;
     assert!(
         seen.ended_after.is_some(),
         "an HTTP/2 client that took no byte is still connected after 8 s (client_idle_timeout 1 s)"
     );
-    assert_eq!(seen.data, 0);
+    assert_eq!(seen.data, [0]);
     let released = Instant::now() + Duration::from_secs(5);
     while h.berth.mirror.store.busy().contains(&d) {
         assert!(Instant::now() < released, "the dropped stream's read guard is still held");
@@ -1037,35 +1047,60 @@ async fn an_h2_client_that_never_opens_its_window_is_dropped() {
     }
 }
 
+/// The same with the default window: the client takes its first 64 KiB, then nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_that_stops_after_its_first_window_is_dropped() {
+    let (h, d) = berth_with_a_cached_blob(MIB, 94).await;
+    let client = H2Client {
+        initial_window: None,
+        gets: vec![(Harness::blob_path(REPO, &d), None)],
+        tick: Duration::from_secs(1),
+    };
+    let seen = client.run(h.berth.registry_addr, Duration::from_secs(8)).await;
+    assert!(seen.ended_after.is_some(), "still connected after 8 s, having taken {:?} bytes", seen.data);
+    assert!(seen.data[0] < MIB, "{:?}", seen.data);
+}
+
+/// Each stream is judged on its own: feeding one stream does not keep a shut one alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_kept_shut_beside_a_fed_one_is_dropped() {
+    let (h, d) = berth_with_a_cached_blob(MIB, 95).await;
+    let path = Harness::blob_path(REPO, &d);
+    // The fed stream would take about 16 s for its MiB: it outlasts the deadline.
+    let client = H2Client {
+        initial_window: Some(0),
+        gets: vec![(path.clone(), Some(64 << 10)), (path, None)],
+        tick: Duration::from_secs(1),
+    };
+    let seen = client.run(h.berth.registry_addr, Duration::from_secs(8)).await;
+    assert!(seen.ended_after.is_some(), "still connected after 8 s with one stream shut: {:?}", seen.data);
+    assert_eq!(seen.data[1], 0);
+}
+
 /// The other side: an HTTP/2 client that opens its window slowly but keeps taking bytes is
-/// served to the end, although each 4 MiB slice waits far longer than client_idle_timeout
-/// for it.
+/// served to the end, on two streams at once, although each takes far longer than
+/// client_idle_timeout, and so would each 4 MiB slice of the memory tier.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_h2_client_that_keeps_taking_bytes_is_served_in_full() {
-    let h = Harness::start_with("", |c| {
-        c.server.client_idle_timeout = Duration::from_secs(1);
-        c.server.idle_timeout = Duration::from_secs(1);
-    })
-    .await;
-    let d = h.upstream.add_blob(bytes_of(MIB, 93));
-    assert_eq!(h.get(&Harness::blob_path(REPO, &d)).await.bytes().await.unwrap().len(), MIB);
-    h.settle().await;
-
-    // 128 KiB every 150 ms: the whole MiB takes about 1.2 s, past client_idle_timeout.
-    let step = Some((128 << 10, Duration::from_millis(150)));
-    let seen = h2_get_with_shut_window(
-        h.berth.registry_addr,
-        &Harness::blob_path(REPO, &d),
-        step,
-        Duration::from_secs(20),
-    )
-    .await;
-    assert!(
-        seen.end_stream,
-        "the slow client got {} of {MIB} bytes (connection ended: {:?})",
-        seen.data, seen.ended_after
+    let len = 8 * MIB;
+    let (h, d) = berth_with_a_cached_blob(len, 93).await;
+    let path = Harness::blob_path(REPO, &d);
+    // 256 KiB every 150 ms per stream: 4 MiB takes 2.4 s, the whole blob about 5 s.
+    let step = Some(256 << 10);
+    let client = H2Client {
+        initial_window: Some(0),
+        gets: vec![(path.clone(), step), (path, step)],
+        tick: Duration::from_millis(150),
+    };
+    let seen = client.run(h.berth.registry_addr, Duration::from_secs(30)).await;
+    assert_eq!(
+        seen.complete,
+        [true, true],
+        "{:?} of {len} bytes; connection ended: {:?}",
+        seen.data,
+        seen.ended_after
     );
-    assert_eq!(seen.data, MIB);
+    assert_eq!(seen.data, [len, len]);
 }
 
 /// Fills are detached from their clients, and wait for a turn in a FIFO queue: a client that

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::Router;
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -149,14 +150,9 @@ where
 {
     let options = &shared.options;
     let heard = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicU64::new(0));
-    let io = Heard {
-        inner: WriteIdle::new(io, options.client_idle_timeout),
-        heard: heard.clone(),
-        written: written.clone(),
-    };
+    let io = Heard { inner: WriteIdle::new(io, options.client_idle_timeout), heard: heard.clone() };
     let in_flight = InFlight::new();
-    let progress = Progress::new(written);
+    let progress = Progress::new();
     let service = Counting {
         router: TowerToHyperService::new(shared.router.clone()),
         in_flight: in_flight.clone(),
@@ -267,35 +263,31 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// The response bodies of one connection, each stamped with when it last handed hyper a
-/// frame that hyper has not come back for, and how many bytes the connection had written
-/// then. A body hyper does not come back for while the connection writes next to nothing is
-/// one its client takes no bytes of: for HTTP/2, a stream whose flow-control window stays
-/// shut, which no write deadline sees since nothing is pending. A body waiting for its own
-/// bytes (a fill in progress) is not counted, nor is a slow client that keeps taking bytes.
+/// The HTTP/2 response bodies of one connection, each stamped with when it last handed
+/// hyper a frame that hyper has not come back for. hyper asks an HTTP/2 body for its next
+/// frame once the previous one fits the stream's flow-control window, so a body not asked
+/// for `client_idle_timeout` is one whose client took less than a frame (`H2_SLICE`) in that
+/// time: for instance a stream whose window stays shut, which no write deadline sees since
+/// nothing is pending. A body waiting for its own bytes (a fill in progress) is not counted.
+/// HTTP/1 needs none of this: a client that stops reading leaves a write pending
+/// (`WriteIdle`).
 #[derive(Clone)]
 struct Progress {
     epoch: std::time::Instant,
-    written: Arc<AtomicU64>,
-    bodies: Arc<std::sync::Mutex<Vec<std::sync::Weak<Stamp>>>>,
+    bodies: Arc<std::sync::Mutex<Vec<std::sync::Weak<AtomicU64>>>>,
 }
 
-/// A connection that wrote fewer bytes than this while a body waited `client_idle_timeout`
-/// for hyper to come back is not serving that body (pings and settings are a few bytes).
-const MIN_PROGRESS: u64 = 64 << 10;
+/// The largest frame an HTTP/2 body hands hyper (larger ones are sliced, without copying):
+/// the least a client must take per `client_idle_timeout` on each stream.
+const H2_SLICE: usize = 256 << 10;
 
-/// When a body handed its last frame (ms since the connection's epoch, `NOT_WAITING` while
-/// it is not waiting for hyper), and the connection's written bytes at that moment.
-struct Stamp {
-    at: AtomicU64,
-    written: AtomicU64,
-}
-
+/// A body's stamp: milliseconds since the connection's epoch at which it handed a frame
+/// still unclaimed, or `NOT_WAITING`.
 const NOT_WAITING: u64 = u64::MAX;
 
 impl Progress {
-    fn new(written: Arc<AtomicU64>) -> Self {
-        Progress { epoch: std::time::Instant::now(), written, bodies: Arc::default() }
+    fn new() -> Self {
+        Progress { epoch: std::time::Instant::now(), bodies: Arc::default() }
     }
 
     fn now(&self) -> u64 {
@@ -303,39 +295,25 @@ impl Progress {
     }
 
     /// A new body's stamp: it has its first frame to hand from now on.
-    fn track(&self) -> Arc<Stamp> {
-        let stamp = Arc::new(Stamp { at: AtomicU64::new(NOT_WAITING), written: AtomicU64::new(0) });
-        self.stamp(&stamp, true);
+    fn track(&self) -> Arc<AtomicU64> {
+        let stamp = Arc::new(AtomicU64::new(self.now()));
         let mut bodies = self.bodies.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         bodies.retain(|b| b.strong_count() > 0);
         bodies.push(Arc::downgrade(&stamp));
         stamp
     }
 
-    /// Marks `stamp` as waiting for hyper from now (or as not waiting).
-    fn stamp(&self, stamp: &Stamp, waiting: bool) {
-        if waiting {
-            stamp.written.store(self.written.load(Ordering::Relaxed), Ordering::Relaxed);
-            stamp.at.store(self.now(), Ordering::Relaxed);
-        } else {
-            stamp.at.store(NOT_WAITING, Ordering::Relaxed);
-        }
-    }
-
-    /// Resolves once a body has waited `idle` for hyper to come back while the connection
-    /// wrote fewer than `MIN_PROGRESS` bytes.
+    /// Resolves once a body has waited `idle` for hyper to come back for more.
     async fn stalled_for(&self, idle: Duration) {
         let every = (idle / 4).max(Duration::from_millis(50));
         let idle = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
         loop {
             tokio::time::sleep(every).await;
-            let (now, written) = (self.now(), self.written.load(Ordering::Relaxed));
+            let now = self.now();
             let bodies = self.bodies.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let stalled = bodies.iter().filter_map(std::sync::Weak::upgrade).any(|b| {
-                let at = b.at.load(Ordering::Relaxed);
-                at != NOT_WAITING
-                    && now.saturating_sub(at) >= idle
-                    && written.saturating_sub(b.written.load(Ordering::Relaxed)) < MIN_PROGRESS
+                let at = b.load(Ordering::Relaxed);
+                at != NOT_WAITING && now.saturating_sub(at) >= idle
             });
             if stalled {
                 return;
@@ -359,61 +337,97 @@ impl hyper::service::Service<Request<Incoming>> for Counting {
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let guard = self.in_flight.begin();
+        let progress = (request.version() == http::Version::HTTP_2).then(|| self.progress.clone());
         let answer = self.router.call(request);
-        let progress = self.progress.clone();
         Box::pin(async move {
             let response = answer.await?;
-            let stamp = progress.track();
-            Ok(response.map(|body| Counted { body, progress, stamp, _in_flight: guard }))
+            let watched = progress.map(|p| Watched { stamp: p.track(), progress: p, rest: None });
+            Ok(response.map(|body| Counted { body, watched, _in_flight: guard }))
         })
     }
 }
 
-/// A response body that keeps its request in flight until the body is dropped, and stamps
-/// when it last handed hyper a frame.
+/// A response body that keeps its request in flight until the body is dropped; an HTTP/2
+/// one is also sliced and stamped for `Progress`.
 struct Counted {
     body: Body,
-    progress: Progress,
-    stamp: Arc<Stamp>,
+    watched: Option<Watched>,
     _in_flight: InFlightGuard,
 }
 
+/// An HTTP/2 body's part in `Progress`: its stamp, and the rest of a frame being sliced.
+struct Watched {
+    progress: Progress,
+    stamp: Arc<AtomicU64>,
+    rest: Option<Bytes>,
+}
+
+impl Watched {
+    /// The next slice of at most `H2_SLICE` bytes from what is left of the last frame.
+    fn next_slice(&mut self) -> Option<Bytes> {
+        let rest = self.rest.as_mut()?;
+        if rest.len() > H2_SLICE {
+            return Some(rest.split_to(H2_SLICE));
+        }
+        self.rest.take()
+    }
+}
+
 impl http_body::Body for Counted {
-    type Data = <Body as http_body::Body>::Data;
+    type Data = Bytes;
     type Error = <Body as http_body::Body>::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        self.progress.stamp(&self.stamp, matches!(polled, Poll::Ready(Some(Ok(_)))));
-        polled
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let Some(watched) = this.watched.as_mut() else {
+            return Pin::new(&mut this.body).poll_frame(cx);
+        };
+        if let Some(slice) = watched.next_slice() {
+            watched.stamp.store(watched.progress.now(), Ordering::Relaxed);
+            return Poll::Ready(Some(Ok(http_body::Frame::data(slice))));
+        }
+        let frame = match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            other => {
+                watched.stamp.store(NOT_WAITING, Ordering::Relaxed);
+                return other;
+            }
+        };
+        watched.stamp.store(watched.progress.now(), Ordering::Relaxed);
+        let frame = match frame.into_data() {
+            Ok(data) if data.len() > H2_SLICE => {
+                watched.rest = Some(data);
+                http_body::Frame::data(watched.next_slice().unwrap_or_default())
+            }
+            Ok(data) => http_body::Frame::data(data),
+            Err(other) => other,
+        };
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.watched.as_ref().is_none_or(|w| w.rest.is_none()) && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        let held = self.watched.as_ref().and_then(|w| w.rest.as_ref()).map_or(0, |r| r.len() as u64);
+        let inner = self.body.size_hint();
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(held));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(held));
+        }
+        hint
     }
 }
 
-/// A connection that notes when its peer sends its first byte, and counts the bytes it writes.
+/// A connection that notes when its peer sends its first byte.
 struct Heard<T> {
     inner: T,
     heard: Arc<AtomicBool>,
-    written: Arc<AtomicU64>,
-}
-
-impl<T> Heard<T> {
-    fn count(&self, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
-        if let Poll::Ready(Ok(n)) = polled {
-            self.written.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        polled
-    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Heard<T> {
@@ -433,8 +447,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Heard<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Heard<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.count(polled)
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -442,8 +455,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Heard<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.count(polled)
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
