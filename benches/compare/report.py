@@ -206,9 +206,8 @@ def notes(raw):
                f"{cell(floor, 3, m.get('runs'))} s")
     b, p = raw.stat("rss-ctd", "berth"), raw.stat("rss-ctd", "proxy")
     if b or p:
-        out.append(f"peak RSS of the mirrors the containerd runs used (the RSS bound holds for these "
-               f"too): berth {cell(b, 0)} MiB, "
-                   f"distr. proxy {cell(p, 0)} MiB")
+        out.append(f"peak RSS of the mirrors the containerd runs used (the RSS bound holds for "
+                   f"these too): berth {cell(b, 0)} MiB, distr. proxy {cell(p, 0)} MiB")
     seen = {}
     for n in raw.notes:
         seen[n] = seen.get(n, 0) + 1
