@@ -22,9 +22,9 @@
 #
 # Every figure is measured in RUNS runs, each on mirrors started with fresh storage (so each
 # cold figure is cold) and with its references measured in the same run. Full mode: RUNS=3,
-# 4 x 256 MiB layers, 50 small images, 5 s wrk runs, ~5 minutes. --quick: RUNS=2, 4 x 4 MiB
-# layers, 10 small images, 1 s wrk runs: checks that the harness works (CI), figures mean
-# little.
+# 4 x 256 MiB layers, 50 small images, 5 s wrk runs (9 minutes at load average 7). --quick:
+# RUNS=2, 4 x 4 MiB layers, 10 small images, 1 s wrk runs, ~35 s: checks that the harness
+# works (CI), figures mean little.
 #
 # Helpers in benches/compare/: push.py (generates and pushes the content), report.py (the
 # table; its unit tests, test_report.py, run first), manifests.lua (wrk: rotating manifest

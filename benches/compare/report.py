@@ -12,8 +12,16 @@ measures:
                        load_start, load_end, date, seconds. Later meta lines add to earlier ones.
   {"fig": F, "who": W, "run": N, "value": X, "unit": U[, "bytes": B]}
                        one measurement of figure F on side W (berth, proxy, upstream, nginx)
-                       in run N. U is "s" (a timed transfer of B bytes), "req/s", "MiB" or
-                       "gets" (upstream GETs of one blob).
+                       in run N (from 1). U is "s" (a timed transfer of B bytes), "req/s",
+                       "MiB" or "gets" (upstream GETs of one blob). The figures:
+                         cold                 single GET of a layer no mirror has (s)
+                         conc, conc-gets      CONCURRENT GETs of another such layer (s; gets)
+                         warm-T-seq, -par     4 layers, one after another / at once, from
+                                              tier T (disk, memory) (s)
+                         man-tags, -digests   wrk over the small images' manifests (req/s)
+                         rss-disk, -memory    peak RSS of each run's mirrors (MiB), and
+                         rss-ctd              of the mirrors the containerd runs used
+                         ctd-cold, -warm      ctr content fetch of the 4-layer image (s)
   {"note": TEXT}       worth reading beside the table; repeated notes are printed once
   {"broken": TEXT}     a check that failed: wrong bytes, wrong tier, a second upstream fetch
 
