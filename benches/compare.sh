@@ -3,31 +3,41 @@
 # itself as the direct upstream, nginx serving the upstream's blob files with sendfile), all
 # on this machine's loopback, with real clients (curl, wrk, ctr) doing the timing.
 #
-#   benches/compare.sh [--quick] [--out FILE]
+#   benches/compare.sh [--quick] [--out FILE] [--raw FILE]
 #   BERTH_BIN=/path/to/berth benches/compare.sh      # default: target/release/berth
 #   E2E_KEEP=1 benches/compare.sh                    # keep the scratch dir (all logs)
 #
-# Prints one markdown table (figures, ratios, targets, met?) and writes it, with the notes, to
-# FILE (default ${TMPDIR:-/tmp}/berth-compare-<time>.md). Exits non-zero only when something is
-# broken: a service did not start, a transfer failed or delivered wrong bytes, a berth GET was
-# not answered by the tier a figure claims, or berth fetched a blob from upstream more than
-# once. A missed timing target never fails the run. Needs root (containerd; nginx runs as
+# This script starts and stops the services and times the transfers. It writes every
+# measurement as one JSON line to the raw file (--raw; default FILE with .md replaced by
+# .jsonl; the format is described in compare/report.py). At the end compare/report.py turns
+# that file into one markdown table (each figure the median of its runs with min–max, ratios
+# of medians, targets, met?) and the notes, prints it and writes it to FILE (default
+# ${TMPDIR:-/tmp}/berth-compare-<time>.md); `report.py RAW` rebuilds it from a kept raw file.
+#
+# Exits non-zero only when something is broken: a service did not start, a transfer failed
+# or delivered wrong bytes, a berth GET was not answered by the tier a figure claims, or
+# berth fetched a blob from upstream more than once (each is also a "broken" line in the raw
+# file). A missed timing target never fails the run. Needs root (containerd; nginx runs as
 # root to read the 0700 scratch dir). Ports 17000-17999.
 #
-# --quick: 4 x 4 MiB layers, 10 small images, 2 s wrk runs, one repetition: checks that the
-# harness works (CI), figures mean little. Full mode: 4 x 256 MiB layers, 50 small images,
-# 10 s wrk runs, warm figures are the best of 3.
+# Every figure is measured in RUNS runs, each on mirrors started with fresh storage (so each
+# cold figure is cold) and with its references measured in the same run. Full mode: RUNS=3,
+# 4 x 256 MiB layers, 50 small images, 5 s wrk runs (9 minutes at load average 7). --quick:
+# RUNS=2, 4 x 4 MiB layers, 10 small images, 1 s wrk runs, ~35 s: checks that the harness
+# works (CI), figures mean little.
 #
-# Helpers in benches/compare/: push.py (generates and pushes the content), manifests.lua
-# (wrk: rotating manifest GETs, counts non-2xx), nginx.conf.in. Process start/stop, the
-# scratch dir, the cleanup trap and containerd come from e2e/lib.sh.
+# Helpers in benches/compare/: push.py (generates and pushes the content), report.py (the
+# table; its unit tests, test_report.py, run first), manifests.lua (wrk: rotating manifest
+# GETs, counts non-2xx), nginx.conf.in. Process start/stop, the scratch dir, the cleanup trap
+# and containerd come from e2e/lib.sh.
 set -u -o pipefail
 
-QUICK=0 OUT=
+QUICK=0 OUT= RAW=
 while [ $# -gt 0 ]; do
     case $1 in
         --quick) QUICK=1 ;;
         --out) OUT=${2:?--out needs a file}; shift ;;
+        --raw) RAW=${2:?--raw needs a file}; shift ;;
         -h | --help) sed -n '2,/^set -u/{/^set -u/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -54,6 +64,9 @@ ensure_tools() {
     done
 }
 ensure_tools
+# the table builder's unit tests, before any service starts
+PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -q -s "$(dirname "${BASH_SOURCE[0]}")/compare" -p 'test_*.py' ||
+    { echo "compare.sh: report.py's unit tests failed" >&2; exit 1; }
 
 # ---- e2e/lib.sh: scratch dir ($E2E_DIR), pid tracking + cleanup trap, upstream, containerd --
 UP_PORT=17000 BERTH_PORT=17050 ADMIN_PORT=17051
@@ -79,25 +92,45 @@ MEM_CAP_MIB=1536
 CONCURRENT=16
 WRK_CONNS=32 WRK_THREADS=2
 if [ "$QUICK" = 1 ]; then
-    MODE=quick LAYER_MIB=4 SMALL_IMAGES=10 WRK_SECS=2 REPS=1 CTD_REPS=1
+    MODE=quick RUNS=2 LAYER_MIB=4 SMALL_IMAGES=10 WRK_SECS=1
     DISK_MAX_OBJ=1MiB      # below the 4 MiB layers, so they stay disk-only as in full mode
 else
-    MODE=full LAYER_MIB=256 SMALL_IMAGES=50 WRK_SECS=10 REPS=3 CTD_REPS=2
+    MODE=full RUNS=3 LAYER_MIB=256 SMALL_IMAGES=50 WRK_SECS=5
     DISK_MAX_OBJ=64MiB
 fi
 MEM_MAX_OBJ=512MiB
 LAYER_BYTES=$((LAYER_MIB << 20))
 [ -n "$OUT" ] || OUT="${TMPDIR:-/tmp}/berth-compare-$(date +%Y%m%d-%H%M%S).md"
+[ -n "$RAW" ] || RAW="${OUT%.md}.jsonl"
 
-# secs T0 T1 (from $EPOCHREALTIME) -> seconds; gbps BYTES SECS -> GB/s (10^9 bytes)
+# secs T0 T1 (from $EPOCHREALTIME) -> seconds
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", b - a }'; }
-s3() { [ -z "$1" ] || printf '%.3f' "$1"; }   # seconds as shown in the table
-gbps() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.2f", n / s / 1e9 }'; }
 blob_path() { echo "/v2/bench/big/blobs/$1"; }
+
+# ---- the raw file: one JSON object a line (format: compare/report.py) ------------------------
+# jstr TEXT -> TEXT as a JSON string (control characters become spaces)
+jstr() { local t; t=$(printf '%s' "$1" | tr '\000-\037' ' '); t=${t//\\/\\\\}; printf '"%s"' "${t//\"/\\\"}"; }
+# rec FIG SERVICE RUN VALUE UNIT [BYTES]: one measurement; the side is the service name up to
+# its first '-' (berth-mem-2 -> berth)
+rec() {
+    [ -n "$4" ] || return 0
+    printf '{"fig":"%s","who":"%s","run":%d,"value":%s,"unit":"%s"%s}\n' \
+        "$1" "${2%%-*}" "$3" "$4" "$5" "${6:+,\"bytes\":$6}" >>"$RAW"
+}
+# meta KEY VALUE...: run parameters, strings
+meta() {
+    local kv=()
+    while [ $# -ge 2 ]; do kv+=("$(jstr "$1"):$(jstr "$2")"); shift 2; done
+    local IFS=,; printf '{"meta":{%s}}\n' "${kv[*]}" >>"$RAW"
+}
 
 # ---- services (berth, distribution's proxy, peak RSS: compare/services.sh) ----------------
 # shellcheck source=compare/services.sh
 . "$HERE/services.sh"
+# notes and broken checks go to the raw file too (services.sh keeps them in NOTES and BROKEN)
+note() { log "note: $*"; NOTES+=("$*"); printf '{"note":%s}\n' "$(jstr "$*")" >>"$RAW"; }
+broken() { log "BROKEN: $*"; BROKEN+=("$*"); printf '{"broken":%s}\n' "$(jstr "$*")" >>"$RAW"; }
+die() { broken "$*"; log "FATAL: $*; measurements so far in $RAW"; print_broken; exit 1; }
 # start_nginx: serves the upstream's blob files (sendfile) on NGINX_PORT
 start_nginx() {
     local d="$E2E_DIR/nginx"
@@ -173,31 +206,33 @@ setup_content() {
 }
 
 # ---- figures -------------------------------------------------------------------------------
-# Cold single GET of layer 0: direct from upstream (reference), then through each mirror.
+# Each fig_* takes the run index R and the service names of that run's mirrors, and writes a
+# raw line per measurement that passed its checks.
+
+# fig_cold_single R BERTH PROXY: cold single GET of layer 0, direct from upstream (reference),
+# then through each mirror
 fig_cold_single() {
-    local d=${BIG_LAYERS[0]} who t0 t1 w mark
-    mark=$(berth_mark berth)
-    for who in upstream berth proxy; do
-        local base=${URL[$who]:-$UP_URL}
+    local r=$1 d=${BIG_LAYERS[0]} who t0 t1 w mark
+    mark=$(berth_mark "$2")
+    for who in upstream "$2" "$3"; do
         sync    # a cold GET through a mirror writes to disk: start each with no dirty pages
         t0=$EPOCHREALTIME
-        w=$(get_to "$base$(blob_path "$d")" "$SHM/cold")
+        w=$(get_to "${URL[$who]}$(blob_path "$d")" "$SHM/cold")
         t1=$EPOCHREALTIME
-        if check_blob "$who" "cold GET $d" "$w" "$SHM/cold" "$d"; then
-            V[cold.$who.s]=$(secs "$t0" "$t1")
-            V[cold.$who.gbps]=$(gbps "$LAYER_BYTES" "${V[cold.$who.s]}")
-        fi
+        check_blob "$who" "cold GET $d" "$w" "$SHM/cold" "$d" &&
+            rec cold "$who" "$r" "$(secs "$t0" "$t1")" s "$LAYER_BYTES"
         rm -f "$SHM/cold"
     done
-    expect_tier berth "$mark" fill-leader 1 "cold GET"
+    expect_tier "$2" "$mark" fill-leader 1 "cold GET"
 }
 
-# 16 concurrent GETs of layer 1 (not yet fetched by either mirror): upstream GET count + wall.
-# Every client writes to tmpfs; #1 is hashed, the rest compared with it. WHO=nginx (warm,
-# page cache) measures what the clients alone cost: the floor for this figure on this machine.
+# fig_concurrent R WHO: CONCURRENT concurrent GETs of layer 1 (not yet fetched by WHO's
+# mirror): upstream GET count + wall. Every client writes to tmpfs; #1 is hashed, the rest
+# compared with it. WHO=nginx (warm, page cache) measures what the clients alone cost: the
+# floor for this figure on this machine.
 fig_concurrent() {
-    local who=$1 d=${BIG_LAYERS[1]} i t0 t1 before after pids=() ok=0 mark=
-    [ "$who" = berth ] && mark=$(berth_mark berth)
+    local r=$1 who=$2 d=${BIG_LAYERS[1]} i t0 t1 before after gets pids=() ok=0 mark=
+    [ "${who%%-*}" = berth ] && mark=$(berth_mark "$who")
     before=$(count_upstream_blob_gets "$d")
     sync    # a cold GET writes to disk: do not let earlier writeback pollute it
     t0=$EPOCHREALTIME
@@ -216,16 +251,16 @@ fig_concurrent() {
     rm -f "$SHM"/c*
     sleep 0.5   # distribution logs a request when it has ended
     after=$(count_upstream_blob_gets "$d")
-    [ "$who" = nginx ] || V[conc.$who.gets]=$((after - before))
-    [ $ok = 0 ] && V[conc.$who.s]=$(secs "$t0" "$t1")
-    if [ "$who" = berth ]; then
-        [ "${V[conc.berth.gets]}" = 1 ] ||
-            broken "berth: $CONCURRENT concurrent cold GETs of $d reached upstream ${V[conc.berth.gets]} times"
-        note "berth tiers for the $CONCURRENT concurrent cold GETs: $(berth_tiers berth "$mark")"
+    gets=$((after - before))
+    [ "$who" = nginx ] || rec conc-gets "$who" "$r" "$gets" gets
+    [ $ok = 0 ] && rec conc "$who" "$r" "$(secs "$t0" "$t1")" s $((CONCURRENT * LAYER_BYTES))
+    if [ -n "$mark" ]; then
+        [ "$gets" = 1 ] || broken "$who: $CONCURRENT concurrent cold GETs of $d reached upstream $gets times"
+        note "berth tiers for the $CONCURRENT concurrent cold GETs: $(berth_tiers "$who" "$mark")"
     fi
 }
 
-# fill WHO: GET the layers WHO has not fetched yet (2 and 3), then verify all four (sha256)
+# fill_and_verify WHO: GET the layers WHO has not fetched yet (2 and 3), then verify all four
 fill_and_verify() {
     local who=$1 d
     for d in "${BIG_LAYERS[@]:2}"; do
@@ -265,27 +300,24 @@ warm_par() {
     R_SECS=$(secs "$t0" "$t1")
 }
 
-# fig_warm TIER WHO...: REPS rounds of (sequential, parallel) per server, interleaved; keeps
-# the best GB/s of each in V[warm.TIER.{seq,par}.WHO]. berth's GETs must all be TIER hits.
+# fig_warm TIER R WHO...: sequential, then parallel, on each verified server in turn ->
+# warm-TIER-{seq,par}; a berth's figures are kept only when all its GETs were TIER hits.
 fig_warm() {
-    local tier=$1 who rep kind best; shift
-    declare -A marks=()
+    local tier=$1 r=$2 who kind; shift 2
+    declare -A marks=() got=()
     for who in "$@"; do [ "${who%%-*}" = berth ] && marks[$who]=$(berth_mark "$who"); done
-    for ((rep = 1; rep <= REPS; rep++)); do
-        for kind in seq par; do
-            for who in "$@"; do
-                [ -n "${VERIFIED[$who]:-}" ] || continue
-                "warm_$kind" "$who" || continue
-                local g; g=$(gbps $((4 * LAYER_BYTES)) "$R_SECS")
-                best=${V[warm.$tier.$kind.$who]:-0}
-                V[warm.$tier.$kind.$who]=$(awk -v a="$g" -v b="$best" 'BEGIN { print (a > b) ? a : b }')
-            done
+    for kind in seq par; do
+        for who in "$@"; do
+            [ -n "${VERIFIED[$who]:-}" ] || continue
+            "warm_$kind" "$who" && got[$kind.$who]=$R_SECS
         done
     done
-    for who in "${!marks[@]}"; do
+    for who in "$@"; do
         [ -n "${VERIFIED[$who]:-}" ] || continue
-        expect_tier "$who" "${marks[$who]}" "$tier" $((REPS * 8)) "warm GETs" ||
-            { unset "V[warm.$tier.seq.$who]" "V[warm.$tier.par.$who]"; }
+        [ -z "${marks[$who]:-}" ] || expect_tier "$who" "${marks[$who]}" "$tier" 8 "warm GETs" || continue
+        for kind in seq par; do
+            rec "warm-$tier-$kind" "$who" "$r" "${got[$kind.$who]:-}" s $((4 * LAYER_BYTES))
+        done
     done
 }
 
@@ -294,7 +326,7 @@ fig_warm() {
 manifests_ok() {
     local who=$1 kind=$2 args=() p n=0 tag dig got ok=0 dir="$SHM/m-$1-$2"
     mkdir -p "$dir"
-    while read -r p; do n=$((n + 1)); args+=(-o "$dir/$n" "${URL[$who]:-$UP_URL}$p"); done <"$E2E_DIR/small-$kind.txt"
+    while read -r p; do n=$((n + 1)); args+=(-o "$dir/$n" "${URL[$who]}$p"); done <"$E2E_DIR/small-$kind.txt"
     curl -s -m 120 -H "Accept: application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*" \
         -w '%{http_code}\n' "${args[@]}" >"$dir/codes" || { bad "$who" "manifest GETs ($kind): curl failed"; return 1; }
     if grep -qv '^200$' "$dir/codes"; then bad "$who" "manifest GETs ($kind): statuses $(sort "$dir/codes" | uniq -c | xargs)"; return 1; fi
@@ -307,12 +339,12 @@ manifests_ok() {
     return $ok
 }
 
-# run_wrk WHO KIND: wrk over the small images' manifests by KIND -> V[man.KIND.WHO] req/s
+# run_wrk R WHO KIND: wrk over the small images' manifests by KIND -> man-KIND, req/s
 run_wrk() {
-    local who=$1 kind=$2 out res
+    local r=$1 who=$2 kind=$3 out res
     manifests_ok "$who" "$kind" || return 1
     out=$(wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${WRK_SECS}s" -s "$HERE/manifests.lua" \
-        "${URL[$who]:-$UP_URL}" -- "$E2E_DIR/small-$kind.txt" 2>&1)
+        "${URL[$who]}" -- "$E2E_DIR/small-$kind.txt" 2>&1)
     echo "$out" >>"$E2E_DIR/wrk.log"
     res=$(grep '^RESULT ' <<<"$out") || { bad "$who" "wrk ($kind) gave no result: $(tail -n 3 <<<"$out" | xargs)"; return 1; }
     local kv; declare -A w=()
@@ -321,199 +353,123 @@ run_wrk() {
         bad "$who" "wrk manifests by $kind: ${w[non2xx]} non-2xx; socket errors: connect ${w[connect]} read ${w[read]} write ${w[write]} timeout ${w[timeout]}"
         return 1
     fi
-    V[man.$kind.$who]=$(awk -v n="${w[requests]}" -v us="${w[duration_us]}" 'BEGIN { printf "%.0f", n / (us / 1e6) }')
+    rec "man-$kind" "$who" "$r" "$(awk -v n="${w[requests]}" -v us="${w[duration_us]}" 'BEGIN { printf "%.0f", n / (us / 1e6) }')" req/s
 }
 
+# fig_manifests R BERTH PROXY: wrk by tag, then by digest, on each mirror and upstream
 fig_manifests() {
-    local kind who
+    local r=$1 kind who
     for kind in tags digests; do
-        for who in berth proxy upstream; do run_wrk "$who" "$kind"; done
+        for who in "$2" "$3" upstream; do run_wrk "$r" "$who" "$kind"; done
     done
 }
 
-# ctr_fetch NAME MIRROR_URL: a fresh containerd fetches bench/big:1 via hosts.toml pointing at
-# MIRROR_URL -> V[ctd.NAME] seconds; checks the content store holds every blob afterwards
+# rss KIND R WHO: WHO's peak RSS so far -> rss-KIND, MiB
+rss() { peak_rss "$3"; rec "rss-$1" "$3" "$2" "${V[rss.$3]:-}" MiB; }
+
+# ctr_fetch PHASE R WHO: a fresh containerd fetches bench/big:1 via hosts.toml pointing at
+# WHO -> ctd-PHASE, seconds; checks the content store holds every blob afterwards
 ctr_fetch() {
-    local name=$1 mirror=$2 who=${1%-*} certs="$E2E_DIR/certs-$1" t0 t1 have d
-    write_hosts_toml "$certs" docker.io "https://127.0.0.1:9" "$mirror"
+    local phase=$1 r=$2 who=$3 name="$3-$1" certs="$E2E_DIR/certs-$3-$1" t0 t1 have d ok=0
+    write_hosts_toml "$certs" docker.io "https://127.0.0.1:9" "${URL[$who]}"
     start_containerd "$name" || die "containerd $name did not start"
     t0=$EPOCHREALTIME
     if ! timeout 900 ctr -a "$CTD_SOCK" -n bench content fetch --hosts-dir "$certs" \
         docker.io/bench/big:1 >"$E2E_DIR/ctd-$name/fetch.log" 2>&1; then
-        bad "$who" "ctr content fetch ($name): $(tail -n 1 "$E2E_DIR/ctd-$name/fetch.log" | xargs)"
+        bad "$who" "ctr content fetch ($phase): $(tail -n 1 "$E2E_DIR/ctd-$name/fetch.log" | xargs)"
     else
         t1=$EPOCHREALTIME
         have=$(ctr -a "$CTD_SOCK" -n bench content ls -q 2>/dev/null)
-        local ok=0
         for d in "$BIG_MANIFEST" "$BIG_CONFIG" "${BIG_LAYERS[@]}"; do
-            grep -qxF "$d" <<<"$have" || { bad "$who" "ctr content fetch ($name): content store lacks $d"; ok=1; }
+            grep -qxF "$d" <<<"$have" || { bad "$who" "ctr content fetch ($phase): content store lacks $d"; ok=1; }
         done
-        [ $ok = 0 ] && V[ctd.$name]=$(secs "$t0" "$t1")
+        [ $ok = 0 ] && rec "ctd-$phase" "$who" "$r" "$(secs "$t0" "$t1")" s
     fi
     stop_containerd
     rm -rf "$E2E_DIR/ctd-$name/root" "$E2E_DIR/ctd-$name/state"
 }
 
-# containerd through fresh mirrors (cold, then warm), and straight from upstream
-fig_containerd() {
-    start_berth_as berth-ctd "$CTD_BERTH_PORT" "$CTD_ADMIN_PORT" "$DISK_MAX_OBJ" || die "berth (containerd run) did not start"
-    start_proxy_as proxy-ctd "$CTD_PROXY_PORT" || die "distribution proxy (containerd run) did not start"
-    local rep who
+# ---- runs --------------------------------------------------------------------------------
+# disk_run R: a fresh berth (big layers on disk only) and a fresh distribution proxy: cold
+# single GET, concurrent cold GETs, warm disk-tier GETs, manifests, then each one's peak RSS
+disk_run() {
+    local r=$1 b=berth-$1 p=proxy-$1
+    start_berth_as "$b" "$BERTH_PORT" "$ADMIN_PORT" "$DISK_MAX_OBJ" || die "berth (run $r) did not start"
+    start_proxy_as "$p" "$PROXY_PORT" || die "distribution proxy (run $r) did not start"
+    fig_cold_single "$r" "$b" "$p"
+    fig_concurrent "$r" "$b"
+    fig_concurrent "$r" "$p"
+    fig_concurrent "$r" nginx
+    fill_and_verify "$b"
+    fill_and_verify "$p"
+    fig_warm disk "$r" "$b" "$p" nginx
+    fig_manifests "$r" "$b" "$p"
+    rss disk "$r" "$b"; rss disk "$r" "$p"
+    stop_service "$b"; stop_service "$p"
+}
+
+# memory_run R: a fresh berth that keeps the big layers in memory: filled, verified (all
+# memory hits), warm memory-tier GETs beside nginx, peak RSS
+memory_run() {
+    local r=$1 b=berth-mem-$1 d mark
+    start_berth_as "$b" "$MEM_PORT" "$MEM_ADMIN_PORT" "$MEM_MAX_OBJ" || die "memory-tier berth (run $r) did not start"
+    for d in "${BIG_LAYERS[@]}"; do
+        check_blob "$b" "fill GET $d" "$(get_to "${URL[$b]}$(blob_path "$d")" /dev/null)"
+    done
+    mark=$(berth_mark "$b")
+    verify_blobs "$b" && { expect_tier "$b" "$mark" memory 4 "verifying GETs" || unset "VERIFIED[$b]"; }
+    fig_warm memory "$r" "$b" nginx
+    rss memory "$r" "$b"
+    stop_service "$b"
+}
+
+# containerd_run R: fresh mirrors; ctr content fetch through each, cold, then warm, and
+# straight from upstream each time; the mirrors' peak RSS
+containerd_run() {
+    local r=$1 b=berth-ctd-$1 p=proxy-ctd-$1 who
+    start_berth_as "$b" "$CTD_BERTH_PORT" "$CTD_ADMIN_PORT" "$DISK_MAX_OBJ" || die "berth (containerd run $r) did not start"
+    start_proxy_as "$p" "$CTD_PROXY_PORT" || die "distribution proxy (containerd run $r) did not start"
     sync
-    ctr_fetch upstream-cold "$UP_URL"
-    ctr_fetch berth-cold "${URL[berth-ctd]}"
-    ctr_fetch proxy-cold "${URL[proxy-ctd]}"
-    # warm: best of CTD_REPS, interleaved (containerd itself is the bottleneck and noisy)
-    for ((rep = 1; rep <= CTD_REPS; rep++)); do
-        for who in upstream berth proxy; do
-            unset "V[ctd.$who-warm]"
-            ctr_fetch "$who-warm" "${URL[$who-ctd]:-$UP_URL}"
-            [ -n "${V[ctd.$who-warm]:-}" ] || continue
-            V[ctd.$who-warm.best]=$(awk -v a="${V[ctd.$who-warm]}" -v b="${V[ctd.$who-warm.best]:-1e9}" 'BEGIN { print (a < b) ? a : b }')
-        done
-    done
-    peak_rss berth-ctd; peak_rss proxy-ctd
-    stop_service berth-ctd; stop_service proxy-ctd
-}
-
-# ---- the table -----------------------------------------------------------------------------
-ROWS=()
-# ratio A B -> "A/B" to 2 decimals, or "-" when either is missing
-ratio() { [ -n "$1" ] && [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }' || echo -; }
-# met OP LIMIT VALUE -> yes / no / n/a
-met() {
-    [ -n "$3" ] && [ "$3" != - ] || { echo n/a; return; }
-    awk -v v="$3" -v l="$2" -v op="$1" 'BEGIN { ok = (op == ">=") ? v >= l : (op == "<=") ? v <= l : v == l; print ok ? "yes" : "no" }'
-}
-both() { case "$1 $2" in *n/a*) echo n/a ;; "yes yes") echo yes ;; *) echo no ;; esac; }
-# row FIGURE BERTH PROXY REF RATIO TARGET MET
-row() { ROWS+=("$(printf '| %s | %s | %s | %s | %s | %s | %s |' "$1" "${2:--}" "${3:--}" "${4:--}" "${5:--}" "$6" "$7")"); }
-
-build_rows() {
-    local r r2 m m2
-    r=$(ratio "${V[cold.berth.gbps]:-}" "${V[cold.upstream.gbps]:-}")
-    row "cold single GET, GB/s (ref: direct upstream)" "${V[cold.berth.gbps]:-}" "${V[cold.proxy.gbps]:-}" \
-        "${V[cold.upstream.gbps]:-}" "$r" "≥ 0.9x" "$(met '>=' 0.9 "$r")"
-    local tier kind label
-    for tier in disk memory; do
-        for kind in seq par; do
-            label="warm GET, $tier tier, $([ $kind = seq ] && echo "sequential 4 layers" || echo "4 parallel, aggregate"), GB/s (ref: nginx)"
-            local b=${V[warm.$tier.$kind.berth]:-}
-            [ "$tier" = memory ] && b=${V[warm.$tier.$kind.berth-mem]:-}
-            local p=${V[warm.$tier.$kind.proxy]:-}
-            [ "$tier" = memory ] && p="(no memory tier)"
-            r=$(ratio "$b" "${V[warm.$tier.$kind.nginx]:-}")
-            row "$label" "$b" "$p" "${V[warm.$tier.$kind.nginx]:-}" "$r" "≥ 1.0x" "$(met '>=' 1.0 "$r")"
-        done
-    done
-    row "$CONCURRENT concurrent cold GETs of one layer: upstream GETs of it" "${V[conc.berth.gets]:-}" \
-        "${V[conc.proxy.gets]:-}" 1 - "exactly 1" "$(met '==' 1 "${V[conc.berth.gets]:-}")"
-    r=$(ratio "${V[conc.berth.s]:-}" "${V[cold.berth.s]:-}")
-    row "$CONCURRENT concurrent cold GETs of one layer: wall s (ref: one cold GET via berth)" "$(s3 "${V[conc.berth.s]:-}")" \
-        "$(s3 "${V[conc.proxy.s]:-}")" "$(s3 "${V[cold.berth.s]:-}")" "$r" "≤ 1.3x" "$(met '<=' 1.3 "$r")"
-    r=$(ratio "${V[man.tags.berth]:-}" "${V[man.tags.upstream]:-}")
-    r2=$(ratio "${V[man.tags.berth]:-}" "${V[man.tags.proxy]:-}")
-    m=$(met '>=' 2 "$r"); m2=$(met '>=' 10 "$r2")
-    row "manifest by tag, req/s (ref: direct upstream)" "${V[man.tags.berth]:-}" "${V[man.tags.proxy]:-}" \
-        "${V[man.tags.upstream]:-}" "$r" "≥ 2x ref; ≥ 10x proxy (got ${r2}x)" "$(both "$m" "$m2")"
-    r=$(ratio "${V[man.digests.berth]:-}" "${V[man.digests.upstream]:-}")
-    row "manifest by digest, req/s (ref: direct upstream)" "${V[man.digests.berth]:-}" "${V[man.digests.proxy]:-}" \
-        "${V[man.digests.upstream]:-}" "$r" "-" "-"
-    local lim=$((MEM_CAP_MIB + 64)) rb
-    rb=$(printf '%s\n' "${V[rss.berth]:-}" "${V[rss.berth-ctd]:-}" | sort -n | tail -n1)
-    r=$(ratio "$rb" "$MEM_CAP_MIB")
-    row "peak RSS MiB, berth memory_max_object=$DISK_MAX_OBJ (ref: memory_capacity)" "$rb" \
-        "$(printf '%s\n' "${V[rss.proxy]:-}" "${V[rss.proxy-ctd]:-}" | sort -n | tail -n1)" "$MEM_CAP_MIB" "$r" \
-        "≤ $lim MiB" "$(met '<=' "$lim" "$rb")"
-    r=$(ratio "${V[rss.berth-mem]:-}" "$MEM_CAP_MIB")
-    row "peak RSS MiB, berth memory_max_object=$MEM_MAX_OBJ (ref: memory_capacity)" "${V[rss.berth-mem]:-}" "" \
-        "$MEM_CAP_MIB" "$r" "≤ $lim MiB" "$(met '<=' "$lim" "${V[rss.berth-mem]:-}")"
-    r=$(ratio "${V[ctd.berth-cold]:-}" "${V[ctd.upstream-cold]:-}")
-    row "ctr content fetch bench/big:1, cold, s (ref: direct upstream)" "$(s3 "${V[ctd.berth-cold]:-}")" \
-        "$(s3 "${V[ctd.proxy-cold]:-}")" "$(s3 "${V[ctd.upstream-cold]:-}")" "$r" "-" "-"
-    r=$(ratio "${V[ctd.berth-warm.best]:-}" "${V[ctd.upstream-warm.best]:-}")
-    row "ctr content fetch bench/big:1, warm (best of $CTD_REPS), s (ref: direct upstream)" "$(s3 "${V[ctd.berth-warm.best]:-}")" \
-        "$(s3 "${V[ctd.proxy-warm.best]:-}")" "$(s3 "${V[ctd.upstream-warm.best]:-}")" "$r" "≤ 1.05x" "$(met '<=' 1.05 "$r")"
-}
-
-# report: the table, met/missed per target, notes, broken; to stdout and $OUT
-report() {
-    build_rows
-    local rev; rev=$(git -C "$E2E_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')
-    {
-        echo "# berth compare ($MODE mode), $(date -u +%FT%TZ)"
-        echo
-        echo "berth: \`$BERTH_BIN\` (repo HEAD $rev); $(nproc) cores; load average at start $LOAD0, at end $(cut -d' ' -f1-3 /proc/loadavg)."
-        echo "Layers: 4 x $LAYER_MIB MiB random bytes; $SMALL_IMAGES small images; wrk -t$WRK_THREADS -c$WRK_CONNS -d${WRK_SECS}s;" \
-            "warm figures best of $REPS; GB = 10^9 bytes; memory_capacity ${MEM_CAP_MIB}MiB."
-        echo
-        echo "| figure | berth | distr. proxy | reference | berth/ref | target | met? |"
-        echo "|---|---|---|---|---|---|---|"
-        printf '%s\n' "${ROWS[@]}"
-        echo
-        local line fig met
-        echo "Targets:"
-        for line in "${ROWS[@]}"; do
-            fig=$(awk -F' [|] ' '{ print $1 }' <<<"${line#| }")
-            met=$(awk -F' [|] ' '{ print $7 }' <<<"${line#| }" | sed 's/ |$//')
-            case $met in
-                yes) echo "- met: $fig" ;;
-                no) echo "- MISSED: $fig" ;;
-                n/a) echo "- not measured (see broken/notes): $fig" ;;
-            esac
-        done
-        if [ ${#NOTES[@]} -gt 0 ]; then echo; echo "Notes:"; printf -- '- %s\n' "${NOTES[@]}"; fi
-        if [ ${#BROKEN[@]} -gt 0 ]; then echo; echo "BROKEN:"; printf -- '- %s\n' "${BROKEN[@]}"; fi
-    } | tee "$OUT"
-    echo
-    echo "table written to $OUT"
+    for who in upstream "$b" "$p"; do ctr_fetch cold "$r" "$who"; done
+    for who in upstream "$b" "$p"; do ctr_fetch warm "$r" "$who"; done
+    rss ctd "$r" "$b"; rss ctd "$r" "$p"
+    stop_service "$b"; stop_service "$p"
 }
 
 # ---- main ------------------------------------------------------------------------------------
 main() {
-    local start=$SECONDS
-    LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
-    log "$MODE mode; scratch dir $E2E_DIR; berth $BERTH_BIN"
+    local start=$SECONDS r
+    : >"$RAW" || die "cannot write $RAW"
+    meta mode "$MODE" date "$(date -u +%FT%TZ)" berth_bin "$BERTH_BIN" \
+        rev "$(git -C "$E2E_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" \
+        cores "$(nproc)" load_start "$(cut -d' ' -f1-3 /proc/loadavg)" \
+        layer_mib "$LAYER_MIB" small_images "$SMALL_IMAGES" \
+        wrk "-t$WRK_THREADS -c$WRK_CONNS -d${WRK_SECS}s" disk_max_obj "$DISK_MAX_OBJ" mem_max_obj "$MEM_MAX_OBJ"
+    printf '{"meta":{"runs":%d,"concurrent":%d,"mem_cap_mib":%d}}\n' "$RUNS" "$CONCURRENT" "$MEM_CAP_MIB" >>"$RAW"
+    log "$MODE mode, $RUNS runs; scratch dir $E2E_DIR; berth $BERTH_BIN; raw measurements to $RAW"
     [ -x "$BERTH_BIN" ] || die "no berth binary at $BERTH_BIN (set BERTH_BIN)"
     setup_content
     start_nginx || die "nginx did not start (${LOGF[nginx]})"
-    start_berth_as berth "$BERTH_PORT" "$ADMIN_PORT" "$DISK_MAX_OBJ" || die "berth did not start"
-    start_proxy_as proxy "$PROXY_PORT" || die "distribution proxy did not start"
     verify_blobs nginx || die "nginx does not serve the upstream's blobs"
 
-    log "cold single GET ($((SECONDS - start))s)"
-    fig_cold_single
-    log "$CONCURRENT concurrent cold GETs ($((SECONDS - start))s)"
-    fig_concurrent berth
-    fig_concurrent proxy
-    fig_concurrent nginx
-    note "client floor for the $CONCURRENT-concurrent figure: nginx serving that blob warm (page cache, sendfile) to the same $CONCURRENT curl clients took $(s3 "${V[conc.nginx.s]:-}") s"
-    log "filling and verifying the disk tier ($((SECONDS - start))s)"
-    fill_and_verify berth
-    fill_and_verify proxy
-    log "warm GETs, disk tier ($((SECONDS - start))s)"
-    fig_warm disk berth proxy nginx
-    log "manifests ($((SECONDS - start))s)"
-    fig_manifests
-    peak_rss berth; peak_rss proxy
-    stop_service berth; stop_service proxy
-
-    log "memory tier ($((SECONDS - start))s)"
-    start_berth_as berth-mem "$MEM_PORT" "$MEM_ADMIN_PORT" "$MEM_MAX_OBJ" || die "memory-tier berth did not start"
-    local d mark
-    for d in "${BIG_LAYERS[@]}"; do
-        check_blob berth-mem "fill GET $d" "$(get_to "${URL[berth-mem]}$(blob_path "$d")" /dev/null)"
+    for ((r = 1; r <= RUNS; r++)); do
+        log "run $r of $RUNS: cold, concurrent, warm disk tier, manifests ($((SECONDS - start))s)"
+        disk_run "$r"
     done
-    mark=$(berth_mark berth-mem)
-    verify_blobs berth-mem && expect_tier berth-mem "$mark" memory 4 "verifying GETs"
-    fig_warm memory berth-mem nginx
-    peak_rss berth-mem
-    stop_service berth-mem
-
-    log "containerd ($((SECONDS - start))s)"
-    fig_containerd
+    for ((r = 1; r <= RUNS; r++)); do
+        log "run $r of $RUNS: memory tier ($((SECONDS - start))s)"
+        memory_run "$r"
+    done
+    for ((r = 1; r <= RUNS; r++)); do
+        log "run $r of $RUNS: containerd ($((SECONDS - start))s)"
+        containerd_run "$r"
+    done
     log "done in $((SECONDS - start))s"
-    report
+    meta load_end "$(cut -d' ' -f1-3 /proc/loadavg)" seconds "$((SECONDS - start))"
+
+    python3 "$HERE/report.py" "$RAW" --out "$OUT" || broken "report.py could not read $RAW"
+    echo
+    echo "table written to $OUT; raw measurements in $RAW"
     [ ${#BROKEN[@]} = 0 ]
 }
 
