@@ -12,6 +12,7 @@
 //! Shared vocabulary: [`config`], [`digest`], [`error`], [`secret`]. Client commands: [`cli`].
 
 pub mod api;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -48,8 +49,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the store and binds both listeners (port 0 picks a free port).
+    /// Loads what `config` names (`check::load`), opens the store and binds both listeners
+    /// (port 0 picks a free port).
     pub async fn start(config: &Config) -> Result<Server, Error> {
+        let loaded = check::load(config).map_err(|e| Error::Internal(e.to_string()))?;
+        Self::start_loaded(config, loaded).await
+    }
+
+    /// Opens the store and binds both listeners, with the files `check::load` read.
+    pub async fn start_loaded(config: &Config, loaded: check::Loaded) -> Result<Server, Error> {
+        let check::Loaded { certs, auth } = loaded;
         api::metrics::install();
         let store = Store::open(&config.storage)?;
         store.spawn_flusher(Duration::from_secs(30));
@@ -70,22 +79,12 @@ impl Server {
         };
         let registry_addr = registry.local_addr().map_err(Error::internal)?;
         let admin_addr = admin.local_addr().map_err(Error::internal)?;
-        let certs = match &config.server.tls {
-            Some((cert, key)) => Some(api::tls::Certs::load(cert, key)?),
-            None => None,
-        };
         let options = api::serve::Options {
             tls: certs.as_ref().map(|c| c.acceptor()),
             client_idle_timeout: config.server.client_idle_timeout,
             head_timeout: config.server.head_timeout,
             idle_timeout: config.server.idle_timeout,
             max_connections: config.server.max_connections,
-        };
-        let auth = match &config.auth {
-            Some(a) => {
-                Some(api::auth::ClientAuth::load(a.htpasswd_file.as_deref(), a.tokens_file.as_deref())?)
-            }
-            None => None,
         };
         let admin_state = api::admin::Admin { mirror: mirror.clone(), preheater: preheater.clone() };
         let router = api::registry_router(admin_state, auth.clone());

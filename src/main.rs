@@ -133,8 +133,8 @@ fn main() -> ExitCode {
 }
 
 fn check_config(path: PathBuf) -> ExitCode {
-    match berth::config::Config::load(&path) {
-        Ok(c) => {
+    match berth::check::load_file(&path) {
+        Ok((c, _)) => {
             println!("{}: ok", path.display());
             println!("  registry API on {}, admin on {}", c.server.listen, c.server.admin_listen);
             println!(
@@ -169,8 +169,8 @@ fn check_config(path: PathBuf) -> ExitCode {
 }
 
 fn serve(path: PathBuf) -> ExitCode {
-    let config = match berth::config::Config::load(&path) {
-        Ok(c) => c,
+    let (config, loaded) = match berth::check::load_file(&path) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("berth: {}: {e}", path.display());
             return ExitCode::FAILURE;
@@ -178,7 +178,7 @@ fn serve(path: PathBuf) -> ExitCode {
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {
-        let server = berth::Server::start(&config).await?;
+        let server = berth::Server::start_loaded(&config, loaded).await?;
         let reloads = async {
             use tokio::signal::unix::{signal, SignalKind};
             let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");

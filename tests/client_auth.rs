@@ -102,11 +102,12 @@ fn auth_with_peers_needs_a_peer_token_and_files_must_hold_someone() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("set token_file or token_env"), "{err}");
-    let err = berth::config::Config::parse(&format!("[auth]\ntokens_file = \"{dir}/empty\"\n{base}"))
-        .unwrap_err()
+    let err = berth::check::parse(&format!("[auth]\ntokens_file = \"{dir}/empty\"\n{base}"))
+        .err()
+        .unwrap()
         .to_string();
     assert!(err.contains("nobody could pull"), "{err}");
-    assert!(berth::config::Config::parse(&format!("[auth]\ntokens_file = \"{dir}/tokens\"\n{base}")).is_ok());
+    assert!(berth::check::parse(&format!("[auth]\ntokens_file = \"{dir}/tokens\"\n{base}")).is_ok());
 }
 
 #[test]

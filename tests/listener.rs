@@ -67,7 +67,8 @@ async fn mismatched_tls_files_are_a_config_error() {
          [[registry]]\nhost = \"docker.io\"\nendpoint = \"https://registry-1.docker.io\"\n",
         files.path().display()
     );
-    let err = berth::config::Config::parse(&text).unwrap_err().to_string();
+    assert!(berth::config::Config::parse(&text).is_ok(), "the syntax is right");
+    let err = berth::check::parse(&text).err().unwrap().to_string();
     assert!(err.contains("server.tls"), "{err}");
 }
 

@@ -252,12 +252,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         admin_token,
         shutdown_grace: p.duration("server.shutdown_grace", raw.server.shutdown_grace, "30s"),
         tls: match (raw.server.tls_cert_file, raw.server.tls_key_file) {
-            (Some(cert), Some(key)) => {
-                if let Err(e) = crate::api::tls::Certs::load(&cert, &key) {
-                    p.0.push(format!("server.tls: {e}"));
-                }
-                Some((cert, key))
-            }
+            (Some(cert), Some(key)) => Some((cert, key)),
             (None, None) => None,
             _ => {
                 p.0.push("server: tls_cert_file and tls_key_file go together".into());
@@ -338,22 +333,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
     }
     let peers = peers::validate(raw.peers, &mut p);
     let auth = raw.auth.map(|a| Auth { htpasswd_file: a.htpasswd_file, tokens_file: a.tokens_file });
-    if let Some(a) = &auth {
-        if let Err(e) =
-            crate::api::auth::ClientAuth::load(a.htpasswd_file.as_deref(), a.tokens_file.as_deref())
-        {
-            p.0.push(format!("auth: {e}"));
-        }
-    }
     Config { server, storage, tags, preheat, gc, pins, registries, peers, auth }
-}
-
-/// What went wrong, without the "internal error" a loader's error carries.
-fn cause(e: crate::error::Error) -> String {
-    match e {
-        crate::error::Error::Internal(m) => m,
-        e => e.to_string(),
-    }
 }
 
 fn placeholder_url() -> Url {

@@ -93,11 +93,6 @@ pub(super) fn validate(raw: Option<RawPeers>, p: &mut Checker) -> Option<Peers> 
     if token.is_none() && raw.token_file.is_none() && raw.token_env.is_none() {
         p.0.push("peers: set token_file or token_env: peers prove who they are with a shared token".into());
     }
-    if let Some(ca) = &raw.ca_file {
-        if let Err(e) = crate::source::outbound::extra_roots(ca) {
-            p.0.push(format!("peers.ca_file {}", super::cause(e)));
-        }
-    }
     Some(Peers {
         self_url: self_url?,
         static_peers,
@@ -187,41 +182,5 @@ mod tests {
         ] {
             assert!(err.contains(needle), "{needle:?} missing from:\n{err}");
         }
-    }
-
-    fn with_ca_file(path: &std::path::Path) -> String {
-        with_token();
-        format!(
-            "[peers]\nself = \"https://10.0.0.1\"\ndns = \"berth-peers:443\"\nca_file = {:?}\n{TOKEN}{BASE}",
-            path.display().to_string()
-        )
-    }
-
-    #[test]
-    fn a_ca_file_that_is_missing_or_holds_no_root_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("missing.pem");
-        let err = Config::parse(&with_ca_file(&missing)).unwrap_err().to_string();
-        assert!(err.contains(&format!("peers.ca_file {}:", missing.display())), "{err}");
-
-        let not_pem = dir.path().join("not.pem");
-        std::fs::write(&not_pem, "not a certificate\n").unwrap();
-        let err = Config::parse(&with_ca_file(&not_pem)).unwrap_err().to_string();
-        assert!(err.contains(&format!("peers.ca_file {}: no certificate", not_pem.display())), "{err}");
-
-        let not_der = dir.path().join("not-der.pem");
-        std::fs::write(&not_der, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
-        let err = Config::parse(&with_ca_file(&not_der)).unwrap_err().to_string();
-        assert!(err.contains(&format!("peers.ca_file {}:", not_der.display())), "{err}");
-    }
-
-    #[test]
-    fn a_ca_file_with_a_root_builds_the_peer_client() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = dir.path().join("ca.pem");
-        let root = rcgen::generate_simple_self_signed(vec!["berth-peer".into()]).unwrap();
-        std::fs::write(&ca, root.cert.pem()).unwrap();
-        let peers = Config::parse(&with_ca_file(&ca)).unwrap().peers.unwrap();
-        assert!(crate::source::peers::Peers::new(&peers).is_ok());
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use super::{cause, placeholder_url, Checker, Secret};
+use super::{placeholder_url, Checker, Secret};
 
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -116,11 +116,6 @@ pub(super) fn validate(raw: Vec<RawRegistry>, p: &mut Checker) -> (Vec<Registry>
         };
         if password.is_some() != r.username.is_some() {
             p.0.push(format!("{at}: username and a password go together"));
-        }
-        if let Some(ca) = &r.ca_file {
-            if let Err(e) = crate::source::outbound::extra_roots(ca) {
-                p.0.push(format!("{at}: ca_file {}", cause(e)));
-            }
         }
         p.fills(&format!("{at}.max_fills"), r.max_fills);
         registries.push(Registry {
