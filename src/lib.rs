@@ -9,7 +9,8 @@
 //! - [`source`]: where misses come from: the owning peer mirror, else the upstream registry
 //!   (auth, redirects, status mapping).
 //!
-//! Shared vocabulary: [`config`], [`digest`], [`error`], [`secret`]. Client commands: [`cli`].
+//! Shared vocabulary, below all of them: [`config`], [`error`], [`oci`], [`secret`]. Loading what
+//! a config names: [`check`]. Client commands: [`cli`]. `tests/architecture.rs` holds the direction.
 
 pub mod api;
 pub mod check;

@@ -9,9 +9,10 @@ use super::Mirror;
 use crate::error::Error;
 use crate::oci::digest::Digest;
 use crate::oci::range::RangeSpec;
+use crate::source::Fetched;
 use crate::source::Upstream;
 use crate::store::body::{self, BodyStream};
-use crate::store::fill::{Fill, FillState};
+use crate::store::fill::{self, Fill, FillState};
 use crate::store::Tier;
 
 /// A blob answer: the full length, the span served (`Some` for a 206), and the body for a GET.
@@ -118,14 +119,15 @@ impl Mirror {
         repo: &str,
         digest: &Digest,
         hop: bool,
-    ) -> futures::future::BoxFuture<'static, Result<crate::store::fill::Source, Error>> {
+    ) -> futures::future::BoxFuture<'static, Result<fill::Source, Error>> {
         let (upstream, repo, digest) = (upstream.clone(), repo.to_owned(), digest.clone());
         let owner = self.owner_of(&digest, hop);
         async move {
-            match owner {
+            let fetched = match owner {
                 Some((peers, owner)) => peers.blob(&owner, &upstream, &repo, &digest).await,
                 None => upstream.blob(&repo, &digest).await,
-            }
+            };
+            fetched.map(fill_source)
         }
         .boxed()
     }
@@ -169,4 +171,15 @@ impl Mirror {
             }
         }
     }
+}
+
+/// What a source answered, as the store's fill takes it.
+fn fill_source(f: Fetched) -> fill::Source {
+    let resume = f.resume.map(|resume| -> fill::Resume {
+        Box::new(move |offset| {
+            let rest = resume(offset);
+            async move { rest.await.map(|r| fill::Resumed { body: r.body, skip: r.skip }) }.boxed()
+        })
+    });
+    fill::Source { len: f.len, body: f.body, resume, rejected: f.rejected, hold: f.hold, floor: f.floor }
 }

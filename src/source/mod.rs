@@ -11,12 +11,43 @@ pub mod upstream;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use tokio::sync::Semaphore;
 
-use crate::config::{Config, Registry, WILDCARD_MAX_FILLS};
+use crate::config::{Config, MinRate, Registry, WILDCARD_MAX_FILLS};
 use crate::error::Error;
 use upstream::FillTurns;
 pub use upstream::Upstream;
+
+/// A body as a source sends it.
+pub type Body = BoxStream<'static, Result<Bytes, Error>>;
+
+/// A blob as a source answered it, with what a fill needs to go on after a cut.
+pub struct Fetched {
+    /// The announced length, when the source sent one.
+    pub len: Option<u64>,
+    pub body: Body,
+    /// How to continue after the body is cut; without it a cut fails the fill.
+    pub resume: Option<Resume>,
+    /// To call when the content fails verification (a peer that sent wrong bytes).
+    pub rejected: Option<Box<dyn FnOnce() + Send + Sync>>,
+    /// To keep until the fill ends (a turn among the fills the registry allows at once).
+    pub hold: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// The slowest the body (and any resumed rest) may arrive; below it, it counts as cut.
+    pub floor: Option<MinRate>,
+}
+
+/// Asks the source for the rest of a body from a byte offset.
+pub type Resume = Box<dyn Fn(u64) -> BoxFuture<'static, Result<Resumed, Error>> + Send + Sync>;
+
+/// The rest of a body after a cut: bytes from some offset, of which `skip` are already held
+/// (a server that ignores Range sends everything again).
+pub struct Resumed {
+    pub body: Body,
+    pub skip: u64,
+}
 
 /// The configured registries by the name clients use (`?ns=`).
 pub struct Upstreams {

@@ -13,10 +13,10 @@ use url::Url;
 use super::auth::{parse_challenge, Challenge, TokenCache};
 use super::public::Guard;
 use super::status::{check, check_passthrough};
+use super::{Fetched, Resume, Resumed};
 use crate::config::{MinRate, Registry, Secret};
 use crate::error::Error;
 use crate::oci::digest::Digest;
-use crate::store::fill::{Resume, Resumed, Source};
 
 /// Manifests larger than this are refused, as clients refuse them.
 pub const MAX_MANIFEST: u64 = 4 * 1024 * 1024;
@@ -271,17 +271,17 @@ impl Upstream {
     }
 
     /// GET a blob as a stream for a fill.
-    /// A fill resumes a cut body through `Source::resume`, which asks for the rest with Range.
+    /// A fill resumes a cut body through `Fetched::resume`, which asks for the rest with Range.
     /// Waits for a turn first (see `turn`); the fill holds it until it ends, and its body is
     /// held to the registry's floor.
-    pub async fn blob(self: &Arc<Self>, repo: &str, digest: &Digest) -> Result<Source, Error> {
+    pub async fn blob(self: &Arc<Self>, repo: &str, digest: &Digest) -> Result<Fetched, Error> {
         let turn = self.turn().await?;
         let resp =
             self.send(Method::GET, &format!("/v2/{repo}/blobs/{digest}"), repo, HeaderMap::new()).await?;
         let resp = check(resp, Error::BlobUnknown).await?;
         let len = resp.content_length();
         let body = self.body_of(resp);
-        Ok(Source {
+        Ok(Fetched {
             len,
             body,
             resume: Some(self.resume(repo, digest)),

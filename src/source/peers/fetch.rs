@@ -13,8 +13,8 @@ use crate::error::Error;
 use crate::oci::accept::AcceptClass;
 use crate::oci::digest::Digest;
 use crate::source::upstream::{read_manifest, unavailable, FetchedManifest};
+use crate::source::Fetched;
 use crate::source::Upstream;
-use crate::store::fill::Source;
 
 impl Peers {
     /// A request to `peer` as a peer: with the hop marker and the peer token.
@@ -77,7 +77,7 @@ impl Peers {
         upstream: &Arc<Upstream>,
         repo: &str,
         digest: &Digest,
-    ) -> Result<Source, Error> {
+    ) -> Result<Fetched, Error> {
         let resp = match self.ask(owner, &upstream.host, &format!("/v2/{repo}/blobs/{digest}"), None).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {
@@ -103,7 +103,7 @@ impl Peers {
             Box::new(move || peers.mark_down(&peer, "sent content that does not match its digest"));
         // A peer is held to the registry's floor too: below it, the rest comes from upstream.
         let floor = Some(upstream.floor());
-        Ok(Source { len, body, resume: Some(resume), rejected: Some(rejected), hold: None, floor })
+        Ok(Fetched { len, body, resume: Some(resume), rejected: Some(rejected), hold: None, floor })
     }
 
     /// A manifest by digest: from the owner when it sends the right bytes, else from upstream.

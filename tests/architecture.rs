@@ -1,0 +1,178 @@
+//! The dependency direction, checked on the source: data flows
+//! api → preheat → registry → store | source → config → error → oci | secret,
+//! and no module imports one at its own level or above it (store and source know nothing of
+//! each other; api and cli neither). The crate root (lib.rs, main.rs, check.rs) wires them
+//! together and may import any of them.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// Each top-level module's level: a module may import only modules of a lower level.
+const LEVELS: &[(&str, u8)] = &[
+    ("oci", 0),
+    ("secret", 0),
+    ("error", 1),
+    ("config", 2),
+    ("store", 3),
+    ("source", 3),
+    ("registry", 4),
+    ("preheat", 5),
+    ("api", 6),
+    ("cli", 6),
+    ("check", 7),
+];
+
+fn level(module: &str) -> Option<u8> {
+    LEVELS.iter().find(|(m, _)| *m == module).map(|(_, l)| *l)
+}
+
+/// The top-level module a file under `src/` belongs to; None for the crate root's files.
+fn module_of(relative: &Path) -> Option<String> {
+    let first = relative.components().next()?.as_os_str().to_str()?;
+    let name = first.strip_suffix(".rs").unwrap_or(first);
+    (!matches!(name, "lib" | "main")).then(|| name.to_owned())
+}
+
+/// The module path of a file (`src/a/b.rs` → [a, b], `src/a/mod.rs` → [a]).
+fn module_path(relative: &Path) -> Vec<String> {
+    let mut parts: Vec<String> =
+        relative.iter().map(|c| c.to_string_lossy().trim_end_matches(".rs").to_owned()).collect();
+    if matches!(parts.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+        parts.pop();
+    }
+    parts
+}
+
+/// Code without comments: `//` to the end of the line (doc comments included).
+fn code_of(text: &str) -> String {
+    text.lines().map(|l| l.find("//").map_or(l, |i| &l[..i])).collect::<Vec<_>>().join("\n")
+}
+
+/// The top-level modules a file's code names: `crate::m`, each `m` of `crate::{m::…, …}`,
+/// and `super::…` chains that climb to the crate root.
+fn imports(relative: &Path, text: &str) -> BTreeSet<String> {
+    let code = code_of(text);
+    let mut named = BTreeSet::new();
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("crate::") {
+        let after = &rest[i + "crate::".len()..];
+        let boundary = i == 0 || !rest[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_');
+        if boundary {
+            if let Some(group) = after.strip_prefix('{') {
+                named.extend(top_level_items(group));
+            } else {
+                named.insert(ident(after));
+            }
+        }
+        rest = after;
+    }
+    let depth = module_path(relative).len();
+    for (i, _) in code.match_indices("super::") {
+        if code[..i].ends_with("super::") {
+            continue;
+        }
+        let mut after = &code[i..];
+        let mut climbs = 0;
+        while let Some(next) = after.strip_prefix("super::") {
+            climbs += 1;
+            after = next;
+        }
+        // A chain as long as the file's module path reaches the crate root.
+        if climbs >= depth {
+            named.insert(ident(after));
+        }
+    }
+    named.retain(|m| level(m).is_some());
+    named
+}
+
+fn ident(s: &str) -> String {
+    s.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()
+}
+
+/// The first path segment of each item of a `{…}` use group, up to its closing brace.
+fn top_level_items(group: &str) -> Vec<String> {
+    let (mut items, mut depth, mut start) = (Vec::new(), 0, true);
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => break,
+            '}' => depth -= 1,
+            ',' if depth == 0 => start = true,
+            c if start && (c.is_alphanumeric() || c == '_') => {
+                items.push(ident(&group[i..]));
+                start = false;
+            }
+            _ => {}
+        }
+    }
+    items
+}
+
+/// What a file imports against the direction, as "module → module" lines.
+fn violations(relative: &Path, text: &str) -> Vec<String> {
+    let Some(module) = module_of(relative) else { return Vec::new() };
+    let own =
+        level(&module).unwrap_or_else(|| panic!("src/{}: module {module} has no level", relative.display()));
+    imports(relative, text)
+        .into_iter()
+        .filter(|m| *m != module && level(m).is_some_and(|l| l >= own))
+        .map(|m| format!("src/{}: {module} imports {m}", relative.display()))
+        .collect()
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn no_module_imports_one_at_its_level_or_above() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    assert!(files.len() > 20, "found only {} files under {}", files.len(), src.display());
+    let found: Vec<String> = files
+        .iter()
+        .flat_map(|f| violations(f.strip_prefix(&src).unwrap(), &std::fs::read_to_string(f).unwrap()))
+        .collect();
+    assert!(found.is_empty(), "imports against the direction:\n{}", found.join("\n"));
+}
+
+#[test]
+fn every_top_level_module_has_a_level() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    for line in code_of(&lib).lines() {
+        let line = line.trim();
+        if let Some(m) = line.strip_prefix("pub mod ").or_else(|| line.strip_prefix("mod ")) {
+            let m = m.trim_end_matches(';');
+            assert!(level(m).is_some(), "module {m} (lib.rs) has no level in LEVELS");
+        }
+    }
+}
+
+#[test]
+fn the_checker_sees_upward_and_sideways_imports() {
+    let upward = violations(Path::new("store/fill.rs"), "use crate::registry::Mirror;");
+    assert_eq!(upward, ["src/store/fill.rs: store imports registry"]);
+    let grouped = violations(Path::new("config/mod.rs"), "use crate::{error::Error, api::auth::ClientAuth};");
+    assert_eq!(grouped, ["src/config/mod.rs: config imports api"]);
+    let sideways = violations(Path::new("source/peers/fetch.rs"), "let s: crate::store::fill::Source;");
+    assert_eq!(sideways, ["src/source/peers/fetch.rs: source imports store"]);
+    let climbed = violations(Path::new("oci/digest.rs"), "use super::super::error::Error;");
+    assert_eq!(climbed, ["src/oci/digest.rs: oci imports error"]);
+    let commented = violations(
+        Path::new("store/mod.rs"),
+        "// see crate::registry::Mirror\nuse crate::oci::digest::Digest;",
+    );
+    assert!(commented.is_empty(), "{commented:?}");
+    let downward = violations(Path::new("api/admin.rs"), "use crate::{registry::Mirror, store::meta::Pin};");
+    assert!(downward.is_empty(), "{downward:?}");
+}
