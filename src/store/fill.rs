@@ -8,7 +8,6 @@
 //! - a follower's stream ends cleanly only after verification, otherwise with an error.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +17,8 @@ use futures::stream::BoxStream;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, watch};
 
+use super::tier::disk::DiskWriter;
+use super::tier::Verified;
 use super::Store;
 use crate::config::MinRate;
 use crate::digest::Digest;
@@ -278,28 +279,16 @@ async fn lead(
     // clients get the rest from the source, so that temp files stay within the capacity too.
     let mut no_room = false;
     let (disk, d) = (store.disk.clone(), digest.clone());
-    let made = blocking(move || {
-        let (file, temp) = disk.temp(&d)?;
-        // Sized up front so that followers read it through one mapping as it fills.
-        let map = match len {
-            Some(len) => {
-                file.set_len(len)?;
-                Some(super::disk::map(&file, len)?)
-            }
-            None => None,
-        };
-        Ok((file, temp, map))
-    })
-    .await;
-    let (file, temp, map) = match (made, &resume) {
-        (Ok(made), _) => made,
+    let made = blocking(move || DiskWriter::begin(&disk, &d, len)).await;
+    let writer = match (made, &resume) {
+        (Ok(writer), _) => writer,
         (Err(e), Some(resume)) => {
             let why = format!("disk tier cannot make a temp file: {e}");
             return pass_through(fill, None, None, 0, len, resume.clone(), why).await;
         }
         (Err(e), None) => return Err(e),
     };
-    let file = Arc::new(file);
+    let (file, map) = (writer.file().0.clone(), writer.file().1.cloned());
     let streaming = FillState::Streaming { file: file.clone(), map: map.clone(), len, written: 0 };
     fill.state.send_replace(streaming);
 
@@ -309,8 +298,8 @@ async fn lead(
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     let (hash_tx, hash_rx) = mpsc::channel::<Bytes>(8);
     let writer = {
-        let (file, fill) = (file.clone(), fill.clone());
-        tokio::task::spawn_blocking(move || write_loop(rx, &file, &fill))
+        let fill = fill.clone();
+        tokio::task::spawn_blocking(move || write_loop(rx, writer, &fill))
     };
     let hasher = tokio::task::spawn_blocking(move || hash_loop(hash_rx, keep));
 
@@ -389,7 +378,8 @@ async fn lead(
     }
     .await;
     drop((tx, hash_tx));
-    let (written, write_error) = writer.await.map_err(Error::internal)?;
+    let (writer, write_error) = writer.await.map_err(Error::internal)?;
+    let written = writer.written_len();
     let (hash, memory) = hasher.await.map_err(Error::internal)?;
     let disk_trouble = match (&write_error, no_room) {
         (Some(e), _) => Some(format!("disk tier cannot write: {e}")),
@@ -400,12 +390,7 @@ async fn lead(
         // What is written is good; clients get the rest from the source.
         let (file, map) = (Some(file), map);
         let done = pass_through(fill, file, map, written, len, resume.clone(), why).await;
-        let disk = store.disk.clone();
-        blocking(move || {
-            disk.remove_temp(&temp);
-            Ok(())
-        })
-        .await?;
+        drop_off_thread(writer).await?;
         return done;
     }
     let written = match write_error {
@@ -418,44 +403,37 @@ async fn lead(
         if let Some(l) = len.filter(|&l| l != written) {
             return Err(Error::Integrity(format!("{digest}: got {written} of {l} bytes")));
         }
-        let actual = Digest::from_hash(hash);
-        if actual != digest {
-            return Err(Error::Integrity(format!("{digest}: content hashes to {actual}")));
-        }
-        Ok((written, memory))
+        Ok((Verified::check(&digest, hash, written)?, memory))
     });
-    let (written, memory) = match verified {
+    let (proof, memory) = match verified {
         Ok(v) => v,
         Err(e) => {
             if let (Error::Integrity(_), Some(rejected)) = (&e, rejected) {
                 rejected();
             }
-            let disk = store.disk.clone();
-            blocking(move || {
-                disk.remove_temp(&temp);
-                Ok(())
-            })
-            .await?;
+            drop_off_thread(writer).await?;
             return Err(e);
         }
     };
+    let written = proof.len();
 
     // Verified: publish to memory, then let every follower finish, then publish to disk.
     if let Some(bytes) = memory {
         store.memory.insert(digest.clone(), bytes.freeze()).await;
     }
     store.mark_checked(&digest);
-    fill.state.send_replace(FillState::Verified { file: file.clone(), map, len: written });
-    let (disk, meta) = (store.disk.clone(), store.meta.clone());
+    fill.state.send_replace(FillState::Verified { file, map, len: written });
+    let meta = store.meta.clone();
     blocking(move || {
         let outcome = if keep_on_disk { "stored" } else { "uncached" };
         metrics::counter!("berth_fills_total", "outcome" => outcome).increment(1);
+        let mut writer = writer;
+        writer.set_room(room);
         if !keep_on_disk {
             tracing::warn!(%digest, bytes = written, "disk tier full of pinned or in-use content: served without caching");
-            disk.remove_temp(&temp);
-        } else if let Err(e) = disk.publish(&file, &temp, &digest, Some(room)) {
+        } else if let Err(e) = writer.commit_blocking(&proof) {
+            // The writer, dropped uncommitted, has removed its temp file.
             tracing::warn!(%digest, error = %e, "verified blob not stored on disk");
-            disk.remove_temp(&temp);
         } else if let Err(e) = meta.record_blob(&digest, written, None) {
             tracing::warn!(%digest, error = %e, "blob stored without metadata");
         }
@@ -490,22 +468,21 @@ async fn room_for(store: &Store, room: &mut super::disk::Reservation, digest: &D
     false
 }
 
-/// Runs on a blocking thread: writes each batch, then tells followers. Returns the length
-/// written, and the error that stopped it, if one did.
-fn write_loop(mut rx: mpsc::Receiver<Bytes>, file: &File, fill: &Fill) -> (u64, Option<Error>) {
-    let mut offset: u64 = 0;
+/// Runs on a blocking thread: writes each batch, then tells followers. Returns the writer,
+/// and the error that stopped it, if one did.
+fn write_loop(mut rx: mpsc::Receiver<Bytes>, writer: DiskWriter, fill: &Fill) -> (DiskWriter, Option<Error>) {
     while let Some(buf) = rx.blocking_recv() {
-        if let Err(e) = file.write_all_at(&buf, offset) {
-            return (offset, Some(Error::Internal(format!("writing blob: {e}"))));
+        if let Err(e) = writer.append_blocking(&buf) {
+            return (writer, Some(Error::Internal(format!("writing blob: {e}"))));
         }
-        offset += buf.len() as u64;
+        let offset = writer.written_len();
         fill.state.send_modify(|s| {
             if let FillState::Streaming { written, .. } = s {
                 *written = offset;
             }
         });
     }
-    (offset, None)
+    (writer, None)
 }
 
 /// Serves the fill's clients from the source from here on: the state becomes `PassThrough`
@@ -540,6 +517,15 @@ fn hash_loop(mut rx: mpsc::Receiver<Bytes>, keep: Option<usize>) -> ([u8; 32], O
         }
     }
     (hasher.finalize().into(), memory)
+}
+
+/// Drops an uncommitted writer (removing its temp file) on a blocking thread.
+async fn drop_off_thread(writer: DiskWriter) -> Result<(), Error> {
+    blocking(move || {
+        drop(writer);
+        Ok(())
+    })
+    .await
 }
 
 async fn blocking<T: Send + 'static>(
