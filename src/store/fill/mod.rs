@@ -17,6 +17,8 @@ mod pass;
 mod publish;
 mod pump;
 pub(crate) use pump::skip_held;
+#[cfg(test)]
+mod tests;
 mod write;
 
 use std::fs::File;
