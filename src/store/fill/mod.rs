@@ -16,10 +16,11 @@ mod lead;
 mod pass;
 mod publish;
 mod pump;
-pub(crate) use pump::skip_held;
 #[cfg(test)]
 mod tests;
 mod write;
+
+pub(crate) use pump::skip_held;
 
 use std::fs::File;
 use std::sync::Arc;
