@@ -200,7 +200,8 @@ async fn a_fill_every_client_left_before_its_source_answered_is_given_up() {
     let failed = tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| matches!(s, FillState::Failed(_))));
     failed.await.expect("given up").unwrap();
     assert!(given_up.load(Ordering::Relaxed), "the fetch is dropped");
-    assert_eq!(store.fills_in_flight(), 0);
+    // The fill leaves the in-flight map just after it is failed.
+    until(|| store.fills_in_flight() == 0).await;
     nothing_kept(&store, &d);
 }
 
@@ -222,11 +223,15 @@ async fn a_fill_outlives_clients_that_leave_after_its_source_answered() {
     let verified = tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| matches!(s, FillState::Verified { .. })));
     verified.await.expect("verified").unwrap();
     drop(state);
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while store.disk.len(&d).unwrap().is_none() {
+    until(|| store.disk.len(&d).unwrap().is_some()).await;
+}
+
+/// Waits (10 s at most) until `done`.
+async fn until(done: impl Fn() -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        while !done() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    })
-    .await
-    .expect("published with nobody reading");
+    });
+    waited.await.expect("in time");
 }
