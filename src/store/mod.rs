@@ -199,7 +199,7 @@ impl Store {
         let media_type = media_type.map(str::to_owned);
         tokio::task::spawn_blocking(move || {
             if !on_disk {
-                disk.put(&d, &bytes, room).map_err(Error::internal)?;
+                write_verified(&disk, &d, &bytes, room)?;
             }
             meta.record_blob(&d, bytes.len() as u64, media_type.as_deref())
         })
@@ -224,4 +224,14 @@ impl Store {
             }
         });
     }
+}
+
+/// On a blocking thread: writes verified `bytes` as the disk blob for `digest` (used for
+/// manifests), within `room`: through a tier write, committed with the proof of the hash.
+fn write_verified(disk: &Arc<DiskTier>, digest: &Digest, bytes: &[u8], room: disk::Reservation) -> Result<(), Error> {
+    let proof = tier::Verified::of(digest, bytes)?;
+    let mut writer = tier::disk::DiskWriter::begin(disk, digest, None).map_err(Error::internal)?;
+    writer.set_room(room);
+    writer.append_blocking(bytes).map_err(Error::internal)?;
+    writer.commit_blocking(&proof).map_err(Error::internal)
 }

@@ -24,6 +24,7 @@ use std::io;
 use std::ops::Range;
 
 use bytes::Bytes;
+use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 use crate::digest::Digest;
@@ -60,9 +61,7 @@ impl Verified {
     }
 
     /// Hashes whole content and compares it with `digest`.
-    #[cfg(test)]
     pub(crate) fn of(digest: &Digest, bytes: &[u8]) -> Result<Verified, Error> {
-        use sha2::{Digest as _, Sha256};
         Verified::check(digest, Sha256::digest(bytes).into(), bytes.len() as u64)
     }
 
