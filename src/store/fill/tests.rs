@@ -18,11 +18,15 @@ use crate::store::body::{self, BodyStream};
 use crate::store::Store;
 
 fn open(dir: &tempfile::TempDir) -> Arc<Store> {
+    open_with(dir, 64 << 20)
+}
+
+fn open_with(dir: &tempfile::TempDir, disk_capacity: u64) -> Arc<Store> {
     Store::open(&Storage {
         dir: dir.path().to_owned(),
         memory_capacity: 16 << 20,
         memory_max_object: 64 << 10,
-        disk_capacity: 64 << 20,
+        disk_capacity,
         max_fills: 4,
         max_blob_size: 32 << 20,
     })
@@ -51,6 +55,14 @@ fn resending(whole: Bytes, resumes: Arc<AtomicU32>) -> Resume {
         resumes.fetch_add(1, Ordering::Relaxed);
         let body = stream::iter(chunks(&whole, 100_000, None)).boxed();
         async move { Ok(Resumed { body, skip: from }) }.boxed()
+    })
+}
+
+/// A source that honours Range: each resume sends `whole` from the offset asked for.
+fn ranged(whole: Bytes) -> Resume {
+    Box::new(move |from| {
+        let body = stream::iter(chunks(&whole.slice(from as usize..), 100_000, None)).boxed();
+        async move { Ok(Resumed { body, skip: 0 }) }.boxed()
     })
 }
 
@@ -234,4 +246,27 @@ async fn until(done: impl Fn() -> bool) {
         }
     });
     waited.await.expect("in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_announced_beyond_the_disk_passes_through_verified_and_is_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with(&dir, 1 << 20);
+    let bytes = content(3 << 19);
+    let d = Digest::of(&bytes);
+    let len = bytes.len() as u64;
+    let mut src = source(Some(len), chunks(&bytes, 100_000, None));
+    src.resume = Some(ranged(bytes.clone()));
+    let fill = start(&store, &d, src);
+    assert_eq!(drain(body::follow(fill.clone(), 0, Some(len))).await.unwrap(), bytes);
+    let mut wrong = bytes.to_vec();
+    wrong[1000] ^= 1;
+    let mut src = source(Some(len), Vec::new());
+    src.resume = Some(ranged(wrong.into()));
+    settled(&fill).await;
+    let fill = start(&store, &d, src);
+    assert!(drain(body::follow(fill.clone(), 0, Some(len))).await.is_err(), "wrong bytes passed through are cut");
+    settled(&fill).await;
+    nothing_kept(&store, &d);
+    assert_eq!(store.uncached(), 2);
 }
