@@ -38,7 +38,7 @@ impl Mirror {
         let upstream = &self.upstreams.get(ns)?;
         // Confirmed before the tiers are read: a refused request does not count as a read
         // (which would keep the blob in use).
-        if !self.provenance.knows(&upstream.host, digest).await && self.store.holds(digest) {
+        if !self.provenance.knows(&upstream.host, digest).await && self.store.holds(digest).await {
             self.confirm_blob(upstream, repo, digest).await?;
         }
         if let Some(hit) = self.store.get(digest).await? {

@@ -83,7 +83,7 @@ impl Mirror {
         // Confirmed before the tiers are read: a refused request does not count as a read.
         if asked == Asked::ByDigest
             && !self.provenance.knows(&upstream.host, digest).await
-            && self.store.holds(digest)
+            && self.store.holds(digest).await
         {
             self.confirm_manifest(upstream, repo, digest).await?;
         }

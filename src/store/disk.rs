@@ -234,17 +234,6 @@ impl DiskTier {
         }
     }
 
-    /// Writes verified `bytes` as the blob for `digest` (used for manifests), within `room`.
-    pub fn put(&self, digest: &Digest, bytes: &[u8], room: Reservation) -> io::Result<()> {
-        use std::io::Write;
-        let (mut file, temp) = self.temp(digest)?;
-        let result = file.write_all(bytes).and_then(|_| self.publish(&file, &temp, digest, Some(room)));
-        if result.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        result
-    }
-
     pub fn remove_temp(&self, temp: &Path) {
         if let Err(e) = fs::remove_file(temp) {
             tracing::warn!(path = %temp.display(), error = %e, "could not remove temp file");

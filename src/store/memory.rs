@@ -8,7 +8,7 @@ use crate::oci::digest::Digest;
 
 #[derive(Clone)]
 pub struct MemoryTier {
-    cache: Cache<Digest, Bytes>,
+    pub(super) cache: Cache<Digest, Bytes>,
     max_object: u64,
     capacity: u64,
 }

@@ -9,6 +9,7 @@ pub mod memory;
 pub mod meta;
 mod pace;
 pub mod passthrough;
+pub(crate) mod tier;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,7 @@ use disk::DiskTier;
 use fill::Fill;
 use memory::MemoryTier;
 use meta::Meta;
+use tier::Tiered;
 
 /// Which part of berth answered a request (the request log's `tier`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,15 +59,16 @@ pub struct Hit {
 pub type Evict = Arc<dyn Fn(u64) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 pub struct Store {
+    /// The tiers below, for inspection, preheat and the collector; look-ups go through
+    /// `tiers`.
     pub memory: MemoryTier,
     pub disk: Arc<DiskTier>,
+    /// Memory in front of disk: look-up order, promotion, first-hit checks.
+    tiers: Tiered<Arc<DiskTier>>,
     pub meta: Arc<Meta>,
     inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
     /// Blobs being sent to clients now, with how many bodies read each.
     readers: Arc<Mutex<HashMap<Digest, usize>>>,
-    /// Disk blobs whose content was checked against the digest since startup (written by a
-    /// fill here, or hashed on their first hit).
-    checked: Mutex<std::collections::HashSet<Digest>>,
     /// Asked for room when a fill's reservation cannot grow.
     evict: std::sync::OnceLock<Evict>,
     /// `storage.max_blob_size`: a fill announced or grown past it fails.
@@ -97,13 +100,14 @@ impl Store {
         let disk = DiskTier::open(&cfg.dir, cfg.disk_capacity)
             .map_err(|e| Error::Internal(format!("opening {}: {e}", cfg.dir.display())))?;
         let meta = Meta::open(&cfg.dir.join("v1").join("meta.redb"))?;
+        let (memory, disk) = (MemoryTier::new(cfg.memory_capacity, cfg.memory_max_object), Arc::new(disk));
         Ok(Arc::new(Store {
-            memory: MemoryTier::new(cfg.memory_capacity, cfg.memory_max_object),
-            disk: Arc::new(disk),
+            tiers: Tiered::new(memory.clone(), disk.clone()),
+            memory,
+            disk,
             meta: Arc::new(meta),
             inflight: Mutex::new(HashMap::new()),
             readers: Arc::new(Mutex::new(HashMap::new())),
-            checked: Mutex::new(std::collections::HashSet::new()),
             evict: std::sync::OnceLock::new(),
             max_blob_size: cfg.max_blob_size,
             uncached: Default::default(),
@@ -156,60 +160,22 @@ impl Store {
 
     /// Notes that the disk copy of `digest` is known to match it.
     pub fn mark_checked(&self, digest: &Digest) {
-        self.checked.lock().expect("checked lock").insert(digest.clone());
+        self.tiers.mark_checked(digest);
     }
 
     /// Whether a tier holds `digest` (without reading it or counting an access).
-    pub fn holds(&self, digest: &Digest) -> bool {
-        self.memory.contains(digest) || matches!(self.disk.len(digest), Ok(Some(_)))
+    pub async fn holds(&self, digest: &Digest) -> bool {
+        self.tiers.holds(digest).await
     }
 
-    /// Looks in memory, then on disk. A disk hit small enough for memory is promoted.
-    /// A disk blob is hashed on its first hit after startup; one that does not match its
-    /// digest (damaged on disk) is deleted and answered as a miss, so it is fetched again.
+    /// Looks in memory, then on disk (see `Tiered::get`): a disk hit small enough for memory
+    /// is promoted, and a damaged disk blob is a miss. A hit counts as an access.
     pub async fn get(&self, digest: &Digest) -> Result<Option<Hit>, Error> {
-        if let Some(bytes) = self.memory.get(digest).await {
+        let hit = self.tiers.get(digest).await;
+        if hit.is_some() {
             self.meta.touch(digest);
-            return Ok(Some(Hit { tier: Tier::Memory, bytes }));
         }
-        let (disk, d) = (self.disk.clone(), digest.clone());
-        let admits = self.memory.max_object();
-        let checked = self.checked.lock().expect("checked lock").contains(digest);
-        let found = tokio::task::spawn_blocking(move || {
-            let mapped = disk.get_mapped(&d)?;
-            if let Some(m) = mapped.as_ref().filter(|_| !checked) {
-                if Digest::of(m) != d {
-                    tracing::warn!(digest = %d, "damaged blob on disk: deleted, will be fetched again");
-                    disk.remove(&d)?;
-                    return Ok(None);
-                }
-            }
-            // A copy for the memory tier, made off the async workers.
-            Ok::<_, std::io::Error>(mapped.map(|m| {
-                let copy = (m.len() as u64 <= admits).then(|| Bytes::copy_from_slice(&m));
-                (m, copy)
-            }))
-        })
-        .await
-        .map_err(Error::internal)?;
-        match found {
-            Ok(Some((mapped, copy))) => {
-                if !checked {
-                    self.mark_checked(digest);
-                }
-                self.meta.touch(digest);
-                if let Some(copy) = copy {
-                    self.memory.insert(digest.clone(), copy.clone()).await;
-                    return Ok(Some(Hit { tier: Tier::Disk, bytes: copy }));
-                }
-                Ok(Some(Hit { tier: Tier::Disk, bytes: mapped }))
-            }
-            Ok(None) => Ok(None),
-            Err(e) => {
-                tracing::warn!(%digest, error = %e, "disk tier read failed; treating as a miss");
-                Ok(None)
-            }
-        }
+        Ok(hit)
     }
 
     /// Stores a verified manifest (or other small content) in both tiers; on disk only when
@@ -233,7 +199,7 @@ impl Store {
         let media_type = media_type.map(str::to_owned);
         tokio::task::spawn_blocking(move || {
             if !on_disk {
-                disk.put(&d, &bytes, room).map_err(Error::internal)?;
+                write_verified(&disk, &d, &bytes, room)?;
             }
             meta.record_blob(&d, bytes.len() as u64, media_type.as_deref())
         })
@@ -258,4 +224,19 @@ impl Store {
             }
         });
     }
+}
+
+/// On a blocking thread: writes verified `bytes` as the disk blob for `digest` (used for
+/// manifests), within `room`: through a tier write, committed with the proof of the hash.
+fn write_verified(
+    disk: &Arc<DiskTier>,
+    digest: &Digest,
+    bytes: &[u8],
+    room: disk::Reservation,
+) -> Result<(), Error> {
+    let proof = tier::Verified::of(digest, bytes)?;
+    let mut writer = tier::disk::DiskWriter::begin(disk, digest, None).map_err(Error::internal)?;
+    writer.set_room(room);
+    writer.append_blocking(bytes).map_err(Error::internal)?;
+    writer.commit_blocking(&proof).map_err(Error::internal)
 }

@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
 use super::body::BodyStream;
-use super::fill::Resume;
+use super::fill::{skip_held, Resume};
 use crate::error::Error;
 use crate::oci::digest::Digest;
 
@@ -143,12 +143,7 @@ async fn serve(p: &PassThrough, start: u64, end: Option<u64>, out: &mut Held) ->
     let rest = (p.resume)(at).await?;
     let (mut body, mut skip) = (rest.body, rest.skip);
     while let Some(chunk) = body.next().await {
-        let mut chunk = chunk?;
-        if skip > 0 {
-            let n = skip.min(chunk.len() as u64);
-            chunk = chunk.slice(n as usize..);
-            skip -= n;
-        }
+        let chunk = skip_held(chunk?, &mut skip);
         if p.len.is_some_and(|l| at + chunk.len() as u64 > l) {
             return Err(Error::Integrity(format!("{}: body longer than announced", p.digest)));
         }

@@ -1,0 +1,91 @@
+//! The leader: what a fill's own task does, from the source's answer to a published (or
+//! failed, or passed-through) blob.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use super::inflight::every_client_left;
+use super::pass::{disk_trouble, pass_through, pass_written};
+use super::pump::{pump_into, Pump};
+use super::write::{Pipeline, Room};
+use super::{blocking, Fill, FillState, Source};
+use crate::error::Error;
+use crate::store::tier::disk::DiskWriter;
+use crate::store::Store;
+
+pub(super) async fn lead(
+    store: &Arc<Store>,
+    fill: &Arc<Fill>,
+    fetch: BoxFuture<'static, Result<Source, Error>>,
+) -> Result<(), Error> {
+    if already_published(store, fill).await? {
+        return Ok(());
+    }
+    let Source { len, body, resume, rejected, hold: _turn, floor } =
+        source_while_awaited(fill, fetch).await?;
+    if let Some(len) = len.filter(|&l| l > store.max_blob_size) {
+        return Err(Error::BlobTooLarge(len));
+    }
+    let resume = resume.map(Arc::new);
+    // Room on disk is reserved as bytes are written, never for an announced length. Content
+    // announced beyond the whole capacity is passed through at once: nothing is evicted for
+    // it and nothing written.
+    if let (Some(l), Some(resume)) = (len.filter(|&l| l > store.disk.capacity()), &resume) {
+        store.count_uncached();
+        let why = format!("{l} bytes do not fit the disk tier");
+        return pass_through(fill, None, None, 0, len, resume.clone(), why).await;
+    }
+    let (disk, d) = (store.disk.clone(), fill.digest.clone());
+    let writer = match (blocking(move || DiskWriter::begin(&disk, &d, len)).await, &resume) {
+        (Ok(writer), _) => writer,
+        (Err(e), Some(resume)) => {
+            let why = format!("disk tier cannot make a temp file: {e}");
+            return pass_through(fill, None, None, 0, len, resume.clone(), why).await;
+        }
+        (Err(e), None) => return Err(e),
+    };
+    let (file, map) = (writer.file().0.clone(), writer.file().1.cloned());
+    fill.state.send_replace(FillState::Streaming { file, map, len, written: 0 });
+
+    let keep = len.filter(|&l| store.memory.admits(l)).map(|l| l as usize);
+    let pipe = Pipeline::start(writer, fill, keep);
+    let mut room = Room::new(store, len, resume.is_some() && len.is_some());
+    let mut pump = Pump::new(&fill.digest, len, body, resume.clone(), floor);
+    let pumped = pump_into(store, &mut pump, &pipe, &mut room).await;
+    let made = pipe.finish().await?;
+    if let (Some(why), Some(resume)) = (disk_trouble(&made, room.ran_out()), resume) {
+        // What is written is good; clients get the rest from the source.
+        return pass_written(fill, made, len, resume, why).await;
+    }
+    super::publish::settle(store, fill, len, pumped, made, room, rejected).await
+}
+
+/// Answers the fill from disk when an earlier fill has published the digest since the
+/// caller looked.
+async fn already_published(store: &Store, fill: &Fill) -> Result<bool, Error> {
+    let (disk, d) = (store.disk.clone(), fill.digest.clone());
+    let published = blocking(move || {
+        let Some((file, len)) = disk.get(&d)? else { return Ok(None) };
+        let map = crate::store::disk::map(&file, len)?;
+        Ok(Some((file, map, len)))
+    });
+    let Some((file, map, len)) = published.await? else { return Ok(false) };
+    fill.state.send_replace(FillState::Verified { file: Arc::new(file), map: Some(map), len });
+    Ok(true)
+}
+
+/// The source, once it answers. Until then (a turn among the registry's fills, then the
+/// request), the fill waits only for as long as somebody waits for it.
+async fn source_while_awaited(
+    fill: &Arc<Fill>,
+    fetch: BoxFuture<'static, Result<Source, Error>>,
+) -> Result<Source, Error> {
+    tokio::select! {
+        source = fetch => source,
+        () = every_client_left(fill) => {
+            metrics::counter!("berth_fills_total", "outcome" => "abandoned").increment(1);
+            Err(Error::Unavailable("every client left before the source answered".into()))
+        }
+    }
+}

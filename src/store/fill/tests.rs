@@ -1,0 +1,281 @@
+//! Fills driven by in-memory sources (a `Source` built from a stream of `Bytes`), faults
+//! included: cut and resumed, wrong, short and long bodies, a slow follower, clients that
+//! all leave.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
+use futures::FutureExt;
+
+use super::{Fill, FillState, Resume, Resumed, Source};
+use crate::config::Storage;
+use crate::error::Error;
+use crate::oci::digest::Digest;
+use crate::store::body::{self, BodyStream};
+use crate::store::Store;
+
+fn open(dir: &tempfile::TempDir) -> Arc<Store> {
+    open_with(dir, 64 << 20)
+}
+
+fn open_with(dir: &tempfile::TempDir, disk_capacity: u64) -> Arc<Store> {
+    Store::open(&Storage {
+        dir: dir.path().to_owned(),
+        memory_capacity: 16 << 20,
+        memory_max_object: 64 << 10,
+        disk_capacity,
+        max_fills: 4,
+        max_blob_size: 32 << 20,
+    })
+    .unwrap()
+}
+
+fn content(n: usize) -> Bytes {
+    (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into()
+}
+
+/// `bytes` in `piece`-sized chunks, then `end` (a cut) if given.
+fn chunks(bytes: &Bytes, piece: usize, end: Option<Error>) -> Vec<Result<Bytes, Error>> {
+    let mut out: Vec<_> =
+        (0..bytes.len()).step_by(piece).map(|i| Ok(bytes.slice(i..bytes.len().min(i + piece)))).collect();
+    out.extend(end.map(Err));
+    out
+}
+
+fn source(len: Option<u64>, items: Vec<Result<Bytes, Error>>) -> Source {
+    Source { len, body: stream::iter(items).boxed(), resume: None, rejected: None, hold: None, floor: None }
+}
+
+/// A source that ignores Range: every resume sends the whole content again, with what is
+/// held to skip. Counts the resumes.
+fn resending(whole: Bytes, resumes: Arc<AtomicU32>) -> Resume {
+    Box::new(move |from| {
+        resumes.fetch_add(1, Ordering::Relaxed);
+        let body = stream::iter(chunks(&whole, 100_000, None)).boxed();
+        async move { Ok(Resumed { body, skip: from }) }.boxed()
+    })
+}
+
+/// A source that honours Range: each resume sends `whole` from the offset asked for.
+fn ranged(whole: Bytes) -> Resume {
+    Box::new(move |from| {
+        let body = stream::iter(chunks(&whole.slice(from as usize..), 100_000, None)).boxed();
+        async move { Ok(Resumed { body, skip: 0 }) }.boxed()
+    })
+}
+
+fn start(store: &Arc<Store>, digest: &Digest, source: Source) -> Arc<Fill> {
+    store.fill(digest, "test", async move { Ok(source) }.boxed()).0
+}
+
+async fn drain(mut body: BodyStream) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(b) = body.next().await {
+        out.extend_from_slice(&b?);
+    }
+    Ok(out)
+}
+
+async fn settled(fill: &Arc<Fill>) {
+    tokio::time::timeout(Duration::from_secs(10), fill.settled()).await.expect("the fill settles");
+}
+
+/// Nothing of `digest` is kept: not in memory, not on disk, no temp file.
+fn nothing_kept(store: &Store, digest: &Digest) {
+    assert!(!store.memory.contains(digest), "in memory");
+    assert_eq!(store.disk.len(digest).unwrap(), None, "on disk");
+    assert_eq!(store.disk.temp_count(), 0, "temp files left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_is_verified_followed_and_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let bytes = content(700_000);
+    let d = Digest::of(&bytes);
+    let fill = start(&store, &d, source(Some(bytes.len() as u64), chunks(&bytes, 50_000, None)));
+    let got = drain(body::follow(fill.clone(), 0, Some(bytes.len() as u64))).await.unwrap();
+    assert_eq!(got, bytes);
+    settled(&fill).await;
+    assert_eq!(store.disk.len(&d).unwrap(), Some(bytes.len() as u64));
+    assert_eq!(store.disk.temp_count(), 0);
+    assert_eq!(store.fills_in_flight(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_body_is_resumed_and_clients_see_one_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let bytes = content(900_000);
+    let d = Digest::of(&bytes);
+    let resumes = Arc::new(AtomicU32::new(0));
+    let cut = Error::Unavailable("connection reset".into());
+    let mut src = source(None, chunks(&bytes.slice(..333_333), 70_000, Some(cut)));
+    src.resume = Some(resending(bytes.clone(), resumes.clone()));
+    let fill = start(&store, &d, src);
+    let got = drain(body::follow(fill.clone(), 0, None)).await.unwrap();
+    assert_eq!(got, bytes, "one uninterrupted body");
+    assert_eq!(resumes.load(Ordering::Relaxed), 1);
+    settled(&fill).await;
+    assert_eq!(store.disk.len(&d).unwrap(), Some(bytes.len() as u64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bytes_fail_the_fill_tell_the_source_and_keep_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let bytes = content(20_000);
+    let d = Digest::of(&bytes);
+    let mut wrong = bytes.to_vec();
+    wrong[12_345] ^= 1;
+    let rejected = Arc::new(AtomicBool::new(false));
+    let mut src = source(Some(wrong.len() as u64), chunks(&wrong.into(), 4096, None));
+    let told = rejected.clone();
+    src.rejected = Some(Box::new(move || told.store(true, Ordering::Relaxed)));
+    let fill = start(&store, &d, src);
+    let got = drain(body::follow(fill.clone(), 0, Some(bytes.len() as u64))).await;
+    assert!(got.is_err(), "the client is cut, not given a clean wrong body");
+    settled(&fill).await;
+    assert!(rejected.load(Ordering::Relaxed), "the source is told");
+    nothing_kept(&store, &d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_body_with_no_resume_fails_and_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let bytes = content(600_000);
+    let d = Digest::of(&bytes);
+    let fill =
+        start(&store, &d, source(Some(bytes.len() as u64), chunks(&bytes.slice(..400_000), 64_000, None)));
+    let got = drain(body::follow(fill.clone(), 0, Some(bytes.len() as u64))).await;
+    assert!(got.is_err());
+    settled(&fill).await;
+    assert!(matches!(*fill.subscribe().borrow(), FillState::Failed(Error::Unavailable(_))));
+    nothing_kept(&store, &d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_longer_than_announced_fails_and_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let bytes = content(300_000);
+    let d = Digest::of(&bytes.slice(..200_000));
+    let fill = start(&store, &d, source(Some(200_000), chunks(&bytes, 30_000, None)));
+    let got = drain(body::follow(fill.clone(), 0, Some(200_000))).await;
+    assert!(got.is_err());
+    settled(&fill).await;
+    assert!(matches!(*fill.subscribe().borrow(), FillState::Failed(Error::Integrity(_))));
+    nothing_kept(&store, &d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_follower_does_not_hold_back_the_fill() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let bytes = content(3 << 20);
+    let d = Digest::of(&bytes);
+    let fill = start(&store, &d, source(Some(bytes.len() as u64), chunks(&bytes, 256 << 10, None)));
+    let mut slow = body::follow(fill.clone(), 0, Some(bytes.len() as u64));
+    let first = slow.next().await.unwrap().unwrap();
+    settled(&fill).await;
+    assert_eq!(store.disk.len(&d).unwrap(), Some(bytes.len() as u64), "published while a follower lags");
+    let mut got = first.to_vec();
+    got.extend(drain(slow).await.unwrap());
+    assert_eq!(got, bytes);
+}
+
+/// Sets its flag when dropped: tells whether a fetch was given up.
+struct Dropped(Arc<AtomicBool>);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_every_client_left_before_its_source_answered_is_given_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let d = Digest::of(b"never fetched");
+    let given_up = Arc::new(AtomicBool::new(false));
+    let guard = Dropped(given_up.clone());
+    let fetch = async move {
+        let _guard = guard;
+        futures::future::pending::<Result<Source, Error>>().await
+    };
+    let (fill, _) = store.fill(&d, "test", fetch.boxed());
+    let mut state = fill.subscribe();
+    drop(fill);
+    let failed =
+        tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| matches!(s, FillState::Failed(_))));
+    failed.await.expect("given up").unwrap();
+    assert!(given_up.load(Ordering::Relaxed), "the fetch is dropped");
+    // The fill leaves the in-flight map just after it is failed.
+    until(|| store.fills_in_flight() == 0).await;
+    nothing_kept(&store, &d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_outlives_clients_that_leave_after_its_source_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let bytes = content(1 << 20);
+    let d = Digest::of(&bytes);
+    let slow = stream::iter(chunks(&bytes, 128 << 10, None)).then(|c| async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c
+    });
+    let src = Source { body: slow.boxed(), ..source(Some(bytes.len() as u64), Vec::new()) };
+    let fill = start(&store, &d, src);
+    fill.ready().await.unwrap();
+    let mut state = fill.subscribe();
+    drop(fill);
+    let verified = tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| matches!(s, FillState::Verified { .. })),
+    );
+    verified.await.expect("verified").unwrap();
+    drop(state);
+    until(|| store.disk.len(&d).unwrap().is_some()).await;
+}
+
+/// Waits (10 s at most) until `done`.
+async fn until(done: impl Fn() -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    waited.await.expect("in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_announced_beyond_the_disk_passes_through_verified_and_is_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with(&dir, 1 << 20);
+    let bytes = content(3 << 19);
+    let d = Digest::of(&bytes);
+    let len = bytes.len() as u64;
+    let mut src = source(Some(len), chunks(&bytes, 100_000, None));
+    src.resume = Some(ranged(bytes.clone()));
+    let fill = start(&store, &d, src);
+    assert_eq!(drain(body::follow(fill.clone(), 0, Some(len))).await.unwrap(), bytes);
+    let mut wrong = bytes.to_vec();
+    wrong[1000] ^= 1;
+    let mut src = source(Some(len), Vec::new());
+    src.resume = Some(ranged(wrong.into()));
+    settled(&fill).await;
+    let fill = start(&store, &d, src);
+    assert!(
+        drain(body::follow(fill.clone(), 0, Some(len))).await.is_err(),
+        "wrong bytes passed through are cut"
+    );
+    settled(&fill).await;
+    nothing_kept(&store, &d);
+    assert_eq!(store.uncached(), 2);
+}
