@@ -10,7 +10,7 @@
 //!   (auth, redirects, status mapping).
 //!
 //! Shared vocabulary, below all of them: [`config`], [`error`], [`oci`], [`secret`]. Loading what
-//! a config names: [`check`]. Client commands: [`cli`]. `tests/architecture.rs` holds the direction.
+//! a config names: [`check`]. Client commands: [`cli`]. `tests/it/architecture.rs` holds the direction.
 
 pub mod api;
 pub mod check;

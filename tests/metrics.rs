@@ -1,6 +1,8 @@
-//! `GET /metrics` after a known sequence of requests. One test in its own binary: the
-//! recorder is process-wide.
+//! `GET /metrics` after a known sequence of requests. One test in its own binary, beside
+//! `tests/it`: the recorder is process-wide, and other tests would add to its counts.
 
+#[allow(clippy::too_many_lines)]
+#[path = "it/common.rs"]
 mod common;
 
 use common::{bytes_of, Harness};

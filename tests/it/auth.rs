@@ -1,6 +1,6 @@
 //! Upstream auth: bearer tokens (anonymous and with credentials), refresh, Basic, redirects.
 
-mod common;
+use crate::common;
 
 use common::{bytes_of, Fake, Fault, Harness};
 use http::{Method, StatusCode};

@@ -1,7 +1,7 @@
 //! `[auth]`: the registry API wants Basic credentials from an htpasswd file or a bearer
 //! token; peers pass with the peer token; a reload changes who may pull.
 
-mod common;
+use crate::common;
 
 use common::{bytes_of, Harness};
 use http::StatusCode;

@@ -1,6 +1,6 @@
 //! Blob path: single fill, followers, verification, Range.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

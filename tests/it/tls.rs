@@ -1,7 +1,7 @@
 //! Upstream TLS is always verified: an unknown certificate is refused unless `ca_file` names
 //! its root.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! The registry listener: TLS with a certificate reloaded while serving, and clients that
 //! stop reading dropped after `client_idle_timeout` while slow and fast ones are served.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::time::Duration;

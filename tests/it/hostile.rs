@@ -3,7 +3,7 @@
 //! lengths, clients that hold connections open, and registries that try to read each other's
 //! content. Each test fails if the guard it names is missing.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! trouble (down, cut, wrong bytes) falls back to upstream; a forwarded request is never
 //! forwarded again.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

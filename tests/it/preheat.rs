@@ -1,6 +1,6 @@
 //! Preheat through the admin API against a fake upstream.
 
-mod common;
+use crate::common;
 
 use common::{bytes_of, Harness};
 use http::{Method, StatusCode};

@@ -1,6 +1,6 @@
 //! Manifest path: tag cache, revalidation with HEAD, stale serving, content negotiation.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

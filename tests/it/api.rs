@@ -1,6 +1,6 @@
 //! The registry API surface: base, writes refused, ns routing, bad input.
 
-mod common;
+use crate::common;
 
 use common::{bytes_of, config, Fake};
 use http::StatusCode;

@@ -1,7 +1,7 @@
 //! GC wired to the store: capacity enforced before fills, LRU versions evicted, pins and
 //! in-use content kept, the admin API, and readers not cut by a pass.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

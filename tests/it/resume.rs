@@ -1,7 +1,7 @@
 //! A cut upstream body is resumed with Range, hashing on from where it was; clients see one
 //! uninterrupted, verified body.
 
-mod common;
+use crate::common;
 
 use common::{bytes_of, Fault, Harness};
 use http::{Method, StatusCode};

@@ -1,6 +1,6 @@
 //! Restart: what is on disk is served with upstream gone; interrupted fills leave nothing.
 
-mod common;
+use crate::common;
 
 use common::{bytes_of, config, Fake};
 use http::StatusCode;

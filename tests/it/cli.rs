@@ -1,6 +1,6 @@
 //! `berth preheat` (the binary) against a running berth.
 
-mod common;
+use crate::common;
 
 use common::{bytes_of, Harness};
 
