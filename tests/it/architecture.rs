@@ -1,4 +1,5 @@
-//! The dependency direction, checked on the source: data flows
+//! The shape of `src/`, checked on the source: files of at most 400 lines (functions of at
+//! most 80 are clippy's `too_many_lines`), and the dependency direction: data flows
 //! api → preheat → registry → store | source → config → error → oci | secret,
 //! and no module imports one at its own level or above it (store and source know nothing of
 //! each other; api and cli neither). The crate root (lib.rs, main.rs, check.rs) wires them
@@ -175,4 +176,23 @@ fn the_checker_sees_upward_and_sideways_imports() {
     assert!(commented.is_empty(), "{commented:?}");
     let downward = violations(Path::new("api/admin.rs"), "use crate::{registry::Mirror, store::meta::Pin};");
     assert!(downward.is_empty(), "{downward:?}");
+}
+
+#[test]
+fn no_source_file_is_over_400_lines() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let n = std::fs::read_to_string(f).unwrap().lines().count();
+            (n > 400).then(|| format!("{}: {n} lines", f.strip_prefix(&src).unwrap().display()))
+        })
+        .collect();
+    assert!(
+        long.is_empty(),
+        "files over 400 lines (split them by what their parts own):\n{}",
+        long.join("\n")
+    );
 }
