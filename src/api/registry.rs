@@ -16,7 +16,7 @@ use crate::oci::accept::AcceptClass;
 use crate::oci::digest::Digest;
 use crate::oci::range::RangeSpec;
 use crate::registry::Mirror;
-use crate::store::Tier;
+use crate::store::ServedBy;
 
 const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 /// The referrers filters upstream applied (the distribution spec says a registry MUST send it
@@ -85,7 +85,7 @@ async fn dispatch(
             h.insert(header::CONTENT_TYPE, value(&m.media_type)?);
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(m.len));
             content_headers(h, &m.digest);
-            Ok(tagged(resp, m.tier))
+            Ok(tagged(resp, m.served_by))
         }
         Route::Blob { name, digest } => {
             // A HEAD ignores Range (RFC 9110): the same answer on a hit and a miss.
@@ -115,7 +115,7 @@ async fn dispatch(
                     resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(b.len));
                 }
             }
-            Ok(tagged(resp, b.tier))
+            Ok(tagged(resp, b.served_by))
         }
         Route::Tags { name } | Route::Referrers { name, .. } => {
             passthrough(mirror, ns, &name, uri, headers, head).await
@@ -162,7 +162,7 @@ async fn passthrough(
         Body::from_stream(up.bytes_stream().map_err(std::io::Error::other))
     };
     let resp = resp.body(body).map_err(Error::internal)?;
-    Ok(tagged(resp, Tier::Upstream))
+    Ok(tagged(resp, ServedBy::Upstream))
 }
 
 /// Upstream's `Link: <URL>; rel="next"` for the next page, as a link to berth: the path and
@@ -194,8 +194,8 @@ fn value(s: &str) -> Result<HeaderValue, Error> {
     HeaderValue::from_str(s).map_err(|_| Error::Internal(format!("{s:?} is not a valid header value")))
 }
 
-fn tagged(mut resp: Response, tier: Tier) -> Response {
-    resp.extensions_mut().insert(tier);
+fn tagged(mut resp: Response, served_by: ServedBy) -> Response {
+    resp.extensions_mut().insert(served_by);
     resp
 }
 

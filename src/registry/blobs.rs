@@ -13,7 +13,7 @@ use crate::source::Fetched;
 use crate::source::Upstream;
 use crate::store::body::{self, BodyStream};
 use crate::store::fill::{self, Fill, FillState};
-use crate::store::Tier;
+use crate::store::ServedBy;
 
 /// A blob answer: the full length, the span served (`Some` for a 206), and the body for a GET.
 pub struct BlobAnswer {
@@ -22,7 +22,7 @@ pub struct BlobAnswer {
     /// The body for a GET. It marks the blob as being read until it is dropped, which keeps
     /// GC from evicting it meanwhile.
     pub body: Option<BodyStream>,
-    pub tier: Tier,
+    pub served_by: ServedBy,
 }
 
 impl Mirror {
@@ -50,7 +50,7 @@ impl Mirror {
                 let slice = hit.bytes.slice(start as usize..end as usize);
                 body::guarded(body::chunked(slice), self.store.reading(digest))
             });
-            return Ok(BlobAnswer { len, range: span, body, tier: hit.tier });
+            return Ok(BlobAnswer { len, range: span, body, served_by: hit.served_by });
         }
 
         if head {
@@ -58,7 +58,12 @@ impl Mirror {
             if let Some(fill) = self.store.inflight(digest) {
                 if fill.origin() == upstream.host || self.provenance.knows(&upstream.host, digest).await {
                     if let Some(len) = fill.ready().await? {
-                        return Ok(BlobAnswer { len, range: None, body: None, tier: Tier::FillFollower });
+                        return Ok(BlobAnswer {
+                            len,
+                            range: None,
+                            body: None,
+                            served_by: ServedBy::FillFollower,
+                        });
                     }
                 }
             }
@@ -66,14 +71,14 @@ impl Mirror {
                 Error::Unavailable("upstream sent no Content-Length for a blob HEAD".into())
             })?;
             // Not recorded: berth does not hold it, and records are kept for what it holds.
-            return Ok(BlobAnswer { len, range: None, body: None, tier: Tier::Upstream });
+            return Ok(BlobAnswer { len, range: None, body: None, served_by: ServedBy::Upstream });
         }
 
         let (fill, led) = self.join_fill(upstream, repo, digest, hop).await?;
         if led {
             self.record_when_verified(&fill, &upstream.host);
         }
-        let tier = if led { Tier::FillLeader } else { Tier::FillFollower };
+        let served_by = if led { ServedBy::FillLeader } else { ServedBy::FillFollower };
         let len = match fill.ready().await? {
             Some(len) => len,
             // Upstream sent no length: the length is known once the fill is verified.
@@ -85,7 +90,7 @@ impl Mirror {
             len,
             range: span,
             body: Some(body::guarded(body::follow(fill, start, Some(end)), self.store.reading(digest))),
-            tier,
+            served_by,
         })
     }
 
