@@ -18,7 +18,7 @@ use crate::oci::image_ref::ImageRef;
 use crate::preheat::cluster;
 use crate::preheat::job::Job;
 use crate::preheat::{PreheatRequest, Preheater};
-use crate::registry::Mirror;
+use crate::registry::{Mirror, Via, Want};
 use crate::store::meta::{now_secs, Pin};
 
 #[derive(Clone)]
@@ -217,8 +217,10 @@ async fn pin(State(a): State<Admin>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let resolved =
-        a.mirror.manifest(Some(&r.host), &r.repo, &r.reference(), &AcceptClass::pull(), true, false).await;
+    let resolved = a
+        .mirror
+        .manifest(Some(&r.host), &r.repo, &r.reference(), &AcceptClass::pull(), Want::Head, Via::Client)
+        .await;
     let digest = match resolved {
         Ok(m) => m.digest,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{r}: {e}")),

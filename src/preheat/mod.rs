@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use crate::config::Preheat as PreheatConfig;
 use crate::oci::image_ref::ImageRef;
 use crate::oci::platform::Platform;
-use crate::registry::Mirror;
+use crate::registry::{Mirror, Via, Want};
 use crate::store::meta::{now_secs, Pin};
 use job::{ImageJob, Item, ItemState, Job, TierName};
 
@@ -159,7 +159,7 @@ impl Preheater {
     async fn pull(&self, r: &ImageRef, item: &Item) -> Result<(), String> {
         let answer = self
             .mirror
-            .blob(Some(&r.host), &r.repo, &item.digest, None, false, false)
+            .blob(Some(&r.host), &r.repo, &item.digest, None, Want::Content, Via::Client)
             .await
             .map_err(|e| e.to_string())?;
         if let Some(mut s) = answer.body {

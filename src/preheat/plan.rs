@@ -9,7 +9,7 @@ use crate::oci::digest::Digest;
 use crate::oci::image_ref::ImageRef;
 use crate::oci::platform::Platform;
 use crate::oci::reference::Reference;
-use crate::registry::Mirror;
+use crate::registry::{Mirror, Via, Want};
 
 fn is_index(media_type: &str) -> bool {
     media_type.contains("image.index") || media_type.contains("manifest.list")
@@ -24,7 +24,7 @@ pub async fn resolve(
     image: &ImageJob,
 ) -> Result<(), String> {
     let top = mirror
-        .manifest(Some(&r.host), &r.repo, &r.reference(), &AcceptClass::pull(), false, false)
+        .manifest(Some(&r.host), &r.repo, &r.reference(), &AcceptClass::pull(), Want::Content, Via::Client)
         .await
         .map_err(|e| format!("resolving {r}: {e}"))?;
     *image.resolved.lock().expect("image lock") = Some((top.digest.clone(), top.media_type.clone()));
@@ -60,8 +60,8 @@ pub async fn resolve(
                 &r.repo,
                 &Reference::Digest(digest.clone()),
                 &AcceptClass::all(),
-                false,
-                false,
+                Want::Content,
+                Via::Client,
             )
             .await
             .map_err(|e| format!("{r}: manifest for {platform}: {e}"))?;

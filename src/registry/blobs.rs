@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 
-use super::Mirror;
+use super::{Mirror, Via, Want};
 use crate::error::Error;
 use crate::oci::digest::Digest;
 use crate::oci::range::RangeSpec;
@@ -32,8 +32,8 @@ impl Mirror {
         repo: &str,
         digest: &Digest,
         range: Option<RangeSpec>,
-        head: bool,
-        hop: bool,
+        want: Want,
+        via: Via,
     ) -> Result<BlobAnswer, Error> {
         let upstream = &self.upstreams.get(ns)?;
         // Confirmed before the tiers are read: a refused request does not count as a read
@@ -46,14 +46,14 @@ impl Mirror {
             let len = hit.bytes.len() as u64;
             let span = range.map(|r| r.resolve(len)).transpose()?;
             let (start, end) = span.unwrap_or((0, len));
-            let body = (!head).then(|| {
+            let body = (want == Want::Content).then(|| {
                 let slice = hit.bytes.slice(start as usize..end as usize);
                 body::guarded(body::chunked(slice), self.store.reading(digest))
             });
             return Ok(BlobAnswer { len, range: span, body, served_by: hit.served_by });
         }
 
-        if head {
+        if want == Want::Head {
             // A HEAD does not start a fill: answer from a fill in flight, else ask upstream.
             if let Some(fill) = self.store.inflight(digest) {
                 if fill.origin() == upstream.host || self.provenance.knows(&upstream.host, digest).await {
@@ -74,7 +74,7 @@ impl Mirror {
             return Ok(BlobAnswer { len, range: None, body: None, served_by: ServedBy::Upstream });
         }
 
-        let (fill, led) = self.join_fill(upstream, repo, digest, hop).await?;
+        let (fill, led) = self.join_fill(upstream, repo, digest, via).await?;
         if led {
             self.record_when_verified(&fill, &upstream.host);
         }
@@ -102,9 +102,9 @@ impl Mirror {
         upstream: &Arc<Upstream>,
         repo: &str,
         digest: &Digest,
-        hop: bool,
+        via: Via,
     ) -> Result<(Arc<Fill>, bool), Error> {
-        let (fill, led) = self.store.fill(digest, &upstream.host, self.fetch(upstream, repo, digest, hop));
+        let (fill, led) = self.store.fill(digest, &upstream.host, self.fetch(upstream, repo, digest, via));
         if led || fill.origin() == upstream.host {
             return Ok((fill, led));
         }
@@ -113,7 +113,7 @@ impl Mirror {
             return Ok((fill, false));
         }
         fill.settled().await;
-        Ok(self.store.fill(digest, &upstream.host, self.fetch(upstream, repo, digest, hop)))
+        Ok(self.store.fill(digest, &upstream.host, self.fetch(upstream, repo, digest, via)))
     }
 
     /// The fetch of a fill from this registry: through the digest's owner among the peers,
@@ -123,10 +123,10 @@ impl Mirror {
         upstream: &Arc<Upstream>,
         repo: &str,
         digest: &Digest,
-        hop: bool,
+        via: Via,
     ) -> futures::future::BoxFuture<'static, Result<fill::Source, Error>> {
         let (upstream, repo, digest) = (upstream.clone(), repo.to_owned(), digest.clone());
-        let owner = self.owner_of(&digest, hop);
+        let owner = self.owner_of(&digest, via);
         async move {
             let fetched = match owner {
                 Some((peers, owner)) => peers.blob(&owner, &upstream, &repo, &digest).await,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{tags, Mirror};
+use super::{tags, Mirror, Via, Want};
 use crate::error::Error;
 use crate::oci::accept::AcceptClass;
 use crate::oci::digest::Digest;
@@ -39,12 +39,12 @@ impl Mirror {
         repo: &str,
         reference: &Reference,
         accept: &AcceptClass,
-        head: bool,
-        hop: bool,
+        want: Want,
+        via: Via,
     ) -> Result<ManifestAnswer, Error> {
         let upstream = &self.upstreams.get(ns)?;
         match reference {
-            Reference::Digest(d) => self.manifest_by_digest(upstream, repo, d, Asked::ByDigest, hop).await,
+            Reference::Digest(d) => self.manifest_by_digest(upstream, repo, d, Asked::ByDigest, via).await,
             Reference::Tag(tag) => {
                 let (entry, served_by) = self.resolve_tag(upstream, repo, tag, accept).await?;
                 let digest = Digest::parse(&entry.digest)?;
@@ -53,7 +53,7 @@ impl Mirror {
                 if served_by != ServedBy::Memory {
                     self.provenance.record(&upstream.host, &digest).await;
                 }
-                if head {
+                if want == Want::Head {
                     return Ok(ManifestAnswer {
                         digest,
                         media_type: entry.media_type,
@@ -62,7 +62,7 @@ impl Mirror {
                         served_by,
                     });
                 }
-                let mut answer = self.manifest_by_digest(upstream, repo, &digest, Asked::ByTag, hop).await?;
+                let mut answer = self.manifest_by_digest(upstream, repo, &digest, Asked::ByTag, via).await?;
                 if served_by != ServedBy::Memory {
                     answer.served_by = served_by;
                 }
@@ -78,7 +78,7 @@ impl Mirror {
         repo: &str,
         digest: &Digest,
         asked: Asked,
-        hop: bool,
+        via: Via,
     ) -> Result<ManifestAnswer, Error> {
         // Confirmed before the tiers are read: a refused request does not count as a read.
         if asked == Asked::ByDigest
@@ -97,7 +97,7 @@ impl Mirror {
             let (upstream, repo, digest) = (upstream.clone(), repo.to_owned(), digest.clone());
             let store = self.store.clone();
             let media_types = self.media_types.clone();
-            let owner = self.owner_of(&digest, hop);
+            let owner = self.owner_of(&digest, via);
             let provenance = self.provenance.clone();
             async move {
                 let m = match owner {
