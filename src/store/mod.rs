@@ -98,7 +98,7 @@ impl Drop for ReadGuard {
 impl Store {
     pub fn open(cfg: &Storage) -> Result<Arc<Store>, Error> {
         let disk = DiskTier::open(&cfg.dir, cfg.disk_capacity)
-            .map_err(|e| Error::Internal(format!("opening {}: {e}", cfg.dir.display())))?;
+            .map_err(|e| Error::fault(format!("opening {}", cfg.dir.display()), e))?;
         let meta = Meta::open(&cfg.dir.join("v1").join("meta.redb"))?;
         let (memory, disk) = (MemoryTier::new(cfg.memory_capacity, cfg.memory_max_object), Arc::new(disk));
         Ok(Arc::new(Store {
