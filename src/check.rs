@@ -62,10 +62,7 @@ pub fn load(config: &Config) -> Result<Loaded, ConfigError> {
 
 /// What went wrong, without the "internal error" a loader's error carries.
 fn cause(e: Error) -> String {
-    match e {
-        Error::Internal(m) => m,
-        e => e.to_string(),
-    }
+    e.detail()
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! The one error type, and the one place that maps it to an HTTP status and an OCI error body.
 
+use std::sync::Arc;
+
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
 
@@ -42,12 +44,61 @@ pub enum Error {
     /// Upstream bytes that do not match their digest or announced length.
     Integrity(String),
     // berth itself.
+    /// A fault of berth's, said in words.
     Internal(String),
+    /// A fault of berth's caused by another error, kept as its source: what berth was doing
+    /// (empty when the source says it all), and that error.
+    Fault {
+        context: String,
+        source: Cause,
+    },
+}
+
+/// Any error, as a cause (also a message: `&str` and `String` convert).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The error beneath an `Error::Fault`. Shared, so that `Error` stays `Clone` (a fill's error
+/// reaches each of its clients); two causes are equal when they read the same.
+#[derive(Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Debug for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Cause) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0.to_string() == other.0.to_string()
+    }
 }
 
 impl Error {
-    pub fn internal(e: impl std::fmt::Display) -> Self {
-        Error::Internal(e.to_string())
+    /// A fault of berth's caused by `e`.
+    pub fn internal(e: impl Into<BoxError>) -> Self {
+        Error::fault("", e)
+    }
+
+    /// A fault of berth's caused by `e` while doing what `context` says.
+    pub fn fault(context: impl Into<String>, e: impl Into<BoxError>) -> Self {
+        Error::Fault { context: context.into(), source: Cause(Arc::from(e.into())) }
+    }
+
+    /// What went wrong, without the "internal error: " a fault of berth's carries.
+    pub fn detail(&self) -> String {
+        match self {
+            Error::Internal(m) => m.clone(),
+            Error::Fault { context, source } if context.is_empty() => source.to_string(),
+            Error::Fault { context, source } => format!("{context}: {source}"),
+            e => e.to_string(),
+        }
     }
 
     /// The status and OCI error code for this error.
@@ -73,7 +124,7 @@ impl Error {
                 (StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY), "UNKNOWN")
             }
             Integrity(_) => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
-            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+            Internal(_) | Fault { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
         }
     }
 
@@ -101,12 +152,19 @@ impl std::fmt::Display for Error {
             }
             Upstream { status, code, .. } => write!(f, "upstream answered {status} {code}"),
             Integrity(m) => write!(f, "upstream content rejected: {m}"),
-            Internal(m) => write!(f, "internal error: {m}"),
+            Internal(_) | Fault { .. } => write!(f, "internal error: {}", self.detail()),
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Fault { source, .. } => Some(&*source.0),
+            _ => None,
+        }
+    }
+}
 
 impl From<crate::oci::Invalid> for Error {
     fn from(e: crate::oci::Invalid) -> Self {
@@ -172,3 +230,32 @@ pub fn first_code(body: &[u8]) -> Option<String> {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(e: Error) -> (StatusCode, serde_json::Value) {
+        let resp = e.into_response();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_fault_keeps_its_cause_and_answers_as_an_internal_error_does() {
+        let fault = Error::fault("disk tier", std::io::Error::other("disk on fire"));
+        let source = std::error::Error::source(&fault).expect("a source");
+        assert_eq!(source.to_string(), "disk on fire");
+        assert_eq!(fault.to_string(), "internal error: disk tier: disk on fire");
+        assert_eq!(fault.detail(), "disk tier: disk on fire");
+        assert_eq!(fault.clone(), fault);
+        let said = Error::Internal("disk tier: disk on fire".into());
+        assert_eq!(answer(fault).await, answer(said).await);
+        let bare = Error::internal(std::io::Error::other("gone"));
+        let (status, body) = answer(bare).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["errors"][0]["code"], "UNKNOWN");
+        assert_eq!(body["errors"][0]["message"], "internal error: gone");
+    }
+}

@@ -53,7 +53,7 @@ impl Server {
     /// Loads what `config` names (`check::load`), opens the store and binds both listeners
     /// (port 0 picks a free port).
     pub async fn start(config: &Config) -> Result<Server, Error> {
-        let loaded = check::load(config).map_err(|e| Error::Internal(e.to_string()))?;
+        let loaded = check::load(config).map_err(Error::internal)?;
         Self::start_loaded(config, loaded).await
     }
 
@@ -70,7 +70,7 @@ impl Server {
         }
         let preheater = Arc::new(Preheater::new(mirror.clone(), config.preheat.clone()));
         let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr).await.map_err(|e| Error::Internal(format!("binding {addr}: {e}")))
+            TcpListener::bind(addr).await.map_err(|e| Error::fault(format!("binding {addr}"), e))
         };
         let registry = bind(config.server.listen).await?;
         let admin = bind(config.server.admin_listen).await?;

@@ -12,13 +12,16 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::admin_error::AdminError;
 use crate::config::Secret;
+use crate::error::Error;
 use crate::oci::accept::AcceptClass;
 use crate::oci::image_ref::ImageRef;
 use crate::preheat::cluster;
 use crate::preheat::job::Job;
+use crate::preheat::status::{Accepted, JobState, JobStatus};
 use crate::preheat::{PreheatRequest, Preheater};
-use crate::registry::Mirror;
+use crate::registry::{Mirror, Via, Want};
 use crate::store::meta::{now_secs, Pin};
 
 #[derive(Clone)]
@@ -50,10 +53,7 @@ pub fn router(admin: Admin, token: Option<Secret>) -> Router {
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| v.strip_prefix("Bearer "));
                         if !presented.is_some_and(|p| token.matches(p.as_bytes())) {
-                            return error(
-                                StatusCode::UNAUTHORIZED,
-                                "the admin API needs Authorization: Bearer <admin token>",
-                            );
+                            return AdminError::Unauthorized.into_response();
                         }
                     }
                     next.run(req).await
@@ -63,64 +63,72 @@ pub fn router(admin: Admin, token: Option<Secret>) -> Router {
     Router::new().route("/healthz", get(|| async { "ok\n" })).merge(guarded)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+/// Runs blocking store work off the async workers; `what` names the work in a failure.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, AdminError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(AdminError::internal(what, e)),
+        Err(e) => Err(AdminError::internal(what, e)),
+    }
 }
 
-pub(super) async fn status_of(a: &Admin, job: Arc<Job>) -> serde_json::Value {
+/// A request body as the route's type; `what` names the request in a refusal.
+pub(super) fn body_of<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    body: &[u8],
+) -> Result<T, AdminError> {
+    serde_json::from_slice(body).map_err(|source| AdminError::Unreadable { what, source })
+}
+
+pub(super) async fn status_of(a: &Admin, job: Arc<Job>) -> Result<JobStatus, AdminError> {
     let store = a.mirror.store.clone();
     // Reading the tiers stats files: off the async workers.
     let local = job.clone();
-    let mut status = tokio::task::spawn_blocking(move || local.status(&store))
+    let status = tokio::task::spawn_blocking(move || local.status(&store))
         .await
-        .unwrap_or_else(|e| json!({ "error": format!("status failed: {e}") }));
-    if let Some(peers) = a.mirror.peers.as_ref().filter(|_| job.cluster) {
-        let parts = cluster::statuses(peers, &job).await;
-        status["scope"] = json!("cluster");
-        status["local_state"] = status["state"].clone();
-        status["state"] = json!(cluster::aggregate(&status, &parts));
-        status["peers"] = json!(parts);
-    }
-    status
+        .map_err(|e| AdminError::internal("status failed", e))?;
+    Ok(match a.mirror.peers.as_ref().filter(|_| job.cluster) {
+        Some(peers) => cluster::gather(peers, &job, status).await,
+        None => status,
+    })
 }
 
 /// The status once the job, and with `cluster` scope every peer's part, has ended.
-async fn final_status(a: &Admin, job: Arc<Job>) -> serde_json::Value {
+async fn final_status(a: &Admin, job: Arc<Job>) -> Result<JobStatus, AdminError> {
     job.ended().await;
     loop {
-        let status = status_of(a, job.clone()).await;
-        if status["state"] != "running" {
-            return status;
+        let status = status_of(a, job.clone()).await?;
+        if status.state != JobState::Running {
+            return Ok(status);
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 
 /// `POST /api/v1/preheat[?wait=true]`
-async fn submit(State(a): State<Admin>, Query(q): Query<HashMap<String, String>>, body: Bytes) -> Response {
-    let req: PreheatRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid preheat request: {e}")),
-    };
-    let job = match a.preheater.submit(req) {
-        Ok(job) => job,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
+async fn submit(
+    State(a): State<Admin>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    let req: PreheatRequest = body_of("preheat", &body)?;
+    let job = a.preheater.submit(req)?;
     if q.get("wait").is_some_and(|w| w == "true" || w == "1") {
-        let status = final_status(&a, job).await;
-        let code = if status["state"] == "succeeded" { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
-        return (code, Json(status)).into_response();
+        let status = final_status(&a, job).await?;
+        let code = if status.state == JobState::Succeeded { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
+        return Ok((code, Json(status)).into_response());
     }
-    let body = json!({ "id": job.id, "status_url": format!("/api/v1/preheat/{}", job.id) });
-    (StatusCode::ACCEPTED, Json(body)).into_response()
+    let accepted = Accepted { id: job.id.clone(), status_url: Some(format!("/api/v1/preheat/{}", job.id)) };
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
 
 /// `GET /api/v1/preheat/<id>`
-async fn status(State(a): State<Admin>, Path(id): Path<String>) -> Response {
-    match a.preheater.job(&id) {
-        Some(job) => Json(status_of(&a, job).await).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("no preheat job {id:?}")),
-    }
+async fn status(State(a): State<Admin>, Path(id): Path<String>) -> Result<Json<JobStatus>, AdminError> {
+    let job = a.preheater.job(&id).ok_or(AdminError::NoJob(id))?;
+    Ok(Json(status_of(&a, job).await?))
 }
 
 /// `GET /api/v1/preheat`: recent jobs, newest first.
@@ -143,18 +151,17 @@ async fn list(State(a): State<Admin>) -> Response {
 
 /// `GET /api/v1/peers[?digest=sha256:...]`: peers, their health and ownership shares; with a
 /// digest, which instance owns it now.
-async fn peers(State(a): State<Admin>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let Some(peers) = &a.mirror.peers else {
-        return error(StatusCode::NOT_FOUND, "no [peers] configured: this instance works alone");
-    };
+async fn peers(
+    State(a): State<Admin>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, AdminError> {
+    let peers = a.mirror.peers.as_ref().ok_or(AdminError::NoPeers)?;
     let mut status = peers.status();
     if let Some(d) = q.get("digest") {
-        match crate::oci::digest::Digest::parse(d) {
-            Ok(d) => status["owner"] = json!(peers.owner(&d).unwrap_or_else(|| peers.me().to_owned())),
-            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-        }
+        let d = crate::oci::digest::Digest::parse(d)?;
+        status["owner"] = json!(peers.owner(&d).unwrap_or_else(|| peers.me().to_owned()));
     }
-    Json(status).into_response()
+    Ok(Json(status))
 }
 
 /// `GET /metrics`: Prometheus text.
@@ -164,26 +171,21 @@ async fn metrics_text(State(a): State<Admin>) -> Response {
 }
 
 /// `GET /api/v1/cache`: image versions on disk, newest pull first, and totals vs capacity.
-async fn cache(State(a): State<Admin>) -> Response {
+async fn cache(State(a): State<Admin>) -> Result<Json<serde_json::Value>, AdminError> {
     let store = &a.mirror.store;
-    match a.mirror.gc.images().await {
-        Ok(images) => Json(json!({
-            "images": images,
-            "disk": { "used": store.disk.used(), "capacity": a.mirror.gc.capacity() },
-            "served_uncached": a.mirror.gc.uncached(),
-            "memory": { "used": store.memory.used(), "capacity": store.memory.capacity() },
-        }))
-        .into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    let images = a.mirror.gc.images().await.map_err(AdminError::Store)?;
+    Ok(Json(json!({
+        "images": images,
+        "disk": { "used": store.disk.used(), "capacity": a.mirror.gc.capacity() },
+        "served_uncached": a.mirror.gc.uncached(),
+        "memory": { "used": store.memory.used(), "capacity": store.memory.capacity() },
+    })))
 }
 
 /// `POST /api/v1/gc`: a pass now, down to the low watermark; answers what it freed and why.
-async fn gc(State(a): State<Admin>) -> Response {
-    match a.mirror.gc.collect(a.mirror.gc.low_target()).await {
-        Ok(report) => Json(report).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+async fn gc(State(a): State<Admin>) -> Result<Response, AdminError> {
+    let report = a.mirror.gc.collect(a.mirror.gc.low_target()).await.map_err(AdminError::Store)?;
+    Ok(Json(report).into_response())
 }
 
 #[derive(Deserialize)]
@@ -192,55 +194,41 @@ struct PinRequest {
     image: String,
 }
 
-/// The image of a pin request, or the message of a 400.
-fn pin_request(body: &[u8]) -> Result<ImageRef, String> {
-    let req: PinRequest = serde_json::from_slice(body).map_err(|e| format!("invalid pin request: {e}"))?;
-    ImageRef::parse(&req.image).map_err(|e| e.to_string())
+/// The image of a pin request.
+fn pin_request(body: &[u8]) -> Result<ImageRef, AdminError> {
+    let req: PinRequest = body_of("pin", body)?;
+    Ok(ImageRef::parse(&req.image)?)
 }
 
 /// `GET /api/v1/pins`
-async fn pins(State(a): State<Admin>) -> Response {
+async fn pins(State(a): State<Admin>) -> Result<Json<serde_json::Value>, AdminError> {
     let meta = a.mirror.store.meta.clone();
-    match tokio::task::spawn_blocking(move || meta.pins()).await {
-        Ok(Ok(pins)) => {
-            let pins: Vec<_> =
-                pins.into_iter().map(|(image, p)| json!({"image": image, "digest": p.digest})).collect();
-            Json(json!({ "pins": pins })).into_response()
-        }
-        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read pins"),
-    }
+    let pins = blocking("cannot read pins", move || meta.pins()).await?;
+    let pins: Vec<_> =
+        pins.into_iter().map(|(image, p)| json!({"image": image, "digest": p.digest})).collect();
+    Ok(Json(json!({ "pins": pins })))
 }
 
 /// `POST /api/v1/pins {"image": "alpine:3.20"}`: resolves the image now and pins it.
-async fn pin(State(a): State<Admin>, body: Bytes) -> Response {
-    let r = match pin_request(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    let resolved =
-        a.mirror.manifest(Some(&r.host), &r.repo, &r.reference(), &AcceptClass::pull(), true, false).await;
-    let digest = match resolved {
-        Ok(m) => m.digest,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{r}: {e}")),
-    };
+async fn pin(State(a): State<Admin>, body: Bytes) -> Result<Json<serde_json::Value>, AdminError> {
+    let r = pin_request(&body)?;
+    let resolved = a
+        .mirror
+        .manifest(Some(&r.host), &r.repo, &r.reference(), &AcceptClass::pull(), Want::Head, Via::Client)
+        .await;
+    let digest = resolved.map_err(|source| AdminError::Unresolved { image: r.to_string(), source })?.digest;
     let (meta, image) = (a.mirror.store.meta.clone(), r.to_string());
     let pin = Pin { digest: digest.to_string(), pinned_at: now_secs() };
-    match tokio::task::spawn_blocking(move || meta.put_pin(&image, &pin)).await {
-        Ok(Ok(())) => Json(json!({ "image": r.to_string(), "digest": digest.as_str() })).into_response(),
-        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot record the pin"),
-    }
+    blocking("cannot record the pin", move || meta.put_pin(&image, &pin)).await?;
+    Ok(Json(json!({ "image": r.to_string(), "digest": digest.as_str() })))
 }
 
 /// `DELETE /api/v1/pins {"image": "alpine:3.20"}`
-async fn unpin(State(a): State<Admin>, body: Bytes) -> Response {
-    let r = match pin_request(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
+async fn unpin(State(a): State<Admin>, body: Bytes) -> Result<Json<serde_json::Value>, AdminError> {
+    let r = pin_request(&body)?;
     let (meta, image) = (a.mirror.store.meta.clone(), r.to_string());
-    match tokio::task::spawn_blocking(move || meta.remove_pin(&image)).await {
-        Ok(Ok(true)) => Json(json!({ "image": r.to_string(), "unpinned": true })).into_response(),
-        Ok(Ok(false)) => error(StatusCode::NOT_FOUND, format!("{r} is not pinned")),
-        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot remove the pin"),
+    if !blocking("cannot remove the pin", move || meta.remove_pin(&image)).await? {
+        return Err(AdminError::NotPinned(r));
     }
+    Ok(Json(json!({ "image": r.to_string(), "unpinned": true })))
 }

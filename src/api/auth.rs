@@ -57,9 +57,8 @@ impl ClientAuth {
     /// Reads both files again; on error the credentials in use stay.
     pub fn reload(&self) -> Result<(), Error> {
         let mut creds = Credentials::default();
-        let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|e| Error::Internal(format!("{}: {e}", p.display())))
-        };
+        let read =
+            |p: &Path| std::fs::read_to_string(p).map_err(|e| Error::fault(p.display().to_string(), e));
         if let Some(path) = &self.htpasswd {
             for (n, line) in read(path)?.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
                 let (user, hash) = line
@@ -125,11 +124,20 @@ impl ClientAuth {
     }
 }
 
+/// Why an htpasswd line could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum HtpasswdError {
+    #[error("a user name is not empty and has no ':'")]
+    User,
+    #[error(transparent)]
+    Hash(#[from] bcrypt::BcryptError),
+}
+
 /// An htpasswd line for `user` with `password` (bcrypt, the default cost).
-pub fn htpasswd_line(user: &str, password: &str) -> Result<String, String> {
+pub fn htpasswd_line(user: &str, password: &str) -> Result<String, HtpasswdError> {
     if user.is_empty() || user.contains(':') {
-        return Err("a user name is not empty and has no ':'".into());
+        return Err(HtpasswdError::User);
     }
-    let hash = bcrypt::hash(password, bcrypt::DEFAULT_COST).map_err(|e| e.to_string())?;
+    let hash = bcrypt::hash(password, bcrypt::DEFAULT_COST)?;
     Ok(format!("{user}:{hash}"))
 }

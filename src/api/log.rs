@@ -14,7 +14,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use super::registry::ns_of;
-use crate::store::Tier;
+use crate::store::ServedBy;
 
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 
@@ -32,7 +32,7 @@ pub async fn log_requests(req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     resp.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     let (parts, body) = resp.into_parts();
-    let line = Line { status: parts.status, tier: parts.extensions.get::<Tier>().copied(), ..line };
+    let line = Line { status: parts.status, tier: parts.extensions.get::<ServedBy>().copied(), ..line };
     // The server stops polling a body once Content-Length bytes are out, so "all sent" is
     // judged against that header (a HEAD sends none).
     let expected = if line.method == Method::HEAD {
@@ -54,13 +54,13 @@ struct Line {
     path: String,
     ns: Option<String>,
     status: StatusCode,
-    tier: Option<Tier>,
+    tier: Option<ServedBy>,
     bytes: u64,
 }
 
 impl Line {
     fn emit(&self, outcome: &str) {
-        let tier = self.tier.map_or("-", Tier::as_str);
+        let tier = self.tier.map_or("-", ServedBy::as_str);
         metrics::counter!(
             "berth_requests_total",
             "route" => super::metrics::route_of(&self.path),
@@ -76,7 +76,7 @@ impl Line {
             path = %self.path,
             ns = self.ns.as_deref().unwrap_or("-"),
             status = self.status.as_u16(),
-            tier = self.tier.map_or("-", Tier::as_str),
+            tier = self.tier.map_or("-", ServedBy::as_str),
             bytes = self.bytes,
             ms = self.start.elapsed().as_millis() as u64,
             outcome,

@@ -1,6 +1,7 @@
 //! HTTP: the read-only registry API and the admin listener.
 
 pub mod admin;
+pub mod admin_error;
 pub mod auth;
 pub mod caller;
 pub mod log;

@@ -4,14 +4,14 @@
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use serde_json::json;
 
-use super::admin::{status_of, Admin};
+use super::admin::{body_of, status_of, Admin};
+use super::admin_error::AdminError;
 use super::caller::Caller;
 use crate::error::Error;
+use crate::preheat::status::{Accepted, JobStatus};
 use crate::preheat::{PreheatRequest, Scope};
 
 pub fn router(admin: Admin) -> Router {
@@ -22,31 +22,26 @@ pub fn router(admin: Admin) -> Router {
 }
 
 /// Refuses what does not come from a peer.
-fn from_peer(caller: Caller) -> Result<(), Error> {
+fn from_peer(caller: Caller) -> Result<(), AdminError> {
     match caller {
         Caller::Peer => Ok(()),
-        _ => Err(Error::Denied("the peer API takes requests from peers only".into())),
+        _ => {
+            Err(AdminError::NotFromPeer(Error::Denied("the peer API takes requests from peers only".into())))
+        }
     }
-}
-
-fn bad_request(message: String) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response()
 }
 
 /// `POST /berth/v1/preheat`: a peer's share of a cluster preheat, run here as a local job.
-async fn submit(State(a): State<Admin>, Extension(caller): Extension<Caller>, body: Bytes) -> Response {
-    if let Err(refused) = from_peer(caller) {
-        return refused.into_response();
-    }
-    let mut req: PreheatRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(format!("invalid preheat request: {e}")),
-    };
+async fn submit(
+    State(a): State<Admin>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Accepted>), AdminError> {
+    from_peer(caller)?;
+    let mut req: PreheatRequest = body_of("preheat", &body)?;
     req.scope = Scope::Local; // a peer's share is never fanned out again
-    match a.preheater.submit(req) {
-        Ok(job) => (StatusCode::ACCEPTED, Json(json!({ "id": job.id }))).into_response(),
-        Err(e) => bad_request(e),
-    }
+    let job = a.preheater.submit(req)?;
+    Ok((StatusCode::ACCEPTED, Json(Accepted { id: job.id.clone(), status_url: None })))
 }
 
 /// `GET /berth/v1/preheat/<id>`
@@ -54,13 +49,8 @@ async fn status(
     State(a): State<Admin>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(refused) = from_peer(caller) {
-        return refused.into_response();
-    }
-    match a.preheater.job(&id) {
-        Some(job) => Json(status_of(&a, job).await).into_response(),
-        None => (StatusCode::NOT_FOUND, Json(json!({ "error": format!("no preheat job {id:?}") })))
-            .into_response(),
-    }
+) -> Result<Json<JobStatus>, AdminError> {
+    from_peer(caller)?;
+    let job = a.preheater.job(&id).ok_or(AdminError::NoJob(id))?;
+    Ok(Json(status_of(&a, job).await?))
 }

@@ -15,8 +15,8 @@ use crate::error::Error;
 use crate::oci::accept::AcceptClass;
 use crate::oci::digest::Digest;
 use crate::oci::range::RangeSpec;
-use crate::registry::Mirror;
-use crate::store::Tier;
+use crate::registry::{Mirror, Via, Want};
+use crate::store::ServedBy;
 
 const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 /// The referrers filters upstream applied (the distribution spec says a registry MUST send it
@@ -50,9 +50,9 @@ async fn dispatch(
     headers: &HeaderMap,
 ) -> Result<Response, Error> {
     let route = route::parse(uri.path())?;
-    let head = match *method {
-        Method::GET => false,
-        Method::HEAD => true,
+    let want = match *method {
+        Method::GET => Want::Content,
+        Method::HEAD => Want::Head,
         _ => {
             return Err(Error::Unsupported(format!(
                 "{method} is not supported: this registry is a read-only mirror"
@@ -66,8 +66,8 @@ async fn dispatch(
     }
     let ns = ns_of(uri);
     let ns = ns.as_deref();
-    let hop = caller.is_peer();
-    if let Some(peers) = mirror.peers.as_ref().filter(|_| hop) {
+    let via = if caller.is_peer() { Via::Peer } else { Via::Client };
+    if let Some(peers) = mirror.peers.as_ref().filter(|_| via == Via::Peer) {
         peers.served_one();
     }
     match route {
@@ -76,8 +76,8 @@ async fn dispatch(
         }
         Route::Manifest { name, reference } => {
             let accept = AcceptClass::from_headers(headers);
-            let m = mirror.manifest(ns, &name, &reference, &accept, head, hop).await?;
-            let mut resp = match m.bytes.filter(|_| !head) {
+            let m = mirror.manifest(ns, &name, &reference, &accept, want, via).await?;
+            let mut resp = match m.bytes.filter(|_| want == Want::Content) {
                 Some(bytes) => Response::new(Body::from(bytes)),
                 None => Response::new(Body::empty()),
             };
@@ -85,16 +85,16 @@ async fn dispatch(
             h.insert(header::CONTENT_TYPE, value(&m.media_type)?);
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(m.len));
             content_headers(h, &m.digest);
-            Ok(tagged(resp, m.tier))
+            Ok(tagged(resp, m.served_by))
         }
         Route::Blob { name, digest } => {
             // A HEAD ignores Range (RFC 9110): the same answer on a hit and a miss.
             let range = headers
                 .get(header::RANGE)
-                .filter(|_| !head)
+                .filter(|_| want == Want::Content)
                 .and_then(|v| v.to_str().ok())
                 .and_then(RangeSpec::parse);
-            let b = mirror.blob(ns, &name, &digest, range, head, hop).await?;
+            let b = mirror.blob(ns, &name, &digest, range, want, via).await?;
             let body = match b.body {
                 Some(s) => Body::from_stream(s),
                 None => Body::empty(),
@@ -115,10 +115,10 @@ async fn dispatch(
                     resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(b.len));
                 }
             }
-            Ok(tagged(resp, b.tier))
+            Ok(tagged(resp, b.served_by))
         }
         Route::Tags { name } | Route::Referrers { name, .. } => {
-            passthrough(mirror, ns, &name, uri, headers, head).await
+            passthrough(mirror, ns, &name, uri, headers, want).await
         }
         Route::Upload => unreachable!("handled above"),
     }
@@ -131,7 +131,7 @@ async fn passthrough(
     name: &str,
     uri: &Uri,
     headers: &HeaderMap,
-    head: bool,
+    want: Want,
 ) -> Result<Response, Error> {
     let upstream = &mirror.upstreams.get(ns)?;
     let query: Vec<(String, String)> = uri
@@ -156,13 +156,13 @@ async fn passthrough(
             resp = resp.header(header::LINK, v);
         }
     }
-    let body = if head {
+    let body = if want == Want::Head {
         Body::empty()
     } else {
         Body::from_stream(up.bytes_stream().map_err(std::io::Error::other))
     };
     let resp = resp.body(body).map_err(Error::internal)?;
-    Ok(tagged(resp, Tier::Upstream))
+    Ok(tagged(resp, ServedBy::Upstream))
 }
 
 /// Upstream's `Link: <URL>; rel="next"` for the next page, as a link to berth: the path and
@@ -194,8 +194,8 @@ fn value(s: &str) -> Result<HeaderValue, Error> {
     HeaderValue::from_str(s).map_err(|_| Error::Internal(format!("{s:?} is not a valid header value")))
 }
 
-fn tagged(mut resp: Response, tier: Tier) -> Response {
-    resp.extensions_mut().insert(tier);
+fn tagged(mut resp: Response, served_by: ServedBy) -> Response {
+    resp.extensions_mut().insert(served_by);
     resp
 }
 

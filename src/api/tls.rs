@@ -11,7 +11,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 
-use crate::error::Error;
+use crate::error::{BoxError, Error};
 
 /// The certificate new handshakes present, replaceable while serving.
 #[derive(Debug)]
@@ -55,15 +55,15 @@ impl ResolvesServerCert for Certs {
 }
 
 fn read(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, Error> {
-    let bad = |path: &Path, e: &dyn std::fmt::Display| Error::Internal(format!("{}: {e}", path.display()));
+    let bad = |path: &Path, e: BoxError| Error::fault(path.display().to_string(), e);
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .map_err(|e| bad(cert_file, &e))?
+        .map_err(|e| bad(cert_file, e.into()))?
         .collect::<Result<_, _>>()
-        .map_err(|e| bad(cert_file, &e))?;
+        .map_err(|e| bad(cert_file, e.into()))?;
     if certs.is_empty() {
-        return Err(bad(cert_file, &"no certificate in the file"));
+        return Err(bad(cert_file, "no certificate in the file".into()));
     }
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| bad(key_file, &e))?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| bad(key_file, e.into()))?;
     let provider = rustls::crypto::ring::default_provider();
-    CertifiedKey::from_der(certs, key, &provider).map_err(|e| bad(key_file, &e))
+    CertifiedKey::from_der(certs, key, &provider).map_err(|e| bad(key_file, e.into()))
 }

@@ -27,12 +27,41 @@ pub fn hosts_toml(mirror: &Url, host: Option<&str>) -> String {
     out
 }
 
+/// Why the files could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum HostsTomlError {
+    #[error("--mirror {mirror:?}: {source}")]
+    MirrorUrl {
+        mirror: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("--mirror {0:?}: expected http(s)://host[:port]")]
+    NotABaseUrl(String),
+    #[error("name at least one --registry, or --default")]
+    NoRegistry,
+    #[error("--registry {0:?} is not a registry host")]
+    NotAHost(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Writes `<dir>/<host>/hosts.toml` for each registry (and `<dir>/_default/hosts.toml` when
 /// asked); returns the files written.
-pub fn write(dir: &Path, mirror: &str, registries: &[String], default: bool) -> Result<Vec<PathBuf>, String> {
-    let url = Url::parse(mirror).map_err(|e| format!("--mirror {mirror:?}: {e}"))?;
+pub fn write(
+    dir: &Path,
+    mirror: &str,
+    registries: &[String],
+    default: bool,
+) -> Result<Vec<PathBuf>, HostsTomlError> {
+    let url = Url::parse(mirror)
+        .map_err(|source| HostsTomlError::MirrorUrl { mirror: mirror.to_owned(), source })?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || url.path() != "/" {
-        return Err(format!("--mirror {mirror:?}: expected http(s)://host[:port]"));
+        return Err(HostsTomlError::NotABaseUrl(mirror.to_owned()));
     }
     let mut targets: Vec<(String, Option<&str>)> =
         registries.iter().map(|r| (r.clone(), Some(r.as_str()))).collect();
@@ -40,17 +69,19 @@ pub fn write(dir: &Path, mirror: &str, registries: &[String], default: bool) -> 
         targets.push(("_default".into(), None));
     }
     if targets.is_empty() {
-        return Err("name at least one --registry, or --default".into());
+        return Err(HostsTomlError::NoRegistry);
     }
     let mut written = Vec::new();
     for (name, host) in targets {
         if name.is_empty() || name.contains(['/', ' ']) || name == ".." {
-            return Err(format!("--registry {name:?} is not a registry host"));
+            return Err(HostsTomlError::NotAHost(name));
         }
         let folder = dir.join(&name);
-        std::fs::create_dir_all(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
+        std::fs::create_dir_all(&folder)
+            .map_err(|source| HostsTomlError::Io { path: folder.clone(), source })?;
         let file = folder.join("hosts.toml");
-        std::fs::write(&file, hosts_toml(&url, host)).map_err(|e| format!("{}: {e}", file.display()))?;
+        std::fs::write(&file, hosts_toml(&url, host))
+            .map_err(|source| HostsTomlError::Io { path: file.clone(), source })?;
         written.push(file);
     }
     Ok(written)

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Deserialize;
 use serde_json::{json, Value};
+
+use crate::preheat::status::{Accepted, ErrorBody, ImageStatus, ItemState, JobState, JobStatus, TierName};
 
 pub struct Args {
     pub admin: String,
@@ -18,16 +21,49 @@ pub struct Args {
     pub images: Vec<String>,
 }
 
+/// Why the job could not be submitted or followed (exit status 2).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("BERTH_ADMIN_TOKEN is not a valid token")]
+    BadToken,
+    #[error("{0}")]
+    Client(#[source] reqwest::Error),
+    #[error("cannot reach {admin}: {source}")]
+    Unreachable {
+        admin: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("unreadable answer: {0}")]
+    UnreadableAnswer(#[source] reqwest::Error),
+    /// The admin API refused the job, with its `error` (or none).
+    #[error("{}", .0.as_deref().unwrap_or("request refused"))]
+    Refused(Option<String>),
+    #[error("answer has no status_url")]
+    NoStatusUrl,
+    #[error("unreadable status: {0}")]
+    StatusBody(#[source] reqwest::Error),
+    #[error("unreadable status: {0}")]
+    UnreadableStatus(#[source] serde_json::Error),
+}
+
+/// A job's final status: as the admin API sent it (printed with `--json`, fields this
+/// version does not know included), and as read.
+pub struct Followed {
+    pub sent: Value,
+    pub status: JobStatus,
+}
+
 pub fn run(args: Args) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(submit_and_follow(&args)) {
-        Ok(status) => {
+        Ok(Followed { sent, status }) => {
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+                println!("{}", serde_json::to_string_pretty(&sent).unwrap_or_default());
             } else {
                 print!("{}", summary(&status));
             }
-            if status["state"] == "succeeded" {
+            if status.state == JobState::Succeeded {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
@@ -40,18 +76,43 @@ pub fn run(args: Args) -> ExitCode {
     }
 }
 
-async fn submit_and_follow(args: &Args) -> Result<Value, String> {
+async fn submit_and_follow(args: &Args) -> Result<Followed, CliError> {
     // A berth whose admin listener needs a token: BERTH_ADMIN_TOKEN holds it.
     let mut headers = reqwest::header::HeaderMap::new();
     if let Ok(token) = std::env::var("BERTH_ADMIN_TOKEN") {
         let value = format!("Bearer {}", token.trim());
-        let mut value = reqwest::header::HeaderValue::from_str(&value)
-            .map_err(|_| "BERTH_ADMIN_TOKEN is not a valid token")?;
+        let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| CliError::BadToken)?;
         value.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    let client = reqwest::Client::builder().default_headers(headers).build().map_err(|e| e.to_string())?;
+    let client = reqwest::Client::builder().default_headers(headers).build().map_err(CliError::Client)?;
     let admin = args.admin.trim_end_matches('/');
+    let unreachable = |source| CliError::Unreachable { admin: admin.to_owned(), source };
+    let resp = client.post(format!("{admin}/api/v1/preheat")).json(&request(args)).send().await;
+    let resp = resp.map_err(unreachable)?;
+    let status = resp.status();
+    let answer: Value = resp.json().await.map_err(CliError::UnreadableAnswer)?;
+    if !status.is_success() {
+        return Err(CliError::Refused(ErrorBody::deserialize(&answer).ok().map(|b| b.error)));
+    }
+    let accepted = Accepted::deserialize(&answer).map_err(|_| CliError::NoStatusUrl)?;
+    let url = format!("{admin}{}", accepted.status_url.ok_or(CliError::NoStatusUrl)?);
+    let mut progress = Progress::new(!args.json);
+    loop {
+        let sent = client.get(&url).send().await.map_err(unreachable)?;
+        let sent: Value = sent.json().await.map_err(CliError::StatusBody)?;
+        let status = JobStatus::deserialize(&sent).map_err(CliError::UnreadableStatus)?;
+        progress.show(&status);
+        if status.state.ended() {
+            progress.finish();
+            return Ok(Followed { sent, status });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The preheat request of the command line. Tiers go as given: the admin API judges them.
+fn request(args: &Args) -> Value {
     let mut body = json!({ "images": args.images, "pin": args.pin });
     if !args.platforms.is_empty() {
         body["platforms"] = json!(args.platforms);
@@ -62,35 +123,7 @@ async fn submit_and_follow(args: &Args) -> Result<Value, String> {
     if args.cluster {
         body["scope"] = json!("cluster");
     }
-    let resp = client
-        .post(format!("{admin}/api/v1/preheat"))
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach {admin}: {e}"))?;
-    let status = resp.status();
-    let answer: Value = resp.json().await.map_err(|e| format!("unreadable answer: {e}"))?;
-    if !status.is_success() {
-        return Err(answer["error"].as_str().unwrap_or("request refused").to_owned());
-    }
-    let url = format!("{admin}{}", answer["status_url"].as_str().ok_or("answer has no status_url")?);
-    let mut progress = Progress::new(!args.json);
-    loop {
-        let status: Value = client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach {admin}: {e}"))?
-            .json()
-            .await
-            .map_err(|e| format!("unreadable status: {e}"))?;
-        progress.show(&status);
-        if status["state"] == "succeeded" || status["state"] == "failed" {
-            progress.finish();
-            return Ok(status);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    body
 }
 
 /// Bars per image and overall on a terminal; a plain line per image every few seconds
@@ -106,18 +139,17 @@ impl Progress {
         Progress { enabled, bars: None, last_line: None }
     }
 
-    fn show(&mut self, status: &Value) {
+    fn show(&mut self, status: &JobStatus) {
         if !self.enabled {
             return;
         }
-        let images = status["images"].as_array().cloned().unwrap_or_default();
-        let sums: Vec<(String, u64, u64)> = images
+        let sums: Vec<(String, u64, u64)> = status
+            .images
             .iter()
             .map(|i| {
-                let items = i["items"].as_array().cloned().unwrap_or_default();
-                let total = items.iter().map(|x| x["size"].as_u64().unwrap_or(0)).sum();
-                let done = items.iter().map(|x| x["bytes_done"].as_u64().unwrap_or(0)).sum();
-                (i["reference"].as_str().unwrap_or("?").to_owned(), done, total)
+                let total = i.items.iter().map(|x| x.size).sum();
+                let done = i.items.iter().map(|x| x.bytes_done).sum();
+                (i.reference.clone(), done, total)
             })
             .collect();
         if !std::io::stderr().is_terminal() {
@@ -162,52 +194,12 @@ impl Progress {
     }
 }
 
-/// The final table: one row per image, then every failed item with its error.
-pub fn summary(status: &Value) -> String {
-    let mut rows = vec![[
-        "IMAGE".to_owned(),
-        "DIGEST".into(),
-        "PLATFORMS".into(),
-        "CACHED".into(),
-        "SIZE".into(),
-        "IN MEMORY".into(),
-        "ON DISK".into(),
-    ]];
-    let mut problems = Vec::new();
-    for image in status["images"].as_array().into_iter().flatten() {
-        let items = image["items"].as_array().cloned().unwrap_or_default();
-        let count = |f: &dyn Fn(&Value) -> bool| items.iter().filter(|i| f(i)).count();
-        let in_tier =
-            |t: &'static str| move |i: &Value| i["tiers"].as_array().is_some_and(|a| a.contains(&json!(t)));
-        let reference = image["reference"].as_str().unwrap_or("?");
-        rows.push([
-            reference.to_owned(),
-            image["digest"].as_str().map_or("-".into(), |d| d.chars().take(19).collect()),
-            image["platforms"]
-                .as_array()
-                .map_or(String::new(), |p| p.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")),
-            format!("{}/{}", count(&|i| i["state"] == "cached"), items.len()),
-            size(items.iter().map(|i| i["size"].as_u64().unwrap_or(0)).sum()),
-            count(&in_tier("memory")).to_string(),
-            count(&in_tier("disk")).to_string(),
-        ]);
-        if let Some(e) = image["error"].as_str() {
-            problems.push(format!("{reference}: {e}"));
-        }
-        for i in items.iter().filter(|i| i["state"] == "failed") {
-            let kind = i["kind"].as_str().unwrap_or("?");
-            let digest = i["digest"].as_str().unwrap_or("?");
-            problems
-                .push(format!("{reference}: {kind} {digest}: {}", i["error"].as_str().unwrap_or("failed")));
-        }
-        for i in items.iter().filter(|i| i["note"].is_string()) {
-            problems.push(format!(
-                "{reference}: note: {} {}",
-                i["digest"].as_str().unwrap_or("?"),
-                i["note"].as_str().unwrap_or("")
-            ));
-        }
-    }
+/// The final table: one row per image, then every failed item with its error, every note,
+/// each peer's part, and the job's state.
+pub fn summary(status: &JobStatus) -> String {
+    let header = ["IMAGE", "DIGEST", "PLATFORMS", "CACHED", "SIZE", "IN MEMORY", "ON DISK"];
+    let mut rows = vec![header.map(str::to_owned)];
+    rows.extend(status.images.iter().map(row));
     let widths: Vec<usize> = (0..7).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for row in &rows {
@@ -215,25 +207,51 @@ pub fn summary(status: &Value) -> String {
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
-    for p in problems {
+    for p in status.images.iter().flat_map(problems) {
         out.push_str(&p);
         out.push('\n');
     }
-    for peer in status["peers"].as_array().into_iter().flatten() {
+    for peer in status.peers.iter().flatten() {
         out.push_str(&format!(
             "peer {}: {} ({}/{} cached){}\n",
-            peer["peer"].as_str().unwrap_or("?"),
-            peer["state"].as_str().unwrap_or("?"),
-            peer["items_cached"].as_u64().unwrap_or(0),
-            peer["items"].as_u64().unwrap_or(0),
-            peer["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default(),
+            peer.peer,
+            peer.state,
+            peer.items_cached.unwrap_or(0),
+            peer.items.unwrap_or(0),
+            peer.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default(),
         ));
     }
-    out.push_str(&format!(
-        "preheat {}: {}\n",
-        status["id"].as_str().unwrap_or("?"),
-        status["state"].as_str().unwrap_or("?")
-    ));
+    out.push_str(&format!("preheat {}: {}\n", status.id, status.state));
+    out
+}
+
+/// An image's row of the summary table.
+fn row(image: &ImageStatus) -> [String; 7] {
+    let in_tier = |t: TierName| image.count(|i| i.tiers.contains(&t)).to_string();
+    [
+        image.reference.clone(),
+        image.digest.as_ref().map_or("-".into(), |d| d.as_str().chars().take(19).collect()),
+        image.platforms.join(","),
+        format!("{}/{}", image.count(|i| i.state == ItemState::Cached), image.items.len()),
+        size(image.items.iter().map(|i| i.size).sum()),
+        in_tier(TierName::Memory),
+        in_tier(TierName::Disk),
+    ]
+}
+
+/// An image's error, its failed items with their errors, and its items' notes.
+fn problems(image: &ImageStatus) -> Vec<String> {
+    let reference = &image.reference;
+    let mut out: Vec<String> = image.error.iter().map(|e| format!("{reference}: {e}")).collect();
+    for i in image.items.iter().filter(|i| i.state == ItemState::Failed) {
+        let error = i.error.as_deref().unwrap_or("failed");
+        out.push(format!("{reference}: {} {}: {error}", i.kind.as_str(), i.digest));
+    }
+    for i in &image.items {
+        if let Some(note) = &i.note {
+            out.push(format!("{reference}: note: {} {note}", i.digest));
+        }
+    }
     out
 }
 

@@ -106,14 +106,28 @@ pub(super) fn validate(raw: Option<RawPeers>, p: &mut Checker) -> Option<Peers> 
     })
 }
 
+/// Why `${NAME}` in a value could not be replaced.
+#[derive(Debug, thiserror::Error)]
+enum EnvError {
+    #[error("{0:?}: unclosed ${{")]
+    Unclosed(String),
+    #[error("environment variable {name} is not set")]
+    Unset {
+        name: String,
+        #[source]
+        source: std::env::VarError,
+    },
+}
+
 /// `${NAME}` replaced by the environment variable NAME (a pod's IP in Kubernetes).
-fn expand_env(v: &str) -> Result<String, String> {
+fn expand_env(v: &str) -> Result<String, EnvError> {
     let mut out = String::new();
     let mut rest = v;
     while let Some(start) = rest.find("${") {
-        let end = rest[start..].find('}').ok_or_else(|| format!("{v:?}: unclosed ${{"))? + start;
+        let end = rest[start..].find('}').ok_or_else(|| EnvError::Unclosed(v.to_owned()))? + start;
         let name = &rest[start + 2..end];
-        let value = std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?;
+        let value =
+            std::env::var(name).map_err(|source| EnvError::Unset { name: name.to_owned(), source })?;
         out.push_str(&rest[..start]);
         out.push_str(&value);
         rest = &rest[end + 1..];

@@ -57,6 +57,20 @@ impl fmt::Debug for Digest {
     }
 }
 
+/// A digest reads and writes as its string; reading validates it like `parse`.
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Digest::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +89,14 @@ mod tests {
         ] {
             assert!(Digest::parse(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn reads_and_writes_as_its_string_and_reading_validates() {
+        let d = Digest::of(b"abc");
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(json, format!("\"{d}\""));
+        assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), d);
+        assert!(serde_json::from_str::<Digest>("\"sha256:nope\"").is_err());
     }
 }

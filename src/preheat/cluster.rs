@@ -4,9 +4,10 @@
 
 use http::{Method, StatusCode};
 use serde::Serialize;
-use serde_json::{json, Value};
 
 use super::job::Job;
+use super::status::{Accepted, ErrorBody, JobState, JobStatus, PeerStatus};
+use super::{PreheatRequest, Scope};
 use crate::oci::image_ref::ImageRef;
 use crate::source::peers::Peers;
 
@@ -18,6 +19,21 @@ pub struct PeerJob {
     pub id: Option<String>,
     /// Why it did not.
     pub error: Option<String>,
+}
+
+/// Why a peer's part of a cluster job is not known: it did not take the job, or its status
+/// could not be read.
+#[derive(Debug, thiserror::Error)]
+enum PeerError {
+    #[error("unreachable: {0}")]
+    Unreachable(#[source] reqwest::Error),
+    /// The peer refused the job, with the `error` of its answer (`?` when it gave none).
+    #[error("answered {status}: {why}")]
+    Refused { status: StatusCode, why: String },
+    #[error("answered {0}")]
+    Status(StatusCode),
+    #[error(transparent)]
+    Unreadable(reqwest::Error),
 }
 
 /// The job's images pinned to the digests they resolved to here.
@@ -34,89 +50,110 @@ fn resolved_images(job: &Job) -> Vec<String> {
 
 /// Asks every peer to preheat the job's resolved images, by digest.
 pub async fn fan_out(peers: &Peers, job: &Job) {
-    let images = resolved_images(job);
-    let body = json!({ "images": images, "platforms": job.platforms, "tiers": job.tiers, "pin": job.pin });
+    let request = PreheatRequest {
+        images: resolved_images(job),
+        platforms: Some(job.platforms.clone()),
+        tiers: Some(job.tiers.clone()),
+        pin: job.pin,
+        scope: Scope::Local,
+    };
     let asks = peers.members().into_iter().map(|peer| {
-        let (body, images) = (&body, &images);
+        let request = &request;
         async move {
-            if images.is_empty() {
+            if request.images.is_empty() {
                 return PeerJob { peer, id: None, error: Some("no image resolved".into()) };
             }
-            let sent = peers.request(Method::POST, &peer, "/berth/v1/preheat").json(body).send().await;
-            let answer = match sent {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let answer: Value = resp.json().await.unwrap_or(Value::Null);
-                    match answer["id"].as_str() {
-                        Some(id) if status == StatusCode::ACCEPTED => Ok(id.to_owned()),
-                        _ => Err(format!("answered {status}: {}", answer["error"].as_str().unwrap_or("?"))),
-                    }
+            match ask(peers, &peer, request).await {
+                Ok(id) => PeerJob { peer, id: Some(id), error: None },
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "peer did not take its part of a cluster preheat");
+                    PeerJob { peer, id: None, error: Some(e.to_string()) }
                 }
-                Err(e) => Err(format!("unreachable: {e}")),
-            };
-            if let Err(e) = &answer {
-                tracing::warn!(%peer, error = %e, "peer did not take its part of a cluster preheat");
             }
-            let (id, error) = match answer {
-                Ok(id) => (Some(id), None),
-                Err(e) => (None, Some(e)),
-            };
-            PeerJob { peer, id, error }
         }
     });
     let jobs = futures::future::join_all(asks).await;
     *job.peer_jobs.lock().expect("job lock") = jobs;
 }
 
+/// Asks one peer to run its part; its job id when it took it.
+async fn ask(peers: &Peers, peer: &str, request: &PreheatRequest) -> Result<String, PeerError> {
+    let sent = peers.request(Method::POST, peer, "/berth/v1/preheat").json(request).send().await;
+    let resp = sent.map_err(PeerError::Unreachable)?;
+    let status = resp.status();
+    let body = resp.bytes().await.unwrap_or_default();
+    if status == StatusCode::ACCEPTED {
+        if let Ok(accepted) = serde_json::from_slice::<Accepted>(&body) {
+            return Ok(accepted.id);
+        }
+    }
+    let why = serde_json::from_slice::<ErrorBody>(&body).map_or_else(|_| "?".to_owned(), |b| b.error);
+    Err(PeerError::Refused { status, why })
+}
+
+/// A peer's job status.
+async fn status_of(peers: &Peers, peer: &str, id: &str) -> Result<JobStatus, PeerError> {
+    let got = peers.request(Method::GET, peer, &format!("/berth/v1/preheat/{id}")).send().await;
+    let resp = got.map_err(PeerError::Unreachable)?;
+    if !resp.status().is_success() {
+        return Err(PeerError::Status(resp.status()));
+    }
+    resp.json().await.map_err(PeerError::Unreadable)
+}
+
 /// Each peer's part as it stands now: its state and byte counts, or why it is unknown.
-pub async fn statuses(peers: &Peers, job: &Job) -> Vec<Value> {
+pub async fn statuses(peers: &Peers, job: &Job) -> Vec<PeerStatus> {
     let jobs = job.peer_jobs.lock().expect("job lock").clone();
     let asks = jobs.into_iter().map(|pj| async move {
-        let Some(id) = &pj.id else {
-            return json!({ "peer": pj.peer, "state": "failed", "error": pj.error });
+        let Some(id) = pj.id else {
+            return PeerStatus::failed(pj.peer, None, pj.error);
         };
-        let got = peers.request(Method::GET, &pj.peer, &format!("/berth/v1/preheat/{id}")).send().await;
-        let status: Result<Value, String> = match got {
-            Ok(resp) if resp.status().is_success() => resp.json().await.map_err(|e| e.to_string()),
-            Ok(resp) => Err(format!("answered {}", resp.status())),
-            Err(e) => Err(format!("unreachable: {e}")),
-        };
-        match status {
-            Ok(s) => {
-                let items: Vec<&Value> = s["images"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .flat_map(|i| i["items"].as_array())
-                    .flatten()
-                    .collect();
-                json!({
-                    "peer": pj.peer,
-                    "id": id,
-                    "state": s["state"],
-                    "bytes_total": s["bytes_total"],
-                    "bytes_done": s["bytes_done"],
-                    "items": items.len(),
-                    "items_cached": items.iter().filter(|i| i["state"] == "cached").count(),
-                    "errors": s["images"].as_array().into_iter().flatten()
-                        .filter_map(|i| i["error"].as_str()).collect::<Vec<_>>(),
-                })
-            }
-            Err(e) => json!({ "peer": pj.peer, "id": id, "state": "failed", "error": e }),
+        match status_of(peers, &pj.peer, &id).await {
+            Ok(status) => PeerStatus::of(pj.peer, id, &status),
+            Err(e) => PeerStatus::failed(pj.peer, Some(id), Some(e.to_string())),
         }
     });
     futures::future::join_all(asks).await
 }
 
+/// A cluster job's status: this instance's part (`local_state`), each peer's, and the state
+/// of the whole.
+pub async fn gather(peers: &Peers, job: &Job, mut status: JobStatus) -> JobStatus {
+    let parts = statuses(peers, job).await;
+    status.scope = Some(Scope::Cluster);
+    status.local_state = Some(status.state);
+    status.state = aggregate(status.state, &parts);
+    status.peers = Some(parts);
+    status
+}
+
 /// The state of a cluster job: running while any part runs, succeeded when all did.
-pub fn aggregate(local: &Value, peers: &[Value]) -> &'static str {
-    let states = std::iter::once(&local["state"]).chain(peers.iter().map(|p| &p["state"]));
-    let states: Vec<&str> = states.map(|s| s.as_str().unwrap_or("failed")).collect();
-    if states.iter().any(|s| *s == "queued" || *s == "running") {
-        "running"
-    } else if states.iter().all(|s| *s == "succeeded") {
-        "succeeded"
+pub fn aggregate(local: JobState, peers: &[PeerStatus]) -> JobState {
+    let states: Vec<JobState> = std::iter::once(local).chain(peers.iter().map(|p| p.state)).collect();
+    if states.iter().any(|s| !s.ended()) {
+        JobState::Running
+    } else if states.iter().all(|s| *s == JobState::Succeeded) {
+        JobState::Succeeded
     } else {
-        "failed"
+        JobState::Failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(state: JobState) -> PeerStatus {
+        PeerStatus { state, ..PeerStatus::failed("p".into(), None, None) }
+    }
+
+    #[test]
+    fn a_cluster_job_runs_while_any_part_runs_and_succeeds_when_all_did() {
+        use JobState::*;
+        assert_eq!(aggregate(Succeeded, &[part(Queued), part(Failed)]), Running);
+        assert_eq!(aggregate(Running, &[part(Succeeded)]), Running);
+        assert_eq!(aggregate(Succeeded, &[part(Succeeded), part(Succeeded)]), Succeeded);
+        assert_eq!(aggregate(Succeeded, &[part(Failed)]), Failed);
+        assert_eq!(aggregate(Failed, &[]), Failed);
     }
 }

@@ -1,50 +1,15 @@
-//! A preheat job's state, and its status as JSON. The `tiers` of every item are read from the
-//! tiers when the status is built, never remembered.
+//! A preheat job's state, and its status (`status::JobStatus`). The `tiers` of every item are
+//! read from the tiers when the status is built, never remembered.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use super::status::{ImageStatus, ItemKind, ItemState, ItemStatus, JobState, JobStatus, TierName};
 use crate::oci::digest::Digest;
 use crate::store::Store;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TierName {
-    Memory,
-    Disk,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobState {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ItemState {
-    Pending,
-    Fetching,
-    Cached,
-    Failed,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ItemKind {
-    Index,
-    Manifest,
-    Config,
-    Layer,
-}
 
 /// One piece of content of an image: an index, a manifest, a config or a layer.
 pub struct Item {
@@ -185,73 +150,74 @@ impl Job {
     /// Waits until the job has ended.
     pub async fn ended(&self) -> JobState {
         let mut rx = self.state.subscribe();
-        let state = rx.wait_for(|s| matches!(s, JobState::Succeeded | JobState::Failed)).await;
+        let state = rx.wait_for(|s| s.ended()).await;
         state.map(|s| *s).unwrap_or(JobState::Failed)
     }
 
     /// The job's status, with each item's tiers as found in the store now.
-    pub fn status(&self, store: &Store) -> Value {
+    pub fn status(&self, store: &Store) -> JobStatus {
         // The state first: `finish` sets the times before the state, so a final state read
         // here always comes with its finish time.
         let state = self.state();
         let (started, finished) = *self.times.lock().expect("job lock");
-        let (mut total, mut done) = (0u64, 0u64);
-        let images: Vec<Value> = self
-            .images
-            .iter()
-            .map(|image| {
-                let items: Vec<Value> = image
-                    .items()
-                    .iter()
-                    .map(|item| {
-                        let (state, error) = item.state.lock().expect("item lock").clone();
-                        let bytes_done = item.done.load(Ordering::Relaxed);
-                        total += item.size;
-                        done += bytes_done;
-                        let mut tiers = Vec::new();
-                        if store.memory.contains(&item.digest) {
-                            tiers.push(TierName::Memory);
-                        }
-                        if store.disk.len(&item.digest).ok().flatten().is_some() {
-                            tiers.push(TierName::Disk);
-                        }
-                        json!({
-                            "digest": item.digest.as_str(),
-                            "size": item.size,
-                            "kind": item.kind,
-                            "platform": item.platform,
-                            "state": state,
-                            "bytes_done": bytes_done,
-                            "tiers": tiers,
-                            "note": *item.note.lock().expect("item lock"),
-                            "error": error,
-                        })
-                    })
-                    .collect();
-                let resolved = image.resolved.lock().expect("image lock").clone();
-                json!({
-                    "reference": image.reference,
-                    "digest": resolved.as_ref().map(|(d, _)| d.as_str().to_owned()),
-                    "media_type": resolved.map(|(_, m)| m),
-                    "platforms": *image.platforms.lock().expect("image lock"),
-                    "error": *image.error.lock().expect("image lock"),
-                    "items": items,
-                })
-            })
-            .collect();
-        json!({
-            "id": self.id,
-            "state": state,
-            "created_at": rfc3339(Some(self.created)),
-            "started_at": rfc3339(started),
-            "finished_at": rfc3339(finished),
-            "platforms": self.platforms,
-            "tiers": self.tiers,
-            "pin": self.pin,
-            "bytes_total": total,
-            "bytes_done": done,
-            "images": images,
-        })
+        let images: Vec<ImageStatus> = self.images.iter().map(|image| image.status(store)).collect();
+        let items = || images.iter().flat_map(|i| &i.items);
+        let (bytes_total, bytes_done) = (items().map(|i| i.size).sum(), items().map(|i| i.bytes_done).sum());
+        JobStatus {
+            id: self.id.clone(),
+            state,
+            created_at: rfc3339(Some(self.created)),
+            started_at: rfc3339(started),
+            finished_at: rfc3339(finished),
+            platforms: self.platforms.clone(),
+            tiers: self.tiers.clone(),
+            pin: self.pin,
+            bytes_total,
+            bytes_done,
+            images,
+            scope: None,
+            local_state: None,
+            peers: None,
+        }
+    }
+}
+
+impl ImageJob {
+    fn status(&self, store: &Store) -> ImageStatus {
+        let resolved = self.resolved.lock().expect("image lock").clone();
+        let (digest, media_type) = resolved.unzip();
+        ImageStatus {
+            reference: self.reference.clone(),
+            digest,
+            media_type,
+            platforms: self.platforms.lock().expect("image lock").clone(),
+            error: self.error.lock().expect("image lock").clone(),
+            items: self.items().iter().map(|item| item.status(store)).collect(),
+        }
+    }
+}
+
+impl Item {
+    fn status(&self, store: &Store) -> ItemStatus {
+        let (state, error) = self.state.lock().expect("item lock").clone();
+        let mut tiers = Vec::new();
+        if store.memory.contains(&self.digest) {
+            tiers.push(TierName::Memory);
+        }
+        if store.disk.len(&self.digest).ok().flatten().is_some() {
+            tiers.push(TierName::Disk);
+        }
+        ItemStatus {
+            digest: self.digest.clone(),
+            size: self.size,
+            kind: self.kind,
+            platform: self.platform.clone(),
+            state,
+            bytes_done: self.done.load(Ordering::Relaxed),
+            tiers,
+            note: self.note.lock().expect("item lock").clone(),
+            error,
+        }
     }
 }
 

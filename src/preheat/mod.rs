@@ -4,46 +4,89 @@
 pub mod cluster;
 pub mod job;
 mod plan;
+pub mod status;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::config::Preheat as PreheatConfig;
+use crate::error::Error;
 use crate::oci::image_ref::ImageRef;
 use crate::oci::platform::Platform;
-use crate::registry::Mirror;
+use crate::oci::Invalid;
+use crate::registry::{Mirror, Via, Want};
 use crate::store::meta::{now_secs, Pin};
-use job::{ImageJob, Item, ItemState, Job, TierName};
+use job::{ImageJob, Item, Job};
+use status::{ItemState, TierName};
 
 /// Jobs kept for `GET /api/v1/preheat`; older ones are forgotten.
 const HISTORY: usize = 100;
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/v1/preheat` (and, from a cluster job to its peers, `/berth/v1/preheat`).
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PreheatRequest {
     pub images: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platforms: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tiers: Option<Vec<TierName>>,
     #[serde(default)]
     pub pin: bool,
     /// `cluster`: also ask every peer to preheat the same digests.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Scope::is_local")]
     pub scope: Scope,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     #[default]
     Local,
     Cluster,
+}
+
+impl Scope {
+    fn is_local(&self) -> bool {
+        *self == Scope::Local
+    }
+}
+
+/// Why a preheat request was refused (the client's fault: 400).
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("\"images\" is empty")]
+    NoImages,
+    #[error("\"platforms\" is empty")]
+    NoPlatforms,
+    /// An image reference or a platform that does not parse.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// An image of a registry this instance does not mirror.
+    #[error("{image}: {source}")]
+    NotMirrored {
+        image: String,
+        #[source]
+        source: Error,
+    },
+    #[error("\"scope\": \"cluster\" needs [peers] in the configuration")]
+    NoPeers,
+}
+
+/// Why one blob of a job was not cached.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error(transparent)]
+    Mirror(#[from] Error),
+    #[error("transfer failed: {0}")]
+    Transfer(#[source] std::io::Error),
+    #[error("fetched and verified, but not stored on disk (see the log)")]
+    NotStored,
 }
 
 pub struct Preheater {
@@ -64,27 +107,29 @@ impl Preheater {
     }
 
     /// Checks a request and starts its job. Errors are the client's (400).
-    pub fn submit(self: &Arc<Self>, req: PreheatRequest) -> Result<Arc<Job>, String> {
+    pub fn submit(self: &Arc<Self>, req: PreheatRequest) -> Result<Arc<Job>, SubmitError> {
         if req.images.is_empty() {
-            return Err("\"images\" is empty".into());
+            return Err(SubmitError::NoImages);
         }
         let mut refs = Vec::new();
         for image in &req.images {
-            let r = ImageRef::parse(image).map_err(|e| e.to_string())?;
-            self.mirror.upstreams.get(Some(&r.host)).map_err(|e| format!("{r}: {e}"))?;
+            let r = ImageRef::parse(image)?;
+            if let Err(source) = self.mirror.upstreams.get(Some(&r.host)) {
+                return Err(SubmitError::NotMirrored { image: r.to_string(), source });
+            }
             refs.push(r);
         }
         let platforms = req.platforms.unwrap_or_else(|| self.config.platforms.clone());
         for p in &platforms {
-            Platform::parse(p).map_err(|e| e.to_string())?;
+            Platform::parse(p)?;
         }
         if platforms.is_empty() {
-            return Err("\"platforms\" is empty".into());
+            return Err(SubmitError::NoPlatforms);
         }
         let tiers = req.tiers.unwrap_or_else(|| vec![TierName::Memory, TierName::Disk]);
         let cluster = req.scope == Scope::Cluster;
         if cluster && self.mirror.peers.is_none() {
-            return Err("\"scope\": \"cluster\" needs [peers] in the configuration".into());
+            return Err(SubmitError::NoPeers);
         }
         let images = refs.iter().map(|r| ImageJob::new(r.to_string())).collect();
         let job = Arc::new(Job::new(new_id(), images, platforms, tiers, req.pin).in_cluster(cluster));
@@ -115,7 +160,7 @@ impl Preheater {
         let (mirror, platforms) = (&self.mirror, &job.platforms);
         let resolved = refs.iter().zip(&job.images).map(|(r, image)| async move {
             if let Err(e) = plan::resolve(mirror, r, platforms, image).await {
-                image.fail(e);
+                image.fail(e.to_string());
             }
         });
         futures::future::join_all(resolved).await;
@@ -147,7 +192,7 @@ impl Preheater {
         match self.pull(r, item).await {
             Ok(()) => item.set(ItemState::Cached, None),
             Err(e) => {
-                item.set(ItemState::Failed, Some(e));
+                item.set(ItemState::Failed, Some(e.to_string()));
                 return;
             }
         }
@@ -156,15 +201,12 @@ impl Preheater {
         }
     }
 
-    async fn pull(&self, r: &ImageRef, item: &Item) -> Result<(), String> {
-        let answer = self
-            .mirror
-            .blob(Some(&r.host), &r.repo, &item.digest, None, false, false)
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn pull(&self, r: &ImageRef, item: &Item) -> Result<(), FetchError> {
+        let answer =
+            self.mirror.blob(Some(&r.host), &r.repo, &item.digest, None, Want::Content, Via::Client).await?;
         if let Some(mut s) = answer.body {
             while let Some(chunk) = s.next().await {
-                let chunk = chunk.map_err(|e| format!("transfer failed: {e}"))?;
+                let chunk = chunk.map_err(FetchError::Transfer)?;
                 item.done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             }
         }
@@ -173,7 +215,7 @@ impl Preheater {
             fill.settled().await;
         }
         if self.mirror.store.disk.len(&item.digest).ok().flatten().is_none() {
-            return Err("fetched and verified, but not stored on disk (see the log)".into());
+            return Err(FetchError::NotStored);
         }
         Ok(())
     }

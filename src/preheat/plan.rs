@@ -3,13 +3,47 @@
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 
-use super::job::{ImageJob, Item, ItemKind, ItemState};
+use super::job::{ImageJob, Item};
+use super::status::{ItemKind, ItemState};
+use crate::error::Error;
 use crate::oci::accept::AcceptClass;
 use crate::oci::digest::Digest;
 use crate::oci::image_ref::ImageRef;
 use crate::oci::platform::Platform;
 use crate::oci::reference::Reference;
-use crate::registry::Mirror;
+use crate::oci::Invalid;
+use crate::registry::{Mirror, Via, Want};
+
+/// Why an image could not be walked to its blobs (the image's `error`).
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("resolving {image}: {source}")]
+    Resolve {
+        image: String,
+        #[source]
+        source: Error,
+    },
+    #[error("{image}: unreadable index: {source}")]
+    Index {
+        image: String,
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
+    #[error("{image}: platform {want} is not in the index (it has: {has})")]
+    NoPlatform { image: String, want: String, has: String },
+    #[error("{image}: manifest for {platform}: {source}")]
+    Manifest {
+        image: String,
+        platform: String,
+        #[source]
+        source: Error,
+    },
+    #[error("unreadable image manifest: {0}")]
+    ImageManifest(#[source] oci_spec::OciSpecError),
+    /// A platform asked for, or a digest named by an index or manifest, that does not parse.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+}
 
 fn is_index(media_type: &str) -> bool {
     media_type.contains("image.index") || media_type.contains("manifest.list")
@@ -22,11 +56,11 @@ pub async fn resolve(
     r: &ImageRef,
     platforms: &[String],
     image: &ImageJob,
-) -> Result<(), String> {
+) -> Result<(), PlanError> {
     let top = mirror
-        .manifest(Some(&r.host), &r.repo, &r.reference(), &AcceptClass::pull(), false, false)
+        .manifest(Some(&r.host), &r.repo, &r.reference(), &AcceptClass::pull(), Want::Content, Via::Client)
         .await
-        .map_err(|e| format!("resolving {r}: {e}"))?;
+        .map_err(|source| PlanError::Resolve { image: r.to_string(), source })?;
     *image.resolved.lock().expect("image lock") = Some((top.digest.clone(), top.media_type.clone()));
     let bytes = top.bytes.unwrap_or_default();
     let kind = if is_index(&top.media_type) { ItemKind::Index } else { ItemKind::Manifest };
@@ -35,7 +69,8 @@ pub async fn resolve(
     if kind == ItemKind::Manifest {
         return add_blobs(image, &bytes, None);
     }
-    let index = ImageIndex::from_reader(&bytes[..]).map_err(|e| format!("{r}: unreadable index: {e}"))?;
+    let index = ImageIndex::from_reader(&bytes[..])
+        .map_err(|source| PlanError::Index { image: r.to_string(), source })?;
     let entries: Vec<(Platform, &Descriptor)> = index
         .manifests()
         .iter()
@@ -44,27 +79,35 @@ pub async fn resolve(
         .collect();
     let mut chosen = Vec::new();
     for wanted in platforms {
-        let want = Platform::parse(wanted).map_err(|e| e.to_string())?;
+        let want = Platform::parse(wanted)?;
         let Some((p, d)) = entries.iter().find(|(p, _)| want.serves(p)) else {
             let has: Vec<String> = entries.iter().map(|(p, _)| p.to_string()).collect();
-            return Err(format!("{r}: platform {want} is not in the index (it has: {})", has.join(", ")));
+            return Err(PlanError::NoPlatform {
+                image: r.to_string(),
+                want: want.to_string(),
+                has: has.join(", "),
+            });
         };
         chosen.push((p.to_string(), d.digest().to_string()));
     }
     *image.platforms.lock().expect("image lock") = chosen.iter().map(|(p, _)| p.clone()).collect();
     for (platform, digest) in chosen {
-        let digest = Digest::parse(&digest).map_err(|e| e.to_string())?;
+        let digest = Digest::parse(&digest)?;
         let m = mirror
             .manifest(
                 Some(&r.host),
                 &r.repo,
                 &Reference::Digest(digest.clone()),
                 &AcceptClass::all(),
-                false,
-                false,
+                Want::Content,
+                Via::Client,
             )
             .await
-            .map_err(|e| format!("{r}: manifest for {platform}: {e}"))?;
+            .map_err(|source| PlanError::Manifest {
+                image: r.to_string(),
+                platform: platform.clone(),
+                source,
+            })?;
         let bytes = m.bytes.unwrap_or_default();
         cached(image, digest, bytes.len() as u64, ItemKind::Manifest, Some(platform.clone()));
         add_blobs(image, &bytes, Some(platform))?;
@@ -80,13 +123,13 @@ fn cached(image: &ImageJob, digest: Digest, size: u64, kind: ItemKind, platform:
 }
 
 /// Records a manifest's config and layers as pending items.
-fn add_blobs(image: &ImageJob, manifest: &[u8], platform: Option<String>) -> Result<(), String> {
-    let m = ImageManifest::from_reader(manifest).map_err(|e| format!("unreadable image manifest: {e}"))?;
+fn add_blobs(image: &ImageJob, manifest: &[u8], platform: Option<String>) -> Result<(), PlanError> {
+    let m = ImageManifest::from_reader(manifest).map_err(PlanError::ImageManifest)?;
     let config = m.config();
     let blobs =
         std::iter::once((config, ItemKind::Config)).chain(m.layers().iter().map(|l| (l, ItemKind::Layer)));
     for (d, kind) in blobs {
-        let digest = Digest::parse(d.digest().as_ref()).map_err(|e| e.to_string())?;
+        let digest = Digest::parse(d.digest().as_ref())?;
         image.push(Item::new(digest, d.size(), kind, platform.clone()));
     }
     Ok(())

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 
-use super::Mirror;
+use super::{Mirror, Via, Want};
 use crate::error::Error;
 use crate::oci::digest::Digest;
 use crate::oci::range::RangeSpec;
@@ -13,7 +13,7 @@ use crate::source::Fetched;
 use crate::source::Upstream;
 use crate::store::body::{self, BodyStream};
 use crate::store::fill::{self, Fill, FillState};
-use crate::store::Tier;
+use crate::store::ServedBy;
 
 /// A blob answer: the full length, the span served (`Some` for a 206), and the body for a GET.
 pub struct BlobAnswer {
@@ -22,7 +22,7 @@ pub struct BlobAnswer {
     /// The body for a GET. It marks the blob as being read until it is dropped, which keeps
     /// GC from evicting it meanwhile.
     pub body: Option<BodyStream>,
-    pub tier: Tier,
+    pub served_by: ServedBy,
 }
 
 impl Mirror {
@@ -32,8 +32,8 @@ impl Mirror {
         repo: &str,
         digest: &Digest,
         range: Option<RangeSpec>,
-        head: bool,
-        hop: bool,
+        want: Want,
+        via: Via,
     ) -> Result<BlobAnswer, Error> {
         let upstream = &self.upstreams.get(ns)?;
         // Confirmed before the tiers are read: a refused request does not count as a read
@@ -46,19 +46,24 @@ impl Mirror {
             let len = hit.bytes.len() as u64;
             let span = range.map(|r| r.resolve(len)).transpose()?;
             let (start, end) = span.unwrap_or((0, len));
-            let body = (!head).then(|| {
+            let body = (want == Want::Content).then(|| {
                 let slice = hit.bytes.slice(start as usize..end as usize);
                 body::guarded(body::chunked(slice), self.store.reading(digest))
             });
-            return Ok(BlobAnswer { len, range: span, body, tier: hit.tier });
+            return Ok(BlobAnswer { len, range: span, body, served_by: hit.served_by });
         }
 
-        if head {
+        if want == Want::Head {
             // A HEAD does not start a fill: answer from a fill in flight, else ask upstream.
             if let Some(fill) = self.store.inflight(digest) {
                 if fill.origin() == upstream.host || self.provenance.knows(&upstream.host, digest).await {
                     if let Some(len) = fill.ready().await? {
-                        return Ok(BlobAnswer { len, range: None, body: None, tier: Tier::FillFollower });
+                        return Ok(BlobAnswer {
+                            len,
+                            range: None,
+                            body: None,
+                            served_by: ServedBy::FillFollower,
+                        });
                     }
                 }
             }
@@ -66,14 +71,14 @@ impl Mirror {
                 Error::Unavailable("upstream sent no Content-Length for a blob HEAD".into())
             })?;
             // Not recorded: berth does not hold it, and records are kept for what it holds.
-            return Ok(BlobAnswer { len, range: None, body: None, tier: Tier::Upstream });
+            return Ok(BlobAnswer { len, range: None, body: None, served_by: ServedBy::Upstream });
         }
 
-        let (fill, led) = self.join_fill(upstream, repo, digest, hop).await?;
+        let (fill, led) = self.join_fill(upstream, repo, digest, via).await?;
         if led {
             self.record_when_verified(&fill, &upstream.host);
         }
-        let tier = if led { Tier::FillLeader } else { Tier::FillFollower };
+        let served_by = if led { ServedBy::FillLeader } else { ServedBy::FillFollower };
         let len = match fill.ready().await? {
             Some(len) => len,
             // Upstream sent no length: the length is known once the fill is verified.
@@ -85,7 +90,7 @@ impl Mirror {
             len,
             range: span,
             body: Some(body::guarded(body::follow(fill, start, Some(end)), self.store.reading(digest))),
-            tier,
+            served_by,
         })
     }
 
@@ -97,9 +102,9 @@ impl Mirror {
         upstream: &Arc<Upstream>,
         repo: &str,
         digest: &Digest,
-        hop: bool,
+        via: Via,
     ) -> Result<(Arc<Fill>, bool), Error> {
-        let (fill, led) = self.store.fill(digest, &upstream.host, self.fetch(upstream, repo, digest, hop));
+        let (fill, led) = self.store.fill(digest, &upstream.host, self.fetch(upstream, repo, digest, via));
         if led || fill.origin() == upstream.host {
             return Ok((fill, led));
         }
@@ -108,7 +113,7 @@ impl Mirror {
             return Ok((fill, false));
         }
         fill.settled().await;
-        Ok(self.store.fill(digest, &upstream.host, self.fetch(upstream, repo, digest, hop)))
+        Ok(self.store.fill(digest, &upstream.host, self.fetch(upstream, repo, digest, via)))
     }
 
     /// The fetch of a fill from this registry: through the digest's owner among the peers,
@@ -118,10 +123,10 @@ impl Mirror {
         upstream: &Arc<Upstream>,
         repo: &str,
         digest: &Digest,
-        hop: bool,
+        via: Via,
     ) -> futures::future::BoxFuture<'static, Result<fill::Source, Error>> {
         let (upstream, repo, digest) = (upstream.clone(), repo.to_owned(), digest.clone());
-        let owner = self.owner_of(&digest, hop);
+        let owner = self.owner_of(&digest, via);
         async move {
             let fetched = match owner {
                 Some((peers, owner)) => peers.blob(&owner, &upstream, &repo, &digest).await,

@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{tags, Mirror};
+use super::{tags, Mirror, Via, Want};
 use crate::error::Error;
 use crate::oci::accept::AcceptClass;
 use crate::oci::digest::Digest;
 use crate::oci::reference::Reference;
 use crate::source::Upstream;
 use crate::store::meta::{now_secs, TagEntry};
-use crate::store::Tier;
+use crate::store::ServedBy;
 
 /// How a manifest digest came to be asked for under a registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub struct ManifestAnswer {
     pub media_type: String,
     pub len: u64,
     pub bytes: Option<Bytes>,
-    pub tier: Tier,
+    pub served_by: ServedBy,
 }
 
 impl Mirror {
@@ -39,32 +39,32 @@ impl Mirror {
         repo: &str,
         reference: &Reference,
         accept: &AcceptClass,
-        head: bool,
-        hop: bool,
+        want: Want,
+        via: Via,
     ) -> Result<ManifestAnswer, Error> {
         let upstream = &self.upstreams.get(ns)?;
         match reference {
-            Reference::Digest(d) => self.manifest_by_digest(upstream, repo, d, Asked::ByDigest, hop).await,
+            Reference::Digest(d) => self.manifest_by_digest(upstream, repo, d, Asked::ByDigest, via).await,
             Reference::Tag(tag) => {
-                let (entry, tier) = self.resolve_tag(upstream, repo, tag, accept).await?;
+                let (entry, served_by) = self.resolve_tag(upstream, repo, tag, accept).await?;
                 let digest = Digest::parse(&entry.digest)?;
                 // The registry named this digest for its tag (a mapping of its own tag cache,
                 // recorded when it was learnt): it has it.
-                if tier != Tier::Memory {
+                if served_by != ServedBy::Memory {
                     self.provenance.record(&upstream.host, &digest).await;
                 }
-                if head {
+                if want == Want::Head {
                     return Ok(ManifestAnswer {
                         digest,
                         media_type: entry.media_type,
                         len: entry.size,
                         bytes: None,
-                        tier,
+                        served_by,
                     });
                 }
-                let mut answer = self.manifest_by_digest(upstream, repo, &digest, Asked::ByTag, hop).await?;
-                if tier != Tier::Memory {
-                    answer.tier = tier;
+                let mut answer = self.manifest_by_digest(upstream, repo, &digest, Asked::ByTag, via).await?;
+                if served_by != ServedBy::Memory {
+                    answer.served_by = served_by;
                 }
                 Ok(answer)
             }
@@ -78,7 +78,7 @@ impl Mirror {
         repo: &str,
         digest: &Digest,
         asked: Asked,
-        hop: bool,
+        via: Via,
     ) -> Result<ManifestAnswer, Error> {
         // Confirmed before the tiers are read: a refused request does not count as a read.
         if asked == Asked::ByDigest
@@ -97,7 +97,7 @@ impl Mirror {
             let (upstream, repo, digest) = (upstream.clone(), repo.to_owned(), digest.clone());
             let store = self.store.clone();
             let media_types = self.media_types.clone();
-            let owner = self.owner_of(&digest, hop);
+            let owner = self.owner_of(&digest, via);
             let provenance = self.provenance.clone();
             async move {
                 let m = match owner {
@@ -120,7 +120,7 @@ impl Mirror {
             .stored_manifest(digest)
             .await?
             .ok_or_else(|| Error::Internal(format!("manifest {digest} vanished after its fetch")))?;
-        answer.tier = if led { Tier::FillLeader } else { Tier::FillFollower };
+        answer.served_by = if led { ServedBy::FillLeader } else { ServedBy::FillFollower };
         Ok(answer)
     }
 
@@ -170,7 +170,7 @@ impl Mirror {
             media_type: media_type.to_string(),
             len: bytes.len() as u64,
             bytes: Some(bytes),
-            tier: hit.tier,
+            served_by: hit.served_by,
         }))
     }
 
@@ -183,14 +183,14 @@ impl Mirror {
         repo: &str,
         tag: &str,
         accept: &AcceptClass,
-    ) -> Result<(TagEntry, Tier), Error> {
+    ) -> Result<(TagEntry, ServedBy), Error> {
         let base = tags::base(&upstream.host, repo, tag);
         let cached = match self.tags.get(&base, &accept.header()) {
             Some(exact) => Some(exact),
             None => self.tags.compatible(&base, |media_type| accept.names(media_type)),
         };
         if let Some(entry) = cached.as_ref().filter(|e| self.tags.is_fresh(e)) {
-            return Ok((entry.clone(), Tier::Memory));
+            return Ok((entry.clone(), ServedBy::Memory));
         }
         let accept = accept.header();
         let key = format!("{base}#{accept}");
@@ -200,7 +200,7 @@ impl Mirror {
             async move { this.revalidate(&upstream, &repo, &tag, &accept, &base, cached).await }
         };
         let (result, led) = self.tag_lookups.run(key, || work).await;
-        Ok((result?, if led { Tier::FillLeader } else { Tier::FillFollower }))
+        Ok((result?, if led { ServedBy::FillLeader } else { ServedBy::FillFollower }))
     }
 
     fn refs(&self) -> TagWork {

@@ -23,6 +23,21 @@ use tags::TagCache;
 pub use blobs::BlobAnswer;
 pub use manifests::ManifestAnswer;
 
+/// What a request wants of a manifest or a blob: its headers only (HEAD), or its content too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    Head,
+    Content,
+}
+
+/// Who asks: a client, or a peer mirror passing on its own client's request (the hop
+/// marker), which is answered here and never forwarded again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Client,
+    Peer,
+}
+
 /// The mirror: the store, the upstreams, and the tag cache between them.
 pub struct Mirror {
     pub store: Arc<Store>,
@@ -76,8 +91,8 @@ impl Mirror {
 
     /// The peer to ask for `digest` on a miss: none for a request that came from a peer
     /// (never forwarded twice), or when this instance owns it.
-    fn owner_of(&self, digest: &Digest, hop: bool) -> Option<(Arc<Peers>, String)> {
-        let peers = self.peers.as_ref().filter(|_| !hop)?;
+    fn owner_of(&self, digest: &Digest, via: Via) -> Option<(Arc<Peers>, String)> {
+        let peers = self.peers.as_ref().filter(|_| via == Via::Client)?;
         Some((peers.clone(), peers.owner(digest)?))
     }
 }

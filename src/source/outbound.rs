@@ -14,7 +14,7 @@ use tokio_rustls::rustls::RootCertStore;
 
 use super::public::{ConnectGuard, Guard, PublicOnly};
 use crate::config::Registry;
-use crate::error::Error;
+use crate::error::{BoxError, Error};
 
 /// The client for `cfg`'s upstream, and its guard when the registry is public-only.
 pub fn client_for(cfg: &Registry) -> Result<(reqwest::Client, Option<Arc<Guard>>), Error> {
@@ -57,18 +57,20 @@ fn base(
 /// as a trust anchor, so that a bundle that would fail the client fails validation first.
 /// The error names the file.
 pub fn extra_roots(ca_file: &Path) -> Result<Vec<reqwest::Certificate>, Error> {
-    let bad = |e: &dyn std::fmt::Display| Error::Internal(format!("{}: {e}", ca_file.display()));
+    let bad = |e: BoxError| Error::fault(ca_file.display().to_string(), e);
     let ders: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
-        .map_err(|e| bad(&e))?
+        .map_err(|e| bad(e.into()))?
         .collect::<Result<_, _>>()
-        .map_err(|e| bad(&e))?;
+        .map_err(|e| bad(e.into()))?;
     if ders.is_empty() {
-        return Err(bad(&"no certificate in the file"));
+        return Err(bad("no certificate in the file".into()));
     }
+    let unusable =
+        |e: tokio_rustls::rustls::Error| Error::fault(format!("{}: not a usable root", ca_file.display()), e);
     ders.iter()
         .map(|der| {
-            RootCertStore::empty().add(der.clone()).map_err(|e| bad(&format!("not a usable root: {e}")))?;
-            reqwest::Certificate::from_der(der).map_err(|e| bad(&e))
+            RootCertStore::empty().add(der.clone()).map_err(unusable)?;
+            reqwest::Certificate::from_der(der).map_err(|e| bad(e.into()))
         })
         .collect()
 }

@@ -70,21 +70,30 @@ fn is_public_v6(v6: Ipv6Addr) -> bool {
         || (s[0] & 0xffc0) == 0xfec0) // site-local, fec0::/10
 }
 
+/// Why `check_host` refused a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostRefused {
+    #[error("not a host name")]
+    NotAHostName,
+    #[error("not a public address")]
+    NotPublic,
+}
+
 /// Checks a registry host as a client named it: a DNS name or a public IP, with an optional
 /// port; nothing else (no paths, no credentials). The host is read as the URL parser reads
 /// it, so that every spelling of an address is judged as the address it connects to.
-pub fn check_host(host: &str) -> Result<(), String> {
+pub fn check_host(host: &str) -> Result<(), HostRefused> {
     let port_ok = |p: &str| p.is_empty() || p.strip_prefix(':').is_some_and(|p| p.parse::<u16>().is_ok());
     let bare = if let Some(rest) = host.strip_prefix('[') {
         // [v6]:port
-        let (ip, after) = rest.split_once(']').ok_or("not a host name")?;
+        let (ip, after) = rest.split_once(']').ok_or(HostRefused::NotAHostName)?;
         if !port_ok(after) {
-            return Err("not a host name".into());
+            return Err(HostRefused::NotAHostName);
         }
         return match ip.parse::<Ipv6Addr>() {
             Ok(v6) if is_public_v6(v6) => Ok(()),
-            Ok(_) => Err("not a public address".into()),
-            Err(_) => Err("not a host name".into()),
+            Ok(_) => Err(HostRefused::NotPublic),
+            Err(_) => Err(HostRefused::NotAHostName),
         };
     } else {
         match host.rsplit_once(':') {
@@ -93,20 +102,20 @@ pub fn check_host(host: &str) -> Result<(), String> {
         }
     };
     if let Ok(ip) = bare.parse::<IpAddr>() {
-        return if is_public(ip) { Ok(()) } else { Err("not a public address".into()) };
+        return if is_public(ip) { Ok(()) } else { Err(HostRefused::NotPublic) };
     }
     let valid_label =
         |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if bare.is_empty() || bare.len() > 253 || !bare.split('.').all(valid_label) {
-        return Err("not a host name".into());
+        return Err(HostRefused::NotAHostName);
     }
-    let name = match url::Host::parse(bare).map_err(|_| "not a host name")? {
+    let name = match url::Host::parse(bare).map_err(|_| HostRefused::NotAHostName)? {
         url::Host::Ipv4(v4) if is_public_v4(v4) => return Ok(()),
-        url::Host::Ipv4(_) | url::Host::Ipv6(_) => return Err("not a public address".into()),
+        url::Host::Ipv4(_) | url::Host::Ipv6(_) => return Err(HostRefused::NotPublic),
         url::Host::Domain(name) => name,
     };
     if name == "localhost" || name.ends_with(".localhost") {
-        return Err("not a public address".into());
+        return Err(HostRefused::NotPublic);
     }
     Ok(())
 }

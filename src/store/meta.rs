@@ -65,8 +65,8 @@ pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn db_err(e: impl std::fmt::Display) -> Error {
-    Error::Internal(format!("metadata store: {e}"))
+fn db_err(e: impl Into<crate::error::BoxError>) -> Error {
+    Error::fault("metadata store", e)
 }
 
 impl Meta {

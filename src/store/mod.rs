@@ -26,9 +26,9 @@ use memory::MemoryTier;
 use meta::Meta;
 use tier::Tiered;
 
-/// Which part of berth answered a request (the request log's `tier`).
+/// Which part of berth answered a request: the request log's `tier` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
+pub enum ServedBy {
     Memory,
     Disk,
     FillLeader,
@@ -36,21 +36,21 @@ pub enum Tier {
     Upstream,
 }
 
-impl Tier {
+impl ServedBy {
     pub fn as_str(self) -> &'static str {
         match self {
-            Tier::Memory => "memory",
-            Tier::Disk => "disk",
-            Tier::FillLeader => "fill-leader",
-            Tier::FillFollower => "fill-follower",
-            Tier::Upstream => "upstream-passthrough",
+            ServedBy::Memory => "memory",
+            ServedBy::Disk => "disk",
+            ServedBy::FillLeader => "fill-leader",
+            ServedBy::FillFollower => "fill-follower",
+            ServedBy::Upstream => "upstream-passthrough",
         }
     }
 }
 
 /// Verified content found in a tier: memory-tier bytes, or a disk file mapped into memory.
 pub struct Hit {
-    pub tier: Tier,
+    pub served_by: ServedBy,
     pub bytes: Bytes,
 }
 
@@ -98,7 +98,7 @@ impl Drop for ReadGuard {
 impl Store {
     pub fn open(cfg: &Storage) -> Result<Arc<Store>, Error> {
         let disk = DiskTier::open(&cfg.dir, cfg.disk_capacity)
-            .map_err(|e| Error::Internal(format!("opening {}: {e}", cfg.dir.display())))?;
+            .map_err(|e| Error::fault(format!("opening {}", cfg.dir.display()), e))?;
         let meta = Meta::open(&cfg.dir.join("v1").join("meta.redb"))?;
         let (memory, disk) = (MemoryTier::new(cfg.memory_capacity, cfg.memory_max_object), Arc::new(disk));
         Ok(Arc::new(Store {

@@ -65,7 +65,7 @@ pub(crate) async fn hash_written(
     })
     .await
     .map_err(Error::internal)?
-    .map_err(|e| Error::Internal(format!("reading back the written part: {e}")))
+    .map_err(|e| Error::fault("reading back the written part", e))
 }
 
 /// Bytes `start..end` (or to the end) of the content, verified as a whole before the last
@@ -130,7 +130,7 @@ async fn serve(p: &PassThrough, start: u64, end: Option<u64>, out: &mut Held) ->
                 })
                 .await
                 .map_err(Error::internal)?
-                .map_err(|e| Error::Internal(format!("reading the written part: {e}")))?
+                .map_err(|e| Error::fault("reading the written part", e))?
             }
             (None, None) => break,
         };

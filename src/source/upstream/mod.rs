@@ -104,7 +104,7 @@ impl Upstream {
     }
 
     fn url(&self, path_and_query: &str) -> Result<Url, Error> {
-        self.endpoint.join(path_and_query).map_err(|e| Error::Internal(format!("upstream URL: {e}")))
+        self.endpoint.join(path_and_query).map_err(|e| Error::fault("upstream URL", e))
     }
 
     /// Sends a request for `repo`'s content, authenticating as upstream asks (one retry).

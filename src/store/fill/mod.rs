@@ -162,8 +162,5 @@ async fn drop_off_thread(writer: DiskWriter) -> Result<(), Error> {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(Error::internal)?
-        .map_err(|e| Error::Internal(format!("disk tier: {e}")))
+    tokio::task::spawn_blocking(f).await.map_err(Error::internal)?.map_err(|e| Error::fault("disk tier", e))
 }

@@ -65,7 +65,7 @@ impl Pipeline {
 fn write_loop(mut rx: mpsc::Receiver<Bytes>, writer: DiskWriter, fill: &Fill) -> (DiskWriter, Option<Error>) {
     while let Some(buf) = rx.blocking_recv() {
         if let Err(e) = writer.append_blocking(&buf) {
-            return (writer, Some(Error::Internal(format!("writing blob: {e}"))));
+            return (writer, Some(Error::fault("writing blob", e)));
         }
         let offset = writer.written_len();
         fill.state.send_modify(|s| {

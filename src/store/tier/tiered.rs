@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::BlobTier;
 use crate::oci::digest::Digest;
 use crate::store::memory::MemoryTier;
-use crate::store::{Hit, Tier};
+use crate::store::{Hit, ServedBy};
 
 pub(crate) struct Tiered<L> {
     memory: MemoryTier,
@@ -44,10 +44,10 @@ impl<L: BlobTier> Tiered<L> {
     /// that does not match its digest (damaged) is removed and answered as a miss.
     pub(crate) async fn get(&self, digest: &Digest) -> Option<Hit> {
         if let Some(bytes) = self.memory.get(digest).await {
-            return Some(Hit { tier: Tier::Memory, bytes });
+            return Some(Hit { served_by: ServedBy::Memory, bytes });
         }
         match self.lookup_lower(digest).await {
-            Ok(Some(bytes)) => Some(Hit { tier: Tier::Disk, bytes }),
+            Ok(Some(bytes)) => Some(Hit { served_by: ServedBy::Disk, bytes }),
             Ok(None) => None,
             Err(e) => {
                 tracing::warn!(%digest, error = %e, "disk tier read failed; treating as a miss");
@@ -114,7 +114,7 @@ mod tests {
     use crate::store::memory::MemoryTier;
     use crate::store::tier::memory::MemoryWriter;
     use crate::store::tier::{BlobTier, Usage};
-    use crate::store::Tier;
+    use crate::store::ServedBy;
 
     /// A durable lower tier that counts its reads and fails them on demand.
     #[derive(Clone)]
@@ -194,9 +194,9 @@ mod tests {
         let (tiers, spy) = tiers();
         let d = below(&spy, &[7; 600]).await;
         let first = tiers.get(&d).await.unwrap();
-        assert_eq!((first.tier, first.bytes.len()), (Tier::Disk, 600));
+        assert_eq!((first.served_by, first.bytes.len()), (ServedBy::Disk, 600));
         let again = tiers.get(&d).await.unwrap();
-        assert_eq!(again.tier, Tier::Memory);
+        assert_eq!(again.served_by, ServedBy::Memory);
         assert_eq!(spy.reads(), 1, "a memory hit reads nothing below");
     }
 
@@ -205,7 +205,7 @@ mod tests {
         let (tiers, spy) = tiers();
         let d = below(&spy, &[8; 5000]).await;
         for _ in 0..2 {
-            assert_eq!(tiers.get(&d).await.unwrap().tier, Tier::Disk);
+            assert_eq!(tiers.get(&d).await.unwrap().served_by, ServedBy::Disk);
         }
         assert_eq!(spy.reads(), 2);
         assert!(!tiers.memory.contains(&d));
@@ -234,6 +234,6 @@ mod tests {
         assert!(!tiers.holds(&d).await);
         spy.failing.store(false, Ordering::Relaxed);
         assert!(tiers.holds(&d).await);
-        assert_eq!(tiers.get(&d).await.unwrap().tier, Tier::Disk);
+        assert_eq!(tiers.get(&d).await.unwrap().served_by, ServedBy::Disk);
     }
 }
