@@ -1,7 +1,8 @@
 //! The one step that reads what a configuration names on disk: the TLS certificate and key,
 //! the `[auth]` files, and every `ca_file`. `config` only parses and validates syntax;
 //! `berth check-config` and `berth serve` both run this step once, and `serve` starts with
-//! what it loaded.
+//! the certificate and auth files it loaded. A `ca_file` is only proven readable here: it is
+//! read again where its client is built (`source::outbound`).
 
 use std::path::Path;
 

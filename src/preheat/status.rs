@@ -1,6 +1,7 @@
 //! A preheat job's status: the one shape the admin API and the peer API answer, that a cluster
 //! job reads back from its peers, and that `berth preheat` reads. Readers ignore fields they do
-//! not know, so that a newer peer may add some.
+//! not know, so that a newer peer may add some; a state, kind or tier name they do not know
+//! fails the read (a cluster job then counts that peer's part as failed).
 
 use serde::{Deserialize, Serialize};
 

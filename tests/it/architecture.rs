@@ -152,7 +152,8 @@ fn every_top_level_module_has_a_level() {
     let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
     for line in code_of(&lib).lines() {
         let line = line.trim();
-        if let Some(m) = line.strip_prefix("pub mod ").or_else(|| line.strip_prefix("mod ")) {
+        let declared = ["pub mod ", "pub(crate) mod ", "mod "].iter().find_map(|p| line.strip_prefix(p));
+        if let Some(m) = declared {
             let m = m.trim_end_matches(';');
             assert!(level(m).is_some(), "module {m} (lib.rs) has no level in LEVELS");
         }
