@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use berth::config::Storage;
 use berth::oci::digest::Digest;
-use berth::store::fill::Source;
-use berth::store::memory::MemoryTier;
-use berth::store::{body, Store};
+use berth::test_util::MemoryTier;
+use berth::test_util::Source;
+use berth::test_util::{body, Store};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use futures::{FutureExt, StreamExt};
@@ -67,7 +67,7 @@ fn fill(c: &mut Criterion) {
                     while store.fills_in_flight() > 0 {
                         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                     }
-                    std::fs::remove_file(store.disk.path(&digest)).unwrap();
+                    std::fs::remove_file(store.disk_path(&digest)).unwrap();
                     elapsed
                 });
             }

@@ -32,7 +32,7 @@ pub fn parse(text: &str) -> Result<(Config, Loaded), ConfigError> {
 }
 
 /// Loads the files `config` names; every one that fails is named in the error.
-pub fn load(config: &Config) -> Result<Loaded, ConfigError> {
+pub(crate) fn load(config: &Config) -> Result<Loaded, ConfigError> {
     let mut problems = Vec::new();
     let certs = config.server.tls.as_ref().and_then(|(cert, key)| {
         Certs::load(cert, key).map_err(|e| problems.push(format!("server.tls: {}", cause(e)))).ok()

@@ -55,7 +55,7 @@ pub enum Error {
 }
 
 /// Any error, as a cause (also a message: `&str` and `String` convert).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The error beneath an `Error::Fault`. Shared, so that `Error` stays `Clone` (a fill's error
 /// reaches each of its clients); two causes are equal when they read the same.
@@ -82,17 +82,17 @@ impl PartialEq for Cause {
 
 impl Error {
     /// A fault of berth's caused by `e`.
-    pub fn internal(e: impl Into<BoxError>) -> Self {
+    pub(crate) fn internal(e: impl Into<BoxError>) -> Self {
         Error::fault("", e)
     }
 
     /// A fault of berth's caused by `e` while doing what `context` says.
-    pub fn fault(context: impl Into<String>, e: impl Into<BoxError>) -> Self {
+    pub(crate) fn fault(context: impl Into<String>, e: impl Into<BoxError>) -> Self {
         Error::Fault { context: context.into(), source: Cause(Arc::from(e.into())) }
     }
 
     /// What went wrong, without the "internal error: " a fault of berth's carries.
-    pub fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         match self {
             Error::Internal(m) => m.clone(),
             Error::Fault { context, source } if context.is_empty() => source.to_string(),
@@ -128,7 +128,7 @@ impl Error {
         }
     }
 
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         self.status_code().0
     }
 }
@@ -209,7 +209,7 @@ impl IntoResponse for Error {
 }
 
 /// An OCI error document with one error.
-pub fn oci_body(code: &str, message: &str) -> String {
+pub(crate) fn oci_body(code: &str, message: &str) -> String {
     serde_json::json!({ "errors": [{ "code": code, "message": message, "detail": null }] }).to_string()
 }
 
@@ -228,8 +228,6 @@ pub fn first_code(body: &[u8]) -> Option<String> {
     let printable = !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_graphic());
     printable.then_some(code)
 }
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {

@@ -12,17 +12,24 @@
 //! Shared vocabulary, below all of them: [`config`], [`error`], [`oci`], [`secret`]. Loading what
 //! a config names: [`check`]. Client commands: [`cli`]. `tests/it/architecture.rs` holds the direction.
 
-pub mod api;
+#![cfg_attr(feature = "test-util", warn(unreachable_pub))]
+
+mod api;
 pub mod check;
 pub mod cli;
 pub mod config;
-pub mod error;
+mod error;
 pub mod oci;
-pub mod preheat;
-pub mod registry;
-pub mod secret;
-pub mod source;
-pub mod store;
+mod preheat;
+mod registry;
+mod secret;
+mod source;
+mod store;
+#[cfg(feature = "test-util")]
+pub mod test_util;
+
+pub use api::auth::htpasswd_line;
+pub use error::Error;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -32,7 +39,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use config::Config;
-use error::Error;
 use preheat::Preheater;
 use registry::Mirror;
 use store::Store;
@@ -41,7 +47,7 @@ use store::Store;
 pub struct Server {
     pub registry_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub mirror: Arc<Mirror>,
+    mirror: Arc<Mirror>,
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     grace: Duration,
@@ -64,8 +70,8 @@ impl Server {
         let store = Store::open(&config.storage)?;
         store.spawn_flusher(Duration::from_secs(30));
         let mirror = Arc::new(Mirror::new(config, store)?);
-        mirror.gc.spawn();
-        if let Some(peers) = &mirror.peers {
+        mirror.collector().spawn();
+        if let Some(peers) = mirror.peers() {
             peers.spawn_discovery();
         }
         let preheater = Arc::new(Preheater::new(mirror.clone(), config.preheat.clone()));
@@ -143,8 +149,6 @@ impl Server {
                 aborts.iter().for_each(|a| a.abort());
             }
         }
-        let meta = self.mirror.store.meta.clone();
-        tokio::task::spawn_blocking(move || meta.flush_access()).await.map_err(Error::internal)??;
-        Ok(())
+        self.mirror.store().flush_access().await
     }
 }

@@ -95,7 +95,7 @@ fn main() -> ExitCode {
                 eprintln!("berth htpasswd: cannot read the password from stdin");
                 return ExitCode::from(2);
             }
-            match berth::api::auth::htpasswd_line(&user, password.trim_end_matches(['\r', '\n'])) {
+            match berth::htpasswd_line(&user, password.trim_end_matches(['\r', '\n'])) {
                 Ok(line) => {
                     println!("{line}");
                     ExitCode::SUCCESS

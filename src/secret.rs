@@ -12,7 +12,7 @@ impl Secret {
         &self.0
     }
     /// Whether `presented` is this secret, compared in constant time.
-    pub fn matches(&self, presented: &[u8]) -> bool {
+    pub(crate) fn matches(&self, presented: &[u8]) -> bool {
         let mine = self.0.as_bytes();
         mine.len() == presented.len()
             && mine.iter().zip(presented).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

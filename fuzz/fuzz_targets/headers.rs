@@ -3,7 +3,7 @@
 #![no_main]
 
 use berth::oci::accept::AcceptClass;
-use berth::source::auth::{parse_challenge, Challenge};
+use berth::test_util::{parse_challenge, Challenge};
 use http::{header, HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 

@@ -2,7 +2,7 @@
 //! whatever parses is valid and prints back to itself.
 #![no_main]
 
-use berth::api::route::{self, Route};
+use berth::test_util::route::{self, Route};
 use berth::oci::digest::Digest;
 use berth::oci::image_ref::ImageRef;
 use berth::oci::reference::{validate_name, Reference};

@@ -3,11 +3,11 @@
 //! reaches a non-public address as the URL parser reads it; an error code is printable.
 #![no_main]
 
-use berth::source::public::{check_host, is_public, Guard};
+use berth::test_util::{check_host, is_public, Guard};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = berth::error::first_code(data).map(|c| assert!(c.bytes().all(|b| b.is_ascii_graphic())));
+    let _ = berth::test_util::first_code(data).map(|c| assert!(c.bytes().all(|b| b.is_ascii_graphic())));
     let Ok(s) = std::str::from_utf8(data) else { return };
     if check_host(s).is_ok() {
         if let Ok(url) = url::Url::parse(&format!("https://{s}/")) {

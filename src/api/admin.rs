@@ -14,7 +14,6 @@ use serde_json::json;
 
 use super::admin_error::AdminError;
 use crate::config::Secret;
-use crate::error::Error;
 use crate::oci::accept::AcceptClass;
 use crate::oci::image_ref::ImageRef;
 use crate::preheat::cluster;
@@ -22,17 +21,16 @@ use crate::preheat::job::Job;
 use crate::preheat::status::{Accepted, JobState, JobStatus};
 use crate::preheat::{PreheatRequest, Preheater};
 use crate::registry::{Mirror, Via, Want};
-use crate::store::meta::{now_secs, Pin};
 
 #[derive(Clone)]
-pub struct Admin {
-    pub mirror: Arc<Mirror>,
-    pub preheater: Arc<Preheater>,
+pub(crate) struct Admin {
+    pub(crate) mirror: Arc<Mirror>,
+    pub(crate) preheater: Arc<Preheater>,
 }
 
 /// The admin routes; with a token, every route but `/healthz` requires
 /// `Authorization: Bearer <token>`.
-pub fn router(admin: Admin, token: Option<Secret>) -> Router {
+pub(crate) fn router(admin: Admin, token: Option<Secret>) -> Router {
     let guarded = Router::new()
         .route("/api/v1/preheat", get(list).post(submit))
         .route("/api/v1/preheat/{id}", get(status))
@@ -63,18 +61,6 @@ pub fn router(admin: Admin, token: Option<Secret>) -> Router {
     Router::new().route("/healthz", get(|| async { "ok\n" })).merge(guarded)
 }
 
-/// Runs blocking store work off the async workers; `what` names the work in a failure.
-async fn blocking<T: Send + 'static>(
-    what: &'static str,
-    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, AdminError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(AdminError::internal(what, e)),
-        Err(e) => Err(AdminError::internal(what, e)),
-    }
-}
-
 /// A request body as the route's type; `what` names the request in a refusal.
 pub(super) fn body_of<T: serde::de::DeserializeOwned>(
     what: &'static str,
@@ -84,13 +70,13 @@ pub(super) fn body_of<T: serde::de::DeserializeOwned>(
 }
 
 pub(super) async fn status_of(a: &Admin, job: Arc<Job>) -> Result<JobStatus, AdminError> {
-    let store = a.mirror.store.clone();
+    let store = a.mirror.store().clone();
     // Reading the tiers stats files: off the async workers.
     let local = job.clone();
     let status = tokio::task::spawn_blocking(move || local.status(&store))
         .await
         .map_err(|e| AdminError::internal("status failed", e))?;
-    Ok(match a.mirror.peers.as_ref().filter(|_| job.cluster) {
+    Ok(match a.mirror.peers().filter(|_| job.cluster) {
         Some(peers) => cluster::gather(peers, &job, status).await,
         None => status,
     })
@@ -155,7 +141,7 @@ async fn peers(
     State(a): State<Admin>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, AdminError> {
-    let peers = a.mirror.peers.as_ref().ok_or(AdminError::NoPeers)?;
+    let peers = a.mirror.peers().ok_or(AdminError::NoPeers)?;
     let mut status = peers.status();
     if let Some(d) = q.get("digest") {
         let d = crate::oci::digest::Digest::parse(d)?;
@@ -172,19 +158,20 @@ async fn metrics_text(State(a): State<Admin>) -> Response {
 
 /// `GET /api/v1/cache`: image versions on disk, newest pull first, and totals vs capacity.
 async fn cache(State(a): State<Admin>) -> Result<Json<serde_json::Value>, AdminError> {
-    let store = &a.mirror.store;
-    let images = a.mirror.gc.images().await.map_err(AdminError::Store)?;
+    let images = a.mirror.collector().images().await.map_err(AdminError::Store)?;
+    let usage = a.mirror.store().usage();
     Ok(Json(json!({
         "images": images,
-        "disk": { "used": store.disk.used(), "capacity": a.mirror.gc.capacity() },
-        "served_uncached": a.mirror.gc.uncached(),
-        "memory": { "used": store.memory.used(), "capacity": store.memory.capacity() },
+        "disk": { "used": usage.disk.used, "capacity": usage.disk.capacity },
+        "served_uncached": a.mirror.store().uncached(),
+        "memory": { "used": usage.memory.used, "capacity": usage.memory.capacity },
     })))
 }
 
 /// `POST /api/v1/gc`: a pass now, down to the low watermark; answers what it freed and why.
 async fn gc(State(a): State<Admin>) -> Result<Response, AdminError> {
-    let report = a.mirror.gc.collect(a.mirror.gc.low_target()).await.map_err(AdminError::Store)?;
+    let gc = a.mirror.collector();
+    let report = gc.collect(gc.low_target()).await.map_err(AdminError::Store)?;
     Ok(Json(report).into_response())
 }
 
@@ -202,8 +189,7 @@ fn pin_request(body: &[u8]) -> Result<ImageRef, AdminError> {
 
 /// `GET /api/v1/pins`
 async fn pins(State(a): State<Admin>) -> Result<Json<serde_json::Value>, AdminError> {
-    let meta = a.mirror.store.meta.clone();
-    let pins = blocking("cannot read pins", move || meta.pins()).await?;
+    let pins = a.mirror.pins().recorded().await.map_err(|e| AdminError::internal("cannot read pins", e))?;
     let pins: Vec<_> =
         pins.into_iter().map(|(image, p)| json!({"image": image, "digest": p.digest})).collect();
     Ok(Json(json!({ "pins": pins })))
@@ -217,17 +203,16 @@ async fn pin(State(a): State<Admin>, body: Bytes) -> Result<Json<serde_json::Val
         .manifest(Some(&r.host), &r.repo, &r.reference(), &AcceptClass::pull(), Want::Head, Via::Client)
         .await;
     let digest = resolved.map_err(|source| AdminError::Unresolved { image: r.to_string(), source })?.digest;
-    let (meta, image) = (a.mirror.store.meta.clone(), r.to_string());
-    let pin = Pin { digest: digest.to_string(), pinned_at: now_secs() };
-    blocking("cannot record the pin", move || meta.put_pin(&image, &pin)).await?;
+    let pinned = a.mirror.pins().record(&r.to_string(), &digest).await;
+    pinned.map_err(|e| AdminError::internal("cannot record the pin", e))?;
     Ok(Json(json!({ "image": r.to_string(), "digest": digest.as_str() })))
 }
 
 /// `DELETE /api/v1/pins {"image": "alpine:3.20"}`
 async fn unpin(State(a): State<Admin>, body: Bytes) -> Result<Json<serde_json::Value>, AdminError> {
     let r = pin_request(&body)?;
-    let (meta, image) = (a.mirror.store.meta.clone(), r.to_string());
-    if !blocking("cannot remove the pin", move || meta.remove_pin(&image)).await? {
+    let removed = a.mirror.pins().remove(&r.to_string()).await;
+    if !removed.map_err(|e| AdminError::internal("cannot remove the pin", e))? {
         return Err(AdminError::NotPinned(r));
     }
     Ok(Json(json!({ "image": r.to_string(), "unpinned": true })))

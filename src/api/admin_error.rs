@@ -14,7 +14,7 @@ use crate::preheat::SubmitError;
 type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
-pub enum AdminError {
+pub(crate) enum AdminError {
     /// No admin token, or a wrong one (401).
     #[error("the admin API needs Authorization: Bearer <admin token>")]
     Unauthorized,
@@ -61,11 +61,11 @@ pub enum AdminError {
 }
 
 impl AdminError {
-    pub fn internal(what: &'static str, source: impl Into<Cause>) -> AdminError {
+    pub(crate) fn internal(what: &'static str, source: impl Into<Cause>) -> AdminError {
         AdminError::Internal { what, source: source.into() }
     }
 
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         use AdminError::*;
         match self {
             Unauthorized => StatusCode::UNAUTHORIZED,

@@ -22,7 +22,7 @@ struct Credentials {
     tokens: Vec<Secret>,
 }
 
-pub struct ClientAuth {
+pub(crate) struct ClientAuth {
     htpasswd: Option<PathBuf>,
     tokens_file: Option<PathBuf>,
     current: RwLock<Arc<Credentials>>,
@@ -39,7 +39,10 @@ const BCRYPT_TURNS: usize = 2;
 const BCRYPT_WAIT: Duration = Duration::from_secs(2);
 
 impl ClientAuth {
-    pub fn load(htpasswd: Option<&Path>, tokens_file: Option<&Path>) -> Result<Arc<ClientAuth>, Error> {
+    pub(crate) fn load(
+        htpasswd: Option<&Path>,
+        tokens_file: Option<&Path>,
+    ) -> Result<Arc<ClientAuth>, Error> {
         let auth = ClientAuth {
             htpasswd: htpasswd.map(Path::to_owned),
             tokens_file: tokens_file.map(Path::to_owned),
@@ -55,7 +58,7 @@ impl ClientAuth {
     }
 
     /// Reads both files again; on error the credentials in use stay.
-    pub fn reload(&self) -> Result<(), Error> {
+    pub(crate) fn reload(&self) -> Result<(), Error> {
         let mut creds = Credentials::default();
         let read =
             |p: &Path| std::fs::read_to_string(p).map_err(|e| Error::fault(p.display().to_string(), e));
@@ -88,7 +91,7 @@ impl ClientAuth {
     }
 
     /// Whether the request's Authorization header names a known user or token.
-    pub async fn check(&self, headers: &HeaderMap) -> Result<(), Error> {
+    pub(crate) async fn check(&self, headers: &HeaderMap) -> Result<(), Error> {
         let creds = self.current.read().expect("auth lock").clone();
         let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
         let refused = || Error::Unauthorized("authentication required".into());

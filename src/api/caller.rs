@@ -19,7 +19,7 @@ use crate::source::peers::{Peers, HOP, TOKEN};
 
 /// Who sent a request, and so what it may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Caller {
+pub(crate) enum Caller {
     /// No `[auth]` is configured: anyone who reaches the listener may pull.
     Anonymous,
     /// Credentials `[auth]` accepts: may pull.
@@ -30,21 +30,21 @@ pub enum Caller {
 }
 
 impl Caller {
-    pub fn is_peer(self) -> bool {
+    pub(crate) fn is_peer(self) -> bool {
         self == Caller::Peer
     }
 }
 
 /// What deciding needs: the client credentials and the peers (with their token).
 #[derive(Clone)]
-pub struct Trust {
-    pub auth: Option<Arc<ClientAuth>>,
-    pub peers: Option<Arc<Peers>>,
+pub(crate) struct Trust {
+    pub(crate) auth: Option<Arc<ClientAuth>>,
+    pub(crate) peers: Option<Arc<Peers>>,
 }
 
 impl Trust {
     /// The caller of a request with these headers, or why it is refused.
-    pub async fn caller(&self, headers: &HeaderMap) -> Result<Caller, Error> {
+    pub(crate) async fn caller(&self, headers: &HeaderMap) -> Result<Caller, Error> {
         if let Some(presented) = headers.get(TOKEN) {
             return match &self.peers {
                 Some(peers) if peers.token_matches(presented.as_bytes()) => Ok(Caller::Peer),
@@ -63,7 +63,7 @@ impl Trust {
 
 /// The registry router's first layer: decides the caller, refuses what may not pass, and
 /// hands the [`Caller`] on in the request's extensions.
-pub async fn identify(State(trust): State<Trust>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn identify(State(trust): State<Trust>, mut req: Request, next: Next) -> Response {
     match trust.caller(req.headers()).await {
         Ok(caller) => {
             req.extensions_mut().insert(caller);

@@ -19,7 +19,7 @@ use crate::store::ServedBy;
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 
 /// Middleware for the registry router: adds the API version header and logs the request.
-pub async fn log_requests(req: Request, next: Next) -> Response {
+pub(crate) async fn log_requests(req: Request, next: Next) -> Response {
     let line = Line {
         start: Instant::now(),
         method: req.method().clone(),

@@ -11,7 +11,7 @@ use crate::registry::Mirror;
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide recorder (once); `None` if another recorder was installed first.
-pub fn install() -> Option<&'static PrometheusHandle> {
+pub(crate) fn install() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new().build_recorder();
@@ -22,14 +22,14 @@ pub fn install() -> Option<&'static PrometheusHandle> {
 }
 
 /// The exposition text, with the tiers' gauges read now.
-pub fn render(mirror: &Mirror) -> String {
-    let store = &mirror.store;
-    metrics::gauge!("berth_tier_bytes", "tier" => "memory").set(store.memory.used() as f64);
-    metrics::gauge!("berth_tier_bytes", "tier" => "disk").set(store.disk.used() as f64);
-    metrics::gauge!("berth_tier_capacity_bytes", "tier" => "memory").set(store.memory.capacity() as f64);
-    metrics::gauge!("berth_tier_capacity_bytes", "tier" => "disk").set(mirror.gc.capacity() as f64);
-    metrics::gauge!("berth_tier_objects", "tier" => "memory").set(store.memory.objects() as f64);
-    metrics::gauge!("berth_tier_objects", "tier" => "disk").set(store.disk.objects() as f64);
+pub(crate) fn render(mirror: &Mirror) -> String {
+    let store = mirror.store();
+    let usage = store.usage();
+    for (tier, u) in [("memory", usage.memory), ("disk", usage.disk)] {
+        metrics::gauge!("berth_tier_bytes", "tier" => tier).set(u.used as f64);
+        metrics::gauge!("berth_tier_capacity_bytes", "tier" => tier).set(u.capacity as f64);
+        metrics::gauge!("berth_tier_objects", "tier" => tier).set(u.objects as f64);
+    }
     metrics::gauge!("berth_fills_in_flight").set(store.fills_in_flight() as f64);
     match install() {
         Some(handle) => {
@@ -41,7 +41,7 @@ pub fn render(mirror: &Mirror) -> String {
 }
 
 /// The request-log route of a path, a bounded label.
-pub fn route_of(path: &str) -> &'static str {
+pub(crate) fn route_of(path: &str) -> &'static str {
     match crate::api::route::parse(path) {
         Ok(crate::api::route::Route::Base) => "base",
         Ok(crate::api::route::Route::Manifest { .. }) => "manifest",

@@ -1,16 +1,16 @@
 //! HTTP: the read-only registry API and the admin listener.
 
-pub mod admin;
-pub mod admin_error;
-pub mod auth;
-pub mod caller;
-pub mod log;
-pub mod metrics;
-pub mod peer;
-pub mod registry;
+pub(crate) mod admin;
+pub(crate) mod admin_error;
+pub(crate) mod auth;
+pub(crate) mod caller;
+pub(crate) mod log;
+pub(crate) mod metrics;
+pub(crate) mod peer;
+pub(crate) mod registry;
 pub mod route;
-pub mod serve;
-pub mod tls;
+pub(crate) mod serve;
+pub(crate) mod tls;
 
 use axum::Router;
 
@@ -18,9 +18,9 @@ use axum::Router;
 /// except the peer API under `/berth/` (outside `/v2/`, so no repository name can clash).
 /// Every request first passes `caller::identify`, which decides who it is from (and, with
 /// `[auth]`, refuses it without credentials; peers pass with the peer token).
-pub fn registry_router(admin: admin::Admin, auth: Option<std::sync::Arc<auth::ClientAuth>>) -> Router {
+pub(crate) fn registry_router(admin: admin::Admin, auth: Option<std::sync::Arc<auth::ClientAuth>>) -> Router {
     let mirror = admin.mirror.clone();
-    let trust = caller::Trust { auth, peers: mirror.peers.clone() };
+    let trust = caller::Trust { auth, peers: mirror.peers().cloned() };
     Router::new()
         .fallback(registry::handle)
         .with_state(mirror)

@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::preheat::status::{Accepted, JobStatus};
 use crate::preheat::{PreheatRequest, Scope};
 
-pub fn router(admin: Admin) -> Router {
+pub(crate) fn router(admin: Admin) -> Router {
     Router::new()
         .route("/berth/v1/preheat", post(submit))
         .route("/berth/v1/preheat/{id}", get(status))

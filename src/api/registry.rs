@@ -24,12 +24,12 @@ const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-conten
 const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 
 /// The `ns` query parameter: which registry a containerd request is for.
-pub fn ns_of(uri: &Uri) -> Option<String> {
+pub(crate) fn ns_of(uri: &Uri) -> Option<String> {
     let query = uri.query()?;
     url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "ns").map(|(_, v)| v.into_owned())
 }
 
-pub async fn handle(
+pub(crate) async fn handle(
     State(mirror): State<Arc<Mirror>>,
     Extension(caller): Extension<Caller>,
     method: Method,
@@ -67,7 +67,7 @@ async fn dispatch(
     let ns = ns_of(uri);
     let ns = ns.as_deref();
     let via = if caller.is_peer() { Via::Peer } else { Via::Client };
-    if let Some(peers) = mirror.peers.as_ref().filter(|_| via == Via::Peer) {
+    if let Some(peers) = mirror.peers().filter(|_| via == Via::Peer) {
         peers.served_one();
     }
     match route {
@@ -133,7 +133,7 @@ async fn passthrough(
     headers: &HeaderMap,
     want: Want,
 ) -> Result<Response, Error> {
-    let upstream = &mirror.upstreams.get(ns)?;
+    let upstream = &mirror.upstream(ns)?;
     let query: Vec<(String, String)> = uri
         .query()
         .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().filter(|(k, _)| k != "ns").collect())

@@ -15,20 +15,20 @@ use crate::error::{BoxError, Error};
 
 /// The certificate new handshakes present, replaceable while serving.
 #[derive(Debug)]
-pub struct Certs {
+pub(crate) struct Certs {
     cert_file: PathBuf,
     key_file: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
 }
 
 impl Certs {
-    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<Certs>, Error> {
+    pub(crate) fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<Certs>, Error> {
         let current = RwLock::new(Arc::new(read(cert_file, key_file)?));
         Ok(Arc::new(Certs { cert_file: cert_file.to_owned(), key_file: key_file.to_owned(), current }))
     }
 
     /// Reads the files again; on success new handshakes use them.
-    pub fn reload(&self) -> Result<(), Error> {
+    pub(crate) fn reload(&self) -> Result<(), Error> {
         let key = read(&self.cert_file, &self.key_file)?;
         *self.current.write().expect("certs lock") = Arc::new(key);
         tracing::info!(cert = %self.cert_file.display(), "TLS certificate reloaded");
@@ -36,7 +36,7 @@ impl Certs {
     }
 
     /// A TLS acceptor that asks this for the certificate at every handshake.
-    pub fn acceptor(self: &Arc<Self>) -> tokio_rustls::TlsAcceptor {
+    pub(crate) fn acceptor(self: &Arc<Self>) -> tokio_rustls::TlsAcceptor {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -23,7 +23,7 @@ pub struct Args {
 
 /// Why the job could not be submitted or followed (exit status 2).
 #[derive(Debug, thiserror::Error)]
-pub enum CliError {
+pub(crate) enum CliError {
     #[error("BERTH_ADMIN_TOKEN is not a valid token")]
     BadToken,
     #[error("{0}")]
@@ -49,9 +49,9 @@ pub enum CliError {
 
 /// A job's final status: as the admin API sent it (printed with `--json`, fields this
 /// version does not know included), and as read.
-pub struct Followed {
-    pub sent: Value,
-    pub status: JobStatus,
+pub(crate) struct Followed {
+    pub(crate) sent: Value,
+    pub(crate) status: JobStatus,
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -196,7 +196,7 @@ impl Progress {
 
 /// The final table: one row per image, then every failed item with its error, every note,
 /// each peer's part, and the job's state.
-pub fn summary(status: &JobStatus) -> String {
+pub(crate) fn summary(status: &JobStatus) -> String {
     let header = ["IMAGE", "DIGEST", "PLATFORMS", "CACHED", "SIZE", "IN MEMORY", "ON DISK"];
     let mut rows = vec![header.map(str::to_owned)];
     rows.extend(status.images.iter().map(row));

@@ -15,7 +15,7 @@ mod registry;
 mod validate;
 
 use registry::MAX_FILLS;
-pub use registry::{MinRate, Registry, WILDCARD_MAX_FILLS};
+pub(crate) use registry::{MinRate, Registry, WILDCARD_MAX_FILLS};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -43,13 +43,13 @@ pub struct Auth {
 /// `[gc]`: when the disk tier is collected (see `registry::gc`).
 #[derive(Debug, Clone)]
 pub struct Gc {
-    pub high_watermark: f64,
-    pub low_watermark: f64,
-    pub interval: Duration,
+    pub(crate) high_watermark: f64,
+    pub(crate) low_watermark: f64,
+    pub(crate) interval: Duration,
     /// Blobs read within this window count as in use (lazy-pulling snapshotters read layers
     /// with Range requests for as long as a container runs).
     pub in_use_window: Duration,
-    pub max_idle: Option<Duration>,
+    pub(crate) max_idle: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -110,7 +110,7 @@ pub struct Preheat {
 }
 
 /// This machine's platform in OCI terms (`linux/amd64`).
-pub fn host_platform() -> String {
+pub(crate) fn host_platform() -> String {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -217,7 +217,7 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(vec![format!("cannot read {}: {e}", path.display())]))?;
         Self::parse(&text)

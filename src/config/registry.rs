@@ -16,10 +16,10 @@ pub struct Registry {
     /// `https://<host>`, never a loopback, link-local or private address.
     pub host: String,
     pub endpoint: Url,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<Secret>,
     pub ca_file: Option<PathBuf>,
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     pub read_timeout: Duration,
     /// Connect only to public addresses (the wildcard entry and the hosts it mirrors).
     pub public_only: bool,
@@ -31,11 +31,11 @@ pub struct Registry {
     pub max_fills: Option<usize>,
     /// The slowest a blob body from this registry may arrive: below it, the body counts as
     /// cut (resumed, then the fill fails).
-    pub min_rate: MinRate,
+    pub(crate) min_rate: MinRate,
 }
 
 /// Blob fills at once from each host the wildcard entry mirrors, unless it sets `max_fills`.
-pub const WILDCARD_MAX_FILLS: usize = 4;
+pub(crate) const WILDCARD_MAX_FILLS: usize = 4;
 
 /// The most `max_fills` may say: more fills than this at once is no bound.
 pub(super) const MAX_FILLS: usize = 65_536;
@@ -44,8 +44,8 @@ pub(super) const MAX_FILLS: usize = 65_536;
 /// for the sender.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MinRate {
-    pub bytes_per_sec: u64,
-    pub window: Duration,
+    pub(crate) bytes_per_sec: u64,
+    pub(crate) window: Duration,
 }
 
 #[derive(Deserialize)]

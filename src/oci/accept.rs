@@ -3,10 +3,10 @@
 
 use http::{header, HeaderMap};
 
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(crate) const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// Media types that select a manifest format, in a fixed order.
 const KNOWN: [&str; 7] = [
@@ -46,19 +46,19 @@ impl AcceptClass {
 
     /// What containerd sends on a pull: the image and index types of both formats and `*/*`.
     /// Preheat resolves tags with it, so that pulls find the same tag-cache entry.
-    pub fn pull() -> AcceptClass {
+    pub(crate) fn pull() -> AcceptClass {
         let mut known = [false; KNOWN.len()];
         known[..4].fill(true);
         AcceptClass { known, any: true }
     }
 
     /// Every manifest type and `*/*`: for fetches by digest, whose content is fixed.
-    pub fn all() -> AcceptClass {
+    pub(crate) fn all() -> AcceptClass {
         AcceptClass { known: [true; KNOWN.len()], any: true }
     }
 
     /// Whether this class names `media_type` (parameters ignored); `*/*` does not count.
-    pub fn names(&self, media_type: &str) -> bool {
+    pub(crate) fn names(&self, media_type: &str) -> bool {
         let media = media_type.split(';').next().unwrap_or("").trim();
         KNOWN.iter().zip(self.known).any(|(k, on)| on && k.eq_ignore_ascii_case(media))
     }

@@ -31,7 +31,7 @@ impl Digest {
         Self::from_hash(Sha256::digest(bytes).into())
     }
 
-    pub fn from_hash(hash: [u8; 32]) -> Self {
+    pub(crate) fn from_hash(hash: [u8; 32]) -> Self {
         Digest(format!("sha256:{}", hex::encode(hash)))
     }
 

@@ -9,11 +9,11 @@ use super::Invalid;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageRef {
     /// The registry host as clients name it (`docker.io`, `ghcr.io`, `localhost:5000`).
-    pub host: String,
-    pub repo: String,
+    pub(crate) host: String,
+    pub(crate) repo: String,
     /// The tag, when the reference has one.
-    pub tag: Option<String>,
-    pub digest: Option<Digest>,
+    pub(crate) tag: Option<String>,
+    pub(crate) digest: Option<Digest>,
 }
 
 impl ImageRef {
@@ -54,7 +54,7 @@ impl ImageRef {
     }
 
     /// What to ask the registry for: the digest when pinned by one, else the tag.
-    pub fn reference(&self) -> Reference {
+    pub(crate) fn reference(&self) -> Reference {
         match (&self.digest, &self.tag) {
             (Some(d), _) => Reference::Digest(d.clone()),
             (None, Some(t)) => Reference::Tag(t.clone()),

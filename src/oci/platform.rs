@@ -5,7 +5,7 @@ use oci_spec::image::Descriptor;
 use super::Invalid;
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Platform {
+pub(crate) struct Platform {
     os: String,
     arch: String,
     variant: Option<String>,
@@ -13,7 +13,7 @@ pub struct Platform {
 
 impl Platform {
     /// `os/arch[/variant]`, e.g. `linux/arm64/v8`.
-    pub fn parse(s: &str) -> Result<Platform, Invalid> {
+    pub(crate) fn parse(s: &str) -> Result<Platform, Invalid> {
         let parts: Vec<&str> = s.split('/').collect();
         match parts.as_slice() {
             [os, arch] if !os.is_empty() && !arch.is_empty() => {
@@ -26,7 +26,7 @@ impl Platform {
         }
     }
 
-    pub fn of(d: &Descriptor) -> Option<Platform> {
+    pub(crate) fn of(d: &Descriptor) -> Option<Platform> {
         let p = d.platform().as_ref()?;
         Some(Platform {
             os: p.os().to_string(),
@@ -36,12 +36,12 @@ impl Platform {
     }
 
     /// An index entry that is no image for any platform (attestations: `unknown/unknown`).
-    pub fn is_unknown(&self) -> bool {
+    pub(crate) fn is_unknown(&self) -> bool {
         self.os == "unknown" || self.arch == "unknown"
     }
 
     /// Whether an index entry for `other` serves this request; no variant asked means any.
-    pub fn serves(&self, other: &Platform) -> bool {
+    pub(crate) fn serves(&self, other: &Platform) -> bool {
         self.os == other.os
             && self.arch == other.arch
             && (self.variant.is_none() || self.variant == other.variant)

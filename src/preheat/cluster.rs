@@ -13,12 +13,12 @@ use crate::source::peers::Peers;
 
 /// Where a peer's share of a cluster preheat runs.
 #[derive(Clone, Debug, Serialize)]
-pub struct PeerJob {
-    pub peer: String,
+pub(crate) struct PeerJob {
+    pub(crate) peer: String,
     /// The peer's job id, when it took the job.
-    pub id: Option<String>,
+    pub(crate) id: Option<String>,
     /// Why it did not.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// Why a peer's part of a cluster job is not known: it did not take the job, or its status
@@ -49,7 +49,7 @@ fn resolved_images(job: &Job) -> Vec<String> {
 }
 
 /// Asks every peer to preheat the job's resolved images, by digest.
-pub async fn fan_out(peers: &Peers, job: &Job) {
+pub(crate) async fn fan_out(peers: &Peers, job: &Job) {
     let request = PreheatRequest {
         images: resolved_images(job),
         platforms: Some(job.platforms.clone()),
@@ -102,7 +102,7 @@ async fn status_of(peers: &Peers, peer: &str, id: &str) -> Result<JobStatus, Pee
 }
 
 /// Each peer's part as it stands now: its state and byte counts, or why it is unknown.
-pub async fn statuses(peers: &Peers, job: &Job) -> Vec<PeerStatus> {
+pub(crate) async fn statuses(peers: &Peers, job: &Job) -> Vec<PeerStatus> {
     let jobs = job.peer_jobs.lock().expect("job lock").clone();
     let asks = jobs.into_iter().map(|pj| async move {
         let Some(id) = pj.id else {
@@ -118,7 +118,7 @@ pub async fn statuses(peers: &Peers, job: &Job) -> Vec<PeerStatus> {
 
 /// A cluster job's status: this instance's part (`local_state`), each peer's, and the state
 /// of the whole.
-pub async fn gather(peers: &Peers, job: &Job, mut status: JobStatus) -> JobStatus {
+pub(crate) async fn gather(peers: &Peers, job: &Job, mut status: JobStatus) -> JobStatus {
     let parts = statuses(peers, job).await;
     status.scope = Some(Scope::Cluster);
     status.local_state = Some(status.state);
@@ -128,7 +128,7 @@ pub async fn gather(peers: &Peers, job: &Job, mut status: JobStatus) -> JobStatu
 }
 
 /// The state of a cluster job: running while any part runs, succeeded when all did.
-pub fn aggregate(local: JobState, peers: &[PeerStatus]) -> JobState {
+pub(crate) fn aggregate(local: JobState, peers: &[PeerStatus]) -> JobState {
     let states: Vec<JobState> = std::iter::once(local).chain(peers.iter().map(|p| p.state)).collect();
     if states.iter().any(|s| !s.ended()) {
         JobState::Running

@@ -12,18 +12,18 @@ use crate::oci::digest::Digest;
 use crate::store::Store;
 
 /// One piece of content of an image: an index, a manifest, a config or a layer.
-pub struct Item {
-    pub digest: Digest,
-    pub size: u64,
-    pub kind: ItemKind,
-    pub platform: Option<String>,
-    pub done: AtomicU64,
+pub(crate) struct Item {
+    pub(crate) digest: Digest,
+    pub(crate) size: u64,
+    pub(crate) kind: ItemKind,
+    pub(crate) platform: Option<String>,
+    pub(crate) done: AtomicU64,
     state: Mutex<(ItemState, Option<String>)>,
     note: Mutex<Option<String>>,
 }
 
 impl Item {
-    pub fn new(digest: Digest, size: u64, kind: ItemKind, platform: Option<String>) -> Arc<Item> {
+    pub(crate) fn new(digest: Digest, size: u64, kind: ItemKind, platform: Option<String>) -> Arc<Item> {
         Arc::new(Item {
             digest,
             size,
@@ -35,31 +35,31 @@ impl Item {
         })
     }
 
-    pub fn set(&self, state: ItemState, error: Option<String>) {
+    pub(crate) fn set(&self, state: ItemState, error: Option<String>) {
         *self.state.lock().expect("item lock") = (state, error);
     }
 
-    pub fn state(&self) -> ItemState {
+    pub(crate) fn state(&self) -> ItemState {
         self.state.lock().expect("item lock").0
     }
 
-    pub fn note(&self, note: String) {
+    pub(crate) fn note(&self, note: String) {
         *self.note.lock().expect("item lock") = Some(note);
     }
 }
 
 /// One image of a job.
-pub struct ImageJob {
+pub(crate) struct ImageJob {
     /// The reference as normalised (`docker.io/library/alpine:3.20`).
-    pub reference: String,
-    pub resolved: Mutex<Option<(Digest, String)>>,
-    pub platforms: Mutex<Vec<String>>,
-    pub items: Mutex<Vec<Arc<Item>>>,
-    pub error: Mutex<Option<String>>,
+    pub(crate) reference: String,
+    pub(crate) resolved: Mutex<Option<(Digest, String)>>,
+    pub(crate) platforms: Mutex<Vec<String>>,
+    pub(crate) items: Mutex<Vec<Arc<Item>>>,
+    pub(crate) error: Mutex<Option<String>>,
 }
 
 impl ImageJob {
-    pub fn new(reference: String) -> ImageJob {
+    pub(crate) fn new(reference: String) -> ImageJob {
         ImageJob {
             reference,
             resolved: Mutex::new(None),
@@ -69,42 +69,42 @@ impl ImageJob {
         }
     }
 
-    pub fn push(&self, item: Arc<Item>) {
+    pub(crate) fn push(&self, item: Arc<Item>) {
         self.items.lock().expect("image lock").push(item);
     }
 
-    pub fn fail(&self, error: String) {
+    pub(crate) fn fail(&self, error: String) {
         self.error.lock().expect("image lock").get_or_insert(error);
     }
 
-    pub fn items(&self) -> Vec<Arc<Item>> {
+    pub(crate) fn items(&self) -> Vec<Arc<Item>> {
         self.items.lock().expect("image lock").clone()
     }
 
     /// Whether the image resolved and every item is cached.
-    pub fn succeeded(&self) -> bool {
+    pub(crate) fn succeeded(&self) -> bool {
         self.error.lock().expect("image lock").is_none()
             && self.items().iter().all(|i| i.state() == ItemState::Cached)
     }
 }
 
-pub struct Job {
-    pub id: String,
-    pub images: Vec<ImageJob>,
-    pub platforms: Vec<String>,
-    pub tiers: Vec<TierName>,
-    pub pin: bool,
+pub(crate) struct Job {
+    pub(crate) id: String,
+    pub(crate) images: Vec<ImageJob>,
+    pub(crate) platforms: Vec<String>,
+    pub(crate) tiers: Vec<TierName>,
+    pub(crate) pin: bool,
     /// Peers were asked to preheat the same digests (`"scope": "cluster"`).
-    pub cluster: bool,
+    pub(crate) cluster: bool,
     /// Their jobs, once asked.
-    pub peer_jobs: Mutex<Vec<super::cluster::PeerJob>>,
+    pub(crate) peer_jobs: Mutex<Vec<super::cluster::PeerJob>>,
     created: SystemTime,
     times: Mutex<(Option<SystemTime>, Option<SystemTime>)>,
     state: watch::Sender<JobState>,
 }
 
 impl Job {
-    pub fn new(
+    pub(crate) fn new(
         id: String,
         images: Vec<ImageJob>,
         platforms: Vec<String>,
@@ -125,21 +125,21 @@ impl Job {
         }
     }
 
-    pub fn in_cluster(mut self, cluster: bool) -> Job {
+    pub(crate) fn in_cluster(mut self, cluster: bool) -> Job {
         self.cluster = cluster;
         self
     }
 
-    pub fn state(&self) -> JobState {
+    pub(crate) fn state(&self) -> JobState {
         *self.state.borrow()
     }
 
-    pub fn start(&self) {
+    pub(crate) fn start(&self) {
         self.times.lock().expect("job lock").0 = Some(SystemTime::now());
         self.state.send_replace(JobState::Running);
     }
 
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         self.times.lock().expect("job lock").1 = Some(SystemTime::now());
         let ok = self.images.iter().all(ImageJob::succeeded);
         metrics::counter!("berth_preheat_jobs_total", "state" => if ok { "succeeded" } else { "failed" })
@@ -148,14 +148,14 @@ impl Job {
     }
 
     /// Waits until the job has ended.
-    pub async fn ended(&self) -> JobState {
+    pub(crate) async fn ended(&self) -> JobState {
         let mut rx = self.state.subscribe();
         let state = rx.wait_for(|s| s.ended()).await;
         state.map(|s| *s).unwrap_or(JobState::Failed)
     }
 
     /// The job's status, with each item's tiers as found in the store now.
-    pub fn status(&self, store: &Store) -> JobStatus {
+    pub(crate) fn status(&self, store: &Store) -> JobStatus {
         // The state first: `finish` sets the times before the state, so a final state read
         // here always comes with its finish time.
         let state = self.state();
@@ -200,11 +200,12 @@ impl ImageJob {
 impl Item {
     fn status(&self, store: &Store) -> ItemStatus {
         let (state, error) = self.state.lock().expect("item lock").clone();
+        let held = store.held(&self.digest);
         let mut tiers = Vec::new();
-        if store.memory.contains(&self.digest) {
+        if held.memory {
             tiers.push(TierName::Memory);
         }
-        if store.disk.len(&self.digest).ok().flatten().is_some() {
+        if held.disk {
             tiers.push(TierName::Disk);
         }
         ItemStatus {

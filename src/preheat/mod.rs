@@ -1,10 +1,10 @@
 //! Preheat: resolve images to digests through the same tag cache and fills that pulls use, and
 //! warm the tiers before the pulls come. A job's status is read from the tiers.
 
-pub mod cluster;
-pub mod job;
+pub(crate) mod cluster;
+pub(crate) mod job;
 mod plan;
-pub mod status;
+pub(crate) mod status;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -20,7 +20,7 @@ use crate::oci::image_ref::ImageRef;
 use crate::oci::platform::Platform;
 use crate::oci::Invalid;
 use crate::registry::{Mirror, Via, Want};
-use crate::store::meta::{now_secs, Pin};
+
 use job::{ImageJob, Item, Job};
 use status::{ItemState, TierName};
 
@@ -30,22 +30,22 @@ const HISTORY: usize = 100;
 /// `POST /api/v1/preheat` (and, from a cluster job to its peers, `/berth/v1/preheat`).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PreheatRequest {
-    pub images: Vec<String>,
+pub(crate) struct PreheatRequest {
+    pub(crate) images: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platforms: Option<Vec<String>>,
+    pub(crate) platforms: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tiers: Option<Vec<TierName>>,
+    pub(crate) tiers: Option<Vec<TierName>>,
     #[serde(default)]
-    pub pin: bool,
+    pub(crate) pin: bool,
     /// `cluster`: also ask every peer to preheat the same digests.
     #[serde(default, skip_serializing_if = "Scope::is_local")]
-    pub scope: Scope,
+    pub(crate) scope: Scope,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Scope {
+pub(crate) enum Scope {
     #[default]
     Local,
     Cluster,
@@ -59,7 +59,7 @@ impl Scope {
 
 /// Why a preheat request was refused (the client's fault: 400).
 #[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
+pub(crate) enum SubmitError {
     #[error("\"images\" is empty")]
     NoImages,
     #[error("\"platforms\" is empty")]
@@ -89,7 +89,7 @@ enum FetchError {
     NotStored,
 }
 
-pub struct Preheater {
+pub(crate) struct Preheater {
     mirror: Arc<Mirror>,
     config: PreheatConfig,
     fetches: Arc<Semaphore>,
@@ -97,24 +97,20 @@ pub struct Preheater {
 }
 
 impl Preheater {
-    pub fn new(mirror: Arc<Mirror>, config: PreheatConfig) -> Preheater {
+    pub(crate) fn new(mirror: Arc<Mirror>, config: PreheatConfig) -> Preheater {
         let fetches = Arc::new(Semaphore::new(config.concurrency));
         Preheater { mirror, config, fetches, jobs: Mutex::new(VecDeque::new()) }
     }
 
-    pub fn mirror(&self) -> &Arc<Mirror> {
-        &self.mirror
-    }
-
     /// Checks a request and starts its job. Errors are the client's (400).
-    pub fn submit(self: &Arc<Self>, req: PreheatRequest) -> Result<Arc<Job>, SubmitError> {
+    pub(crate) fn submit(self: &Arc<Self>, req: PreheatRequest) -> Result<Arc<Job>, SubmitError> {
         if req.images.is_empty() {
             return Err(SubmitError::NoImages);
         }
         let mut refs = Vec::new();
         for image in &req.images {
             let r = ImageRef::parse(image)?;
-            if let Err(source) = self.mirror.upstreams.get(Some(&r.host)) {
+            if let Err(source) = self.mirror.upstream(Some(&r.host)) {
                 return Err(SubmitError::NotMirrored { image: r.to_string(), source });
             }
             refs.push(r);
@@ -128,7 +124,7 @@ impl Preheater {
         }
         let tiers = req.tiers.unwrap_or_else(|| vec![TierName::Memory, TierName::Disk]);
         let cluster = req.scope == Scope::Cluster;
-        if cluster && self.mirror.peers.is_none() {
+        if cluster && self.mirror.peers().is_none() {
             return Err(SubmitError::NoPeers);
         }
         let images = refs.iter().map(|r| ImageJob::new(r.to_string())).collect();
@@ -146,12 +142,12 @@ impl Preheater {
         Ok(job)
     }
 
-    pub fn job(&self, id: &str) -> Option<Arc<Job>> {
+    pub(crate) fn job(&self, id: &str) -> Option<Arc<Job>> {
         self.jobs.lock().expect("jobs lock").iter().find(|j| j.id == id).cloned()
     }
 
     /// Recent jobs, newest first.
-    pub fn jobs(&self) -> Vec<Arc<Job>> {
+    pub(crate) fn jobs(&self) -> Vec<Arc<Job>> {
         self.jobs.lock().expect("jobs lock").iter().rev().cloned().collect()
     }
 
@@ -166,7 +162,7 @@ impl Preheater {
         futures::future::join_all(resolved).await;
         // Peers preheat the digests resolved here, at the same time as this instance; each
         // blob's owner fetches it from upstream once for all.
-        if let Some(peers) = self.mirror.peers.as_ref().filter(|_| job.cluster) {
+        if let Some(peers) = self.mirror.peers().filter(|_| job.cluster) {
             cluster::fan_out(peers, &job).await;
         }
         let images = refs.iter().zip(&job.images).map(|(r, image)| self.run_image(&job, r, image));
@@ -211,10 +207,11 @@ impl Preheater {
             }
         }
         // The last byte reaches clients before the fill is on disk: wait for it to land.
-        if let Some(fill) = self.mirror.store.inflight(&item.digest) {
+        let store = self.mirror.store();
+        if let Some(fill) = store.inflight(&item.digest) {
             fill.settled().await;
         }
-        if self.mirror.store.disk.len(&item.digest).ok().flatten().is_none() {
+        if !store.held(&item.digest).disk {
             return Err(FetchError::NotStored);
         }
         Ok(())
@@ -222,41 +219,16 @@ impl Preheater {
 
     /// Puts a cached blob in the memory tier, also above `memory_max_object`, if it fits.
     async fn to_memory(&self, item: &Item) {
-        let store = &self.mirror.store;
-        if store.memory.contains(&item.digest) {
-            return;
-        }
-        if item.size > store.memory.capacity() {
-            item.note(format!(
-                "{} bytes do not fit the memory tier ({} bytes)",
-                item.size,
-                store.memory.capacity()
-            ));
-            return;
-        }
-        let (disk, d) = (store.disk.clone(), item.digest.clone());
-        let copy = tokio::task::spawn_blocking(move || {
-            disk.get_mapped(&d).map(|m| m.map(|m| bytes::Bytes::copy_from_slice(&m)))
-        })
-        .await;
-        match copy {
-            Ok(Ok(Some(bytes))) => {
-                if !store.memory.insert_unbounded(item.digest.clone(), bytes).await {
-                    item.note("does not fit the memory tier".into());
-                }
-            }
-            _ => item.note("not on disk to copy into memory".into()),
+        if let Err(why) = self.mirror.store().copy_to_memory(&item.digest, item.size).await {
+            item.note(why.to_string());
         }
     }
 
     async fn pin(&self, image: &ImageJob) {
         let Some((digest, _)) = image.resolved.lock().expect("image lock").clone() else { return };
-        let meta = self.mirror.store.meta.clone();
-        let (reference, pin) =
-            (image.reference.clone(), Pin { digest: digest.to_string(), pinned_at: now_secs() });
-        match tokio::task::spawn_blocking(move || meta.put_pin(&reference, &pin)).await {
-            Ok(Ok(())) => {}
-            _ => image.fail("could not record the pin".into()),
+        if let Err(e) = self.mirror.pins().record(&image.reference, &digest).await {
+            tracing::warn!(image = %image.reference, error = %e, "could not record a pin");
+            image.fail("could not record the pin".into());
         }
     }
 }

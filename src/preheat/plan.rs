@@ -16,7 +16,7 @@ use crate::registry::{Mirror, Via, Want};
 
 /// Why an image could not be walked to its blobs (the image's `error`).
 #[derive(Debug, thiserror::Error)]
-pub enum PlanError {
+pub(super) enum PlanError {
     #[error("resolving {image}: {source}")]
     Resolve {
         image: String,
@@ -51,7 +51,7 @@ fn is_index(media_type: &str) -> bool {
 
 /// Resolves `r` and records every item of the chosen platforms in `image`; manifests are
 /// fetched (and so cached) here, blobs are left pending for the caller.
-pub async fn resolve(
+pub(super) async fn resolve(
     mirror: &Mirror,
     r: &ImageRef,
     platforms: &[String],

@@ -10,14 +10,14 @@ use crate::oci::digest::Digest;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum TierName {
+pub(crate) enum TierName {
     Memory,
     Disk,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum JobState {
+pub(crate) enum JobState {
     Queued,
     Running,
     Succeeded,
@@ -25,7 +25,7 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
             JobState::Running => "running",
@@ -35,7 +35,7 @@ impl JobState {
     }
 
     /// Whether the job has ended (succeeded or failed).
-    pub fn ended(self) -> bool {
+    pub(crate) fn ended(self) -> bool {
         matches!(self, JobState::Succeeded | JobState::Failed)
     }
 }
@@ -48,7 +48,7 @@ impl std::fmt::Display for JobState {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ItemState {
+pub(crate) enum ItemState {
     Pending,
     Fetching,
     Cached,
@@ -57,7 +57,7 @@ pub enum ItemState {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ItemKind {
+pub(crate) enum ItemKind {
     Index,
     Manifest,
     Config,
@@ -65,7 +65,7 @@ pub enum ItemKind {
 }
 
 impl ItemKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ItemKind::Index => "index",
             ItemKind::Manifest => "manifest",
@@ -77,97 +77,97 @@ impl ItemKind {
 
 /// `GET /api/v1/preheat/<id>` (and `/berth/v1/preheat/<id>` on the peer API).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobStatus {
-    pub id: String,
+pub(crate) struct JobStatus {
+    pub(crate) id: String,
     /// For a cluster job, the state of the whole: running while any part runs.
-    pub state: JobState,
+    pub(crate) state: JobState,
     /// RFC 3339 times, with milliseconds.
-    pub created_at: Option<String>,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
-    pub platforms: Vec<String>,
-    pub tiers: Vec<TierName>,
-    pub pin: bool,
-    pub bytes_total: u64,
-    pub bytes_done: u64,
-    pub images: Vec<ImageStatus>,
+    pub(crate) created_at: Option<String>,
+    pub(crate) started_at: Option<String>,
+    pub(crate) finished_at: Option<String>,
+    pub(crate) platforms: Vec<String>,
+    pub(crate) tiers: Vec<TierName>,
+    pub(crate) pin: bool,
+    pub(crate) bytes_total: u64,
+    pub(crate) bytes_done: u64,
+    pub(crate) images: Vec<ImageStatus>,
     /// `cluster` for a cluster job; absent otherwise, as are the two fields below.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scope: Option<Scope>,
+    pub(crate) scope: Option<Scope>,
     /// This instance's part of a cluster job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub local_state: Option<JobState>,
+    pub(crate) local_state: Option<JobState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peers: Option<Vec<PeerStatus>>,
+    pub(crate) peers: Option<Vec<PeerStatus>>,
 }
 
 impl JobStatus {
     /// Every item of every image.
-    pub fn items(&self) -> impl Iterator<Item = &ItemStatus> {
+    pub(crate) fn items(&self) -> impl Iterator<Item = &ItemStatus> {
         self.images.iter().flat_map(|i| &i.items)
     }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ImageStatus {
+pub(crate) struct ImageStatus {
     /// The reference as normalised (`docker.io/library/alpine:3.20`).
-    pub reference: String,
+    pub(crate) reference: String,
     /// What the reference resolved to, once it did.
-    pub digest: Option<Digest>,
-    pub media_type: Option<String>,
+    pub(crate) digest: Option<Digest>,
+    pub(crate) media_type: Option<String>,
     /// The platforms chosen from an index, as the index names them.
-    pub platforms: Vec<String>,
-    pub error: Option<String>,
-    pub items: Vec<ItemStatus>,
+    pub(crate) platforms: Vec<String>,
+    pub(crate) error: Option<String>,
+    pub(crate) items: Vec<ItemStatus>,
 }
 
 impl ImageStatus {
-    pub fn count(&self, f: impl Fn(&ItemStatus) -> bool) -> usize {
+    pub(crate) fn count(&self, f: impl Fn(&ItemStatus) -> bool) -> usize {
         self.items.iter().filter(|i| f(i)).count()
     }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ItemStatus {
-    pub digest: Digest,
-    pub size: u64,
-    pub kind: ItemKind,
-    pub platform: Option<String>,
-    pub state: ItemState,
-    pub bytes_done: u64,
+pub(crate) struct ItemStatus {
+    pub(crate) digest: Digest,
+    pub(crate) size: u64,
+    pub(crate) kind: ItemKind,
+    pub(crate) platform: Option<String>,
+    pub(crate) state: ItemState,
+    pub(crate) bytes_done: u64,
     /// The tiers that hold the item when the status was built.
-    pub tiers: Vec<TierName>,
-    pub note: Option<String>,
-    pub error: Option<String>,
+    pub(crate) tiers: Vec<TierName>,
+    pub(crate) note: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// A peer's part of a cluster job. A part that could not be read has only `peer`, `id` (when
 /// the peer took the job), `state` (`failed`) and `error`; a part read has the rest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PeerStatus {
-    pub peer: String,
+pub(crate) struct PeerStatus {
+    pub(crate) peer: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    pub state: JobState,
+    pub(crate) id: Option<String>,
+    pub(crate) state: JobState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes_total: Option<u64>,
+    pub(crate) bytes_total: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes_done: Option<u64>,
+    pub(crate) bytes_done: Option<u64>,
     /// How many items the peer's job has, and how many of them are cached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub items: Option<usize>,
+    pub(crate) items: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub items_cached: Option<usize>,
+    pub(crate) items_cached: Option<usize>,
     /// The errors of the peer's images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub errors: Option<Vec<String>>,
+    pub(crate) errors: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 impl PeerStatus {
     /// The part of a peer whose job status was read.
-    pub fn of(peer: String, id: String, status: &JobStatus) -> PeerStatus {
+    pub(crate) fn of(peer: String, id: String, status: &JobStatus) -> PeerStatus {
         PeerStatus {
             peer,
             id: Some(id),
@@ -182,7 +182,7 @@ impl PeerStatus {
     }
 
     /// The part of a peer that did not take the job, or whose status could not be read.
-    pub fn failed(peer: String, id: Option<String>, error: Option<String>) -> PeerStatus {
+    pub(crate) fn failed(peer: String, id: Option<String>, error: Option<String>) -> PeerStatus {
         PeerStatus {
             peer,
             id,
@@ -199,16 +199,16 @@ impl PeerStatus {
 
 /// The answer to an accepted preheat request (`status_url` on the admin API only).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Accepted {
-    pub id: String,
+pub(crate) struct Accepted {
+    pub(crate) id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status_url: Option<String>,
+    pub(crate) status_url: Option<String>,
 }
 
 /// The body of an error of the admin API and of the peer API's preheat routes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
+pub(crate) struct ErrorBody {
+    pub(crate) error: String,
 }
 
 #[cfg(test)]

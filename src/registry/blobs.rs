@@ -16,17 +16,17 @@ use crate::store::fill::{self, Fill, FillState};
 use crate::store::ServedBy;
 
 /// A blob answer: the full length, the span served (`Some` for a 206), and the body for a GET.
-pub struct BlobAnswer {
-    pub len: u64,
-    pub range: Option<(u64, u64)>,
+pub(crate) struct BlobAnswer {
+    pub(crate) len: u64,
+    pub(crate) range: Option<(u64, u64)>,
     /// The body for a GET. It marks the blob as being read until it is dropped, which keeps
     /// GC from evicting it meanwhile.
-    pub body: Option<BodyStream>,
-    pub served_by: ServedBy,
+    pub(crate) body: Option<BodyStream>,
+    pub(crate) served_by: ServedBy,
 }
 
 impl Mirror {
-    pub async fn blob(
+    pub(crate) async fn blob(
         &self,
         ns: Option<&str>,
         repo: &str,

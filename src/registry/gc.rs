@@ -8,21 +8,22 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::pins::Pins;
 use super::tags::TagCache;
 use crate::config::Gc as GcConfig;
 use crate::error::Error;
 use crate::oci::digest::Digest;
 use crate::store::gc::plan::{self, Blob, Inventory, Policy, Reason, Version};
 use crate::store::meta::now_secs;
-use crate::store::Store;
+use crate::store::{Store, Stored};
 
-pub struct Collector {
+pub(crate) struct Collector {
     store: Arc<Store>,
     tags: Arc<TagCache>,
+    pins: Arc<Pins>,
     config: GcConfig,
+    /// The disk tier's capacity.
     capacity: u64,
-    /// Pins from mirror.toml, normalised references.
-    config_pins: Vec<String>,
     /// One pass at a time.
     running: tokio::sync::Mutex<()>,
 }
@@ -30,8 +31,8 @@ pub struct Collector {
 /// What a pass did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub used_before: u64,
-    pub used_after: u64,
+    pub(crate) used_before: u64,
+    pub(crate) used_after: u64,
     pub target: u64,
     pub freed: u64,
     pub evicted: Vec<Evicted>,
@@ -43,19 +44,19 @@ pub struct Report {
 pub struct Evicted {
     pub digest: String,
     pub size: u64,
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
 }
 
 /// One image version as `GET /api/v1/cache` shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct CachedImage {
-    pub digest: String,
-    pub tags: Vec<String>,
-    pub size: u64,
-    pub last_pulled: u64,
-    pub pinned: bool,
-    pub blobs: usize,
-    pub in_memory: usize,
+pub(crate) struct CachedImage {
+    pub(crate) digest: String,
+    pub(crate) tags: Vec<String>,
+    pub(crate) size: u64,
+    pub(crate) last_pulled: u64,
+    pub(crate) pinned: bool,
+    pub(crate) blobs: usize,
+    pub(crate) in_memory: usize,
 }
 
 #[derive(Deserialize)]
@@ -71,28 +72,19 @@ struct Ref {
 }
 
 impl Collector {
-    pub fn new(
-        store: Arc<Store>,
-        tags: Arc<TagCache>,
-        config: GcConfig,
-        capacity: u64,
-        pins: Vec<String>,
-    ) -> Self {
-        Collector { store, tags, config, capacity, config_pins: pins, running: tokio::sync::Mutex::new(()) }
-    }
-
-    pub fn capacity(&self) -> u64 {
-        self.capacity
+    pub(crate) fn new(store: Arc<Store>, tags: Arc<TagCache>, pins: Arc<Pins>, config: GcConfig) -> Self {
+        let capacity = store.usage().disk.capacity;
+        Collector { store, tags, pins, config, capacity, running: tokio::sync::Mutex::new(()) }
     }
 
     /// The usage a pass brings the disk tier down to.
-    pub fn low_target(&self) -> u64 {
+    pub(crate) fn low_target(&self) -> u64 {
         (self.capacity as f64 * self.config.low_watermark) as u64
     }
 
     /// Runs a pass now if usage is at or above the high watermark.
-    pub async fn maybe_collect(&self) -> Result<Option<Report>, Error> {
-        let used = self.store.disk.used();
+    pub(crate) async fn maybe_collect(&self) -> Result<Option<Report>, Error> {
+        let used = self.store.usage().disk.used;
         let high = (self.capacity as f64 * self.config.high_watermark) as u64;
         let target = if used >= high {
             (self.capacity as f64 * self.config.low_watermark) as u64
@@ -108,27 +100,22 @@ impl Collector {
     /// allow (pinned and in-use content stays): the disk tier's `Store::grow` asks this when a
     /// reservation cannot grow. One pass brings usage down to the low watermark, or further
     /// when the bytes need it, so that the next batches fit without another pass.
-    pub async fn free_for(&self, more: u64) {
-        let disk = &self.store.disk;
+    pub(crate) async fn free_for(&self, more: u64) {
+        let store = &self.store;
         {
             let _one = self.running.lock().await;
-            if disk.fits(more) {
+            if store.disk_fits(more) {
                 return; // another pass made room meanwhile
             }
         }
-        let Some(room) = self.capacity.checked_sub(more.saturating_add(disk.pending())) else { return };
+        let Some(room) = self.capacity.checked_sub(more.saturating_add(store.disk_pending())) else { return };
         if let Err(e) = self.collect(self.low_target().min(room)).await {
             tracing::warn!(error = %e, "GC pass failed");
         }
     }
 
-    /// Fills served without being kept since startup, for want of room.
-    pub fn uncached(&self) -> u64 {
-        self.store.uncached()
-    }
-
     /// Evicts until the disk tier holds at most `target` bytes, as far as the rules allow.
-    pub async fn collect(&self, target: u64) -> Result<Report, Error> {
+    pub(crate) async fn collect(&self, target: u64) -> Result<Report, Error> {
         let _one = self.running.lock().await;
         let inventory = self.inventory().await?;
         let now = now_secs();
@@ -138,20 +125,15 @@ impl Collector {
             target,
             idle_before: self.config.max_idle.map(|idle| now.saturating_sub(idle.as_secs())),
         };
-        let used_before = self.store.disk.used();
+        let used_before = self.store.usage().disk.used;
         let plan = plan::plan(&inventory, &policy);
         let (store, evict) = (self.store.clone(), plan.evict.clone());
         let evicted = tokio::task::spawn_blocking(move || {
             let mut done = Vec::new();
             for (digest, size, reason) in evict {
-                // File first, then the record: a crash in between leaves a record without a
-                // file, which is a miss.
-                if let Err(e) = store.disk.remove(&digest) {
+                if let Err(e) = store.evict_blocking(&digest) {
                     tracing::warn!(%digest, error = %e, "GC could not delete a blob");
                     continue;
-                }
-                if let Err(e) = store.meta.remove_blob(&digest) {
-                    tracing::warn!(%digest, error = %e, "GC deleted a blob but not its record");
                 }
                 let reason = match reason {
                     Reason::LeastRecentlyPulled => "least recently pulled",
@@ -166,7 +148,7 @@ impl Collector {
         .map_err(Error::internal)?;
         let report = Report {
             used_before,
-            used_after: self.store.disk.used(),
+            used_after: self.store.usage().disk.used,
             target,
             freed: evicted.iter().map(|e| e.size).sum(),
             evicted,
@@ -187,7 +169,7 @@ impl Collector {
     }
 
     /// Runs `maybe_collect` every `interval` for as long as the collector lives.
-    pub fn spawn(self: &Arc<Self>) {
+    pub(crate) fn spawn(self: &Arc<Self>) {
         let this = Arc::downgrade(self);
         let every = self.config.interval.max(Duration::from_secs(1));
         tokio::spawn(async move {
@@ -204,7 +186,7 @@ impl Collector {
     }
 
     /// Image versions on disk with their tags, size, last pull and pin.
-    pub async fn images(&self) -> Result<Vec<CachedImage>, Error> {
+    pub(crate) async fn images(&self) -> Result<Vec<CachedImage>, Error> {
         let inv = self.inventory().await?;
         let tags = self.tags.tags_by_digest();
         let mut out: Vec<CachedImage> = inv
@@ -219,7 +201,7 @@ impl Collector {
                     last_pulled: v.last_pulled,
                     pinned: v.pinned,
                     blobs: present.len(),
-                    in_memory: present.iter().filter(|d| self.store.memory.contains(d)).count(),
+                    in_memory: present.iter().filter(|d| self.store.held(d).memory).count(),
                 }
             })
             .collect();
@@ -231,16 +213,12 @@ impl Collector {
         let store = self.store.clone();
         let current = self.tags.current_digests();
         let mut pinned: HashSet<String> = HashSet::new();
-        let pins = {
-            let meta = store.meta.clone();
-            tokio::task::spawn_blocking(move || meta.pins()).await.map_err(Error::internal)??
-        };
         // A pinned tag keeps the version it pointed to when pinned and the current one.
-        for (reference, pin) in pins {
+        for (reference, pin) in self.pins.recorded().await? {
             pinned.insert(pin.digest);
             pinned.extend(self.tags.newest(&reference));
         }
-        for reference in &self.config_pins {
+        for reference in self.pins.configured() {
             pinned.extend(self.tags.newest(reference));
         }
         let busy: HashSet<Digest> = store.busy().into_iter().collect();
@@ -257,27 +235,19 @@ fn build(
     pinned: &HashSet<String>,
     busy: &HashSet<Digest>,
 ) -> Result<Inventory, Error> {
-    let on_disk = store.disk.scan().map_err(Error::internal)?;
-    let meta = store.meta.blobs()?;
     let mut inv = Inventory::default();
     let mut children: HashMap<Digest, Vec<Digest>> = HashMap::new();
-    for (digest, size) in on_disk {
-        let record = meta.get(digest.as_str());
-        let last_access = record.map_or(0, |m| m.last_access);
-        if record.is_some_and(|m| m.media_type.is_some()) {
-            if let Ok(Some(bytes)) = store.disk.get_mapped(&digest) {
-                if let Ok(refs) = serde_json::from_slice::<Refs>(&bytes) {
-                    let list = refs
-                        .manifests
-                        .into_iter()
-                        .flatten()
-                        .chain(refs.config)
-                        .chain(refs.layers.into_iter().flatten())
-                        .filter_map(|r| Digest::parse(&r.digest).ok())
-                        .collect();
-                    children.insert(digest.clone(), list);
-                }
-            }
+    for Stored { digest, size, last_access, manifest } in store.contents_blocking()? {
+        if let Some(refs) = manifest.and_then(|bytes| serde_json::from_slice::<Refs>(&bytes).ok()) {
+            let list = refs
+                .manifests
+                .into_iter()
+                .flatten()
+                .chain(refs.config)
+                .chain(refs.layers.into_iter().flatten())
+                .filter_map(|r| Digest::parse(&r.digest).ok())
+                .collect();
+            children.insert(digest.clone(), list);
         }
         inv.blobs.insert(digest.clone(), Blob { size, last_access, busy: busy.contains(&digest) });
     }

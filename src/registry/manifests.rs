@@ -24,16 +24,16 @@ enum Asked {
 }
 
 /// A manifest answer: headers, and the bytes for a GET.
-pub struct ManifestAnswer {
-    pub digest: Digest,
-    pub media_type: String,
-    pub len: u64,
-    pub bytes: Option<Bytes>,
-    pub served_by: ServedBy,
+pub(crate) struct ManifestAnswer {
+    pub(crate) digest: Digest,
+    pub(crate) media_type: String,
+    pub(crate) len: u64,
+    pub(crate) bytes: Option<Bytes>,
+    pub(crate) served_by: ServedBy,
 }
 
 impl Mirror {
-    pub async fn manifest(
+    pub(crate) async fn manifest(
         &self,
         ns: Option<&str>,
         repo: &str,
@@ -148,7 +148,7 @@ impl Mirror {
         let media_type = match self.media_types.get(digest) {
             Some(t) => t,
             None => {
-                let (meta, d) = (self.store.meta.clone(), digest.clone());
+                let (meta, d) = (self.store.meta().clone(), digest.clone());
                 let found =
                     tokio::task::spawn_blocking(move || meta.blob(&d)).await.map_err(Error::internal)??;
                 match found.and_then(|m| m.media_type) {

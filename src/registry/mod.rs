@@ -1,12 +1,13 @@
 //! Registry semantics: what a manifest or blob request means, answered from the store tiers
 //! or, on a miss, from the request's upstream registry through one coalesced fill.
 
-pub mod blobs;
-pub mod gc;
-pub mod manifests;
-pub mod provenance;
-pub mod singleflight;
-pub mod tags;
+pub(crate) mod blobs;
+pub(crate) mod gc;
+pub(crate) mod manifests;
+pub(crate) mod pins;
+pub(crate) mod provenance;
+pub(crate) mod singleflight;
+pub(crate) mod tags;
 
 use std::sync::Arc;
 
@@ -17,15 +18,13 @@ use crate::source::peers::Peers;
 use crate::source::Upstreams;
 use crate::store::meta::TagEntry;
 use crate::store::Store;
+use pins::Pins;
 use singleflight::SingleFlight;
 use tags::TagCache;
 
-pub use blobs::BlobAnswer;
-pub use manifests::ManifestAnswer;
-
 /// What a request wants of a manifest or a blob: its headers only (HEAD), or its content too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Want {
+pub(crate) enum Want {
     Head,
     Content,
 }
@@ -33,19 +32,20 @@ pub enum Want {
 /// Who asks: a client, or a peer mirror passing on its own client's request (the hop
 /// marker), which is answered here and never forwarded again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
+pub(crate) enum Via {
     Client,
     Peer,
 }
 
 /// The mirror: the store, the upstreams, and the tag cache between them.
-pub struct Mirror {
-    pub store: Arc<Store>,
-    pub upstreams: Upstreams,
+pub(crate) struct Mirror {
+    store: Arc<Store>,
+    upstreams: Upstreams,
     /// The peer mirrors, when `[peers]` is configured.
-    pub peers: Option<Arc<Peers>>,
+    peers: Option<Arc<Peers>>,
     tags: Arc<TagCache>,
-    pub gc: Arc<gc::Collector>,
+    gc: Arc<gc::Collector>,
+    pins: Arc<Pins>,
     /// Manifest fetches by (registry, digest): one registry's answer never stands in for
     /// another's.
     manifest_fetches: SingleFlight<(String, Digest), ()>,
@@ -57,16 +57,11 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    pub fn new(config: &Config, store: Arc<Store>) -> Result<Mirror, Error> {
+    pub(crate) fn new(config: &Config, store: Arc<Store>) -> Result<Mirror, Error> {
+        let pins = Arc::new(Pins::new(store.meta().clone(), config.pins.clone()));
         let tags =
-            Arc::new(TagCache::load(store.meta.clone(), config.tags.ttl, tags::MAX_BASES, &config.pins)?);
-        let gc = Arc::new(gc::Collector::new(
-            store.clone(),
-            tags.clone(),
-            config.gc.clone(),
-            config.storage.disk_capacity,
-            config.pins.clone(),
-        ));
+            Arc::new(TagCache::load(store.meta().clone(), config.tags.ttl, tags::MAX_BASES, pins.clone())?);
+        let gc = Arc::new(gc::Collector::new(store.clone(), tags.clone(), pins.clone(), config.gc.clone()));
         let collector = Arc::downgrade(&gc);
         store.on_full(Arc::new(move |more| {
             let collector = collector.clone();
@@ -81,12 +76,38 @@ impl Mirror {
             peers: config.peers.as_ref().map(Peers::new).transpose()?,
             tags,
             gc,
+            pins,
             manifest_fetches: SingleFlight::default(),
-            provenance: Arc::new(provenance::Provenance::new(store.meta.clone())),
+            provenance: Arc::new(provenance::Provenance::new(store.meta().clone())),
             store,
             tag_lookups: SingleFlight::default(),
             media_types: moka::sync::Cache::new(65_536),
         })
+    }
+
+    /// The store's tiers, in-flight fills and contents.
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The peer mirrors, when `[peers]` is configured.
+    pub(crate) fn peers(&self) -> Option<&Arc<Peers>> {
+        self.peers.as_ref()
+    }
+
+    /// The upstream registry for a request's `ns` (see `Upstreams::get`).
+    pub(crate) fn upstream(&self, ns: Option<&str>) -> Result<Arc<crate::source::upstream::Upstream>, Error> {
+        self.upstreams.get(ns)
+    }
+
+    /// The collector: GC passes and the cache's contents in registry terms.
+    pub(crate) fn collector(&self) -> &Arc<gc::Collector> {
+        &self.gc
+    }
+
+    /// The pins, shared by the admin API, preheat and GC.
+    pub(crate) fn pins(&self) -> &Pins {
+        &self.pins
     }
 
     /// The peer to ask for `digest` on a miss: none for a request that came from a peer

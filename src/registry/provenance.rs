@@ -12,18 +12,18 @@ use crate::store::meta::{served_key, Meta};
 /// Records kept in memory in front of the metadata store.
 const REMEMBERED: u64 = 262_144;
 
-pub struct Provenance {
+pub(crate) struct Provenance {
     meta: Arc<Meta>,
     known: moka::sync::Cache<String, ()>,
 }
 
 impl Provenance {
-    pub fn new(meta: Arc<Meta>) -> Provenance {
+    pub(crate) fn new(meta: Arc<Meta>) -> Provenance {
         Provenance { meta, known: moka::sync::Cache::new(REMEMBERED) }
     }
 
     /// Whether `registry` served or confirmed `digest`.
-    pub async fn knows(&self, registry: &str, digest: &Digest) -> bool {
+    pub(crate) async fn knows(&self, registry: &str, digest: &Digest) -> bool {
         let key = served_key(registry, digest);
         if self.known.contains_key(&key) {
             return true;
@@ -38,7 +38,7 @@ impl Provenance {
     }
 
     /// Notes that `registry` served or confirmed `digest` (kept across restarts).
-    pub async fn record(&self, registry: &str, digest: &Digest) {
+    pub(crate) async fn record(&self, registry: &str, digest: &Digest) {
         let key = served_key(registry, digest);
         if self.known.contains_key(&key) {
             return;

@@ -13,7 +13,7 @@ use crate::error::Error;
 type Slot<T> = watch::Receiver<Option<Result<T, Error>>>;
 type Calls<K, T> = Arc<Mutex<HashMap<K, Slot<T>>>>;
 
-pub struct SingleFlight<K, T> {
+pub(crate) struct SingleFlight<K, T> {
     calls: Calls<K, T>,
 }
 
@@ -30,7 +30,7 @@ where
 {
     /// Runs `work` for `key` unless a run is in flight; returns its result and whether this
     /// call started it.
-    pub async fn run<F>(&self, key: K, work: impl FnOnce() -> F) -> (Result<T, Error>, bool)
+    pub(crate) async fn run<F>(&self, key: K, work: impl FnOnce() -> F) -> (Result<T, Error>, bool)
     where
         F: Future<Output = Result<T, Error>> + Send + 'static,
     {

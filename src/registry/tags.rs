@@ -7,11 +7,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::pins::Pins;
 use crate::error::Error;
 use crate::store::meta::{now_secs, Meta, TagEntry};
 
 /// `(registry, repository, tag)` as one string: `docker.io/library/alpine:3.20`.
-pub fn base(registry: &str, repo: &str, tag: &str) -> String {
+pub(crate) fn base(registry: &str, repo: &str, tag: &str) -> String {
     format!("{registry}/{repo}:{tag}")
 }
 
@@ -21,61 +22,64 @@ fn stored_key(base: &str, accept: &str) -> String {
 
 /// Bases the tag cache keeps (each a few hundred bytes with its accept classes, in memory and
 /// in redb): far more tags than a mirror's clients pull within any ttl.
-pub const MAX_BASES: usize = 100_000;
+pub(crate) const MAX_BASES: usize = 100_000;
 
 /// base → accept class → entry.
 type Entries = HashMap<String, HashMap<String, TagEntry>>;
 
-pub struct TagCache {
+pub(crate) struct TagCache {
     entries: Mutex<Entries>,
     meta: Arc<Meta>,
     ttl: Duration,
     /// Bases kept at most; past it, the least recently confirmed are dropped.
     cap: usize,
-    /// References `[[pin]]` in mirror.toml names: never dropped.
-    pinned: HashSet<String>,
+    /// Their bases are never dropped.
+    pins: Arc<Pins>,
 }
 
 impl TagCache {
-    /// Loads the stored mappings, keeping at most `cap` bases (see `trim`); the bases in
-    /// `pinned` (normalised references, as `[[pin]]` holds them) are never dropped.
-    pub fn load(meta: Arc<Meta>, ttl: Duration, cap: usize, pinned: &[String]) -> Result<TagCache, Error> {
+    /// Loads the stored mappings, keeping at most `cap` bases (see `trim`); the bases `pins`
+    /// names are never dropped.
+    pub(crate) fn load(
+        meta: Arc<Meta>,
+        ttl: Duration,
+        cap: usize,
+        pins: Arc<Pins>,
+    ) -> Result<TagCache, Error> {
         let mut entries = Entries::new();
         for (key, entry) in meta.tags()? {
             if let Some((base, accept)) = key.rsplit_once('#') {
                 entries.entry(base.to_owned()).or_default().insert(accept.to_owned(), entry);
             }
         }
-        let pinned: HashSet<String> = pinned.iter().cloned().collect();
-        let kept = with_pins(&pinned, meta.pins()?);
-        let dropped = trim(&mut entries, cap, &kept);
+        let dropped = trim(&mut entries, cap, &pins.references_blocking()?);
         if !dropped.is_empty() {
             meta.remove_tags(&dropped)?;
         }
-        Ok(TagCache { entries: Mutex::new(entries), meta, ttl, cap, pinned })
+        Ok(TagCache { entries: Mutex::new(entries), meta, ttl, cap, pins })
     }
 
     /// The entry for exactly this accept class.
-    pub fn get(&self, base: &str, accept: &str) -> Option<TagEntry> {
+    pub(crate) fn get(&self, base: &str, accept: &str) -> Option<TagEntry> {
         self.entries.lock().expect("tag lock").get(base)?.get(accept).cloned()
     }
 
     /// The newest entry made for another accept class whose manifest this class accepts by
     /// name: upstream would have answered it the same, so a docker pull after a
     /// containerd-style lookup (or a preheat) needs no upstream request.
-    pub fn compatible(&self, base: &str, accepts: impl Fn(&str) -> bool) -> Option<TagEntry> {
+    pub(crate) fn compatible(&self, base: &str, accepts: impl Fn(&str) -> bool) -> Option<TagEntry> {
         let entries = self.entries.lock().expect("tag lock");
         entries.get(base)?.values().filter(|e| accepts(&e.media_type)).max_by_key(|e| e.checked_at).cloned()
     }
 
     /// Every digest a tag points to now (in any accept class).
-    pub fn current_digests(&self) -> std::collections::HashSet<String> {
+    pub(crate) fn current_digests(&self) -> std::collections::HashSet<String> {
         let entries = self.entries.lock().expect("tag lock");
         entries.values().flat_map(|classes| classes.values().map(|e| e.digest.clone())).collect()
     }
 
     /// Tags pointing to each digest, as `registry/repo:tag`.
-    pub fn tags_by_digest(&self) -> HashMap<String, Vec<String>> {
+    pub(crate) fn tags_by_digest(&self) -> HashMap<String, Vec<String>> {
         let entries = self.entries.lock().expect("tag lock");
         let mut out: HashMap<String, Vec<String>> = HashMap::new();
         for (base, classes) in entries.iter() {
@@ -90,17 +94,17 @@ impl TagCache {
     }
 
     /// The newest digest `base` points to, in any accept class.
-    pub fn newest(&self, base: &str) -> Option<String> {
+    pub(crate) fn newest(&self, base: &str) -> Option<String> {
         let entries = self.entries.lock().expect("tag lock");
         entries.get(base)?.values().max_by_key(|e| e.checked_at).map(|e| e.digest.clone())
     }
 
     /// Whether upstream confirmed `entry` within the ttl.
-    pub fn is_fresh(&self, entry: &TagEntry) -> bool {
+    pub(crate) fn is_fresh(&self, entry: &TagEntry) -> bool {
         now_secs().saturating_sub(entry.checked_at) < self.ttl.as_secs().max(1)
     }
 
-    pub async fn put(&self, base: &str, accept: &str, entry: TagEntry) -> Result<(), Error> {
+    pub(crate) async fn put(&self, base: &str, accept: &str, entry: TagEntry) -> Result<(), Error> {
         let full = {
             let mut entries = self.entries.lock().expect("tag lock");
             entries.entry(base.to_owned()).or_default().insert(accept.to_owned(), entry.clone());
@@ -117,9 +121,7 @@ impl TagCache {
     /// Makes room past the cap (see `trim`), in memory and in redb, keeping every base a pin
     /// names: those of `[[pin]]` and those pinned through the admin API or a preheat.
     async fn drop_least_recently_confirmed(&self) -> Result<(), Error> {
-        let meta = self.meta.clone();
-        let pins = tokio::task::spawn_blocking(move || meta.pins()).await.map_err(Error::internal)??;
-        let kept = with_pins(&self.pinned, pins);
+        let kept = self.pins.references().await?;
         let dropped = trim(&mut self.entries.lock().expect("tag lock"), self.cap, &kept);
         if dropped.is_empty() {
             return Ok(());
@@ -129,7 +131,7 @@ impl TagCache {
         tokio::task::spawn_blocking(move || meta.remove_tags(&dropped)).await.map_err(Error::internal)?
     }
 
-    pub async fn remove(&self, base: &str, accept: &str) -> Result<(), Error> {
+    pub(crate) async fn remove(&self, base: &str, accept: &str) -> Result<(), Error> {
         {
             let mut entries = self.entries.lock().expect("tag lock");
             if let Some(classes) = entries.get_mut(base) {
@@ -142,13 +144,6 @@ impl TagCache {
         let (meta, key) = (self.meta.clone(), stored_key(base, accept));
         tokio::task::spawn_blocking(move || meta.remove_tag(&key)).await.map_err(Error::internal)?
     }
-}
-
-/// `pinned` and the images of `pins`: the bases never dropped.
-fn with_pins(pinned: &HashSet<String>, pins: Vec<(String, crate::store::meta::Pin)>) -> HashSet<String> {
-    let mut kept = pinned.clone();
-    kept.extend(pins.into_iter().map(|(image, _)| image));
-    kept
 }
 
 /// With more than `cap` bases, drops the least recently confirmed (the newest `checked_at` of
@@ -211,7 +206,8 @@ mod tests {
         let runtime_pin = base("docker.io", "library/pinned-later", "1");
         let pin = Pin { digest: entry(2).digest, pinned_at: 2 };
         meta.put_pin(&runtime_pin, &pin).unwrap();
-        let cache = TagCache::load(meta.clone(), TTL, 100, &pinned).unwrap();
+        let pins = Arc::new(Pins::new(meta.clone(), pinned.clone()));
+        let cache = TagCache::load(meta.clone(), TTL, 100, pins.clone()).unwrap();
         // The pinned bases are the least recently confirmed of all.
         cache.put(&pinned[0], "oci", entry(1)).await.unwrap();
         cache.put(&runtime_pin, "oci", entry(2)).await.unwrap();
@@ -230,19 +226,19 @@ mod tests {
         assert!(cache.get(&runtime_pin, "oci").is_some(), "a pinned base was dropped");
 
         drop(cache);
-        let again = TagCache::load(meta.clone(), TTL, 100, &pinned).unwrap();
+        let again = TagCache::load(meta.clone(), TTL, 100, pins.clone()).unwrap();
         assert_eq!(bases(&again), kept, "a restart sees other bases");
         assert_eq!(meta.tags().unwrap().len(), 2 * kept.len() - 2, "redb holds dropped mappings");
 
         // A smaller cap at startup trims what was stored, newest kept, pins kept.
         drop(again);
-        let smaller = TagCache::load(meta.clone(), TTL, 20, &pinned).unwrap();
+        let smaller = TagCache::load(meta.clone(), TTL, 20, pins.clone()).unwrap();
         let left = bases(&smaller);
         assert!(left.len() <= 20, "{} bases", left.len());
         assert!(left.contains(&pinned[0]) && left.contains(&runtime_pin));
         assert!(left.contains(&numbered(399)));
         drop(smaller);
-        let after = TagCache::load(meta, TTL, 100, &pinned).unwrap();
+        let after = TagCache::load(meta, TTL, 100, pins).unwrap();
         assert_eq!(bases(&after), left, "the trim at startup was not stored");
     }
 

@@ -85,7 +85,7 @@ const MAX_TOKENS: u64 = 4096;
 const MAX_TOKEN_LIFE: Duration = Duration::from_secs(24 * 3600);
 
 /// Bearer tokens per scope, each until shortly before it expires; bounded in number and life.
-pub struct TokenCache {
+pub(crate) struct TokenCache {
     tokens: moka::sync::Cache<String, (String, Instant)>,
 }
 
@@ -101,11 +101,11 @@ impl Default for TokenCache {
 }
 
 impl TokenCache {
-    pub fn get(&self, scope: &str) -> Option<String> {
+    pub(crate) fn get(&self, scope: &str) -> Option<String> {
         self.tokens.get(scope).filter(|(_, until)| *until > Instant::now()).map(|(t, _)| t)
     }
 
-    pub fn forget(&self, scope: &str) {
+    pub(crate) fn forget(&self, scope: &str) {
         self.tokens.invalidate(scope);
     }
 
@@ -116,7 +116,7 @@ impl TokenCache {
     }
 
     /// Asks the challenge's realm for a token for `scope` and caches it.
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         client: &reqwest::Client,
         guard: Option<&Guard>,

@@ -1,12 +1,12 @@
 //! Where content comes from on a miss: the owning peer mirror, else the configured upstream
 //! registries.
 
-pub mod auth;
+pub(crate) mod auth;
 pub(crate) mod outbound;
-pub mod peers;
-pub mod public;
+pub(crate) mod peers;
+pub(crate) mod public;
 mod status;
-pub mod upstream;
+pub(crate) mod upstream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,38 +19,38 @@ use tokio::sync::Semaphore;
 use crate::config::{Config, MinRate, Registry, WILDCARD_MAX_FILLS};
 use crate::error::Error;
 use upstream::FillTurns;
-pub use upstream::Upstream;
+pub(crate) use upstream::Upstream;
 
 /// A body as a source sends it.
-pub type Body = BoxStream<'static, Result<Bytes, Error>>;
+pub(crate) type Body = BoxStream<'static, Result<Bytes, Error>>;
 
 /// A blob as a source answered it, with what a fill needs to go on after a cut.
-pub struct Fetched {
+pub(crate) struct Fetched {
     /// The announced length, when the source sent one.
-    pub len: Option<u64>,
-    pub body: Body,
+    pub(crate) len: Option<u64>,
+    pub(crate) body: Body,
     /// How to continue after the body is cut; without it a cut fails the fill.
-    pub resume: Option<Resume>,
+    pub(crate) resume: Option<Resume>,
     /// To call when the content fails verification (a peer that sent wrong bytes).
-    pub rejected: Option<Box<dyn FnOnce() + Send + Sync>>,
+    pub(crate) rejected: Option<Box<dyn FnOnce() + Send + Sync>>,
     /// To keep until the fill ends (a turn among the fills the registry allows at once).
-    pub hold: Option<Box<dyn std::any::Any + Send + Sync>>,
+    pub(crate) hold: Option<Box<dyn std::any::Any + Send + Sync>>,
     /// The slowest the body (and any resumed rest) may arrive; below it, it counts as cut.
-    pub floor: Option<MinRate>,
+    pub(crate) floor: Option<MinRate>,
 }
 
 /// Asks the source for the rest of a body from a byte offset.
-pub type Resume = Box<dyn Fn(u64) -> BoxFuture<'static, Result<Resumed, Error>> + Send + Sync>;
+pub(crate) type Resume = Box<dyn Fn(u64) -> BoxFuture<'static, Result<Resumed, Error>> + Send + Sync>;
 
 /// The rest of a body after a cut: bytes from some offset, of which `skip` are already held
 /// (a server that ignores Range sends everything again).
-pub struct Resumed {
-    pub body: Body,
-    pub skip: u64,
+pub(crate) struct Resumed {
+    pub(crate) body: Body,
+    pub(crate) skip: u64,
 }
 
 /// The configured registries by the name clients use (`?ns=`).
-pub struct Upstreams {
+pub(crate) struct Upstreams {
     by_host: HashMap<String, Arc<Upstream>>,
     default: String,
     /// The `host = "*"` entry, if any: its settings apply to every public host.
@@ -66,7 +66,7 @@ pub struct Upstreams {
 const MAX_DYNAMIC: usize = 1024;
 
 impl Upstreams {
-    pub fn new(config: &Config) -> Result<Upstreams, Error> {
+    pub(crate) fn new(config: &Config) -> Result<Upstreams, Error> {
         let mut by_host = HashMap::new();
         let mut wildcard = None;
         for r in &config.registries {
@@ -94,7 +94,7 @@ impl Upstreams {
     /// refused: berth is a mirror of its configured registries, never an open proxy.
     /// With a wildcard entry, any public host is mirrored from `https://<host>`; loopback,
     /// link-local and private addresses are refused, also after DNS resolution.
-    pub fn get(&self, ns: Option<&str>) -> Result<Arc<Upstream>, Error> {
+    pub(crate) fn get(&self, ns: Option<&str>) -> Result<Arc<Upstream>, Error> {
         let host = ns.unwrap_or(&self.default);
         if let Some(u) = self.by_host.get(host) {
             return Ok(u.clone());

@@ -17,7 +17,7 @@ use crate::config::Registry;
 use crate::error::{BoxError, Error};
 
 /// The client for `cfg`'s upstream, and its guard when the registry is public-only.
-pub fn client_for(cfg: &Registry) -> Result<(reqwest::Client, Option<Arc<Guard>>), Error> {
+pub(crate) fn client_for(cfg: &Registry) -> Result<(reqwest::Client, Option<Arc<Guard>>), Error> {
     let mut builder = base(cfg.connect_timeout, cfg.read_timeout, cfg.ca_file.as_deref())?;
     let guard = cfg.public_only.then(|| Arc::new(Guard { exempt: cfg.public_exempt.clone() }));
     if let Some(guard) = &guard {
@@ -31,7 +31,7 @@ pub fn client_for(cfg: &Registry) -> Result<(reqwest::Client, Option<Arc<Guard>>
 
 /// The client peer requests go out with: the peers' timeouts, the system roots plus
 /// `peers.ca_file`, no redirects. Peers are private addresses by nature: no address guard.
-pub fn peer_client(cfg: &crate::config::Peers) -> Result<reqwest::Client, Error> {
+pub(crate) fn peer_client(cfg: &crate::config::Peers) -> Result<reqwest::Client, Error> {
     base(cfg.timeout, cfg.read_timeout, cfg.ca_file.as_deref())?.build().map_err(Error::internal)
 }
 
@@ -56,7 +56,7 @@ fn base(
 /// The certificates of a PEM bundle of extra roots (a `ca_file`): at least one, each parsed
 /// as a trust anchor, so that a bundle that would fail the client fails validation first.
 /// The error names the file.
-pub fn extra_roots(ca_file: &Path) -> Result<Vec<reqwest::Certificate>, Error> {
+pub(crate) fn extra_roots(ca_file: &Path) -> Result<Vec<reqwest::Certificate>, Error> {
     let bad = |e: BoxError| Error::fault(ca_file.display().to_string(), e);
     let ders: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
         .map_err(|e| bad(e.into()))?

@@ -136,12 +136,12 @@ impl std::error::Error for NotPublic {}
 /// addresses (never set from mirror.toml; tests put their loopback fake upstream there).
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
-    pub exempt: Vec<SocketAddr>,
+    pub(crate) exempt: Vec<SocketAddr>,
 }
 
 impl Guard {
     /// Whether a connection to `addr` is allowed.
-    pub fn check_addr(&self, addr: SocketAddr) -> Result<(), NotPublic> {
+    pub(crate) fn check_addr(&self, addr: SocketAddr) -> Result<(), NotPublic> {
         if is_public(addr.ip()) || self.exempt.contains(&addr) {
             return Ok(());
         }
@@ -166,7 +166,7 @@ impl Guard {
 }
 
 /// A resolver that answers only when every address of a name is public.
-pub struct PublicOnly;
+pub(crate) struct PublicOnly;
 
 impl Resolve for PublicOnly {
     fn resolve(&self, name: Name) -> Resolving {
@@ -186,7 +186,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The connector layer of a public-only client: a connection whose remote socket address the
 /// guard refuses is dropped before any request is written on it.
 #[derive(Clone)]
-pub struct ConnectGuard(pub Arc<Guard>);
+pub(crate) struct ConnectGuard(pub Arc<Guard>);
 
 impl<S> tower::Layer<S> for ConnectGuard {
     type Service = Guarded<S>;
@@ -197,7 +197,7 @@ impl<S> tower::Layer<S> for ConnectGuard {
 }
 
 #[derive(Clone)]
-pub struct Guarded<S> {
+pub(crate) struct Guarded<S> {
     inner: S,
     guard: Arc<Guard>,
 }

@@ -14,7 +14,7 @@ const MAX_ERROR_BODY: u64 = 16 * 1024;
 /// Other client errors (400 `MANIFEST_INVALID` for an Accept the manifest does not match,
 /// 416, ...) are the client's: passed on with upstream's status and OCI error body. 401 and
 /// 403 are about berth's own credentials (`DENIED`); 5xx and the rest are `UNAVAILABLE`.
-pub async fn check(resp: reqwest::Response, not_found: Error) -> Result<reqwest::Response, Error> {
+pub(super) async fn check(resp: reqwest::Response, not_found: Error) -> Result<reqwest::Response, Error> {
     if resp.status() == StatusCode::NOT_FOUND {
         return Err(not_found);
     }
@@ -23,7 +23,7 @@ pub async fn check(resp: reqwest::Response, not_found: Error) -> Result<reqwest:
 
 /// As `check`, for answers passed through (tags/list, referrers): a 404 keeps upstream's
 /// code too.
-pub async fn check_passthrough(resp: reqwest::Response) -> Result<reqwest::Response, Error> {
+pub(super) async fn check_passthrough(resp: reqwest::Response) -> Result<reqwest::Response, Error> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::fill::{Fill, FillState};
 
-pub type BodyStream = BoxStream<'static, io::Result<Bytes>>;
+pub(crate) type BodyStream = BoxStream<'static, io::Result<Bytes>>;
 
 /// Most bytes handed out at once: keeps the request log and back-pressure granular.
 const CHUNK: u64 = 4 << 20;
@@ -33,14 +33,14 @@ async fn read_at(file: Arc<File>, pos: u64, n: u64) -> io::Result<Bytes> {
 /// Verified bytes (a memory hit or a mapped file) as a stream of `CHUNK`-sized slices, so that
 /// the server takes them as the socket drains: the request log then times the transfer and
 /// sees a client that leaves early. Slicing copies nothing.
-pub fn chunked(bytes: Bytes) -> BodyStream {
+pub(crate) fn chunked(bytes: Bytes) -> BodyStream {
     let n = bytes.len();
     let slices = (0..n).step_by(CHUNK as usize).map(move |i| Ok(bytes.slice(i..n.min(i + CHUNK as usize))));
     stream::iter(slices).boxed()
 }
 
 /// `stream`, holding `guard` until the stream is dropped.
-pub fn guarded<G: Send + 'static>(stream: BodyStream, guard: G) -> BodyStream {
+pub(crate) fn guarded<G: Send + 'static>(stream: BodyStream, guard: G) -> BodyStream {
     stream
         .map(move |item| {
             let _held = &guard;

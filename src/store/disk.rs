@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use crate::oci::digest::Digest;
 
-pub struct DiskTier {
+pub(crate) struct DiskTier {
     blobs: PathBuf,
     tmp: PathBuf,
     next_tmp: AtomicU64,
@@ -31,19 +31,19 @@ pub struct DiskTier {
 /// Room promised to a fill, grown as its bytes are written, never past the capacity; given
 /// back when dropped (after the fill published or failed), or turned into used bytes by
 /// `publish`.
-pub struct Reservation {
+pub(crate) struct Reservation {
     disk: Arc<DiskTier>,
     bytes: u64,
 }
 
 impl Reservation {
     /// Bytes promised so far.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.bytes
     }
 
     /// Promises `more` bytes if used plus promised bytes stay within the capacity.
-    pub fn try_grow(&mut self, more: u64) -> bool {
+    pub(crate) fn try_grow(&mut self, more: u64) -> bool {
         let disk = &self.disk;
         let fits = disk.pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |pending| {
             let total = pending.checked_add(more)?;
@@ -64,7 +64,7 @@ impl Drop for Reservation {
 
 impl DiskTier {
     /// Opens (creating) the layout under `root` and removes temp files left by a crash.
-    pub fn open(root: &Path, capacity: u64) -> io::Result<DiskTier> {
+    pub(crate) fn open(root: &Path, capacity: u64) -> io::Result<DiskTier> {
         let base = root.join("v1");
         let blobs = base.join("blobs").join("sha256");
         let tmp = base.join("tmp");
@@ -96,32 +96,32 @@ impl DiskTier {
     }
 
     /// Bytes of published blobs.
-    pub fn used(&self) -> u64 {
+    pub(crate) fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
     }
 
     /// Number of published blobs.
-    pub fn objects(&self) -> u64 {
+    pub(crate) fn objects(&self) -> u64 {
         self.objects.load(Ordering::Relaxed)
     }
 
     /// Bytes promised to fills in flight.
-    pub fn pending(&self) -> u64 {
+    pub(crate) fn pending(&self) -> u64 {
         self.pending.load(Ordering::Relaxed)
     }
 
     /// An empty reservation, to grow with `Reservation::try_grow` as bytes arrive.
-    pub fn reserve(self: &Arc<Self>) -> Reservation {
+    pub(crate) fn reserve(self: &Arc<Self>) -> Reservation {
         Reservation { disk: self.clone(), bytes: 0 }
     }
 
     /// `storage.disk_capacity`.
-    pub fn capacity(&self) -> u64 {
+    pub(crate) fn capacity(&self) -> u64 {
         self.capacity
     }
 
     /// Whether `more` bytes would fit beside what is used and promised now.
-    pub fn fits(&self, more: u64) -> bool {
+    pub(crate) fn fits(&self, more: u64) -> bool {
         self.used()
             .checked_add(self.pending())
             .and_then(|t| t.checked_add(more))
@@ -129,7 +129,7 @@ impl DiskTier {
     }
 
     /// Every published blob and its length. Files whose names are not digests are skipped.
-    pub fn scan(&self) -> io::Result<Vec<(Digest, u64)>> {
+    pub(crate) fn scan(&self) -> io::Result<Vec<(Digest, u64)>> {
         let mut out = Vec::new();
         for dir in fs::read_dir(&self.blobs)? {
             let dir = dir?;
@@ -154,7 +154,7 @@ impl DiskTier {
 
     /// Deletes the blob for `digest`; returns the bytes freed. Readers that already hold the
     /// file (or a mapping of it) keep reading it to the end.
-    pub fn remove(&self, digest: &Digest) -> io::Result<u64> {
+    pub(crate) fn remove(&self, digest: &Digest) -> io::Result<u64> {
         let path = self.path(digest);
         let len = match fs::metadata(&path) {
             Ok(m) => m.len(),
@@ -167,13 +167,13 @@ impl DiskTier {
         Ok(len)
     }
 
-    pub fn path(&self, digest: &Digest) -> PathBuf {
+    pub(crate) fn path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
         self.blobs.join(&hex[..2]).join(hex)
     }
 
     /// The verified file for `digest` and its length, if present.
-    pub fn get(&self, digest: &Digest) -> io::Result<Option<(File, u64)>> {
+    pub(crate) fn get(&self, digest: &Digest) -> io::Result<Option<(File, u64)>> {
         match File::open(self.path(digest)) {
             Ok(f) => {
                 let len = f.metadata()?.len();
@@ -185,7 +185,7 @@ impl DiskTier {
     }
 
     /// Length of the verified file for `digest`, if present.
-    pub fn len(&self, digest: &Digest) -> io::Result<Option<u64>> {
+    pub(crate) fn len(&self, digest: &Digest) -> io::Result<Option<u64>> {
         match fs::metadata(self.path(digest)) {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -194,7 +194,7 @@ impl DiskTier {
     }
 
     /// A new, empty temp file for a fill of `digest`, open for reading and writing.
-    pub fn temp(&self, digest: &Digest) -> io::Result<(File, PathBuf)> {
+    pub(crate) fn temp(&self, digest: &Digest) -> io::Result<(File, PathBuf)> {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let path = self.tmp.join(format!("{}.{}.{n}", digest.hex(), std::process::id()));
         let file = fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
@@ -203,7 +203,7 @@ impl DiskTier {
 
     /// Makes a verified temp file the blob for `digest`: fsync, rename, fsync the folder.
     /// The fill's reservation, if any, turns into used bytes at the rename.
-    pub fn publish(
+    pub(crate) fn publish(
         &self,
         file: &File,
         temp: &Path,
@@ -227,21 +227,22 @@ impl DiskTier {
     }
 
     /// The verified blob for `digest`, mapped into memory, if present.
-    pub fn get_mapped(&self, digest: &Digest) -> io::Result<Option<Bytes>> {
+    pub(crate) fn get_mapped(&self, digest: &Digest) -> io::Result<Option<Bytes>> {
         match self.get(digest)? {
             Some((file, len)) => map(&file, len).map(Some),
             None => Ok(None),
         }
     }
 
-    pub fn remove_temp(&self, temp: &Path) {
+    pub(crate) fn remove_temp(&self, temp: &Path) {
         if let Err(e) = fs::remove_file(temp) {
             tracing::warn!(path = %temp.display(), error = %e, "could not remove temp file");
         }
     }
 
     /// Number of files in the temp folder (for tests and diagnostics).
-    pub fn temp_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn temp_count(&self) -> usize {
         fs::read_dir(&self.tmp).map(|d| d.count()).unwrap_or(0)
     }
 }
@@ -253,7 +254,7 @@ impl DiskTier {
 /// Safety of the mapping: blob files are never modified in place once published (removal
 /// unlinks them, which leaves existing mappings intact), and a fill's temp file is sized to
 /// its full length before it is mapped, with readers kept below what has been written.
-pub fn map(file: &File, len: u64) -> io::Result<Bytes> {
+pub(crate) fn map(file: &File, len: u64) -> io::Result<Bytes> {
     if len == 0 {
         return Ok(Bytes::new());
     }

@@ -22,13 +22,8 @@ impl MemoryTier {
         MemoryTier { cache, max_object, capacity }
     }
 
-    /// The largest object admitted.
-    pub fn max_object(&self) -> u64 {
-        self.max_object
-    }
-
     /// Whether an object of `len` bytes is admitted.
-    pub fn admits(&self, len: u64) -> bool {
+    pub(crate) fn admits(&self, len: u64) -> bool {
         len <= self.max_object
     }
 
@@ -36,7 +31,7 @@ impl MemoryTier {
         self.cache.get(digest).await
     }
 
-    pub fn contains(&self, digest: &Digest) -> bool {
+    pub(crate) fn contains(&self, digest: &Digest) -> bool {
         self.cache.contains_key(digest)
     }
 
@@ -49,7 +44,7 @@ impl MemoryTier {
 
     /// Stores verified bytes whatever their size, within the tier's capacity (preheat asks for
     /// this explicitly). Returns false when they cannot fit at all.
-    pub async fn insert_unbounded(&self, digest: Digest, bytes: Bytes) -> bool {
+    pub(crate) async fn insert_unbounded(&self, digest: Digest, bytes: Bytes) -> bool {
         if bytes.len() as u64 > self.capacity || bytes.len() as u64 > u64::from(u32::MAX) {
             return false;
         }
@@ -58,20 +53,16 @@ impl MemoryTier {
     }
 
     /// Bytes held now (moka's weighted size; settles as its maintenance runs).
-    pub fn used(&self) -> u64 {
+    pub(crate) fn used(&self) -> u64 {
         self.cache.weighted_size()
     }
 
-    pub fn capacity(&self) -> u64 {
+    pub(crate) fn capacity(&self) -> u64 {
         self.capacity
     }
 
     /// Blobs held now (settles as moka's maintenance runs, like `used`).
-    pub fn objects(&self) -> u64 {
+    pub(crate) fn objects(&self) -> u64 {
         self.cache.entry_count()
-    }
-
-    pub async fn remove(&self, digest: &Digest) {
-        self.cache.invalidate(digest).await;
     }
 }

@@ -27,41 +27,41 @@ const SERVED: Table = TableDefinition::new("served");
 
 /// An image a user asked to keep: recorded now, honoured by GC.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Pin {
-    pub digest: String,
-    pub pinned_at: u64,
+pub(crate) struct Pin {
+    pub(crate) digest: String,
+    pub(crate) pinned_at: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BlobMeta {
-    pub size: u64,
+pub(crate) struct BlobMeta {
+    pub(crate) size: u64,
     /// Set for content fetched as a manifest: the exact `Content-Type` to answer with.
-    pub media_type: Option<String>,
+    pub(crate) media_type: Option<String>,
     /// Seconds since the epoch.
-    pub last_access: u64,
+    pub(crate) last_access: u64,
 }
 
 /// What a tag pointed to when last checked with upstream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TagEntry {
-    pub digest: String,
-    pub media_type: String,
-    pub size: u64,
+pub(crate) struct TagEntry {
+    pub(crate) digest: String,
+    pub(crate) media_type: String,
+    pub(crate) size: u64,
     /// Seconds since the epoch when upstream last confirmed this mapping.
-    pub checked_at: u64,
+    pub(crate) checked_at: u64,
 }
 
-pub struct Meta {
+pub(crate) struct Meta {
     db: Database,
     touched: Mutex<HashMap<String, u64>>,
 }
 
 /// The `served` table's key: digest first, so that a blob's rows are one range.
-pub fn served_key(registry: &str, digest: &Digest) -> String {
+pub(crate) fn served_key(registry: &str, digest: &Digest) -> String {
     format!("{digest} {registry}")
 }
 
-pub fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -70,7 +70,7 @@ fn db_err(e: impl Into<crate::error::BoxError>) -> Error {
 }
 
 impl Meta {
-    pub fn open(path: &Path) -> Result<Meta, Error> {
+    pub(crate) fn open(path: &Path) -> Result<Meta, Error> {
         let db = Database::create(path).map_err(db_err)?;
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(BLOBS).map_err(db_err)?;
@@ -81,12 +81,17 @@ impl Meta {
         Ok(Meta { db, touched: Mutex::new(HashMap::new()) })
     }
 
-    pub fn blob(&self, digest: &Digest) -> Result<Option<BlobMeta>, Error> {
+    pub(crate) fn blob(&self, digest: &Digest) -> Result<Option<BlobMeta>, Error> {
         self.get_json(BLOBS, digest.as_str())
     }
 
     /// Records verified content. Call after the file is published.
-    pub fn record_blob(&self, digest: &Digest, size: u64, media_type: Option<&str>) -> Result<(), Error> {
+    pub(crate) fn record_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        media_type: Option<&str>,
+    ) -> Result<(), Error> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(BLOBS).map_err(db_err)?;
@@ -106,7 +111,7 @@ impl Meta {
     }
 
     /// Every blob's metadata, with accesses not yet flushed applied.
-    pub fn blobs(&self) -> Result<HashMap<String, BlobMeta>, Error> {
+    pub(crate) fn blobs(&self) -> Result<HashMap<String, BlobMeta>, Error> {
         let mut out: HashMap<String, BlobMeta> = self.read_all(BLOBS)?.into_iter().collect();
         for (digest, at) in self.touched.lock().expect("touched lock").iter() {
             if let Some(m) = out.get_mut(digest) {
@@ -118,7 +123,7 @@ impl Meta {
 
     /// Forgets a blob. Call after its file is deleted, so that a crash in between leaves a
     /// record without a file (a miss), never a file served without its record.
-    pub fn remove_blob(&self, digest: &Digest) -> Result<(), Error> {
+    pub(crate) fn remove_blob(&self, digest: &Digest) -> Result<(), Error> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             txn.open_table(BLOBS).map_err(db_err)?.remove(digest.as_str()).map_err(db_err)?;
@@ -137,7 +142,7 @@ impl Meta {
     }
 
     /// Notes that `registry` served or confirmed `digest`.
-    pub fn record_served(&self, registry: &str, digest: &Digest) -> Result<(), Error> {
+    pub(crate) fn record_served(&self, registry: &str, digest: &Digest) -> Result<(), Error> {
         let txn = self.db.begin_write().map_err(db_err)?;
         txn.open_table(SERVED)
             .map_err(db_err)?
@@ -147,20 +152,20 @@ impl Meta {
     }
 
     /// Whether `registry` served or confirmed `digest`.
-    pub fn served(&self, registry: &str, digest: &Digest) -> Result<bool, Error> {
+    pub(crate) fn served(&self, registry: &str, digest: &Digest) -> Result<bool, Error> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(SERVED).map_err(db_err)?;
         Ok(table.get(served_key(registry, digest).as_str()).map_err(db_err)?.is_some())
     }
 
     /// Notes a read; written to the database by the next `flush_access`.
-    pub fn touch(&self, digest: &Digest) {
+    pub(crate) fn touch(&self, digest: &Digest) {
         let mut touched = self.touched.lock().expect("touched lock");
         touched.insert(digest.as_str().to_owned(), now_secs());
     }
 
     /// Writes the accesses noted since the last flush in one transaction.
-    pub fn flush_access(&self) -> Result<usize, Error> {
+    pub(crate) fn flush_access(&self) -> Result<usize, Error> {
         let touched = std::mem::take(&mut *self.touched.lock().expect("touched lock"));
         if touched.is_empty() {
             return Ok(0);
@@ -186,16 +191,16 @@ impl Meta {
         Ok(n)
     }
 
-    pub fn put_tag(&self, key: &str, entry: &TagEntry) -> Result<(), Error> {
+    pub(crate) fn put_tag(&self, key: &str, entry: &TagEntry) -> Result<(), Error> {
         self.put_json(TAGS, key, entry)
     }
 
-    pub fn remove_tag(&self, key: &str) -> Result<(), Error> {
+    pub(crate) fn remove_tag(&self, key: &str) -> Result<(), Error> {
         self.remove(TAGS, key).map(drop)
     }
 
     /// Removes these tag mappings in one transaction.
-    pub fn remove_tags(&self, keys: &[String]) -> Result<(), Error> {
+    pub(crate) fn remove_tags(&self, keys: &[String]) -> Result<(), Error> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(TAGS).map_err(db_err)?;
@@ -206,25 +211,21 @@ impl Meta {
         txn.commit().map_err(db_err)
     }
 
-    pub fn put_pin(&self, image: &str, pin: &Pin) -> Result<(), Error> {
+    pub(crate) fn put_pin(&self, image: &str, pin: &Pin) -> Result<(), Error> {
         self.put_json(PINS, image, pin)
     }
 
-    pub fn remove_pin(&self, image: &str) -> Result<bool, Error> {
+    pub(crate) fn remove_pin(&self, image: &str) -> Result<bool, Error> {
         self.remove(PINS, image)
     }
 
     /// Every pin: image reference → pin.
-    pub fn pins(&self) -> Result<Vec<(String, Pin)>, Error> {
+    pub(crate) fn pins(&self) -> Result<Vec<(String, Pin)>, Error> {
         self.read_all(PINS)
     }
 
-    pub fn pin(&self, image: &str) -> Result<Option<Pin>, Error> {
-        self.get_json(PINS, image)
-    }
-
     /// Every stored tag mapping (loaded once at startup).
-    pub fn tags(&self) -> Result<Vec<(String, TagEntry)>, Error> {
+    pub(crate) fn tags(&self) -> Result<Vec<(String, TagEntry)>, Error> {
         self.read_all(TAGS)
     }
 

@@ -2,13 +2,14 @@
 //! plus the in-flight fills that feed them.
 
 pub mod body;
-pub mod disk;
-pub mod fill;
-pub mod gc;
-pub mod memory;
-pub mod meta;
+mod contents;
+pub(crate) mod disk;
+pub(crate) mod fill;
+pub(crate) mod gc;
+pub(crate) mod memory;
+pub(crate) mod meta;
 mod pace;
-pub mod passthrough;
+pub(crate) mod passthrough;
 pub(crate) mod tier;
 
 use std::collections::HashMap;
@@ -28,7 +29,7 @@ use tier::Tiered;
 
 /// Which part of berth answered a request: the request log's `tier` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServedBy {
+pub(crate) enum ServedBy {
     Memory,
     Disk,
     FillLeader,
@@ -37,7 +38,7 @@ pub enum ServedBy {
 }
 
 impl ServedBy {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ServedBy::Memory => "memory",
             ServedBy::Disk => "disk",
@@ -49,36 +50,38 @@ impl ServedBy {
 }
 
 /// Verified content found in a tier: memory-tier bytes, or a disk file mapped into memory.
-pub struct Hit {
-    pub served_by: ServedBy,
-    pub bytes: Bytes,
+pub(crate) struct Hit {
+    pub(crate) served_by: ServedBy,
+    pub(crate) bytes: Bytes,
 }
 
 /// Frees room on the disk tier for `n` more bytes, as far as the eviction rules allow (the
 /// collector's `free_for`, set by the registry layer).
-pub type Evict = Arc<dyn Fn(u64) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+pub(crate) type Evict = Arc<dyn Fn(u64) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+pub(crate) use contents::Stored;
 
 pub struct Store {
-    /// The tiers below, for inspection, preheat and the collector; look-ups go through
+    /// The tiers below, for the fill and the narrow views of `contents`; look-ups go through
     /// `tiers`.
-    pub memory: MemoryTier,
-    pub disk: Arc<DiskTier>,
+    memory: MemoryTier,
+    disk: Arc<DiskTier>,
     /// Memory in front of disk: look-up order, promotion, first-hit checks.
     tiers: Tiered<Arc<DiskTier>>,
-    pub meta: Arc<Meta>,
+    meta: Arc<Meta>,
     inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
     /// Blobs being sent to clients now, with how many bodies read each.
     readers: Arc<Mutex<HashMap<Digest, usize>>>,
     /// Asked for room when a fill's reservation cannot grow.
     evict: std::sync::OnceLock<Evict>,
     /// `storage.max_blob_size`: a fill announced or grown past it fails.
-    pub max_blob_size: u64,
+    max_blob_size: u64,
     /// Fills served without being kept since startup, for want of room.
     uncached: std::sync::atomic::AtomicU64,
 }
 
 /// Marks a blob as being read until dropped.
-pub struct ReadGuard {
+pub(crate) struct ReadGuard {
     readers: Arc<Mutex<HashMap<Digest, usize>>>,
     digest: Digest,
 }
@@ -114,15 +117,26 @@ impl Store {
         }))
     }
 
+    /// The metadata store, for the registry layer's tag and provenance records.
+    pub(crate) fn meta(&self) -> &Arc<Meta> {
+        &self.meta
+    }
+
+    /// Where the disk tier keeps `digest`.
+    #[cfg(feature = "test-util")]
+    pub fn disk_path(&self, digest: &Digest) -> std::path::PathBuf {
+        self.disk.path(digest)
+    }
+
     /// Sets what frees room when a reservation cannot grow (once; later calls are ignored).
-    pub fn on_full(&self, evict: Evict) {
+    pub(crate) fn on_full(&self, evict: Evict) {
         let _ = self.evict.set(evict);
     }
 
     /// Grows `room` by `more` bytes, evicting first when the disk tier is full; false when
     /// even that leaves no room (everything left is pinned or in use), or when `more` alone
     /// is beyond the capacity (nothing is evicted for it).
-    pub async fn grow(&self, room: &mut disk::Reservation, more: u64) -> bool {
+    pub(crate) async fn grow(&self, room: &mut disk::Reservation, more: u64) -> bool {
         if room.try_grow(more) {
             return true;
         }
@@ -136,17 +150,17 @@ impl Store {
     }
 
     /// Counts a fill served without being kept.
-    pub fn count_uncached(&self) {
+    pub(crate) fn count_uncached(&self) {
         self.uncached.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Fills served without being kept since startup, for want of room.
-    pub fn uncached(&self) -> u64 {
+    pub(crate) fn uncached(&self) -> u64 {
         self.uncached.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Marks `digest` as being read until the guard is dropped.
-    pub fn reading(&self, digest: &Digest) -> ReadGuard {
+    pub(crate) fn reading(&self, digest: &Digest) -> ReadGuard {
         *self.readers.lock().expect("readers lock").entry(digest.clone()).or_default() += 1;
         ReadGuard { readers: self.readers.clone(), digest: digest.clone() }
     }
@@ -159,18 +173,18 @@ impl Store {
     }
 
     /// Notes that the disk copy of `digest` is known to match it.
-    pub fn mark_checked(&self, digest: &Digest) {
+    pub(crate) fn mark_checked(&self, digest: &Digest) {
         self.tiers.mark_checked(digest);
     }
 
     /// Whether a tier holds `digest` (without reading it or counting an access).
-    pub async fn holds(&self, digest: &Digest) -> bool {
+    pub(crate) async fn holds(&self, digest: &Digest) -> bool {
         self.tiers.holds(digest).await
     }
 
     /// Looks in memory, then on disk (see `Tiered::get`): a disk hit small enough for memory
     /// is promoted, and a damaged disk blob is a miss. A hit counts as an access.
-    pub async fn get(&self, digest: &Digest) -> Result<Option<Hit>, Error> {
+    pub(crate) async fn get(&self, digest: &Digest) -> Result<Option<Hit>, Error> {
         let hit = self.tiers.get(digest).await;
         if hit.is_some() {
             self.meta.touch(digest);
@@ -180,7 +194,7 @@ impl Store {
 
     /// Stores a verified manifest (or other small content) in both tiers; on disk only when
     /// room can be made for it (else it stays in memory only).
-    pub async fn put_verified(
+    pub(crate) async fn put_verified(
         &self,
         digest: &Digest,
         bytes: Bytes,
@@ -209,7 +223,7 @@ impl Store {
 
     /// Periodically writes batched access times to the metadata store, for as long as the
     /// store is open.
-    pub fn spawn_flusher(self: &Arc<Self>, every: Duration) {
+    pub(crate) fn spawn_flusher(self: &Arc<Self>, every: Duration) {
         let meta = Arc::downgrade(&self.meta);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);

@@ -21,7 +21,7 @@ pub(crate) struct Pace {
 }
 
 impl Pace {
-    pub(crate) fn new(floor: Option<MinRate>) -> Pace {
+    pub(super) fn new(floor: Option<MinRate>) -> Pace {
         Pace { floor, waited: Duration::ZERO, bytes: 0 }
     }
 

@@ -23,19 +23,19 @@ use crate::oci::digest::Digest;
 const CHUNK: u64 = 1 << 20;
 
 /// A fill that could not be written to disk: what was written, and how to get the rest.
-pub struct PassThrough {
-    pub digest: Digest,
+pub(crate) struct PassThrough {
+    pub(crate) digest: Digest,
     /// The temp file and its mapping, holding `written` good bytes (none when no file could
     /// be made). Both stay readable after the file is unlinked.
-    pub file: Option<Arc<File>>,
-    pub map: Option<Bytes>,
-    pub written: u64,
-    pub len: Option<u64>,
+    pub(crate) file: Option<Arc<File>>,
+    pub(crate) map: Option<Bytes>,
+    pub(crate) written: u64,
+    pub(crate) len: Option<u64>,
     /// SHA-256 state after the first `written` bytes.
-    pub prefix: Sha256,
-    pub resume: Arc<Resume>,
+    pub(crate) prefix: Sha256,
+    pub(crate) resume: Arc<Resume>,
     /// Why the disk tier did not take it (for the error a client may see).
-    pub why: String,
+    pub(crate) why: String,
 }
 
 /// SHA-256 state after the first `written` bytes of a fill's temp file (from its mapping, or
@@ -70,7 +70,7 @@ pub(crate) async fn hash_written(
 
 /// Bytes `start..end` (or to the end) of the content, verified as a whole before the last
 /// byte goes out.
-pub fn follow(p: Arc<PassThrough>, start: u64, end: Option<u64>) -> BodyStream {
+pub(crate) fn follow(p: Arc<PassThrough>, start: u64, end: Option<u64>) -> BodyStream {
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::spawn(async move {
         let mut out = Held { tx, last: None };

@@ -3,7 +3,8 @@
 //! api → preheat → registry → store | source → config → error → oci | secret,
 //! and no module imports one at its own level or above it (store and source know nothing of
 //! each other; api and cli neither). The crate root (lib.rs, main.rs, check.rs) wires them
-//! together and may import any of them.
+//! together and may import any of them; so does test_util, the probe tests use (feature
+//! `test-util`).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -21,6 +22,7 @@ const LEVELS: &[(&str, u8)] = &[
     ("api", 6),
     ("cli", 6),
     ("check", 7),
+    ("test_util", 7),
 ];
 
 fn level(module: &str) -> Option<u8> {
@@ -195,5 +197,32 @@ fn no_source_file_is_over_400_lines() {
         long.is_empty(),
         "files over 400 lines (split them by what their parts own):\n{}",
         long.join("\n")
+    );
+}
+
+/// The fields of a struct's definition in `text` that are `pub` or `pub(crate)`.
+fn open_fields(text: &str, name: &str) -> Vec<String> {
+    let start = text.find(&format!("struct {name} {{")).unwrap_or_else(|| panic!("struct {name} not found"));
+    let body = &text[start..start + text[start..].find("\n}").unwrap()];
+    body.lines().skip(1).map(str::trim).filter(|l| l.starts_with("pub")).map(str::to_owned).collect()
+}
+
+#[test]
+fn the_store_and_the_mirror_keep_their_fields_private() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for (file, name) in [("store/mod.rs", "Store"), ("registry/mod.rs", "Mirror"), ("lib.rs", "Server")] {
+        let text = std::fs::read_to_string(src.join(file)).unwrap();
+        let open: Vec<String> = open_fields(&text, name)
+            .into_iter()
+            .filter(|f| {
+                !(name == "Server" && (f.starts_with("pub registry_addr") || f.starts_with("pub admin_addr")))
+            })
+            .collect();
+        assert!(open.is_empty(), "{name} opens fields: {open:?}");
+    }
+    // The check itself sees an open field.
+    assert_eq!(
+        open_fields("pub struct S {\n    pub(crate) a: u8,\n    b: u8,\n}\n", "S"),
+        ["pub(crate) a: u8,"]
     );
 }

@@ -51,7 +51,7 @@ async fn late_joiner_gets_bytes_before_the_fill_completes() {
     let first_chunk = late_stream.next().await.unwrap().unwrap();
     assert!(!first_chunk.is_empty());
     assert_eq!(
-        h.berth.mirror.store.fills_in_flight(),
+        h.berth.probe().fills_in_flight(),
         1,
         "the fill had finished before the late joiner's first bytes"
     );
@@ -178,7 +178,7 @@ async fn corrupt_small_blob_never_reaches_the_memory_tier() {
     h.upstream.fault(&d, Fault::Corrupt);
     let path = Harness::blob_path(REPO, &d);
     assert!(h.get(&path).await.bytes().await.is_err());
-    assert!(!h.berth.mirror.store.memory.contains(&d));
+    assert!(!h.berth.probe().in_memory(&d));
     h.upstream.clear_fault(&d);
     assert!(h.get(&path).await.bytes().await.unwrap() == blob);
 }
@@ -207,8 +207,8 @@ async fn range_on_memory_disk_and_in_flight_fills() {
     // Memory: fill it, then remove the disk copy so only memory can answer.
     h.get(&ps).await.bytes().await.unwrap();
     h.settle().await;
-    assert!(h.berth.mirror.store.memory.contains(&ds));
-    std::fs::remove_file(h.berth.mirror.store.disk.path(&ds)).unwrap();
+    assert!(h.berth.probe().in_memory(&ds));
+    std::fs::remove_file(h.berth.probe().disk_path(&ds)).unwrap();
     let (st, cr, body) = range(&h, &ps, "bytes=1000-").await;
     assert_eq!(
         (st, cr.as_deref()),
@@ -225,7 +225,7 @@ async fn range_on_memory_disk_and_in_flight_fills() {
     // Disk.
     h.get(&pl).await.bytes().await.unwrap();
     h.settle().await;
-    assert!(!h.berth.mirror.store.memory.contains(&dl));
+    assert!(!h.berth.probe().in_memory(&dl));
     let (st, cr, body) = range(&h, &pl, "bytes=2097152-").await;
     assert_eq!(st, StatusCode::PARTIAL_CONTENT);
     assert_eq!(cr.unwrap(), format!("bytes 2097152-{}/{}", large.len() - 1, large.len()));
@@ -238,7 +238,7 @@ async fn range_on_memory_disk_and_in_flight_fills() {
     h.upstream.fault(&dw, Fault::Slow { chunk: 64 << 10, delay: Duration::from_millis(20) });
     let whole = h.get(&pw).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(h.berth.mirror.store.fills_in_flight(), 1);
+    assert_eq!(h.berth.probe().fills_in_flight(), 1);
     let (st, cr, body) = range(&h, &pw, "bytes=1048576-").await;
     assert_eq!(st, StatusCode::PARTIAL_CONTENT);
     assert_eq!(cr.unwrap(), format!("bytes 1048576-{}/{}", slow.len() - 1, slow.len()));
@@ -321,7 +321,7 @@ async fn a_store_that_cannot_write_passes_blobs_through_verified() {
     assert_eq!(ranged.bytes().await.unwrap(), blob.slice(1000..2000));
     h.settle().await;
     assert!(!h.stored_blobs().contains(&d.hex().to_owned()), "a blob was kept");
-    assert!(h.berth.mirror.store.memory.get(&d).await.is_none());
+    assert!(!h.berth.probe().in_memory(&d));
 
     // Wrong bytes from upstream are still refused: the body does not end as complete.
     let bad = bytes_of(1 << 20, 42);

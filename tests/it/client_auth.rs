@@ -112,9 +112,9 @@ fn auth_with_peers_needs_a_peer_token_and_files_must_hold_someone() {
 
 #[test]
 fn htpasswd_lines_verify() {
-    let line = berth::api::auth::htpasswd_line("carol", "s3cret").unwrap();
+    let line = berth::htpasswd_line("carol", "s3cret").unwrap();
     let (user, hash) = line.split_once(':').unwrap();
     assert_eq!(user, "carol");
     assert!(bcrypt::verify("s3cret", hash).unwrap());
-    assert!(berth::api::auth::htpasswd_line("a:b", "x").is_err());
+    assert!(berth::htpasswd_line("a:b", "x").is_err());
 }

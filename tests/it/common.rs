@@ -539,7 +539,7 @@ impl Harness {
     /// Waits until no fill is in flight (publishing to disk follows the clients' last byte).
     pub async fn settle(&self) {
         for _ in 0..500 {
-            if self.berth.mirror.store.fills_in_flight() == 0 {
+            if self.berth.probe().fills_in_flight() == 0 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

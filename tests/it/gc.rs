@@ -46,7 +46,7 @@ async fn a_fill_that_does_not_fit_evicts_the_least_recently_pulled_image() {
     let (_, b) = h.upstream.put_image("library/b", "1", &[bytes_of(3 * MIB, 3), bytes_of(3 * MIB, 4)]);
     pull_image(&h, "library/a", &a).await;
     pull_image(&h, "library/b", &b).await;
-    let used = h.berth.mirror.store.disk.used();
+    let used = h.berth.probe().disk_used();
     assert!(used <= 10 * MIB as u64, "disk holds {used} bytes");
     assert!(!on_disk(&h, &a[0]) && !on_disk(&h, &a[1]), "the older image was kept");
     assert!(on_disk(&h, &b[0]) && on_disk(&h, &b[1]));
@@ -80,7 +80,7 @@ async fn pinned_images_stay_and_a_blob_with_no_room_is_served_uncached() {
     let report: Value = h.client.post(admin(&h, "/api/v1/gc")).send().await.unwrap().json().await.unwrap();
     assert!(report["freed"].as_u64().unwrap() >= 9 * MIB as u64, "{report}");
     assert_eq!(report["evicted"][0]["reason"], "least recently pulled");
-    assert!(h.berth.mirror.store.disk.used() <= 8 * MIB as u64);
+    assert!(h.berth.probe().disk_used() <= 8 * MIB as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -110,8 +110,8 @@ async fn a_blob_being_read_is_not_evicted_under_its_reader() {
     // A slow client: it has read a little when a pass wants everything gone.
     let mut body = h.get(&Harness::blob_path("library/a", &a[0])).await.bytes_stream();
     let mut got = body.next().await.unwrap().unwrap().to_vec();
-    let gc = h.berth.mirror.gc.clone();
-    let report = gc.collect(0).await.unwrap();
+    let gc = h.berth.probe();
+    let report = gc.collect(0).await;
     assert!(!report.evicted.iter().any(|e| e.digest == a[0].as_str()), "evicted under a reader: {report:?}");
     assert!(on_disk(&h, &a[0]));
     while let Some(chunk) = body.next().await {
@@ -120,7 +120,7 @@ async fn a_blob_being_read_is_not_evicted_under_its_reader() {
     }
     assert!(got == layer, "the reader got a short or wrong body");
     // Read to the end and gone: now it may go.
-    let report = gc.collect(0).await.unwrap();
+    let report = gc.collect(0).await;
     assert!(report.evicted.iter().any(|e| e.digest == a[0].as_str()), "{report:?}");
     assert!(!on_disk(&h, &a[0]));
 }
@@ -136,7 +136,7 @@ async fn cache_lists_images_and_totals_and_survives_a_restart() {
     assert_eq!(image["tags"], json!(["docker.io/library/a:1"]));
     assert_eq!(image["pinned"], false);
     assert_eq!(image["blobs"], 2, "the manifest and the layer (the config was never pulled)");
-    assert_eq!(cache["disk"]["used"].as_u64().unwrap(), h.berth.mirror.store.disk.used());
+    assert_eq!(cache["disk"]["used"].as_u64().unwrap(), h.berth.probe().disk_used());
     assert!(cache["disk"]["used"].as_u64().unwrap() > MIB as u64);
 
     // The same figures after a restart on the same directory.

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use berth::oci::digest::Digest;
-use berth::store::gc::plan::{plan, Blob, Inventory, Policy, Version};
+use berth::test_util::plan::{plan, Blob, Inventory, Policy, Version};
 use proptest::prelude::*;
 
 fn d(n: usize) -> Digest {
@@ -90,7 +90,7 @@ proptest! {
         if let Some(cutoff) = idle_before {
             for v in &inv.versions {
                 let protected = v.pinned || v.digests.iter().any(&in_use);
-                let key = v.last_pulled + if v.current { berth::store::gc::plan::SUPERSEDED_GRACE } else { 0 };
+                let key = v.last_pulled + if v.current { berth::test_util::plan::SUPERSEDED_GRACE } else { 0 };
                 if !protected && key < cutoff {
                     prop_assert!(gone.contains(&v.root), "an idle version was kept");
                 }

@@ -79,7 +79,7 @@ async fn outsiders_cannot_pin_images_through_the_peer_api() {
     // Without the hop marker too.
     let r = h.client.post(h.url("/berth/v1/preheat")).json(&body).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let pins = h.berth.mirror.store.meta.pins().unwrap();
+    let pins = h.berth.probe().pins().await;
     assert!(pins.is_empty(), "an outsider pinned {pins:?}");
     assert_eq!(submit(Some("peer-s3cret")).await.unwrap().status(), StatusCode::ACCEPTED);
 }
@@ -130,15 +130,7 @@ async fn redirects_to_internal_addresses_are_refused_for_a_public_only_registry(
         }
     }
     assert!(internal.log().is_empty(), "the internal service was reached: {:?}", internal.log());
-    assert!(h
-        .berth
-        .mirror
-        .store
-        .disk
-        .scan()
-        .unwrap()
-        .iter()
-        .all(|(d, _)| *d != common::digest_of("{\"secret\":true}")));
+    assert!(!h.berth.probe().disk_path(&common::digest_of("{\"secret\":true}")).exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,16 +388,16 @@ async fn a_blob_larger_than_the_disk_is_served_uncached_without_evicting() {
 async fn chunked_blobs_and_manifests_stay_within_disk_capacity() {
     let capacity = 5 * MIB;
     let h = small_disk(capacity).await;
-    let disk = &h.berth.mirror.store.disk;
+    let disk = h.berth.probe();
     for i in 0..4 {
         let d = h.upstream.add_blob(bytes_of(2 * MIB, 70 + i));
         h.upstream.fault(&d, common::Fault::NoLength);
         assert_eq!(pull(&h, &d).await, StatusCode::OK);
-        assert!(disk.used() <= capacity as u64, "{} bytes on a {capacity}-byte disk", disk.used());
+        assert!(disk.disk_used() <= capacity as u64, "{} bytes on a {capacity}-byte disk", disk.disk_used());
     }
     // Manifests too: 64 manifests of 100 KiB on a disk with room for a few.
     let h = small_disk(MIB).await;
-    let disk = &h.berth.mirror.store.disk;
+    let disk = h.berth.probe();
     for i in 0..64 {
         let body = format!(
             "{{\"schemaVersion\":2,\"mediaType\":\"{}\",\"pad\":\"{}\"}}",
@@ -417,7 +409,7 @@ async fn chunked_blobs_and_manifests_stay_within_disk_capacity() {
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.bytes().await.unwrap(), body.as_bytes());
     }
-    assert!(disk.used() <= MIB as u64, "{} bytes on a 1 MiB disk", disk.used());
+    assert!(disk.disk_used() <= MIB as u64, "{} bytes on a 1 MiB disk", disk.disk_used());
 }
 
 /// Reads (and discards) until the server closes the connection; `None` if it is still open
@@ -788,7 +780,7 @@ async fn heads_for_content_berth_does_not_hold_leave_no_permanent_record() {
         let url = format!("http://{}/v2/{REPO}/blobs/{d}?ns=any.test", berth.registry_addr);
         assert_eq!(client.head(url).send().await.unwrap().status(), StatusCode::OK);
     }
-    let kept = digests.iter().filter(|d| berth.mirror.store.meta.served("any.test", d).unwrap()).count();
+    let kept = digests.iter().filter(|d| berth.probe().served("any.test", d)).count();
     assert_eq!(kept, 0, "{kept} provenance rows for blobs berth does not hold");
 }
 
@@ -1041,7 +1033,7 @@ async fn an_h2_client_that_never_opens_its_window_is_dropped() {
     );
     assert_eq!(seen.data, [0]);
     let released = Instant::now() + Duration::from_secs(5);
-    while h.berth.mirror.store.busy().contains(&d) {
+    while h.berth.probe().is_busy(&d) {
         assert!(Instant::now() < released, "the dropped stream's read guard is still held");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

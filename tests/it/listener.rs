@@ -108,7 +108,7 @@ async fn a_client_that_stops_reading_is_dropped_and_others_are_not() {
     });
     // While the stalled client holds its body, the blob counts as being read.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(h.berth.mirror.store.busy().contains(&d));
+    assert!(h.berth.probe().is_busy(&d));
     // A fast client of the same blob finishes meanwhile.
     assert!(h.get(&path).await.bytes().await.unwrap() == blob);
 
@@ -117,7 +117,7 @@ async fn a_client_that_stops_reading_is_dropped_and_others_are_not() {
     // The stalled one was dropped: its body (and read guard) is gone, its socket closed.
     let mut released = false;
     for _ in 0..50 {
-        if !h.berth.mirror.store.busy().contains(&d) {
+        if !h.berth.probe().is_busy(&d) {
             released = true;
             break;
         }
@@ -134,7 +134,7 @@ async fn a_client_that_stops_reading_is_dropped_and_others_are_not() {
 #[tokio::test]
 async fn oversized_request_heads_are_refused() {
     let h = Harness::start().await;
-    let big = "x".repeat(berth::api::serve::MAX_HEAD + 1);
+    let big = "x".repeat(berth::test_util::MAX_HEAD + 1);
     let refused = h.client.get(h.url("/v2/")).header("x-filler", &big).send().await;
     match refused {
         Ok(r) => assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),

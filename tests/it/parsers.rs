@@ -4,7 +4,7 @@
 use berth::oci::digest::Digest;
 use berth::oci::range::RangeSpec;
 use berth::oci::reference::{validate_name, Reference};
-use berth::source::auth::{parse_challenge, Challenge};
+use berth::test_util::{parse_challenge, Challenge};
 use proptest::prelude::*;
 
 const COMPONENT: &str = "[a-z0-9]{1,8}([._-][a-z0-9]{1,8}){0,2}";

@@ -7,7 +7,7 @@ use crate::common;
 use std::time::Duration;
 
 use berth::oci::digest::Digest;
-use berth::source::peers::ring;
+use berth::test_util::ring;
 use bytes::Bytes;
 use common::{bytes_of, Fake, Fault, Harness};
 use http::{Method, StatusCode};
@@ -111,10 +111,8 @@ async fn a_cluster_fetches_each_blob_and_manifest_from_upstream_once() {
         let r = n.client.head(n.url(&format!("/v2/{REPO}/manifests/v1"))).send().await.unwrap();
         assert_eq!(r.headers()["content-length"], manifest_len.to_string().as_str(), "HEAD by tag");
     }
-    let forwarded: u64 = nodes
-        .iter()
-        .map(|n| n.berth.mirror.peers.as_ref().unwrap().status()["forwarded"].as_u64().unwrap())
-        .sum();
+    let forwarded: u64 =
+        nodes.iter().map(|n| n.berth.probe().peer_status()["forwarded"].as_u64().unwrap()).sum();
     assert!(forwarded >= 6, "misses were not asked of their owners ({forwarded} forwarded)");
 }
 
@@ -130,7 +128,7 @@ async fn an_owner_that_is_down_is_skipped_for_upstream() {
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.bytes().await.unwrap() == blob);
     assert_eq!(upstream_gets(&upstream, &d).len(), 1);
-    let status = node.berth.mirror.peers.as_ref().unwrap().status();
+    let status = node.berth.probe().peer_status();
     assert_eq!(status["peers"][0]["healthy"], false, "{status}");
     // While it is down, this instance owns everything.
     assert_eq!(status["self"]["ownership_share"], 1.0, "{status}");
@@ -179,7 +177,7 @@ async fn a_peer_that_cuts_the_stream_is_resumed_from_upstream() {
     assert!(from > 0 && from <= at, "resumed from {from}");
     node.settle().await;
     assert!(node.stored_blobs().contains(&d.hex().to_owned()));
-    assert_eq!(node.berth.mirror.peers.as_ref().unwrap().status()["peers"][0]["healthy"], false);
+    assert_eq!(node.berth.probe().peer_status()["peers"][0]["healthy"], false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -195,7 +193,7 @@ async fn wrong_bytes_from_a_peer_are_rejected_and_fetched_from_upstream() {
     assert!(!complete || fake_peer.count(Method::GET, d.as_str()) == 0);
     node.settle().await;
     assert!(!node.stored_blobs().contains(&d.hex().to_owned()), "the peer's wrong bytes were kept");
-    assert_eq!(node.berth.mirror.peers.as_ref().unwrap().status()["peers"][0]["healthy"], false);
+    assert_eq!(node.berth.probe().peer_status()["peers"][0]["healthy"], false);
     // The peer is left out now: the next client gets the blob from upstream.
     let r = node.get(&path).await;
     assert!(r.bytes().await.unwrap() == blob);
@@ -258,8 +256,7 @@ async fn a_forwarded_request_is_never_forwarded_again() {
         .expect("the request looped");
     assert!(r.bytes().await.unwrap() == blob);
     assert_eq!(upstream_gets(&upstream, &d).len(), 1);
-    let served =
-        |n: &Harness| n.berth.mirror.peers.as_ref().unwrap().status()["served_to_peers"].as_u64().unwrap();
+    let served = |n: &Harness| n.berth.probe().peer_status()["served_to_peers"].as_u64().unwrap();
     assert_eq!((served(&na), served(&nb), served(&nc)), (0, 1, 0), "b must answer a's request itself");
 }
 
@@ -341,14 +338,14 @@ async fn peers_are_found_through_dns_and_the_answer_is_refreshed() {
         ..peers_config(&url_of(me), &[], None)
     });
     let node = berth::Server::start(&cfg).await.unwrap();
-    let peers = node.mirror.peers.clone().unwrap();
+    let peers = node.probe();
     let want = url_of(other);
     for _ in 0..50 {
-        if peers.members().contains(&want) {
+        if peers.peer_members().contains(&want) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(peers.members().contains(&want), "{:?}", peers.members());
-    assert!(!peers.members().contains(&url_of(me)), "this instance is not its own peer");
+    assert!(peers.peer_members().contains(&want), "{:?}", peers.peer_members());
+    assert!(!peers.peer_members().contains(&url_of(me)), "this instance is not its own peer");
 }

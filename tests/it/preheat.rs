@@ -201,8 +201,9 @@ async fn jobs_are_listed_and_readable_by_id() {
     assert_eq!(status["state"], "succeeded");
     assert_eq!(status["pin"], true);
     assert!(status["finished_at"].is_string());
-    let pin = h.berth.mirror.store.meta.pin("docker.io/library/app:1").unwrap().expect("pin recorded");
-    assert_eq!(pin.digest, status["images"][0]["digest"].as_str().unwrap());
+    let pins = h.berth.probe().pins().await;
+    let pin = pins.iter().find(|(image, _)| image == "docker.io/library/app:1").expect("pin recorded");
+    assert_eq!(pin.1, status["images"][0]["digest"].as_str().unwrap());
     let list: Value = h.client.get(admin(&h, "/api/v1/preheat")).send().await.unwrap().json().await.unwrap();
     assert_eq!(list["jobs"][0]["id"], accepted["id"]);
 }

@@ -23,7 +23,7 @@ async fn cached_image_is_served_after_restart_with_upstream_gone() {
     for d in &digests {
         client.get(format!("{base}/v2/library/app/blobs/{d}")).send().await.unwrap().bytes().await.unwrap();
     }
-    while berth.mirror.store.fills_in_flight() > 0 {
+    while berth.probe().fills_in_flight() > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     berth.stop().await.unwrap();
@@ -62,10 +62,10 @@ async fn a_damaged_blob_on_disk_is_a_miss_and_is_fetched_again() {
     let berth = berth::Server::start(&cfg).await.unwrap();
     let url = format!("http://{}/v2/library/app/blobs/{d}", berth.registry_addr);
     assert!(client.get(&url).send().await.unwrap().bytes().await.unwrap() == layer);
-    while berth.mirror.store.fills_in_flight() > 0 {
+    while berth.probe().fills_in_flight() > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let path = berth.mirror.store.disk.path(&d);
+    let path = berth.probe().disk_path(&d);
     berth.stop().await.unwrap();
 
     // Same length, one byte flipped: only hashing can tell.
@@ -97,8 +97,8 @@ async fn stopping_during_a_fill_waits_out_the_grace_and_publishes_nothing_partia
     let client = reqwest::Client::new();
     let reader = tokio::spawn(async move { client.get(&url).send().await.unwrap().bytes().await });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let path = berth.mirror.store.disk.path(&d);
-    let mirror = berth.mirror.clone();
+    let path = berth.probe().disk_path(&d);
+    let mirror = berth.probe();
     let started = std::time::Instant::now();
     berth.stop().await.unwrap();
     let took = started.elapsed();
@@ -110,7 +110,7 @@ async fn stopping_during_a_fill_waits_out_the_grace_and_publishes_nothing_partia
     reader.abort();
     // In a process the fill dies with it; here it runs on, and only a verified whole blob
     // may ever appear.
-    while mirror.store.fills_in_flight() > 0 {
+    while mirror.fills_in_flight() > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     if path.exists() {

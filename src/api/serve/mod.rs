@@ -26,18 +26,18 @@ use tokio::sync::{watch, Semaphore};
 pub const MAX_HEAD: usize = 64 * 1024;
 
 /// How the listener treats its connections (from `[server]`).
-pub struct Options {
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+pub(crate) struct Options {
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     /// A write that makes no progress for this long fails (`WriteIdle`); an HTTP/2 peer
     /// silent this long is pinged, and dropped if its answer takes as long again.
-    pub client_idle_timeout: Duration,
+    pub(crate) client_idle_timeout: Duration,
     /// A client has this long to finish its TLS handshake, then to send its first byte, and
     /// to send each HTTP/1 request head.
-    pub head_timeout: Duration,
+    pub(crate) head_timeout: Duration,
     /// A connection with no request in flight for this long is closed gracefully.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Connections open at once; past it, the next is accepted when one closes.
-    pub max_connections: u32,
+    pub(crate) max_connections: u32,
 }
 
 mod bodies;
@@ -45,7 +45,7 @@ mod stream;
 
 use bodies::{Counting, InFlight, Progress};
 use stream::Heard;
-pub use stream::WriteIdle;
+pub(crate) use stream::WriteIdle;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -57,7 +57,7 @@ struct Shared {
 }
 
 /// Serves `router` on `listener` until `shutdown` turns true, then waits for open connections.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     options: Options,

@@ -61,14 +61,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Heard<T> {
 /// A connection whose writes fail once one has waited `idle` without any progress: a
 /// client that stops reading is dropped, and with it the body it held (and its read
 /// guard), while a slow reader that keeps taking bytes is never cut.
-pub struct WriteIdle<T> {
+pub(crate) struct WriteIdle<T> {
     inner: T,
     idle: Duration,
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<T> WriteIdle<T> {
-    pub fn new(inner: T, idle: Duration) -> Self {
+    pub(crate) fn new(inner: T, idle: Duration) -> Self {
         WriteIdle { inner, idle, stalled: None }
     }
 

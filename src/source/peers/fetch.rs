@@ -18,7 +18,12 @@ use crate::source::Upstream;
 
 impl Peers {
     /// A request to `peer` as a peer: with the hop marker and the peer token.
-    pub fn request(&self, method: http::Method, peer: &str, path_and_query: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn request(
+        &self,
+        method: http::Method,
+        peer: &str,
+        path_and_query: &str,
+    ) -> reqwest::RequestBuilder {
         self.client
             .request(method, format!("{peer}{path_and_query}"))
             .header(HOP, self.me.as_str())
@@ -71,7 +76,7 @@ impl Peers {
     }
 
     /// A blob's source for a fill: the owner's response, or upstream's after peer trouble.
-    pub async fn blob(
+    pub(crate) async fn blob(
         self: &Arc<Self>,
         owner: &str,
         upstream: &Arc<Upstream>,
@@ -107,7 +112,7 @@ impl Peers {
     }
 
     /// A manifest by digest: from the owner when it sends the right bytes, else from upstream.
-    pub async fn manifest(
+    pub(crate) async fn manifest(
         &self,
         owner: &str,
         upstream: &Upstream,

@@ -20,9 +20,9 @@ use crate::oci::digest::Digest;
 /// Marks a request sent by a peer; its value is the sender. It grants nothing by itself:
 /// only the peer token makes a request a peer's (`api::caller`), and a peer's request is
 /// answered from the tiers or upstream, never forwarded again.
-pub const HOP: &str = "x-berth-hop";
+pub(crate) const HOP: &str = "x-berth-hop";
 /// The shared peer token every peer request carries.
-pub const TOKEN: &str = "x-berth-peer-token";
+pub(crate) const TOKEN: &str = "x-berth-peer-token";
 
 /// A peer's identity: its URL's origin (`http://10.0.0.7:5000`), as every instance spells it.
 fn id_of(url: &url::Url) -> String {
@@ -49,7 +49,7 @@ struct Health {
     failures: u64,
 }
 
-pub struct Peers {
+pub(crate) struct Peers {
     me: String,
     statics: Vec<String>,
     dns: Option<String>,
@@ -70,7 +70,7 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn new(cfg: &PeersConfig) -> Result<Arc<Peers>, Error> {
+    pub(crate) fn new(cfg: &PeersConfig) -> Result<Arc<Peers>, Error> {
         let me = id_of(&cfg.self_url);
         let statics: Vec<String> = cfg.static_peers.iter().map(id_of).filter(|p| *p != me).collect();
         let client = crate::source::outbound::peer_client(cfg)?;
@@ -92,12 +92,12 @@ impl Peers {
     }
 
     /// This instance's identity.
-    pub fn me(&self) -> &str {
+    pub(crate) fn me(&self) -> &str {
         &self.me
     }
 
     /// The other peers, healthy or not.
-    pub fn members(&self) -> Vec<String> {
+    pub(crate) fn members(&self) -> Vec<String> {
         self.members.read().expect("members lock").iter().cloned().collect()
     }
 
@@ -108,7 +108,7 @@ impl Peers {
 
     /// The peer that owns `digest`, or `None` when this instance does. Peers in backoff
     /// are left out, so their digests fall to the next highest score.
-    pub fn owner(&self, digest: &Digest) -> Option<String> {
+    pub(crate) fn owner(&self, digest: &Digest) -> Option<String> {
         let members = self.members.read().expect("members lock");
         let live = members.iter().map(String::as_str).filter(|p| self.healthy(p));
         let owner = ring::owner(live.chain([self.me.as_str()]), digest)?;
@@ -116,7 +116,7 @@ impl Peers {
     }
 
     /// Leaves `peer` out of ownership for the backoff, after it failed a request.
-    pub fn mark_down(&self, peer: &str, why: &str) {
+    pub(crate) fn mark_down(&self, peer: &str, why: &str) {
         tracing::warn!(peer, error = why, backoff = ?self.backoff, "peer failed: using upstream meanwhile");
         metrics::counter!("berth_peer_failures_total", "peer" => peer.to_owned()).increment(1);
         let mut health = self.health.lock().expect("health lock");
@@ -127,17 +127,17 @@ impl Peers {
     }
 
     /// Whether `presented` is the peer token (compared in constant time).
-    pub fn token_matches(&self, presented: &[u8]) -> bool {
+    pub(crate) fn token_matches(&self, presented: &[u8]) -> bool {
         self.token.matches(presented)
     }
 
     /// Counts a request answered for a peer.
-    pub fn served_one(&self) {
+    pub(crate) fn served_one(&self) {
         self.served.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Re-resolves `dns` every `dns_interval`, for as long as the peers are in use.
-    pub fn spawn_discovery(self: &Arc<Self>) {
+    pub(crate) fn spawn_discovery(self: &Arc<Self>) {
         let Some(name) = self.dns.clone() else { return };
         let (peers, every) = (Arc::downgrade(self), self.dns_interval);
         tokio::spawn(async move {
@@ -162,7 +162,7 @@ impl Peers {
     }
 
     /// `/api/v1/peers`: every peer, its health, and the share of digests it owns now.
-    pub fn status(&self) -> Value {
+    pub(crate) fn status(&self) -> Value {
         let members = self.members();
         let live: Vec<&str> = members
             .iter()

@@ -8,7 +8,7 @@ use crate::oci::digest::Digest;
 
 /// The weight of `peer` for `digest`: the first 8 bytes of SHA-256 over both. Stable across
 /// builds and versions (unlike the standard library's hasher), so mixed versions agree.
-pub fn score(peer: &str, digest: &Digest) -> u64 {
+pub(crate) fn score(peer: &str, digest: &Digest) -> u64 {
     let mut h = Sha256::new();
     h.update(peer.as_bytes());
     h.update(b"\n");

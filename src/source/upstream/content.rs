@@ -14,25 +14,25 @@ use crate::source::status::{check, check_passthrough};
 use crate::source::{Fetched, Resume, Resumed};
 
 /// Manifests larger than this are refused, as clients refuse them.
-pub const MAX_MANIFEST: u64 = 4 * 1024 * 1024;
+pub(super) const MAX_MANIFEST: u64 = 4 * 1024 * 1024;
 
 /// A manifest as fetched: exact bytes, their digest, and the media type to answer with.
-pub struct FetchedManifest {
-    pub bytes: Bytes,
-    pub digest: Digest,
-    pub media_type: String,
+pub(crate) struct FetchedManifest {
+    pub(crate) bytes: Bytes,
+    pub(crate) digest: Digest,
+    pub(crate) media_type: String,
 }
 
 /// What a manifest HEAD told: enough to answer a client's HEAD.
-pub struct ManifestHead {
-    pub digest: Option<Digest>,
-    pub media_type: Option<String>,
-    pub len: Option<u64>,
+pub(crate) struct ManifestHead {
+    pub(crate) digest: Option<Digest>,
+    pub(crate) media_type: Option<String>,
+    pub(crate) len: Option<u64>,
 }
 
 impl Upstream {
     /// GET a manifest by tag or digest: bytes read whole (at most 4 MiB) and hashed.
-    pub async fn manifest(
+    pub(crate) async fn manifest(
         &self,
         repo: &str,
         reference: &str,
@@ -50,7 +50,7 @@ impl Upstream {
 
     /// HEAD a manifest: what upstream says a tag points to, without a GET (Docker Hub does
     /// not count HEADs against the pull limit).
-    pub async fn head_manifest(
+    pub(crate) async fn head_manifest(
         &self,
         repo: &str,
         reference: &str,
@@ -73,7 +73,7 @@ impl Upstream {
     /// A fill resumes a cut body through `Fetched::resume`, which asks for the rest with Range.
     /// Waits for a turn first (see `turn`); the fill holds it until it ends, and its body is
     /// held to the registry's floor.
-    pub async fn blob(self: &Arc<Self>, repo: &str, digest: &Digest) -> Result<Fetched, Error> {
+    pub(crate) async fn blob(self: &Arc<Self>, repo: &str, digest: &Digest) -> Result<Fetched, Error> {
         let turn = self.turn().await?;
         let resp =
             self.send(Method::GET, &format!("/v2/{repo}/blobs/{digest}"), repo, HeaderMap::new()).await?;
@@ -91,7 +91,7 @@ impl Upstream {
     }
 
     /// How a fill of this blob continues after a cut: the rest, from upstream, with Range.
-    pub fn resume(self: &Arc<Self>, repo: &str, digest: &Digest) -> Resume {
+    pub(crate) fn resume(self: &Arc<Self>, repo: &str, digest: &Digest) -> Resume {
         let (this, repo, digest) = (self.clone(), repo.to_owned(), digest.clone());
         Box::new(move |offset| {
             let (this, repo, digest) = (this.clone(), repo.clone(), digest.clone());
@@ -101,7 +101,7 @@ impl Upstream {
 
     /// The rest of a blob from `offset`: a 206 continues there; a server that ignores Range
     /// answers 200 with the whole blob, and the first `offset` bytes are to be skipped.
-    pub async fn blob_from(&self, repo: &str, digest: &Digest, offset: u64) -> Result<Resumed, Error> {
+    pub(crate) async fn blob_from(&self, repo: &str, digest: &Digest, offset: u64) -> Result<Resumed, Error> {
         let mut headers = HeaderMap::new();
         headers.insert(header::RANGE, HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii"));
         let resp = self.send(Method::GET, &format!("/v2/{repo}/blobs/{digest}"), repo, headers).await?;
@@ -139,7 +139,7 @@ impl Upstream {
     }
 
     /// HEAD a blob: its length.
-    pub async fn blob_len(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, Error> {
+    pub(crate) async fn blob_len(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, Error> {
         let resp =
             self.send(Method::HEAD, &format!("/v2/{repo}/blobs/{digest}"), repo, HeaderMap::new()).await?;
         let resp = check(resp, Error::BlobUnknown).await?;
@@ -151,7 +151,7 @@ impl Upstream {
     }
 
     /// A read-only request passed through as is (tags/list, referrers).
-    pub async fn passthrough(
+    pub(crate) async fn passthrough(
         &self,
         path_and_query: &str,
         repo: &str,

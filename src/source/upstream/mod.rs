@@ -20,10 +20,10 @@ const MAX_REDIRECTS: usize = 5;
 mod content;
 
 pub(crate) use content::read_manifest;
-pub use content::{FetchedManifest, ManifestHead, MAX_MANIFEST};
+pub(crate) use content::{FetchedManifest, ManifestHead};
 
-pub struct Upstream {
-    pub host: String,
+pub(crate) struct Upstream {
+    pub(crate) host: String,
     /// The `registry` label of this upstream's metrics.
     label: String,
     endpoint: Url,
@@ -109,7 +109,7 @@ impl Upstream {
 
     /// Sends a request for `repo`'s content, authenticating as upstream asks (one retry).
     /// Returns upstream's response whatever its status.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         path_and_query: &str,

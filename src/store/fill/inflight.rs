@@ -56,12 +56,12 @@ impl Store {
     }
 
     /// The fill of `digest` in flight, if any.
-    pub fn inflight(&self, digest: &Digest) -> Option<Arc<Fill>> {
+    pub(crate) fn inflight(&self, digest: &Digest) -> Option<Arc<Fill>> {
         self.inflight.lock().expect("inflight lock").get(digest).cloned()
     }
 
     /// Digests being filled now.
-    pub fn inflight_digests(&self) -> Vec<Digest> {
+    pub(crate) fn inflight_digests(&self) -> Vec<Digest> {
         self.inflight.lock().expect("inflight lock").keys().cloned().collect()
     }
 

@@ -36,13 +36,13 @@ use crate::error::Error;
 use crate::oci::digest::Digest;
 
 /// Asks the source for the rest of the content from a byte offset.
-pub type Resume = Box<dyn Fn(u64) -> BoxFuture<'static, Result<Resumed, Error>> + Send + Sync>;
+pub(crate) type Resume = Box<dyn Fn(u64) -> BoxFuture<'static, Result<Resumed, Error>> + Send + Sync>;
 
 /// The rest of a body after a cut: bytes from some offset, of which `skip` are already held
 /// (a server that ignores Range sends everything again).
 pub struct Resumed {
     pub body: BoxStream<'static, Result<Bytes, Error>>,
-    pub skip: u64,
+    pub(crate) skip: u64,
 }
 
 /// What a fill streams from: an upstream (or peer) response body.
@@ -61,7 +61,7 @@ pub struct Source {
 }
 
 #[derive(Clone)]
-pub enum FillState {
+pub(crate) enum FillState {
     /// Waiting for the source to answer.
     Pending,
     /// `written` bytes of `file` are readable; more are coming. `map` is the file mapped to
@@ -101,11 +101,11 @@ impl Fill {
     }
 
     /// The label the fill was started with.
-    pub fn origin(&self) -> &str {
+    pub(crate) fn origin(&self) -> &str {
         &self.origin
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<FillState> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<FillState> {
         self.state.subscribe()
     }
 
@@ -126,12 +126,12 @@ impl Fill {
     }
 
     /// Waits until the fill has ended: its content published to the tiers, or failed.
-    pub async fn settled(&self) {
+    pub(crate) async fn settled(&self) {
         let _ = self.settled.subscribe().wait_for(|s| *s).await;
     }
 
     /// Waits until the fill is verified, returning its length, or its error.
-    pub async fn verified(&self) -> Result<u64, Error> {
+    pub(crate) async fn verified(&self) -> Result<u64, Error> {
         let mut rx = self.subscribe();
         let state = rx
             .wait_for(|s| {

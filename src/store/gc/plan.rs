@@ -83,7 +83,7 @@ impl Inventory {
     }
 
     /// Whether a version must be kept whole.
-    pub fn protected(&self, v: &Version, p: &Policy) -> bool {
+    pub(crate) fn protected(&self, v: &Version, p: &Policy) -> bool {
         v.pinned || v.digests.iter().any(|d| self.in_use(d, p))
     }
 }

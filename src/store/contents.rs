@@ -1,0 +1,139 @@
+//! What the store holds, as the layers above may see and change it: usage against capacity,
+//! where a digest is held, the disk tier's contents for the collector, eviction, and copying a
+//! disk blob into memory for preheat. The tiers themselves stay private to the store.
+
+use bytes::Bytes;
+
+use super::Store;
+use crate::error::Error;
+use crate::oci::digest::Digest;
+
+/// One tier's bytes and objects against its capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TierUsage {
+    pub(crate) used: u64,
+    pub(crate) capacity: u64,
+    pub(crate) objects: u64,
+}
+
+/// Both tiers' usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub(crate) memory: TierUsage,
+    pub(crate) disk: TierUsage,
+}
+
+/// Where a digest is held now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Held {
+    pub(crate) memory: bool,
+    pub(crate) disk: bool,
+}
+
+/// A blob on disk as the collector sees it.
+pub(crate) struct Stored {
+    pub(crate) digest: Digest,
+    pub(crate) size: u64,
+    /// Seconds since the epoch; 0 when no access was recorded.
+    pub(crate) last_access: u64,
+    /// The content of a blob stored as a manifest (mapped, no copy), to read what it references.
+    pub(crate) manifest: Option<Bytes>,
+}
+
+/// Why a blob was not copied into memory.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum NotCopied {
+    #[error("{size} bytes do not fit the memory tier ({capacity} bytes)")]
+    TooBig { size: u64, capacity: u64 },
+    #[error("does not fit the memory tier")]
+    NoRoom,
+    #[error("not on disk to copy into memory")]
+    NotOnDisk,
+}
+
+impl Store {
+    /// Both tiers' bytes and objects against capacity.
+    pub(crate) fn usage(&self) -> Usage {
+        Usage {
+            memory: TierUsage {
+                used: self.memory.used(),
+                capacity: self.memory.capacity(),
+                objects: self.memory.objects(),
+            },
+            disk: TierUsage {
+                used: self.disk.used(),
+                capacity: self.disk.capacity(),
+                objects: self.disk.objects(),
+            },
+        }
+    }
+
+    /// Where `digest` is held (without reading it or counting an access).
+    pub(crate) fn held(&self, digest: &Digest) -> Held {
+        Held { memory: self.memory.contains(digest), disk: self.disk.len(digest).ok().flatten().is_some() }
+    }
+
+    /// Whether `more` bytes fit on disk beside what is used and promised.
+    pub(crate) fn disk_fits(&self, more: u64) -> bool {
+        self.disk.fits(more)
+    }
+
+    /// Bytes promised to fills in flight, not yet on disk.
+    pub(crate) fn disk_pending(&self) -> u64 {
+        self.disk.pending()
+    }
+
+    /// On a blocking thread: every blob on disk with its size, last access and, for a
+    /// manifest, its content.
+    pub(crate) fn contents_blocking(&self) -> Result<Vec<Stored>, Error> {
+        let on_disk = self.disk.scan().map_err(Error::internal)?;
+        let records = self.meta.blobs()?;
+        Ok(on_disk
+            .into_iter()
+            .map(|(digest, size)| {
+                let record = records.get(digest.as_str());
+                let manifest = record
+                    .filter(|m| m.media_type.is_some())
+                    .and_then(|_| self.disk.get_mapped(&digest).ok().flatten());
+                Stored { last_access: record.map_or(0, |m| m.last_access), digest, size, manifest }
+            })
+            .collect())
+    }
+
+    /// On a blocking thread: deletes `digest` from disk, file first, then its record, so that
+    /// a crash in between leaves a miss, never a hit on a deleted blob. The memory tier keeps
+    /// its copy until it ages out: it is verified content. Returns the bytes freed.
+    pub(crate) fn evict_blocking(&self, digest: &Digest) -> Result<u64, Error> {
+        let freed = self.disk.remove(digest).map_err(|e| Error::fault(format!("deleting {digest}"), e))?;
+        if let Err(e) = self.meta.remove_blob(digest) {
+            tracing::warn!(%digest, error = %e, "deleted a blob but not its record");
+        }
+        Ok(freed)
+    }
+
+    /// Copies a blob on disk into the memory tier, also above `memory_max_object`, if it fits.
+    pub(crate) async fn copy_to_memory(&self, digest: &Digest, size: u64) -> Result<(), NotCopied> {
+        if self.memory.contains(digest) {
+            return Ok(());
+        }
+        let capacity = self.memory.capacity();
+        if size > capacity {
+            return Err(NotCopied::TooBig { size, capacity });
+        }
+        let (disk, d) = (self.disk.clone(), digest.clone());
+        let copy = tokio::task::spawn_blocking(move || {
+            disk.get_mapped(&d).map(|m| m.map(|m| Bytes::copy_from_slice(&m)))
+        });
+        let Ok(Ok(Some(bytes))) = copy.await else { return Err(NotCopied::NotOnDisk) };
+        match self.memory.insert_unbounded(digest.clone(), bytes).await {
+            true => Ok(()),
+            false => Err(NotCopied::NoRoom),
+        }
+    }
+
+    /// Writes the batched access times to the metadata store now (at shutdown).
+    pub(crate) async fn flush_access(&self) -> Result<(), Error> {
+        let meta = self.meta.clone();
+        tokio::task::spawn_blocking(move || meta.flush_access().map(drop)).await.map_err(Error::internal)?
+    }
+}
