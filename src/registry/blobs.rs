@@ -41,7 +41,7 @@ impl Mirror {
         if !self.provenance.knows(&upstream.host, digest).await && self.store.holds(digest).await {
             self.confirm_blob(upstream, repo, digest).await?;
         }
-        if let Some(hit) = self.store.get(digest).await? {
+        if let Some(hit) = self.store.get(digest).await {
             self.confirm_blob(upstream, repo, digest).await?;
             let len = hit.bytes.len() as u64;
             let span = range.map(|r| r.resolve(len)).transpose()?;

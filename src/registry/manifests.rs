@@ -161,7 +161,7 @@ impl Mirror {
                 }
             }
         };
-        let Some(hit) = self.store.get(digest).await? else {
+        let Some(hit) = self.store.get(digest).await else {
             return Ok(None);
         };
         let bytes = hit.bytes;

@@ -105,6 +105,7 @@ impl Store {
     /// its copy until it ages out: it is verified content. Returns the bytes freed.
     pub(crate) fn evict_blocking(&self, digest: &Digest) -> Result<u64, Error> {
         let freed = self.disk.remove(digest).map_err(|e| Error::fault(format!("deleting {digest}"), e))?;
+        self.tiers.forget(digest);
         if let Err(e) = self.meta.remove_blob(digest) {
             tracing::warn!(%digest, error = %e, "deleted a blob but not its record");
         }

@@ -184,12 +184,12 @@ impl Store {
 
     /// Looks in memory, then on disk (see `Tiered::get`): a disk hit small enough for memory
     /// is promoted, and a damaged disk blob is a miss. A hit counts as an access.
-    pub(crate) async fn get(&self, digest: &Digest) -> Result<Option<Hit>, Error> {
+    pub(crate) async fn get(&self, digest: &Digest) -> Option<Hit> {
         let hit = self.tiers.get(digest).await;
         if hit.is_some() {
             self.meta.touch(digest);
         }
-        Ok(hit)
+        hit
     }
 
     /// Stores a verified manifest (or other small content) in both tiers; on disk only when

@@ -71,6 +71,13 @@ async fn already_published(store: &Store, fill: &Fill) -> Result<bool, Error> {
         Ok(Some((file, map, len)))
     });
     let Some((file, map, len)) = published.await? else { return Ok(false) };
+    // Published by a fill since the miss, or left there unchecked (a damaged file that could
+    // not be deleted is one): served only once it matches its digest; else it is fetched
+    // again and the verified copy replaces it.
+    if !store.tiers.ensure_checked(&fill.digest, &map).await.map_err(Error::internal)? {
+        tracing::warn!(digest = %fill.digest, "damaged blob on disk: fetched again");
+        return Ok(false);
+    }
     fill.state.send_replace(FillState::Verified { file: Arc::new(file), map: Some(map), len });
     Ok(true)
 }

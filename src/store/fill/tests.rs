@@ -279,3 +279,35 @@ async fn content_announced_beyond_the_disk_passes_through_verified_and_is_not_ke
     nothing_kept(&store, &d);
     assert_eq!(store.uncached(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchecked_damaged_file_is_not_served_by_a_fill_but_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let bytes = content(300_000);
+    let d = Digest::of(&bytes);
+    // A file left on disk that does not match (as when a damaged file could not be deleted).
+    let path = store.disk.path(&d);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, vec![0u8; bytes.len()]).unwrap();
+    let fill = start(&store, &d, source(Some(bytes.len() as u64), chunks(&bytes, 50_000, None)));
+    let got = drain(body::follow(fill.clone(), 0, Some(bytes.len() as u64))).await.unwrap();
+    assert!(got == bytes, "the damaged file was served");
+    settled(&fill).await;
+    assert!(std::fs::read(&path).unwrap() == bytes, "the verified copy did not replace it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_blob_that_comes_back_damaged_is_a_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let bytes = content(300_000);
+    let d = Digest::of(&bytes);
+    let fill = start(&store, &d, source(Some(bytes.len() as u64), chunks(&bytes, 50_000, None)));
+    drain(body::follow(fill.clone(), 0, Some(bytes.len() as u64))).await.unwrap();
+    settled(&fill).await;
+    assert!(store.get(&d).await.is_some());
+    store.evict_blocking(&d).unwrap();
+    std::fs::write(store.disk.path(&d), vec![0u8; bytes.len()]).unwrap();
+    assert!(store.get(&d).await.is_none(), "served on the check of the evicted copy");
+}

@@ -2,8 +2,8 @@
 //! promotion of lower hits small enough for memory, the first-hit hash check of a durable
 //! lower tier, and the rule that a lower tier's error is a miss (and a warning).
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -16,13 +16,25 @@ pub(crate) struct Tiered<L> {
     memory: MemoryTier,
     lower: L,
     /// Lower-tier objects whose content was checked against the digest since startup
-    /// (written here, or hashed on their first hit).
+    /// (written here, or hashed on their first hit); forgotten when they are removed.
     checked: Mutex<HashSet<Digest>>,
+    /// One first-hit hash per digest at a time: concurrent first readers wait for its verdict.
+    checking: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// First-hit hashes run.
+    #[cfg(test)]
+    hashes: std::sync::atomic::AtomicU32,
 }
 
 impl<L: BlobTier> Tiered<L> {
     pub(crate) fn new(memory: MemoryTier, lower: L) -> Self {
-        Tiered { memory, lower, checked: Mutex::new(HashSet::new()) }
+        Tiered {
+            memory,
+            lower,
+            checked: Mutex::default(),
+            checking: Mutex::default(),
+            #[cfg(test)]
+            hashes: Default::default(),
+        }
     }
 
     /// Notes that the lower tier's copy of `digest` is known to match it.
@@ -30,8 +42,43 @@ impl<L: BlobTier> Tiered<L> {
         self.checked.lock().expect("checked lock").insert(digest.clone());
     }
 
+    /// Forgets the check of a lower-tier object that was removed.
+    pub(crate) fn forget(&self, digest: &Digest) {
+        self.checked.lock().expect("checked lock").remove(digest);
+    }
+
     fn is_checked(&self, digest: &Digest) -> bool {
         !L::DURABLE || self.checked.lock().expect("checked lock").contains(digest)
+    }
+
+    /// Whether `found`, the lower tier's object for `digest`, matches it: known, or hashed
+    /// now on a blocking thread. Concurrent first readers of one digest wait for one hash.
+    pub(crate) async fn ensure_checked(&self, digest: &Digest, found: &Bytes) -> std::io::Result<bool> {
+        if self.is_checked(digest) {
+            return Ok(true);
+        }
+        let gate = self.checking.lock().expect("checking lock").entry(digest.clone()).or_default().clone();
+        let one = gate.lock().await;
+        let matches = match self.is_checked(digest) {
+            true => Ok(true),
+            false => {
+                #[cfg(test)]
+                self.hashes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (d, found) = (digest.clone(), found.clone());
+                tokio::task::spawn_blocking(move || Digest::of(&found) == d)
+                    .await
+                    .map_err(std::io::Error::other)
+            }
+        };
+        if matches.as_ref().is_ok_and(|&m| m) {
+            self.mark_checked(digest);
+        }
+        drop(one);
+        let mut checking = self.checking.lock().expect("checking lock");
+        if checking.get(digest).is_some_and(|g| Arc::ptr_eq(g, &gate)) {
+            checking.remove(digest);
+        }
+        matches
     }
 
     /// Whether a tier holds `digest` (without reading it).
@@ -59,46 +106,21 @@ impl<L: BlobTier> Tiered<L> {
     /// The lower tier's object, checked once and promoted when memory admits it.
     async fn lookup_lower(&self, digest: &Digest) -> std::io::Result<Option<Bytes>> {
         let Some(found) = self.lower.read(digest).await? else { return Ok(None) };
-        let checked = self.is_checked(digest);
-        let admits = BlobTier::admits(&self.memory, found.len() as u64);
-        if checked && !admits {
+        if !self.ensure_checked(digest, &found).await? {
+            tracing::warn!(%digest, "damaged blob on disk: deleted, will be fetched again");
+            self.lower.remove(digest).await?;
+            self.forget(digest);
+            return Ok(None);
+        }
+        if !BlobTier::admits(&self.memory, found.len() as u64) {
             return Ok(Some(found));
         }
-        let Some((found, copy)) = check_and_copy(digest, found, checked, admits).await? else {
-            self.lower.remove(digest).await?;
-            return Ok(None);
-        };
-        if !checked {
-            self.mark_checked(digest);
-        }
-        if let Some(copy) = copy {
-            self.memory.insert(digest.clone(), copy.clone()).await;
-            return Ok(Some(copy));
-        }
-        Ok(Some(found))
+        // A copy, made off the async workers, so that memory does not keep a mapping alive.
+        let copy = tokio::task::spawn_blocking(move || Bytes::copy_from_slice(&found));
+        let copy = copy.await.map_err(std::io::Error::other)?;
+        self.memory.insert(digest.clone(), copy.clone()).await;
+        Ok(Some(copy))
     }
-}
-
-/// On a blocking thread: hashes `found` unless `checked` (None when it does not match the
-/// digest), and copies it for the memory tier when `admits`, so that the copy does not
-/// keep a mapping alive.
-async fn check_and_copy(
-    digest: &Digest,
-    found: Bytes,
-    checked: bool,
-    admits: bool,
-) -> std::io::Result<Option<(Bytes, Option<Bytes>)>> {
-    let d = digest.clone();
-    tokio::task::spawn_blocking(move || {
-        if !checked && Digest::of(&found) != d {
-            tracing::warn!(digest = %d, "damaged blob on disk: deleted, will be fetched again");
-            return None;
-        }
-        let copy = admits.then(|| Bytes::copy_from_slice(&found));
-        Some((found, copy))
-    })
-    .await
-    .map_err(std::io::Error::other)
 }
 
 #[cfg(test)]
@@ -223,6 +245,34 @@ mod tests {
         assert!(tiers.get(&good).await.is_some());
         spy.inner.insert(good.clone(), Bytes::from(vec![0u8; 5000])).await;
         assert!(tiers.get(&good).await.is_some(), "checked on its first hit only");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_first_readers_of_one_object_hash_it_once() {
+        let (tiers, spy) = tiers();
+        let tiers = Arc::new(tiers);
+        let d = below(&spy, &vec![7; 8 << 20]).await;
+        let readers: Vec<_> = (0..8)
+            .map(|_| {
+                let (tiers, d) = (tiers.clone(), d.clone());
+                tokio::spawn(async move { tiers.get(&d).await.map(|h| h.bytes.len()) })
+            })
+            .collect();
+        for r in readers {
+            assert_eq!(r.await.unwrap(), Some(8 << 20));
+        }
+        assert_eq!(tiers.hashes.load(Ordering::Relaxed), 1, "each first reader hashed the object");
+        assert!(tiers.checking.lock().unwrap().is_empty(), "a gate was left behind");
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_object_is_hashed_again() {
+        let (tiers, spy) = tiers();
+        let d = below(&spy, &[3; 5000]).await;
+        assert!(tiers.get(&d).await.is_some());
+        tiers.forget(&d);
+        spy.inner.insert(d.clone(), Bytes::from(vec![0u8; 5000])).await;
+        assert!(tiers.get(&d).await.is_none(), "a damaged object served on a stale check");
     }
 
     #[tokio::test]
