@@ -10,6 +10,7 @@ use super::status::{Accepted, ErrorBody, JobState, JobStatus, PeerStatus};
 use super::{PreheatRequest, Scope};
 use crate::oci::image_ref::ImageRef;
 use crate::source::peers::Peers;
+use crate::source::upstream::{body_at_most, BodyError};
 
 /// Where a peer's share of a cluster preheat runs.
 #[derive(Clone, Debug, Serialize)]
@@ -32,8 +33,33 @@ enum PeerError {
     Refused { status: StatusCode, why: String },
     #[error("answered {0}")]
     Status(StatusCode),
-    #[error(transparent)]
-    Unreadable(reqwest::Error),
+    #[error("unreadable answer: {0}")]
+    Unreadable(#[source] serde_json::Error),
+    #[error("answer cut: {0}")]
+    Cut(#[source] crate::error::Error),
+    #[error("answer over {MAX_PEER_ANSWER} bytes")]
+    TooLarge,
+    /// A job id that is not one berth makes (it goes into a URL path).
+    #[error("answered a job id berth does not make: {0:?}")]
+    BadId(String),
+}
+
+/// What a peer's answer about a job may take: a status is a few hundred bytes per item.
+const MAX_PEER_ANSWER: u64 = 16 << 20;
+
+/// A peer's answer, read whole up to `MAX_PEER_ANSWER`.
+async fn answer_of(peer: &str, resp: reqwest::Response) -> Result<bytes::Bytes, PeerError> {
+    match body_at_most(resp, MAX_PEER_ANSWER, peer).await {
+        Ok(body) => Ok(body),
+        Err(BodyError::TooLarge(_)) => Err(PeerError::TooLarge),
+        Err(BodyError::Failed(e)) => Err(PeerError::Cut(e)),
+    }
+}
+
+/// Whether `id` is a job id as berth makes them (`new_id`: 16 hex digits), allowing a little
+/// more for other versions: 1 to 64 ASCII letters, digits or dashes.
+fn is_job_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// The job's images pinned to the digests they resolved to here.
@@ -81,10 +107,13 @@ async fn ask(peers: &Peers, peer: &str, request: &PreheatRequest) -> Result<Stri
     let sent = peers.request(Method::POST, peer, "/berth/v1/preheat").json(request).send().await;
     let resp = sent.map_err(PeerError::Unreachable)?;
     let status = resp.status();
-    let body = resp.bytes().await.unwrap_or_default();
+    let body = answer_of(peer, resp).await?;
     if status == StatusCode::ACCEPTED {
         if let Ok(accepted) = serde_json::from_slice::<Accepted>(&body) {
-            return Ok(accepted.id);
+            return match is_job_id(&accepted.id) {
+                true => Ok(accepted.id),
+                false => Err(PeerError::BadId(accepted.id.chars().take(80).collect())),
+            };
         }
     }
     let why = serde_json::from_slice::<ErrorBody>(&body).map_or_else(|_| "?".to_owned(), |b| b.error);
@@ -98,7 +127,7 @@ async fn status_of(peers: &Peers, peer: &str, id: &str) -> Result<JobStatus, Pee
     if !resp.status().is_success() {
         return Err(PeerError::Status(resp.status()));
     }
-    resp.json().await.map_err(PeerError::Unreadable)
+    serde_json::from_slice(&answer_of(peer, resp).await?).map_err(PeerError::Unreadable)
 }
 
 /// Each peer's part as it stands now: its state and byte counts, or why it is unknown.
@@ -142,6 +171,14 @@ pub(crate) fn aggregate(local: JobState, peers: &[PeerStatus]) -> JobState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_job_ids_as_berth_makes_them_go_into_a_peer_url() {
+        assert!(is_job_id("0123456789abcdef") && is_job_id("a-1"));
+        for bad in ["", "../../v2/x", "a/b", "a?b=c", "a#b", "a b", "ä", &"a".repeat(65)] {
+            assert!(!is_job_id(bad), "{bad:?} accepted");
+        }
+    }
 
     fn part(state: JobState) -> PeerStatus {
         PeerStatus { state, ..PeerStatus::failed("p".into(), None, None) }

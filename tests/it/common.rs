@@ -238,6 +238,10 @@ async fn handle(State(state): State<Arc<FakeState>>, req: Request) -> Response {
             .into_response();
     }
 
+    if let Some((status, body)) = state.answers.lock().unwrap().get(&path).cloned() {
+        let status = StatusCode::from_u16(status).unwrap();
+        return (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    }
     if let Some(digest) = path.strip_prefix("/cdn/") {
         let blob = state.blobs.lock().unwrap().get(digest).cloned();
         return match blob {
@@ -252,10 +256,6 @@ async fn handle(State(state): State<Arc<FakeState>>, req: Request) -> Response {
     if let Some(base) = state.redirect_all.lock().unwrap().clone() {
         return (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, format!("{base}{path}"))])
             .into_response();
-    }
-    if let Some((status, body)) = state.answers.lock().unwrap().get(&path).cloned() {
-        let status = StatusCode::from_u16(status).unwrap();
-        return (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     }
     let realm = state.realm.lock().unwrap().clone().unwrap_or_else(|| format!("http://{addr}/token"));
     let (repo, kind, reference) = if let Some((r, x)) = rest.rsplit_once("/manifests/") {

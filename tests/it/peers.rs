@@ -349,3 +349,48 @@ async fn peers_are_found_through_dns_and_the_answer_is_refreshed() {
     assert!(peers.peer_members().contains(&want), "{:?}", peers.peer_members());
     assert!(!peers.peer_members().contains(&url_of(me)), "this instance is not its own peer");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_answering_a_foreign_job_id_or_a_huge_status_is_a_failed_part() {
+    let upstream = Fake::start().await;
+    upstream.put_image(REPO, "v1", &[bytes_of(1 << 16, 3)]);
+    // One peer answers a job id that would walk the peer API's paths; one a 20 MiB status.
+    let (walker, flood) = (Fake::start().await, Fake::start().await);
+    let answer = |fake: &Fake, path: &str, status: u16, body: String| {
+        fake.state.answers.lock().unwrap().insert(path.to_owned(), (status, body));
+    };
+    answer(&walker, "/berth/v1/preheat", 202, r#"{"id":"../../v2/library/x/manifests/1"}"#.into());
+    answer(&flood, "/berth/v1/preheat", 202, r#"{"id":"0123456789abcdef"}"#.into());
+    answer(
+        &flood,
+        "/berth/v1/preheat/0123456789abcdef",
+        200,
+        format!("{{\"pad\":\"{}\"}}", "x".repeat(20 << 20)),
+    );
+    let port = free_port();
+    let node = peer(&upstream, port, &[url_of(port), walker.url(), flood.url()], None).await;
+    let admin = format!("http://{}/api/v1/preheat?wait=true", node.berth.admin_addr);
+    let body = serde_json::json!({ "images": [format!("docker.io/{REPO}:v1")], "scope": "cluster" });
+    let status: serde_json::Value =
+        node.client.post(&admin).json(&body).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["state"], "failed", "{status}");
+    let part = |url: String| {
+        let parts = status["peers"].as_array().unwrap();
+        parts
+            .iter()
+            .find(|p| p["peer"] == url.trim_end_matches('/'))
+            .cloned()
+            .unwrap_or_else(|| panic!("{url}: {status}"))
+    };
+    let walked = part(walker.url());
+    assert_eq!(walked["state"], "failed");
+    assert!(walked["error"].as_str().unwrap().contains("job id"), "{walked}");
+    assert!(
+        !walker.log().iter().any(|l| l.path.contains("/v2/")),
+        "a peer's id was followed: {:?}",
+        walker.log()
+    );
+    let flooded = part(flood.url());
+    assert_eq!(flooded["state"], "failed");
+    assert!(flooded["error"].as_str().unwrap().contains("over"), "{flooded}");
+}
