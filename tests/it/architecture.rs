@@ -46,9 +46,77 @@ fn module_path(relative: &Path) -> Vec<String> {
     parts
 }
 
-/// Code without comments: `//` to the end of the line (doc comments included).
+/// Code without comments (line, block and doc comments) and without the contents of string
+/// and character literals, which are blanked: what is left is what the compiler reads as paths.
 fn code_of(text: &str) -> String {
-    text.lines().map(|l| l.find("//").map_or(l, |i| &l[..i])).collect::<Vec<_>>().join("\n")
+    let chars: Vec<char> = text.chars().collect();
+    let (mut out, mut i) = (String::with_capacity(text.len()), 0);
+    while i < chars.len() {
+        let (c, next) = (chars[i], chars.get(i + 1).copied());
+        i = match (c, next) {
+            ('/', Some('/')) => (i..chars.len()).find(|&j| chars[j] == '\n').unwrap_or(chars.len()),
+            ('/', Some('*')) => block_comment_end(&chars, i),
+            ('"', _) => blank_until(&chars, i + 1, &mut out, '"'),
+            ('r', Some('"' | '#')) if raw_string_hashes(&chars, i + 1).is_some() => {
+                raw_string_end(&chars, i + 1)
+            }
+            ('\'', _) if is_char_literal(&chars, i) => blank_until(&chars, i + 1, &mut out, '\''),
+            _ => {
+                out.push(c);
+                i + 1
+            }
+        };
+    }
+    out
+}
+
+/// The index after a `/* … */` comment starting at `start` (they nest).
+fn block_comment_end(chars: &[char], start: usize) -> usize {
+    let (mut depth, mut i) = (0, start);
+    while i + 1 < chars.len() {
+        match (chars[i], chars[i + 1]) {
+            ('/', '*') => (depth, i) = (depth + 1, i + 2),
+            ('*', '/') if depth == 1 => return i + 2,
+            ('*', '/') => (depth, i) = (depth - 1, i + 2),
+            _ => i += 1,
+        }
+    }
+    chars.len()
+}
+
+/// Skips a literal's contents up to the closing `quote` (escapes honoured), leaving two quotes
+/// in `out`; the index after it.
+fn blank_until(chars: &[char], mut i: usize, out: &mut String, quote: char) -> usize {
+    out.push(quote);
+    while i < chars.len() && chars[i] != quote {
+        i += if chars[i] == '\\' { 2 } else { 1 };
+    }
+    out.push(quote);
+    i + 1
+}
+
+/// The number of `#` of a raw string whose `r` is just before `at`, if one starts there.
+fn raw_string_hashes(chars: &[char], at: usize) -> Option<usize> {
+    let hashes = chars[at..].iter().take_while(|&&c| c == '#').count();
+    (chars.get(at + hashes) == Some(&'"')).then_some(hashes)
+}
+
+/// The index after a raw string whose `r` is just before `at`.
+fn raw_string_end(chars: &[char], at: usize) -> usize {
+    let hashes = raw_string_hashes(chars, at).expect("a raw string");
+    let mut i = at + hashes + 1;
+    while i < chars.len() {
+        if chars[i] == '"' && chars[i + 1..].iter().take(hashes).filter(|&&c| c == '#').count() == hashes {
+            return i + 1 + hashes;
+        }
+        i += 1;
+    }
+    chars.len()
+}
+
+/// Whether the `'` at `i` opens a character literal (`'a'`, `'\n'`), not a lifetime (`'a`).
+fn is_char_literal(chars: &[char], i: usize) -> bool {
+    chars.get(i + 1) == Some(&'\\') || chars.get(i + 2) == Some(&'\'')
 }
 
 /// The top-level modules a file's code names: `crate::m`, each `m` of `crate::{m::…, …}`,
@@ -177,6 +245,21 @@ fn the_checker_sees_upward_and_sideways_imports() {
         "// see crate::registry::Mirror\nuse crate::oci::digest::Digest;",
     );
     assert!(commented.is_empty(), "{commented:?}");
+    let after_a_url =
+        violations(Path::new("store/mod.rs"), "let u = \"http://x\"; use crate::registry::Mirror;");
+    assert_eq!(
+        after_a_url,
+        ["src/store/mod.rs: store imports registry"],
+        "code after `//` in a string was missed"
+    );
+    let quoted = violations(
+        Path::new("store/mod.rs"),
+        "let s = \"crate::registry\"; let r = r#\"crate::api \"x\"\"#; let c = '\"'; /* crate::api /* nested */ crate::api */",
+    );
+    assert!(quoted.is_empty(), "{quoted:?}");
+    let lifetimes =
+        violations(Path::new("store/mod.rs"), "fn f<'a>(x: &'a str) -> crate::registry::Mirror {}");
+    assert_eq!(lifetimes, ["src/store/mod.rs: store imports registry"], "a lifetime was read as a literal");
     let downward = violations(Path::new("api/admin.rs"), "use crate::{registry::Mirror, store::meta::Pin};");
     assert!(downward.is_empty(), "{downward:?}");
 }
