@@ -1,39 +1,46 @@
-//! The one step that reads what a configuration names on disk: the TLS certificate and key,
-//! the `[auth]` files, and every `ca_file`. `config` only parses and validates syntax;
-//! `berth check-config` and `berth serve` both run this step once, and `serve` starts with
-//! the certificate and auth files it loaded. A `ca_file` is only proven readable here: it is
-//! read again where its client is built (`source::outbound`).
+//! The one step that reads what a configuration names: the TLS certificate and key, the
+//! `[auth]` files, every `ca_file` and every secret (`<key>_file`, `<key>_env`). `config` only
+//! parses and validates syntax; `berth check-config` and `berth serve` both run this step,
+//! once, and `serve` starts from what it loaded: a configuration whose secrets and extra roots
+//! are in memory, and the certificate and auth files.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::api::{auth::ClientAuth, tls::Certs};
-use crate::config::{Config, ConfigError};
+use crate::config::{CaFile, Config, ConfigError, SecretSource};
 use crate::error::Error;
 use crate::source::outbound::extra_roots;
 
-/// What a checked configuration loaded from disk.
+/// A checked configuration with what it names loaded: the only thing a server starts from.
 pub struct Loaded {
-    pub(crate) certs: Option<std::sync::Arc<Certs>>,
-    pub(crate) auth: Option<std::sync::Arc<ClientAuth>>,
+    /// Its secrets are `SecretSource::Value`s and its `ca_file`s hold their roots.
+    pub(crate) config: Config,
+    pub(crate) certs: Option<Arc<Certs>>,
+    pub(crate) auth: Option<Arc<ClientAuth>>,
+}
+
+impl Loaded {
+    /// The configuration, with its secrets read.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
 }
 
 /// Parses the file at `path` and loads what it names.
-pub fn load_file(path: &Path) -> Result<(Config, Loaded), ConfigError> {
-    let config = Config::load(path)?;
-    let loaded = load(&config)?;
-    Ok((config, loaded))
+pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
+    load(&Config::load(path)?)
 }
 
 /// Parses `text` and loads what it names.
-pub fn parse(text: &str) -> Result<(Config, Loaded), ConfigError> {
-    let config = Config::parse(text)?;
-    let loaded = load(&config)?;
-    Ok((config, loaded))
+pub fn parse(text: &str) -> Result<Loaded, ConfigError> {
+    load(&Config::parse(text)?)
 }
 
-/// Loads the files `config` names; every one that fails is named in the error.
-pub(crate) fn load(config: &Config) -> Result<Loaded, ConfigError> {
+/// Loads what `config` names; every one that fails is named in the error.
+pub fn load(config: &Config) -> Result<Loaded, ConfigError> {
     let mut problems = Vec::new();
+    let mut config = config.clone();
     let certs = config.server.tls.as_ref().and_then(|(cert, key)| {
         Certs::load(cert, key).map_err(|e| problems.push(format!("server.tls: {}", cause(e)))).ok()
     });
@@ -42,22 +49,57 @@ pub(crate) fn load(config: &Config) -> Result<Loaded, ConfigError> {
             .map_err(|e| problems.push(format!("auth: {}", cause(e))))
             .ok()
     });
-    for (i, r) in config.registries.iter().enumerate() {
-        if let Some(ca) = &r.ca_file {
-            if let Err(e) = extra_roots(ca) {
-                problems.push(format!("registry[{i}] ({}): ca_file {}", r.host, cause(e)));
-            }
+    if let Some(token) = &mut config.server.admin_token {
+        read_secret("server.admin_token", token, str::trim, &mut problems);
+    }
+    for (i, r) in config.registries.iter_mut().enumerate() {
+        let at = format!("registry[{i}] ({})", r.host);
+        if let Some(ca) = &mut r.ca_file {
+            read_roots(&format!("{at}: ca_file"), ca, &mut problems);
+        }
+        if let Some(password) = &mut r.password {
+            // A password file's last line break is not the password's; a variable is as set.
+            let trim: fn(&str) -> &str = match password {
+                SecretSource::File(_) => line_break_trimmed,
+                _ => as_set,
+            };
+            read_secret(&format!("{at}: password"), password, trim, &mut problems);
         }
     }
-    if let Some(ca) = config.peers.as_ref().and_then(|p| p.ca_file.as_ref()) {
-        if let Err(e) = extra_roots(ca) {
-            problems.push(format!("peers.ca_file {}", cause(e)));
+    if let Some(peers) = &mut config.peers {
+        if let Some(ca) = &mut peers.ca_file {
+            read_roots("peers.ca_file", ca, &mut problems);
         }
+        read_secret("peers.token", &mut peers.token, str::trim, &mut problems);
     }
     if problems.is_empty() {
-        Ok(Loaded { certs, auth })
+        Ok(Loaded { config, certs, auth })
     } else {
         Err(ConfigError(problems))
+    }
+}
+
+fn line_break_trimmed(s: &str) -> &str {
+    s.trim_end_matches(['\r', '\n'])
+}
+
+fn as_set(s: &str) -> &str {
+    s
+}
+
+/// Reads `secret` in place (the value replaces where it came from), or names why not.
+fn read_secret(key: &str, secret: &mut SecretSource, trim: fn(&str) -> &str, problems: &mut Vec<String>) {
+    match secret.read(trim) {
+        Ok(value) => *secret = SecretSource::Value(value),
+        Err(why) => problems.push(format!("{key}: {why}")),
+    }
+}
+
+/// Reads the roots of `ca` in place, or names why not.
+fn read_roots(key: &str, ca: &mut CaFile, problems: &mut Vec<String>) {
+    match extra_roots(&ca.path) {
+        Ok(roots) => ca.roots = Some(Arc::new(roots)),
+        Err(e) => problems.push(format!("{key} {}", cause(e))),
     }
 }
 
@@ -104,8 +146,50 @@ mod tests {
         let ca = dir.path().join("ca.pem");
         let root = rcgen::generate_simple_self_signed(vec!["berth-peer".into()]).unwrap();
         std::fs::write(&ca, root.cert.pem()).unwrap();
-        let (config, _) = parse(&with_ca_file(&ca)).ok().unwrap();
-        let peers = config.peers.unwrap();
+        let loaded = parse(&with_ca_file(&ca)).ok().unwrap();
+        // Read once, by the check: the client builds from the roots in memory.
+        std::fs::remove_file(&ca).unwrap();
+        let peers = loaded.config.peers.unwrap();
         assert!(crate::source::peers::Peers::new(&peers).is_ok());
+        // A configuration the check did not load builds no client with its ca_file.
+        let unloaded = crate::config::Config::parse(&with_ca_file(&ca)).unwrap().peers.unwrap();
+        let err = crate::source::peers::Peers::new(&unloaded).err().unwrap().to_string();
+        assert!(err.contains("used before check::load read it"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_read_by_the_check_not_by_the_config_pass() {
+        let text = format!(
+            "[server]\nadmin_listen = \"0.0.0.0:5001\"\nadmin_token_env = \"BERTH_TEST_CHECK_ADMIN\"\n{BASE}"
+        );
+        std::env::remove_var("BERTH_TEST_CHECK_ADMIN");
+        let parsed = Config::parse(&text).unwrap();
+        assert_eq!(parsed.server.admin_token, Some(SecretSource::Env("BERTH_TEST_CHECK_ADMIN".into())));
+        let err = load(&parsed).err().unwrap().to_string();
+        assert!(err.contains("server.admin_token: variable BERTH_TEST_CHECK_ADMIN is not set"), "{err}");
+        std::env::set_var("BERTH_TEST_CHECK_ADMIN", "  t0k\n");
+        let loaded = load(&parsed).ok().unwrap();
+        assert_eq!(loaded.config.server.admin_token.as_ref().unwrap().loaded().expose(), "t0k");
+        std::env::set_var("BERTH_TEST_CHECK_ADMIN", " \n");
+        let err = load(&parsed).err().unwrap().to_string();
+        assert!(err.contains("server.admin_token: it is empty"), "{err}");
+    }
+
+    #[test]
+    fn a_registry_password_is_read_by_the_check_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "hunter2 \n").unwrap();
+        let text = format!(
+            "[[registry]]\nhost = \"docker.io\"\nendpoint = \"https://registry-1.docker.io\"\nusername = \"bob\"\npassword_file = {:?}\n",
+            file.display().to_string()
+        );
+        let loaded = parse(&text).ok().unwrap();
+        let password = loaded.config.registries[0].password.as_ref().unwrap().loaded();
+        assert_eq!(password.expose(), "hunter2 ", "a password file loses only its line break");
+        assert!(!format!("{:?}", loaded.config).contains("hunter2"));
+        std::fs::remove_file(&file).unwrap();
+        let err = parse(&text).err().unwrap().to_string();
+        assert!(err.contains("registry[0] (docker.io): password: file"), "{err}");
     }
 }

@@ -60,12 +60,13 @@ impl Server {
     /// (port 0 picks a free port).
     pub async fn start(config: &Config) -> Result<Server, Error> {
         let loaded = check::load(config).map_err(Error::internal)?;
-        Self::start_loaded(config, loaded).await
+        Self::start_loaded(loaded).await
     }
 
-    /// Opens the store and binds both listeners, with the files `check::load` read.
-    pub async fn start_loaded(config: &Config, loaded: check::Loaded) -> Result<Server, Error> {
-        let check::Loaded { certs, auth } = loaded;
+    /// Opens the store and binds both listeners, from what `check::load` loaded.
+    pub async fn start_loaded(loaded: check::Loaded) -> Result<Server, Error> {
+        let check::Loaded { config, certs, auth } = loaded;
+        let config = &config;
         api::metrics::install();
         let store = Store::open(&config.storage)?;
         store.spawn_flusher(Duration::from_secs(30));
@@ -102,7 +103,7 @@ impl Server {
                     admin,
                     api::admin::router(
                         api::admin::Admin { mirror: mirror.clone(), preheater },
-                        config.server.admin_token.clone(),
+                        config.server.admin_token.as_ref().map(|t| t.loaded().clone()),
                     ),
                 )
                 .with_graceful_shutdown(stop(rx))

@@ -134,7 +134,8 @@ fn main() -> ExitCode {
 
 fn check_config(path: PathBuf) -> ExitCode {
     match berth::check::load_file(&path) {
-        Ok((c, _)) => {
+        Ok(loaded) => {
+            let c = loaded.config();
             println!("{}: ok", path.display());
             println!("  registry API on {}, admin on {}", c.server.listen, c.server.admin_listen);
             println!(
@@ -169,7 +170,7 @@ fn check_config(path: PathBuf) -> ExitCode {
 }
 
 fn serve(path: PathBuf) -> ExitCode {
-    let (config, loaded) = match berth::check::load_file(&path) {
+    let loaded = match berth::check::load_file(&path) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("berth: {}: {e}", path.display());
@@ -178,7 +179,7 @@ fn serve(path: PathBuf) -> ExitCode {
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {
-        let server = berth::Server::start_loaded(&config, loaded).await?;
+        let server = berth::Server::start_loaded(loaded).await?;
         let reloads = async {
             use tokio::signal::unix::{signal, SignalKind};
             let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");

@@ -24,3 +24,50 @@ impl std::fmt::Debug for Secret {
         f.write_str("<redacted>")
     }
 }
+
+/// Where a secret comes from. mirror.toml names a file (`<key>_file`) or an environment
+/// variable (`<key>_env`); `check::load` reads it, once, and the configuration a server starts
+/// with holds only `Value`s (the config pass reads nothing).
+#[derive(Clone, Debug, PartialEq)]
+pub enum SecretSource {
+    /// The secret itself: what `check::load` leaves, or what code gives.
+    Value(Secret),
+    File(std::path::PathBuf),
+    Env(String),
+}
+
+impl From<Secret> for SecretSource {
+    fn from(s: Secret) -> Self {
+        SecretSource::Value(s)
+    }
+}
+
+impl SecretSource {
+    /// Reads the secret: a file's contents or a variable's value, through `trim`, and not
+    /// empty once trimmed. The error names the file or the variable, never the value.
+    pub(crate) fn read(&self, trim: fn(&str) -> &str) -> Result<Secret, String> {
+        let value = match self {
+            SecretSource::Value(s) => return Ok(s.clone()),
+            SecretSource::File(f) => {
+                std::fs::read_to_string(f).map_err(|e| format!("file {}: {e}", f.display()))?
+            }
+            SecretSource::Env(var) => std::env::var(var).map_err(|_| format!("variable {var} is not set"))?,
+        };
+        match trim(&value) {
+            "" => Err(match self {
+                SecretSource::File(f) => format!("file {} is empty", f.display()),
+                _ => "it is empty".to_owned(),
+            }),
+            v => Ok(Secret::new(v)),
+        }
+    }
+
+    /// The secret `check::load` read. A server starts only from a loaded configuration, so
+    /// anything else is a bug, not a missing secret: it never starts without it.
+    pub(crate) fn loaded(&self) -> &Secret {
+        match self {
+            SecretSource::Value(s) => s,
+            _ => panic!("a secret used before check::load read it"),
+        }
+    }
+}

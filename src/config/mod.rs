@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-pub use crate::secret::Secret;
+pub use crate::secret::{Secret, SecretSource};
 pub use peers::Peers;
 
 mod peers;
@@ -59,7 +59,7 @@ pub struct Server {
     pub default_registry: String,
     /// Bearer token the admin API requires (everything but `/healthz`); mandatory when
     /// `admin_listen` is not a loopback address.
-    pub admin_token: Option<Secret>,
+    pub admin_token: Option<SecretSource>,
     /// How long in-flight responses may finish after SIGTERM.
     pub shutdown_grace: Duration,
     /// TLS on the registry listener: certificate chain and key, PEM files (reloaded on SIGHUP).
@@ -239,6 +239,22 @@ impl Config {
     }
 }
 
+/// A PEM bundle of extra TLS roots (`ca_file`): the path mirror.toml names, and the roots
+/// `check::load` read from it (DER, each a usable trust anchor), which every client built for
+/// it adds. TLS is always verified; these are trusted besides the system's roots.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaFile {
+    pub path: PathBuf,
+    pub(crate) roots: Option<std::sync::Arc<Vec<Vec<u8>>>>,
+}
+
+impl CaFile {
+    /// The bundle at `path`, not read yet.
+    pub fn new(path: PathBuf) -> CaFile {
+        CaFile { path, roots: None }
+    }
+}
+
 fn placeholder_url() -> Url {
     Url::parse("http://invalid.invalid").expect("static URL")
 }
@@ -246,29 +262,17 @@ fn placeholder_url() -> Url {
 struct Checker<'a>(&'a mut Vec<String>);
 
 impl Checker<'_> {
-    /// A token from `<key>_file` or `<key>_env` (at most one), trimmed and not empty.
-    fn secret(&mut self, key: &str, file: Option<&Path>, env: Option<&str>) -> Option<Secret> {
-        let value = match (file, env) {
+    /// Where a secret comes from: `<key>_file` or `<key>_env`, at most one. Nothing is read
+    /// here (`check::load` reads it).
+    fn secret(&mut self, key: &str, file: Option<&Path>, env: Option<&str>) -> Option<SecretSource> {
+        match (file, env) {
             (Some(_), Some(_)) => {
                 self.0.push(format!("{key}: set {key}_file or {key}_env, not both"));
-                return None;
-            }
-            (Some(f), None) => {
-                std::fs::read_to_string(f).map_err(|e| format!("{key}_file {}: {e}", f.display()))
-            }
-            (None, Some(var)) => std::env::var(var).map_err(|_| format!("{key}_env {var} is not set")),
-            (None, None) => return None,
-        };
-        match value {
-            Ok(s) if !s.trim().is_empty() => Some(Secret::new(s.trim())),
-            Ok(_) => {
-                self.0.push(format!("{key} is empty"));
                 None
             }
-            Err(e) => {
-                self.0.push(e);
-                None
-            }
+            (Some(f), None) => Some(SecretSource::File(f.to_owned())),
+            (None, Some(var)) => Some(SecretSource::Env(var.to_owned())),
+            (None, None) => None,
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use super::{Checker, Secret};
+use super::{CaFile, Checker, SecretSource};
 
 #[derive(Debug, Clone)]
 pub struct Peers {
@@ -28,10 +28,10 @@ pub struct Peers {
     pub backoff: Duration,
     /// Shared secret every peer request carries (required): a request is a peer's only when
     /// it presents this token, and only a peer's request may use the peer API or skip `[auth]`.
-    pub token: Secret,
+    pub token: SecretSource,
     /// A PEM bundle of roots trusted for peers besides the system's; peer TLS is always
     /// verified.
-    pub ca_file: Option<PathBuf>,
+    pub ca_file: Option<CaFile>,
 }
 
 #[derive(Deserialize, Default)]
@@ -90,7 +90,7 @@ pub(super) fn validate(raw: Option<RawPeers>, p: &mut Checker) -> Option<Peers> 
     let read_timeout = p.duration("peers.read_timeout", raw.read_timeout, "10s");
     let backoff = p.duration("peers.backoff", raw.backoff, "30s");
     let token = p.secret("peers.token", raw.token_file.as_deref(), raw.token_env.as_deref());
-    if token.is_none() && raw.token_file.is_none() && raw.token_env.is_none() {
+    if raw.token_file.is_none() && raw.token_env.is_none() {
         p.0.push("peers: set token_file or token_env: peers prove who they are with a shared token".into());
     }
     Some(Peers {
@@ -102,7 +102,7 @@ pub(super) fn validate(raw: Option<RawPeers>, p: &mut Checker) -> Option<Peers> 
         read_timeout,
         backoff,
         token: token?,
-        ca_file: raw.ca_file,
+        ca_file: raw.ca_file.map(CaFile::new),
     })
 }
 
@@ -159,7 +159,7 @@ mod tests {
         assert_eq!(peers.self_url.as_str(), "http://10.0.0.1:5000/");
         assert_eq!(peers.static_peers.len(), 2);
         assert_eq!(peers.timeout, std::time::Duration::from_millis(200));
-        assert_eq!(peers.token.expose(), "s3cret");
+        assert_eq!(peers.token, crate::secret::SecretSource::Env("BERTH_TEST_PEER_TOKEN".into()));
         assert!(Config::parse(BASE).unwrap().peers.is_none());
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use super::{placeholder_url, Checker, Secret};
+use super::{placeholder_url, CaFile, Checker, SecretSource};
 
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -17,8 +17,8 @@ pub struct Registry {
     pub host: String,
     pub endpoint: Url,
     pub(crate) username: Option<String>,
-    pub(crate) password: Option<Secret>,
-    pub ca_file: Option<PathBuf>,
+    pub(crate) password: Option<SecretSource>,
+    pub ca_file: Option<CaFile>,
     pub(crate) connect_timeout: Duration,
     pub read_timeout: Duration,
     /// Connect only to public addresses (the wildcard entry and the hosts it mirrors).
@@ -93,27 +93,8 @@ pub(super) fn validate(raw: Vec<RawRegistry>, p: &mut Checker) -> (Vec<Registry>
                 placeholder_url()
             }
         };
-        let password = match (&r.password_file, &r.password_env) {
-            (Some(_), Some(_)) => {
-                p.0.push(format!("{at}: set password_file or password_env, not both"));
-                None
-            }
-            (Some(f), None) => match std::fs::read_to_string(f) {
-                Ok(s) => Some(Secret::new(s.trim_end_matches(['\r', '\n']))),
-                Err(e) => {
-                    p.0.push(format!("{at}: password_file {}: {e}", f.display()));
-                    None
-                }
-            },
-            (None, Some(var)) => match std::env::var(var) {
-                Ok(s) => Some(Secret::new(s)),
-                Err(_) => {
-                    p.0.push(format!("{at}: password_env {var} is not set"));
-                    None
-                }
-            },
-            (None, None) => None,
-        };
+        let password =
+            p.secret(&format!("{at}.password"), r.password_file.as_deref(), r.password_env.as_deref());
         if password.is_some() != r.username.is_some() {
             p.0.push(format!("{at}: username and a password go together"));
         }
@@ -130,7 +111,7 @@ pub(super) fn validate(raw: Vec<RawRegistry>, p: &mut Checker) -> (Vec<Registry>
             endpoint,
             username: r.username,
             password,
-            ca_file: r.ca_file,
+            ca_file: r.ca_file.map(CaFile::new),
             public_only: wildcard,
             public_exempt: Vec::new(),
         });

@@ -137,22 +137,5 @@ fn a_non_loopback_admin_listener_needs_a_token() {
         "[server]\nadmin_listen = \"0.0.0.0:5001\"\nadmin_token_env = \"BERTH_TEST_ADMIN_TOKEN\"\n{base}"
     ))
     .unwrap();
-    assert_eq!(c.server.admin_token.unwrap().expose(), "t0k");
-}
-
-#[test]
-fn secrets_do_not_print() {
-    std::env::set_var("BERTH_TEST_PASSWORD", "hunter2");
-    let c = Config::parse(
-        r#"
-        [[registry]]
-        host = "docker.io"
-        endpoint = "https://registry-1.docker.io"
-        username = "bob"
-        password_env = "BERTH_TEST_PASSWORD"
-        "#,
-    )
-    .unwrap();
-    assert_eq!(c.registries[0].password.as_ref().unwrap().expose(), "hunter2");
-    assert!(!format!("{c:?}").contains("hunter2"));
+    assert_eq!(c.server.admin_token, Some(SecretSource::Env("BERTH_TEST_ADMIN_TOKEN".into())));
 }

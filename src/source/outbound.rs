@@ -13,12 +13,12 @@ use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::rustls::RootCertStore;
 
 use super::public::{ConnectGuard, Guard, PublicOnly};
-use crate::config::Registry;
+use crate::config::{CaFile, Registry};
 use crate::error::{BoxError, Error};
 
 /// The client for `cfg`'s upstream, and its guard when the registry is public-only.
 pub(crate) fn client_for(cfg: &Registry) -> Result<(reqwest::Client, Option<Arc<Guard>>), Error> {
-    let mut builder = base(cfg.connect_timeout, cfg.read_timeout, cfg.ca_file.as_deref())?;
+    let mut builder = base(cfg.connect_timeout, cfg.read_timeout, cfg.ca_file.as_ref())?;
     let guard = cfg.public_only.then(|| Arc::new(Guard { exempt: cfg.public_exempt.clone() }));
     if let Some(guard) = &guard {
         builder = builder
@@ -32,31 +32,36 @@ pub(crate) fn client_for(cfg: &Registry) -> Result<(reqwest::Client, Option<Arc<
 /// The client peer requests go out with: the peers' timeouts, the system roots plus
 /// `peers.ca_file`, no redirects. Peers are private addresses by nature: no address guard.
 pub(crate) fn peer_client(cfg: &crate::config::Peers) -> Result<reqwest::Client, Error> {
-    base(cfg.timeout, cfg.read_timeout, cfg.ca_file.as_deref())?.build().map_err(Error::internal)
+    base(cfg.timeout, cfg.read_timeout, cfg.ca_file.as_ref())?.build().map_err(Error::internal)
 }
 
 /// What every outbound client has: no redirects followed by the client, the timeouts, and
-/// the system roots plus `ca_file`.
+/// the system roots plus the roots `check::load` read from `ca_file` (no file is read here).
 fn base(
     connect: std::time::Duration,
     read: std::time::Duration,
-    ca_file: Option<&Path>,
+    ca_file: Option<&CaFile>,
 ) -> Result<reqwest::ClientBuilder, Error> {
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(connect)
         .read_timeout(read)
         .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
-    for root in ca_file.map(extra_roots).transpose()?.unwrap_or_default() {
-        builder = builder.add_root_certificate(root);
+    if let Some(ca) = ca_file {
+        let not_loaded = || Error::fault(ca.path.display().to_string(), "used before check::load read it");
+        for der in ca.roots.as_ref().ok_or_else(not_loaded)?.iter() {
+            let root = reqwest::Certificate::from_der(der)
+                .map_err(|e| Error::fault(ca.path.display().to_string(), e))?;
+            builder = builder.add_root_certificate(root);
+        }
     }
     Ok(builder)
 }
 
-/// The certificates of a PEM bundle of extra roots (a `ca_file`): at least one, each parsed
-/// as a trust anchor, so that a bundle that would fail the client fails validation first.
-/// The error names the file.
-pub(crate) fn extra_roots(ca_file: &Path) -> Result<Vec<reqwest::Certificate>, Error> {
+/// Reads the certificates of a PEM bundle of extra roots (a `ca_file`), as DER: at least one,
+/// each parsed as a trust anchor and as a client root, so that a bundle that would fail the
+/// client fails the check first. The error names the file.
+pub(crate) fn extra_roots(ca_file: &Path) -> Result<Vec<Vec<u8>>, Error> {
     let bad = |e: BoxError| Error::fault(ca_file.display().to_string(), e);
     let ders: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
         .map_err(|e| bad(e.into()))?
@@ -70,7 +75,8 @@ pub(crate) fn extra_roots(ca_file: &Path) -> Result<Vec<reqwest::Certificate>, E
     ders.iter()
         .map(|der| {
             RootCertStore::empty().add(der.clone()).map_err(unusable)?;
-            reqwest::Certificate::from_der(der).map_err(|e| bad(e.into()))
+            reqwest::Certificate::from_der(der).map_err(|e| bad(e.into()))?;
+            Ok(der.to_vec())
         })
         .collect()
 }

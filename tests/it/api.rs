@@ -112,7 +112,7 @@ async fn the_admin_api_requires_its_token_when_one_is_set() {
     let hub = Fake::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), &[("docker.io", &hub.url())], "");
-    cfg.server.admin_token = Some(berth::config::Secret::new("s3cret-admin"));
+    cfg.server.admin_token = Some(berth::config::Secret::new("s3cret-admin").into());
     let berth = berth::Server::start(&cfg).await.unwrap();
     let client = reqwest::Client::new();
     let url = |p: &str| format!("http://{}{p}", berth.admin_addr);

@@ -26,7 +26,7 @@ async fn guarded(extra_peer_token: bool) -> (Harness, tempfile::TempDir) {
                 timeout: std::time::Duration::from_millis(200),
                 read_timeout: std::time::Duration::from_secs(2),
                 backoff: std::time::Duration::from_secs(30),
-                token: berth::config::Secret::new("peer-secret"),
+                token: berth::config::Secret::new("peer-secret").into(),
                 ca_file: None,
             });
         }

@@ -31,11 +31,11 @@ fn the_kubernetes_kit_hangs_together() {
     // The configuration is one berth accepts, with the env the DaemonSet provides.
     std::env::set_var("POD_IP", "10.1.2.3");
     std::env::set_var("BERTH_PEER_TOKEN", "t0ken");
-    let config =
-        berth::config::Config::parse(str_of(&cm["data"]["mirror.toml"])).unwrap_or_else(|e| panic!("{e}"));
-    let peers = config.peers.expect("[peers] in the ConfigMap");
+    let loaded = berth::check::parse(str_of(&cm["data"]["mirror.toml"])).unwrap_or_else(|e| panic!("{e}"));
+    let config = loaded.config();
+    let peers = config.peers.as_ref().expect("[peers] in the ConfigMap");
     assert_eq!(peers.self_url.as_str(), format!("http://10.1.2.3:{}/", config.server.listen.port()));
-    assert!(!peers.token.expose().is_empty());
+    assert_eq!(peers.token, berth::config::Secret::new("t0ken").into());
     assert!(config.server.admin_listen.ip().is_loopback(), "admin stays on the node");
 
     // Peers are found through the headless Service's DNS name, on the registry port.

@@ -24,7 +24,7 @@ fn peers_with_token(token: &str) -> berth::config::Peers {
         timeout: Duration::from_millis(200),
         read_timeout: Duration::from_secs(2),
         backoff: Duration::from_secs(30),
-        token: berth::config::Secret::new(token),
+        token: berth::config::Secret::new(token).into(),
         ca_file: None,
     }
 }

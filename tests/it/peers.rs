@@ -49,7 +49,7 @@ fn peers_config(me: &str, peers: &[String], token: Option<&str>) -> berth::confi
         read_timeout: Duration::from_secs(2),
         backoff: Duration::from_secs(60),
         // Every cluster has a token ([peers] requires one); `None` means the default one.
-        token: berth::config::Secret::new(token.unwrap_or("cluster-token")),
+        token: berth::config::Secret::new(token.unwrap_or("cluster-token")).into(),
         ca_file: None,
     }
 }

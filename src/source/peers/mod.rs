@@ -83,7 +83,7 @@ impl Peers {
             scheme: cfg.self_url.scheme().to_owned(),
             health: Mutex::new(HashMap::new()),
             backoff: cfg.backoff,
-            token: cfg.token.clone(),
+            token: cfg.token.loaded().clone(),
             client,
             forwarded: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),

@@ -77,7 +77,7 @@ impl Upstream {
     /// public addresses; see `outbound`.
     pub(crate) fn new(cfg: &Registry, turns: FillTurns) -> Result<Upstream, Error> {
         let (client, guard) = super::outbound::client_for(cfg)?;
-        let creds = cfg.username.clone().zip(cfg.password.clone());
+        let creds = cfg.username.clone().zip(cfg.password.as_ref().map(|p| p.loaded().clone()));
         Ok(Upstream {
             host: cfg.host.clone(),
             // The wildcard's hosts come from clients: one metric series for all of them.
