@@ -172,7 +172,7 @@ mod tests {
         assert_eq!(loaded.config.server.admin_token.as_ref().unwrap().loaded().expose(), "t0k");
         std::env::set_var("BERTH_TEST_CHECK_ADMIN", " \n");
         let err = load(&parsed).err().unwrap().to_string();
-        assert!(err.contains("server.admin_token: it is empty"), "{err}");
+        assert!(err.contains("server.admin_token: variable BERTH_TEST_CHECK_ADMIN is empty"), "{err}");
     }
 
     #[test]

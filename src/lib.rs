@@ -1,15 +1,15 @@
 //! berth: a container registry mirror.
 //!
 //! Data flows top to bottom through these modules:
-//! - [`api`]: HTTP: the read-only distribution API and the admin listener; request log.
-//! - [`preheat`]: admin jobs that resolve images and warm the tiers through the pull path.
-//! - [`registry`]: registry semantics: routes to manifests (tag cache, revalidation) and blobs.
-//! - [`store`]: the tiers: memory (moka) in front of disk, metadata (redb), and the one
+//! - `api`: HTTP: the read-only distribution API and the admin listener; request log.
+//! - `preheat`: admin jobs that resolve images and warm the tiers through the pull path.
+//! - `registry`: registry semantics: routes to manifests (tag cache, revalidation) and blobs.
+//! - `store`: the tiers: memory (moka) in front of disk, metadata (redb), and the one
 //!   verified fill per digest that feeds both.
-//! - [`source`]: where misses come from: the owning peer mirror, else the upstream registry
+//! - `source`: where misses come from: the owning peer mirror, else the upstream registry
 //!   (auth, redirects, status mapping).
 //!
-//! Shared vocabulary, below all of them: [`config`], [`error`], [`oci`], [`secret`]. Loading what
+//! Shared vocabulary, below all of them: [`config`], `error`, [`oci`], `secret`. Loading what
 //! a config names: [`check`]. Client commands: [`cli`]. `tests/it/architecture.rs` holds the direction.
 
 #![cfg_attr(feature = "test-util", warn(unreachable_pub))]

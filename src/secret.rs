@@ -27,7 +27,7 @@ impl std::fmt::Debug for Secret {
 
 /// Where a secret comes from. mirror.toml names a file (`<key>_file`) or an environment
 /// variable (`<key>_env`); `check::load` reads it, once, and the configuration a server starts
-/// with holds only `Value`s (the config pass reads nothing).
+/// with holds only `Value`s, none empty (the config pass reads no secret).
 #[derive(Clone, Debug, PartialEq)]
 pub enum SecretSource {
     /// The secret itself: what `check::load` leaves, or what code gives.
@@ -47,7 +47,7 @@ impl SecretSource {
     /// empty once trimmed. The error names the file or the variable, never the value.
     pub(crate) fn read(&self, trim: fn(&str) -> &str) -> Result<Secret, String> {
         let value = match self {
-            SecretSource::Value(s) => return Ok(s.clone()),
+            SecretSource::Value(s) => s.expose().to_owned(),
             SecretSource::File(f) => {
                 std::fs::read_to_string(f).map_err(|e| format!("file {}: {e}", f.display()))?
             }
@@ -56,7 +56,8 @@ impl SecretSource {
         match trim(&value) {
             "" => Err(match self {
                 SecretSource::File(f) => format!("file {} is empty", f.display()),
-                _ => "it is empty".to_owned(),
+                SecretSource::Env(var) => format!("variable {var} is empty"),
+                SecretSource::Value(_) => "the value given is empty".to_owned(),
             }),
             v => Ok(Secret::new(v)),
         }

@@ -262,12 +262,19 @@ fn placeholder_url() -> Url {
 struct Checker<'a>(&'a mut Vec<String>);
 
 impl Checker<'_> {
-    /// Where a secret comes from: `<key>_file` or `<key>_env`, at most one. Nothing is read
+    /// Where the secret `key` of the table `at` comes from: `<key>_file` or `<key>_env`, at
+    /// most one. Nothing is read
     /// here (`check::load` reads it).
-    fn secret(&mut self, key: &str, file: Option<&Path>, env: Option<&str>) -> Option<SecretSource> {
+    fn secret(
+        &mut self,
+        at: &str,
+        key: &str,
+        file: Option<&Path>,
+        env: Option<&str>,
+    ) -> Option<SecretSource> {
         match (file, env) {
             (Some(_), Some(_)) => {
-                self.0.push(format!("{key}: set {key}_file or {key}_env, not both"));
+                self.0.push(format!("{at}: set {key}_file or {key}_env, not both"));
                 None
             }
             (Some(f), None) => Some(SecretSource::File(f.to_owned())),

@@ -89,7 +89,7 @@ pub(super) fn validate(raw: Option<RawPeers>, p: &mut Checker) -> Option<Peers> 
     let timeout = p.duration("peers.timeout", raw.timeout, "200ms");
     let read_timeout = p.duration("peers.read_timeout", raw.read_timeout, "10s");
     let backoff = p.duration("peers.backoff", raw.backoff, "30s");
-    let token = p.secret("peers.token", raw.token_file.as_deref(), raw.token_env.as_deref());
+    let token = p.secret("peers", "token", raw.token_file.as_deref(), raw.token_env.as_deref());
     if raw.token_file.is_none() && raw.token_env.is_none() {
         p.0.push("peers: set token_file or token_env: peers prove who they are with a shared token".into());
     }
@@ -144,13 +144,8 @@ mod tests {
     /// A peer token every `[peers]` table here takes from the environment.
     const TOKEN: &str = "token_env = \"BERTH_TEST_PEER_TOKEN\"\n";
 
-    fn with_token() {
-        std::env::set_var("BERTH_TEST_PEER_TOKEN", "s3cret");
-    }
-
     #[test]
     fn peers_parse_with_defaults() {
-        with_token();
         let c = Config::parse(&format!(
             "[peers]\nself = \"http://10.0.0.1:5000\"\nstatic = [\"http://10.0.0.1:5000\", \"http://10.0.0.2:5000\"]\n{TOKEN}{BASE}"
         ))
@@ -166,7 +161,6 @@ mod tests {
     #[test]
     fn self_may_name_an_environment_variable() {
         std::env::set_var("BERTH_TEST_POD_IP", "10.1.2.3");
-        with_token();
         let c = Config::parse(&format!(
             "[peers]\nself = \"http://${{BERTH_TEST_POD_IP}}:5000\"\ndns = \"berth-peers:5000\"\n{TOKEN}{BASE}"
         ))

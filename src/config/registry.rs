@@ -93,8 +93,7 @@ pub(super) fn validate(raw: Vec<RawRegistry>, p: &mut Checker) -> (Vec<Registry>
                 placeholder_url()
             }
         };
-        let password =
-            p.secret(&format!("{at}.password"), r.password_file.as_deref(), r.password_env.as_deref());
+        let password = p.secret(&at, "password", r.password_file.as_deref(), r.password_env.as_deref());
         if password.is_some() != r.username.is_some() {
             p.0.push(format!("{at}: username and a password go together"));
         }

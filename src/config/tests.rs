@@ -132,7 +132,6 @@ fn a_non_loopback_admin_listener_needs_a_token() {
     let base = "[[registry]]\nhost = \"docker.io\"\nendpoint = \"https://registry-1.docker.io\"\n";
     let err = Config::parse(&format!("[server]\nadmin_listen = \"0.0.0.0:5001\"\n{base}")).unwrap_err();
     assert!(err.to_string().contains("admin_token"), "{err}");
-    std::env::set_var("BERTH_TEST_ADMIN_TOKEN", "t0k");
     let c = Config::parse(&format!(
         "[server]\nadmin_listen = \"0.0.0.0:5001\"\nadmin_token_env = \"BERTH_TEST_ADMIN_TOKEN\"\n{base}"
     ))

@@ -32,7 +32,7 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
 
 fn server(raw: RawServer, p: &mut Checker<'_>) -> Server {
     let admin_token =
-        p.secret("server.admin_token", raw.admin_token_file.as_deref(), raw.admin_token_env.as_deref());
+        p.secret("server", "admin_token", raw.admin_token_file.as_deref(), raw.admin_token_env.as_deref());
     let server = Server {
         listen: p.addr("server.listen", raw.listen, "0.0.0.0:5000"),
         admin_listen: p.addr("server.admin_listen", raw.admin_listen, "127.0.0.1:5001"),

@@ -117,6 +117,7 @@ async fn ask(peers: &Peers, peer: &str, request: &PreheatRequest) -> Result<Stri
         }
     }
     let why = serde_json::from_slice::<ErrorBody>(&body).map_or_else(|_| "?".to_owned(), |b| b.error);
+    let why = why.chars().take(200).collect();
     Err(PeerError::Refused { status, why })
 }
 

@@ -41,6 +41,8 @@ impl Mirror {
         if !self.provenance.knows(&upstream.host, digest).await && self.store.holds(digest).await {
             self.confirm_blob(upstream, repo, digest).await?;
         }
+        // In use from before the look-up: GC leaves a blob alone while its first hit hashes it.
+        let reading = self.store.reading(digest);
         if let Some(hit) = self.store.get(digest).await {
             self.confirm_blob(upstream, repo, digest).await?;
             let len = hit.bytes.len() as u64;
@@ -48,10 +50,11 @@ impl Mirror {
             let (start, end) = span.unwrap_or((0, len));
             let body = (want == Want::Content).then(|| {
                 let slice = hit.bytes.slice(start as usize..end as usize);
-                body::guarded(body::chunked(slice), self.store.reading(digest))
+                body::guarded(body::chunked(slice), reading)
             });
             return Ok(BlobAnswer { len, range: span, body, served_by: hit.served_by });
         }
+        drop(reading);
 
         if want == Want::Head {
             // A HEAD does not start a fill: answer from a fill in flight, else ask upstream.

@@ -237,8 +237,9 @@ fn build(
 ) -> Result<Inventory, Error> {
     let mut inv = Inventory::default();
     let mut children: HashMap<Digest, Vec<Digest>> = HashMap::new();
-    for Stored { digest, size, last_access, manifest } in store.contents_blocking()? {
-        if let Some(refs) = manifest.and_then(|bytes| serde_json::from_slice::<Refs>(&bytes).ok()) {
+    let references = |bytes: &[u8]| serde_json::from_slice::<Refs>(bytes).ok();
+    for Stored { digest, size, last_access, manifest } in store.contents_blocking(references)? {
+        if let Some(refs) = manifest.flatten() {
             let list = refs
                 .manifests
                 .into_iter()

@@ -1,4 +1,5 @@
-//! The pins: images GC never evicts. One service that the admin API, preheat and GC share:
+//! The pins: images GC never evicts. One service that the admin API, preheat, GC and the tag
+//! cache (which never drops a pinned tag) share:
 //! the `[[pin]]` references of mirror.toml, and the pins recorded at runtime (admin API,
 //! preheat with `pin`), kept in the metadata store with the digest they resolved to.
 

@@ -31,13 +31,13 @@ pub(crate) struct Held {
 }
 
 /// A blob on disk as the collector sees it.
-pub(crate) struct Stored {
+pub(crate) struct Stored<T> {
     pub(crate) digest: Digest,
     pub(crate) size: u64,
     /// Seconds since the epoch; 0 when no access was recorded.
     pub(crate) last_access: u64,
-    /// The content of a blob stored as a manifest (mapped, no copy), to read what it references.
-    pub(crate) manifest: Option<Bytes>,
+    /// What the collector read of a blob stored as a manifest (what it references).
+    pub(crate) manifest: Option<T>,
 }
 
 /// Why a blob was not copied into memory.
@@ -84,20 +84,27 @@ impl Store {
     }
 
     /// On a blocking thread: every blob on disk with its size, last access and, for a
-    /// manifest, its content.
-    pub(crate) fn contents_blocking(&self) -> Result<Vec<Stored>, Error> {
+    /// manifest, what `read` makes of its content (each mapping dropped before the next is
+    /// made). A manifest that cannot be read fails the whole listing: a collector that missed
+    /// its references could evict what it keeps.
+    pub(crate) fn contents_blocking<T>(&self, read: impl Fn(&[u8]) -> T) -> Result<Vec<Stored<T>>, Error> {
         let on_disk = self.disk.scan().map_err(Error::internal)?;
         let records = self.meta.blobs()?;
-        Ok(on_disk
-            .into_iter()
-            .map(|(digest, size)| {
-                let record = records.get(digest.as_str());
-                let manifest = record
-                    .filter(|m| m.media_type.is_some())
-                    .and_then(|_| self.disk.get_mapped(&digest).ok().flatten());
-                Stored { last_access: record.map_or(0, |m| m.last_access), digest, size, manifest }
-            })
-            .collect())
+        let mut out = Vec::with_capacity(on_disk.len());
+        for (digest, size) in on_disk {
+            let record = records.get(digest.as_str());
+            let manifest = match record.filter(|m| m.media_type.is_some()) {
+                Some(_) => {
+                    let mapped = self.disk.get_mapped(&digest);
+                    mapped
+                        .map_err(|e| Error::fault(format!("reading manifest {digest}"), e))?
+                        .map(|b| read(&b))
+                }
+                None => None,
+            };
+            out.push(Stored { last_access: record.map_or(0, |m| m.last_access), digest, size, manifest });
+        }
+        Ok(out)
     }
 
     /// On a blocking thread: deletes `digest` from disk, file first, then its record, so that
@@ -113,6 +120,8 @@ impl Store {
     }
 
     /// Copies a blob on disk into the memory tier, also above `memory_max_object`, if it fits.
+    /// The caller has just had it through `get` or a fill (preheat pulls first), so its disk
+    /// copy is checked: this copies without hashing.
     pub(crate) async fn copy_to_memory(&self, digest: &Digest, size: u64) -> Result<(), NotCopied> {
         if self.memory.contains(digest) {
             return Ok(());

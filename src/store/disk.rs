@@ -162,8 +162,9 @@ impl DiskTier {
             Err(e) => return Err(e),
         };
         fs::remove_file(&path)?;
-        self.used.fetch_sub(len, Ordering::Relaxed);
-        self.objects.fetch_sub(1, Ordering::Relaxed);
+        // Saturating: a file changed behind berth's back may be longer than what was counted.
+        less(&self.used, len);
+        less(&self.objects, 1);
         Ok(len)
     }
 
@@ -220,7 +221,7 @@ impl DiskTier {
         drop(room);
         self.used.fetch_add(len, Ordering::Relaxed);
         match replaced {
-            Some(old) => self.used.fetch_sub(old, Ordering::Relaxed),
+            Some(old) => less(&self.used, old),
             None => self.objects.fetch_add(1, Ordering::Relaxed),
         };
         File::open(dir)?.sync_all()
@@ -263,4 +264,9 @@ pub(crate) fn map(file: &File, len: u64) -> io::Result<Bytes> {
     // cached blob is meant to be read again.
     let mmap = unsafe { memmap2::MmapOptions::new().len(len as usize).map(file)? };
     Ok(Bytes::from_owner(mmap))
+}
+
+/// Takes `n` from a counter, stopping at zero.
+fn less(counter: &AtomicU64, n: u64) -> u64 {
+    counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(n))).unwrap_or(0)
 }

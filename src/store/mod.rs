@@ -201,7 +201,6 @@ impl Store {
         media_type: Option<&str>,
     ) -> Result<(), Error> {
         self.memory.insert(digest.clone(), bytes.clone()).await;
-        self.mark_checked(digest);
         let on_disk = self.disk.len(digest).ok().flatten() == Some(bytes.len() as u64);
         let mut room = self.disk.reserve();
         if !on_disk && !self.grow(&mut room, bytes.len() as u64).await {
@@ -218,7 +217,13 @@ impl Store {
             meta.record_blob(&d, bytes.len() as u64, media_type.as_deref())
         })
         .await
-        .map_err(Error::internal)?
+        .map_err(Error::internal)??;
+        // A file of the same length already there is not known to match: its first disk
+        // hit hashes it.
+        if !on_disk {
+            self.mark_checked(digest);
+        }
+        Ok(())
     }
 
     /// Periodically writes batched access times to the metadata store, for as long as the

@@ -61,24 +61,33 @@ async fn publish(
     if let Some(bytes) = memory {
         store.memory.insert(digest.clone(), bytes.freeze()).await;
     }
-    store.mark_checked(&digest);
     let (file, map) = (writer.file().0.clone(), writer.file().1.cloned());
     fill.state.send_replace(FillState::Verified { file, map, len: written });
     let keep_on_disk = room.keep_on_disk();
     writer.set_room(room.into_reservation());
-    let meta = store.meta.clone();
-    blocking(move || {
+    let (meta, d) = (store.meta.clone(), digest.clone());
+    let committed = blocking(move || {
         let outcome = if keep_on_disk { "stored" } else { "uncached" };
         metrics::counter!("berth_fills_total", "outcome" => outcome).increment(1);
         if !keep_on_disk {
-            tracing::warn!(%digest, bytes = written, "disk tier full of pinned or in-use content: served without caching");
-        } else if let Err(e) = writer.commit_blocking(&proof) {
-            // The writer, dropped uncommitted, has removed its temp file.
-            tracing::warn!(%digest, error = %e, "verified blob not stored on disk");
-        } else if let Err(e) = meta.record_blob(&digest, written, None) {
-            tracing::warn!(%digest, error = %e, "blob stored without metadata");
+            tracing::warn!(digest = %d, bytes = written, "disk tier full of pinned or in-use content: served without caching");
+            return Ok(false);
         }
-        Ok(())
+        if let Err(e) = writer.commit_blocking(&proof) {
+            // The writer, dropped uncommitted, has removed its temp file.
+            tracing::warn!(digest = %d, error = %e, "verified blob not stored on disk");
+            return Ok(false);
+        }
+        if let Err(e) = meta.record_blob(&d, written, None) {
+            tracing::warn!(digest = %d, error = %e, "blob stored without metadata");
+        }
+        Ok(true)
     })
-    .await
+    .await?;
+    // Marked once the file is in place: a reader that mapped the path before cannot take
+    // the mark for what it read (see `tier::checks`).
+    if committed {
+        store.mark_checked(&digest);
+    }
+    Ok(())
 }

@@ -283,13 +283,13 @@ async fn content_announced_beyond_the_disk_passes_through_verified_and_is_not_ke
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unchecked_damaged_file_is_not_served_by_a_fill_but_replaced() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
     let bytes = content(300_000);
     let d = Digest::of(&bytes);
-    // A file left on disk that does not match (as when a damaged file could not be deleted).
-    let path = store.disk.path(&d);
+    // A file on disk that does not match (damaged while berth was down), counted at startup.
+    let path = open(&dir).disk.path(&d);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, vec![0u8; bytes.len()]).unwrap();
+    let store = open(&dir);
     let fill = start(&store, &d, source(Some(bytes.len() as u64), chunks(&bytes, 50_000, None)));
     let got = drain(body::follow(fill.clone(), 0, Some(bytes.len() as u64))).await.unwrap();
     assert!(got == bytes, "the damaged file was served");

@@ -2,11 +2,10 @@
 //! promotion of lower hits small enough for memory, the first-hit hash check of a durable
 //! lower tier, and the rule that a lower tier's error is a miss (and a warning).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-
 use bytes::Bytes;
+use futures::FutureExt;
 
+use super::checks::Checks;
 use super::BlobTier;
 use crate::oci::digest::Digest;
 use crate::store::memory::MemoryTier;
@@ -15,70 +14,48 @@ use crate::store::{Hit, ServedBy};
 pub(crate) struct Tiered<L> {
     memory: MemoryTier,
     lower: L,
-    /// Lower-tier objects whose content was checked against the digest since startup
-    /// (written here, or hashed on their first hit); forgotten when they are removed.
-    checked: Mutex<HashSet<Digest>>,
-    /// One first-hit hash per digest at a time: concurrent first readers wait for its verdict.
-    checking: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
-    /// First-hit hashes run.
-    #[cfg(test)]
-    hashes: std::sync::atomic::AtomicU32,
+    /// Lower-tier objects known to match their digest since startup (written here, or
+    /// hashed on their first hit), and the hashes under way.
+    checks: Checks,
 }
 
-impl<L: BlobTier> Tiered<L> {
+impl<L: BlobTier + Clone> Tiered<L> {
     pub(crate) fn new(memory: MemoryTier, lower: L) -> Self {
-        Tiered {
-            memory,
-            lower,
-            checked: Mutex::default(),
-            checking: Mutex::default(),
-            #[cfg(test)]
-            hashes: Default::default(),
-        }
+        Tiered { memory, lower, checks: Checks::default() }
     }
 
-    /// Notes that the lower tier's copy of `digest` is known to match it.
+    /// Notes that the lower tier's object for `digest`, just published, matches it.
     pub(crate) fn mark_checked(&self, digest: &Digest) {
-        self.checked.lock().expect("checked lock").insert(digest.clone());
+        self.checks.mark(digest);
     }
 
     /// Forgets the check of a lower-tier object that was removed.
     pub(crate) fn forget(&self, digest: &Digest) {
-        self.checked.lock().expect("checked lock").remove(digest);
+        self.checks.forget(digest);
     }
 
-    fn is_checked(&self, digest: &Digest) -> bool {
-        !L::DURABLE || self.checked.lock().expect("checked lock").contains(digest)
+    /// The epoch to note before reading a lower-tier object (see `ensure_checked`).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.checks.epoch()
     }
 
-    /// Whether `found`, the lower tier's object for `digest`, matches it: known, or hashed
-    /// now on a blocking thread. Concurrent first readers of one digest wait for one hash.
-    pub(crate) async fn ensure_checked(&self, digest: &Digest, found: &Bytes) -> std::io::Result<bool> {
-        if self.is_checked(digest) {
-            return Ok(true);
+    /// Whether `found`, the lower tier's object for `digest` read at `read_at` (`epoch`),
+    /// matches it: known, or hashed now, once per object for all its readers (see
+    /// `checks`). A damaged one is removed.
+    pub(crate) async fn ensure_checked(&self, digest: &Digest, found: &Bytes, read_at: u64) -> bool {
+        if !L::DURABLE {
+            return true;
         }
-        let gate = self.checking.lock().expect("checking lock").entry(digest.clone()).or_default().clone();
-        let one = gate.lock().await;
-        let matches = match self.is_checked(digest) {
-            true => Ok(true),
-            false => {
-                #[cfg(test)]
-                self.hashes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let (d, found) = (digest.clone(), found.clone());
-                tokio::task::spawn_blocking(move || Digest::of(&found) == d)
-                    .await
-                    .map_err(std::io::Error::other)
+        let (lower, d) = (self.lower.clone(), digest.clone());
+        let remove = Box::new(move || {
+            async move {
+                if let Err(e) = lower.remove(&d).await {
+                    tracing::warn!(digest = %d, error = %e, "could not delete a damaged blob");
+                }
             }
-        };
-        if matches.as_ref().is_ok_and(|&m| m) {
-            self.mark_checked(digest);
-        }
-        drop(one);
-        let mut checking = self.checking.lock().expect("checking lock");
-        if checking.get(digest).is_some_and(|g| Arc::ptr_eq(g, &gate)) {
-            checking.remove(digest);
-        }
-        matches
+            .boxed()
+        });
+        self.checks.verdict(digest, found, read_at, remove).await
     }
 
     /// Whether a tier holds `digest` (without reading it).
@@ -105,11 +82,9 @@ impl<L: BlobTier> Tiered<L> {
 
     /// The lower tier's object, checked once and promoted when memory admits it.
     async fn lookup_lower(&self, digest: &Digest) -> std::io::Result<Option<Bytes>> {
+        let read_at = self.epoch();
         let Some(found) = self.lower.read(digest).await? else { return Ok(None) };
-        if !self.ensure_checked(digest, &found).await? {
-            tracing::warn!(%digest, "damaged blob on disk: deleted, will be fetched again");
-            self.lower.remove(digest).await?;
-            self.forget(digest);
+        if !self.ensure_checked(digest, &found, read_at).await {
             return Ok(None);
         }
         if !BlobTier::admits(&self.memory, found.len() as u64) {
@@ -261,8 +236,8 @@ mod tests {
         for r in readers {
             assert_eq!(r.await.unwrap(), Some(8 << 20));
         }
-        assert_eq!(tiers.hashes.load(Ordering::Relaxed), 1, "each first reader hashed the object");
-        assert!(tiers.checking.lock().unwrap().is_empty(), "a gate was left behind");
+        assert_eq!(tiers.checks.hashes(), 1, "each first reader hashed the object");
+        assert!(tiers.checks.idle(), "a hash left behind");
     }
 
     #[tokio::test]
