@@ -8,12 +8,12 @@ use std::sync::Arc;
 pub use crate::api::route;
 pub use crate::api::serve::MAX_HEAD;
 pub use crate::error::first_code;
+pub use crate::registry::gc::plan;
 pub use crate::registry::gc::{Evicted, Report};
 pub use crate::source::auth::{parse_challenge, Challenge};
 pub use crate::source::peers::ring;
 pub use crate::source::public::{check_host, is_public, Guard};
 pub use crate::store::fill::Source;
-pub use crate::store::gc::plan;
 pub use crate::store::memory::MemoryTier;
 pub use crate::store::{body, Store};
 

@@ -5,7 +5,6 @@ pub mod body;
 mod contents;
 pub(crate) mod disk;
 pub(crate) mod fill;
-pub(crate) mod gc;
 pub(crate) mod memory;
 pub(crate) mod meta;
 mod pace;

@@ -1,6 +1,8 @@
 //! The collector: builds a snapshot of the disk tier in registry terms (image versions, tags,
-//! pins, what is in use), asks `store::gc::plan` what to evict, and deletes it: file first,
+//! pins, what is in use), asks `plan` (a pure function beside it) what to evict, and deletes it: file first,
 //! then its record, so that a crash in between leaves a miss, never a hit on a deleted blob.
+
+pub mod plan;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -13,9 +15,9 @@ use super::tags::TagCache;
 use crate::config::Gc as GcConfig;
 use crate::error::Error;
 use crate::oci::digest::Digest;
-use crate::store::gc::plan::{self, Blob, Inventory, Policy, Reason, Version};
 use crate::store::meta::now_secs;
 use crate::store::{Store, Stored};
+use plan::{Blob, Inventory, Policy, Reason, Version};
 
 pub(crate) struct Collector {
     store: Arc<Store>,
