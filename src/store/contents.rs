@@ -111,8 +111,9 @@ impl Store {
     /// a crash in between leaves a miss, never a hit on a deleted blob. The memory tier keeps
     /// its copy until it ages out: it is verified content. Returns the bytes freed.
     pub(crate) fn evict_blocking(&self, digest: &Digest) -> Result<u64, Error> {
+        let removing = self.tiers.removing(digest);
         let freed = self.disk.remove(digest).map_err(|e| Error::fault(format!("deleting {digest}"), e))?;
-        self.tiers.forget(digest);
+        drop(removing);
         if let Err(e) = self.meta.remove_blob(digest) {
             tracing::warn!(%digest, error = %e, "deleted a blob but not its record");
         }
@@ -120,8 +121,7 @@ impl Store {
     }
 
     /// Copies a blob on disk into the memory tier, also above `memory_max_object`, if it fits.
-    /// The caller has just had it through `get` or a fill (preheat pulls first), so its disk
-    /// copy is checked: this copies without hashing.
+    /// Only a disk copy known to match its digest is copied (hashed first if need be).
     pub(crate) async fn copy_to_memory(&self, digest: &Digest, size: u64) -> Result<(), NotCopied> {
         if self.memory.contains(digest) {
             return Ok(());
@@ -130,11 +130,9 @@ impl Store {
         if size > capacity {
             return Err(NotCopied::TooBig { size, capacity });
         }
-        let (disk, d) = (self.disk.clone(), digest.clone());
-        let copy = tokio::task::spawn_blocking(move || {
-            disk.get_mapped(&d).map(|m| m.map(|m| Bytes::copy_from_slice(&m)))
-        });
-        let Ok(Ok(Some(bytes))) = copy.await else { return Err(NotCopied::NotOnDisk) };
+        let Ok(Some(found)) = self.tiers.read_checked(digest).await else { return Err(NotCopied::NotOnDisk) };
+        let copy = tokio::task::spawn_blocking(move || Bytes::copy_from_slice(&found));
+        let Ok(bytes) = copy.await else { return Err(NotCopied::NotOnDisk) };
         match self.memory.insert_unbounded(digest.clone(), bytes).await {
             true => Ok(()),
             false => Err(NotCopied::NoRoom),

@@ -171,9 +171,9 @@ impl Store {
         busy
     }
 
-    /// Notes that the disk copy of `digest` is known to match it.
-    pub(crate) fn mark_checked(&self, digest: &Digest) {
-        self.tiers.mark_checked(digest);
+    /// Whether `digest` is being filled or read now.
+    pub(crate) fn is_busy(&self, digest: &Digest) -> bool {
+        self.inflight(digest).is_some() || self.readers.lock().expect("readers lock").contains_key(digest)
     }
 
     /// Whether a tier holds `digest` (without reading it or counting an access).
@@ -209,20 +209,18 @@ impl Store {
         }
         let (disk, meta, d) = (self.disk.clone(), self.meta.clone(), digest.clone());
         let media_type = media_type.map(str::to_owned);
+        // A file of the same length already there is not known to match: its first disk
+        // hit hashes it. What is written here is checked once it is in place.
+        let change = (!on_disk).then(|| self.tiers.publishing(digest));
         tokio::task::spawn_blocking(move || {
-            if !on_disk {
+            if let Some(change) = change {
                 write_verified(&disk, &d, &bytes, room)?;
+                change.checked();
             }
             meta.record_blob(&d, bytes.len() as u64, media_type.as_deref())
         })
         .await
-        .map_err(Error::internal)??;
-        // A file of the same length already there is not known to match: its first disk
-        // hit hashes it.
-        if !on_disk {
-            self.mark_checked(digest);
-        }
-        Ok(())
+        .map_err(Error::internal)?
     }
 
     /// Periodically writes batched access times to the metadata store, for as long as the

@@ -133,6 +133,10 @@ impl Collector {
         let evicted = tokio::task::spawn_blocking(move || {
             let mut done = Vec::new();
             for (digest, size, reason) in evict {
+                // Read or filled since the inventory was taken: it stays.
+                if store.is_busy(&digest) {
+                    continue;
+                }
                 if let Err(e) = store.evict_blocking(&digest) {
                     tracing::warn!(%digest, error = %e, "GC could not delete a blob");
                     continue;

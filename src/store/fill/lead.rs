@@ -65,7 +65,7 @@ pub(super) async fn lead(
 /// caller looked.
 async fn already_published(store: &Store, fill: &Fill) -> Result<bool, Error> {
     let (disk, d) = (store.disk.clone(), fill.digest.clone());
-    let read_at = store.tiers.epoch();
+    let before = store.tiers.seen(&fill.digest);
     let published = blocking(move || {
         let Some((file, len)) = disk.get(&d)? else { return Ok(None) };
         let map = crate::store::disk::map(&file, len)?;
@@ -75,7 +75,8 @@ async fn already_published(store: &Store, fill: &Fill) -> Result<bool, Error> {
     // Published by a fill since the miss, or left there unchecked (a damaged file that could
     // not be deleted is one): served only once it matches its digest; else it is fetched
     // again and the verified copy replaces it.
-    if !store.tiers.ensure_checked(&fill.digest, &map, read_at).await {
+    let after = store.tiers.seen(&fill.digest);
+    if !store.tiers.ensure_checked(&fill.digest, &map, before, after).await {
         return Ok(false);
     }
     fill.state.send_replace(FillState::Verified { file: Arc::new(file), map: Some(map), len });

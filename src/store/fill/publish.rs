@@ -66,28 +66,28 @@ async fn publish(
     let keep_on_disk = room.keep_on_disk();
     writer.set_room(room.into_reservation());
     let (meta, d) = (store.meta.clone(), digest.clone());
-    let committed = blocking(move || {
+    // The rename is a change of the digest's object: readers that map the path meanwhile
+    // hash what they mapped (see `tier::checks`); checked once the file is in place.
+    let change = keep_on_disk.then(|| store.tiers.publishing(&digest));
+    blocking(move || {
         let outcome = if keep_on_disk { "stored" } else { "uncached" };
         metrics::counter!("berth_fills_total", "outcome" => outcome).increment(1);
         if !keep_on_disk {
             tracing::warn!(digest = %d, bytes = written, "disk tier full of pinned or in-use content: served without caching");
-            return Ok(false);
+            return Ok(());
         }
         if let Err(e) = writer.commit_blocking(&proof) {
             // The writer, dropped uncommitted, has removed its temp file.
             tracing::warn!(digest = %d, error = %e, "verified blob not stored on disk");
-            return Ok(false);
+            return Ok(());
+        }
+        if let Some(change) = change {
+            change.checked();
         }
         if let Err(e) = meta.record_blob(&d, written, None) {
             tracing::warn!(digest = %d, error = %e, "blob stored without metadata");
         }
-        Ok(true)
+        Ok(())
     })
-    .await?;
-    // Marked once the file is in place: a reader that mapped the path before cannot take
-    // the mark for what it read (see `tier::checks`).
-    if committed {
-        store.mark_checked(&digest);
-    }
-    Ok(())
+    .await
 }

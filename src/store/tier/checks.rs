@@ -1,12 +1,14 @@
 //! The first-hit checks of a durable tier's objects: which objects are known to match their
 //! digest, and the one hash under way per object.
 //!
-//! An object changes only by being published (marked checked) or removed (forgotten); both
-//! bump an epoch. A reader notes the epoch before it reads, and trusts a mark only if it does
-//! not postdate that read: a mark made after the read may be about another file than the one
-//! it mapped. Readers of one object (same digest, same epoch) share one hash and its verdict,
-//! failures included. The hash runs in its own task, to its end and its record even when every
-//! reader leaves; an object that fails it is removed once, unless a newer one was published.
+//! A digest's object changes only inside a `Change` (a publish by rename, a removal), which
+//! gives the digest a new version when it begins and again when it ends. A reader notes the
+//! digest's version before and after it maps the object: when both are the same and no change
+//! was under way, it mapped the one object that version names. Only such a stable read may
+//! trust a mark, share a hash or record a verdict; any other reader hashes what it mapped for
+//! itself. Versions come from one counter, so a number never names two objects. The shared
+//! hash runs in its own task, to its end and its record even when every reader leaves; an
+//! object that fails it is removed once, unless it changed meanwhile.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,13 +26,66 @@ pub(crate) struct Checks(Arc<Mutex<State>>);
 
 #[derive(Default)]
 struct State {
-    epoch: u64,
-    /// Digest → the epoch from which its object is known to match it.
-    checked: HashMap<Digest, u64>,
-    /// The hash under way per digest: the epoch its object was read at, and its verdict.
+    /// The last version given out.
+    last: u64,
+    /// Digests whose object changed, is changing or is checked; absent: version 0, unchecked.
+    digests: HashMap<Digest, Entry>,
+    /// The hash under way per digest: the version of the object it hashes, and its verdict.
     hashing: HashMap<Digest, (u64, Shared<BoxFuture<'static, bool>>)>,
     #[cfg(test)]
     hashes: u32,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Entry {
+    version: u64,
+    /// Changes under way.
+    changing: u32,
+    /// Whether the object of `version` is known to match the digest.
+    checked: bool,
+}
+
+/// A digest's version as a reader saw it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Seen {
+    version: u64,
+    stable: bool,
+}
+
+/// A change of a digest's object under way; ended when dropped (the object unchecked), or
+/// by `checked` once the new object is in place.
+pub(crate) struct Change {
+    checks: Checks,
+    digest: Digest,
+    checked: bool,
+    /// A removal, whose digest is forgotten once it ends with nothing else under way (its
+    /// entry goes, so that the map stays as large as what is on disk). A publish's entry
+    /// stays, checked or not: a reader of the file before it must not meet version 0 again.
+    removal: bool,
+}
+
+impl Drop for Change {
+    fn drop(&mut self) {
+        let mut s = self.checks.state();
+        s.last += 1;
+        let version = s.last;
+        let e = s.digests.entry(self.digest.clone()).or_default();
+        e.changing -= 1;
+        e.version = version;
+        e.checked = self.checked && e.changing == 0;
+        let idle = e.changing == 0 && !s.hashing.contains_key(&self.digest);
+        if self.removal && idle {
+            s.digests.remove(&self.digest);
+        }
+    }
+}
+
+impl Change {
+    /// Ends the change with the new object known to match the digest (it was written here
+    /// from verified bytes).
+    pub(crate) fn checked(mut self) {
+        self.checked = true;
+    }
 }
 
 impl Checks {
@@ -38,41 +93,53 @@ impl Checks {
         self.0.lock().expect("checks lock")
     }
 
-    /// The epoch to note before reading an object.
-    pub(crate) fn epoch(&self) -> u64 {
-        self.state().epoch
+    /// The digest's version now: note it before and after reading its object.
+    pub(crate) fn seen(&self, digest: &Digest) -> Seen {
+        let s = self.state();
+        s.digests.get(digest).map_or(Seen { version: 0, stable: true }, |e| Seen {
+            version: e.version,
+            stable: e.changing == 0,
+        })
     }
 
-    /// Marks the object published for `digest` as known to match it.
-    pub(crate) fn mark(&self, digest: &Digest) {
-        let mut s = self.state();
-        s.epoch += 1;
-        let epoch = s.epoch;
-        s.checked.insert(digest.clone(), epoch);
+    /// Begins publishing an object for the digest (before its rename).
+    pub(crate) fn publishing(&self, digest: &Digest) -> Change {
+        begin(&mut self.state(), digest);
+        Change { checks: self.clone(), digest: digest.clone(), checked: false, removal: false }
     }
 
-    /// Forgets the check of an object that was removed.
-    pub(crate) fn forget(&self, digest: &Digest) {
-        let mut s = self.state();
-        s.epoch += 1;
-        s.checked.remove(digest);
+    /// Begins removing the digest's object (before its unlink).
+    pub(crate) fn removing(&self, digest: &Digest) -> Change {
+        begin(&mut self.state(), digest);
+        Change { checks: self.clone(), digest: digest.clone(), checked: false, removal: true }
     }
 
-    /// Whether `found`, the object for `digest` read at epoch `read_at`, matches it: a mark
-    /// from before the read, else the verdict of the one hash of that object. When the hash
-    /// fails and no newer object was published meanwhile, `remove` runs (once) and the check
-    /// is forgotten.
-    pub(crate) async fn verdict(&self, digest: &Digest, found: &Bytes, read_at: u64, remove: Remove) -> bool {
+    /// Whether `found`, the object for `digest` read between `before` and `after`, matches
+    /// it. A stable read trusts a mark of the version it read, else shares the one hash of
+    /// that version, which records its verdict and, when the object is damaged and unchanged
+    /// since, runs `remove` once. Any other read is hashed for the reader alone.
+    pub(crate) async fn verdict(
+        &self,
+        digest: &Digest,
+        found: &Bytes,
+        before: Seen,
+        after: Seen,
+        remove: Remove,
+    ) -> bool {
+        if before != after || !before.stable {
+            return hash_alone(digest, found).await;
+        }
         let verdict = {
             let mut s = self.state();
-            if s.checked.get(digest).is_some_and(|&m| m <= read_at) {
+            let entry = s.digests.get(digest).copied().unwrap_or_default();
+            if entry.checked && entry.version == before.version {
                 return true;
             }
             match s.hashing.get(digest) {
-                Some((at, verdict)) if *at == read_at => verdict.clone(),
+                Some((at, verdict)) if *at == before.version => verdict.clone(),
                 _ => {
-                    let verdict = self.hash(digest, found, read_at, remove);
-                    s.hashing.insert(digest.clone(), (read_at, verdict.clone()));
+                    let verdict = self.hash_shared(digest, found, before.version, remove);
+                    s.hashing.insert(digest.clone(), (before.version, verdict.clone()));
                     verdict
                 }
             }
@@ -80,44 +147,52 @@ impl Checks {
         verdict.await
     }
 
-    fn hash(
+    fn hash_shared(
         &self,
         digest: &Digest,
         found: &Bytes,
-        read_at: u64,
+        version: u64,
         remove: Remove,
     ) -> Shared<BoxFuture<'static, bool>> {
         let (this, d, found) = (self.clone(), digest.clone(), found.clone());
         let task = tokio::spawn(async move {
             let want = d.clone();
-            let matches =
-                tokio::task::spawn_blocking(move || Digest::of(&found) == want).await.unwrap_or(false);
-            if this.record(&d, read_at, matches) {
+            // A hash that did not finish (the runtime shutting down) records nothing.
+            let Ok(matches) = tokio::task::spawn_blocking(move || Digest::of(&found) == want).await else {
+                this.state().hashing.remove(&d);
+                return false;
+            };
+            if let Some(change) = this.record(&d, version, matches) {
                 tracing::warn!(digest = %d, "damaged blob on disk: deleted, will be fetched again");
                 remove().await;
-                this.forget(&d);
+                drop(change);
             }
             matches
         });
         async move { task.await.unwrap_or(false) }.boxed().shared()
     }
 
-    /// Records a hash's verdict; true when the object failed and should be removed (no
-    /// newer object was published meanwhile).
-    fn record(&self, digest: &Digest, read_at: u64, matches: bool) -> bool {
+    /// Records a hash of the object of `version`; when it failed and the object has not
+    /// changed since, the change that removes it.
+    fn record(&self, digest: &Digest, version: u64, matches: bool) -> Option<Change> {
         let mut s = self.state();
         #[cfg(test)]
         {
             s.hashes += 1;
         }
-        if s.hashing.get(digest).is_some_and(|(at, _)| *at == read_at) {
+        if s.hashing.get(digest).is_some_and(|(at, _)| *at == version) {
             s.hashing.remove(digest);
         }
-        if matches {
-            // A newer mark stays: it is about a newer object.
-            s.checked.entry(digest.clone()).or_insert(read_at);
+        let entry = s.digests.get(digest).copied().unwrap_or_default();
+        if entry.version != version || entry.changing > 0 {
+            return None; // changed meanwhile: the verdict is about an object gone
         }
-        !matches && !s.checked.contains_key(digest)
+        if matches {
+            s.digests.insert(digest.clone(), Entry { checked: true, ..entry });
+            return None;
+        }
+        begin(&mut s, digest);
+        Some(Change { checks: self.clone(), digest: digest.clone(), checked: false, removal: true })
     }
 
     #[cfg(test)]
@@ -131,57 +206,22 @@ impl Checks {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    use super::*;
-
-    fn counting(removed: &Arc<AtomicU32>) -> Remove {
-        let removed = removed.clone();
-        Box::new(move || {
-            async move {
-                removed.fetch_add(1, Ordering::Relaxed);
-            }
-            .boxed()
-        })
-    }
-
-    #[tokio::test]
-    async fn a_mark_after_the_read_is_not_trusted_for_what_was_read() {
-        let (checks, removed) = (Checks::default(), Arc::new(AtomicU32::new(0)));
-        let d = Digest::of(b"good");
-        let read_at = checks.epoch();
-        // A newer, verified object is published after this reader mapped a damaged one.
-        checks.mark(&d);
-        let damaged = Bytes::from_static(b"bad!");
-        assert!(!checks.verdict(&d, &damaged, read_at, counting(&removed)).await, "served on a newer mark");
-        assert_eq!(removed.load(Ordering::Relaxed), 0, "the newer object was removed");
-        // A reader after the mark trusts it without hashing.
-        let hashes = checks.hashes();
-        assert!(checks.verdict(&d, &Bytes::from_static(b"good"), checks.epoch(), counting(&removed)).await);
-        assert_eq!(checks.hashes(), hashes);
-    }
-
-    #[tokio::test]
-    async fn a_failed_hash_is_shared_removes_once_and_survives_its_readers_leaving() {
-        let (checks, removed) = (Checks::default(), Arc::new(AtomicU32::new(0)));
-        let d = Digest::of(&vec![1u8; 16 << 20]);
-        let damaged = Bytes::from(vec![0u8; 16 << 20]);
-        let read_at = checks.epoch();
-        // The first reader leaves at once: the hash still runs to its record.
-        let first = checks.verdict(&d, &damaged, read_at, counting(&removed));
-        drop(tokio::time::timeout(std::time::Duration::from_millis(1), first).await);
-        let again = checks.verdict(&d, &damaged, read_at, counting(&removed)).await;
-        assert!(!again);
-        for _ in 0..100 {
-            if checks.idle() && removed.load(Ordering::Relaxed) == 1 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert!(checks.idle(), "a hash left behind");
-        assert_eq!(removed.load(Ordering::Relaxed), 1, "removed more or less than once");
-        assert_eq!(checks.hashes(), 1, "the second reader hashed again");
-    }
+/// Gives the digest a new version, with one more change under way.
+fn begin(s: &mut State, digest: &Digest) {
+    s.last += 1;
+    let version = s.last;
+    let e = s.digests.entry(digest.clone()).or_default();
+    e.changing += 1;
+    e.version = version;
+    e.checked = false;
 }
+
+/// Hashes `found` for one reader, off the async workers.
+async fn hash_alone(digest: &Digest, found: &Bytes) -> bool {
+    let (d, found) = (digest.clone(), found.clone());
+    tokio::task::spawn_blocking(move || Digest::of(&found) == d).await.unwrap_or(false)
+}
+
+#[cfg(test)]
+#[path = "checks_tests.rs"]
+mod tests;

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use futures::FutureExt;
 
-use super::checks::Checks;
+use super::checks::{Change, Checks, Seen};
 use super::BlobTier;
 use crate::oci::digest::Digest;
 use crate::store::memory::MemoryTier;
@@ -24,25 +24,32 @@ impl<L: BlobTier + Clone> Tiered<L> {
         Tiered { memory, lower, checks: Checks::default() }
     }
 
-    /// Notes that the lower tier's object for `digest`, just published, matches it.
-    pub(crate) fn mark_checked(&self, digest: &Digest) {
-        self.checks.mark(digest);
+    /// Begins publishing a lower-tier object for `digest` (before its rename); `checked()`
+    /// on the change once it is in place.
+    pub(crate) fn publishing(&self, digest: &Digest) -> Change {
+        self.checks.publishing(digest)
     }
 
-    /// Forgets the check of a lower-tier object that was removed.
-    pub(crate) fn forget(&self, digest: &Digest) {
-        self.checks.forget(digest);
+    /// Begins removing the lower tier's object for `digest` (before its unlink).
+    pub(crate) fn removing(&self, digest: &Digest) -> Change {
+        self.checks.removing(digest)
     }
 
-    /// The epoch to note before reading a lower-tier object (see `ensure_checked`).
-    pub(crate) fn epoch(&self) -> u64 {
-        self.checks.epoch()
+    /// The digest's version, to note before and after reading its lower-tier object.
+    pub(crate) fn seen(&self, digest: &Digest) -> Seen {
+        self.checks.seen(digest)
     }
 
-    /// Whether `found`, the lower tier's object for `digest` read at `read_at` (`epoch`),
-    /// matches it: known, or hashed now, once per object for all its readers (see
-    /// `checks`). A damaged one is removed.
-    pub(crate) async fn ensure_checked(&self, digest: &Digest, found: &Bytes, read_at: u64) -> bool {
+    /// Whether `found`, the lower tier's object for `digest` read between `before` and
+    /// `after` (`seen`), matches it: known, or hashed now, once per object for all its
+    /// readers (see `checks`). A damaged one is removed.
+    pub(crate) async fn ensure_checked(
+        &self,
+        digest: &Digest,
+        found: &Bytes,
+        before: Seen,
+        after: Seen,
+    ) -> bool {
         if !L::DURABLE {
             return true;
         }
@@ -55,7 +62,7 @@ impl<L: BlobTier + Clone> Tiered<L> {
             }
             .boxed()
         });
-        self.checks.verdict(digest, found, read_at, remove).await
+        self.checks.verdict(digest, found, before, after, remove).await
     }
 
     /// Whether a tier holds `digest` (without reading it).
@@ -80,13 +87,18 @@ impl<L: BlobTier + Clone> Tiered<L> {
         }
     }
 
+    /// The lower tier's object for `digest`, once it is known to match it (see
+    /// `ensure_checked`); not promoted.
+    pub(crate) async fn read_checked(&self, digest: &Digest) -> std::io::Result<Option<Bytes>> {
+        let before = self.seen(digest);
+        let Some(found) = self.lower.read(digest).await? else { return Ok(None) };
+        let after = self.seen(digest);
+        Ok(self.ensure_checked(digest, &found, before, after).await.then_some(found))
+    }
+
     /// The lower tier's object, checked once and promoted when memory admits it.
     async fn lookup_lower(&self, digest: &Digest) -> std::io::Result<Option<Bytes>> {
-        let read_at = self.epoch();
-        let Some(found) = self.lower.read(digest).await? else { return Ok(None) };
-        if !self.ensure_checked(digest, &found, read_at).await {
-            return Ok(None);
-        }
+        let Some(found) = self.read_checked(digest).await? else { return Ok(None) };
         if !BlobTier::admits(&self.memory, found.len() as u64) {
             return Ok(Some(found));
         }
@@ -245,7 +257,7 @@ mod tests {
         let (tiers, spy) = tiers();
         let d = below(&spy, &[3; 5000]).await;
         assert!(tiers.get(&d).await.is_some());
-        tiers.forget(&d);
+        drop(tiers.removing(&d));
         spy.inner.insert(d.clone(), Bytes::from(vec![0u8; 5000])).await;
         assert!(tiers.get(&d).await.is_none(), "a damaged object served on a stale check");
     }
