@@ -98,7 +98,7 @@ impl TierWriter for MemoryWriter {
 }
 
 /// The batches as one `Bytes` (no copy when there is only one).
-fn joined(batches: &[Bytes]) -> Bytes {
+pub(super) fn joined(batches: &[Bytes]) -> Bytes {
     match batches {
         [one] => one.clone(),
         many => {
@@ -114,6 +114,13 @@ fn joined(batches: &[Bytes]) -> Bytes {
 pub(crate) struct MemoryView {
     batches: Arc<Mutex<Vec<Bytes>>>,
     written: watch::Receiver<u64>,
+}
+
+impl MemoryView {
+    /// The view of batches staged in memory (a bucket write stages its parts so too).
+    pub(super) fn of(batches: Arc<Mutex<Vec<Bytes>>>, written: watch::Receiver<u64>) -> MemoryView {
+        MemoryView { batches, written }
+    }
 }
 
 impl WrittenView for MemoryView {

@@ -12,6 +12,7 @@
 //! - bytes already read stay valid after the object is removed;
 //! - `usage` counts committed objects and their bytes, once per digest.
 
+mod bucket;
 mod checks;
 pub(crate) mod disk;
 pub(crate) mod memory;
