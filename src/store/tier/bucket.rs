@@ -7,15 +7,14 @@
 
 use std::io;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectStore, PutOptions, PutPayload};
-use tokio::sync::watch;
 
-use super::memory::{joined, MemoryView};
+use super::memory::{too_large, MemoryView, Staged};
 use super::{check_range, BlobTier, TierWriter, Usage, Verified};
 use crate::oci::digest::Digest;
 
@@ -77,15 +76,9 @@ impl BlobTier for BucketTier {
 
     async fn begin_write(&self, digest: &Digest, len: Option<u64>) -> io::Result<BucketWriter> {
         if let Some(len) = len.filter(|&l| l > self.max_object) {
-            return Err(too_large(len));
+            return Err(too_large(len, "bucket"));
         }
-        Ok(BucketWriter {
-            tier: self.clone(),
-            digest: digest.clone(),
-            len,
-            batches: Arc::default(),
-            written: watch::channel(0).0,
-        })
+        Ok(BucketWriter { tier: self.clone(), digest: digest.clone(), staged: Staged::new(len) })
     }
 
     async fn remove(&self, digest: &Digest) -> io::Result<u64> {
@@ -125,44 +118,32 @@ impl BlobTier for BucketTier {
     }
 }
 
-fn too_large(len: u64) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("{len} bytes are beyond the bucket tier's largest object"),
-    )
-}
-
 /// A write to the bucket: its parts staged in memory, put whole on commit.
 pub(crate) struct BucketWriter {
     tier: BucketTier,
     digest: Digest,
-    len: Option<u64>,
-    batches: Arc<Mutex<Vec<Bytes>>>,
-    written: watch::Sender<u64>,
+    staged: Staged,
 }
 
 impl TierWriter for BucketWriter {
     type View = MemoryView;
 
     async fn append(&mut self, bytes: Bytes) -> io::Result<()> {
-        let total = *self.written.borrow() + bytes.len() as u64;
-        if self.len.is_some_and(|l| total > l) || total > self.tier.max_object {
-            return Err(too_large(total));
-        }
-        self.batches.lock().expect("batches lock").push(bytes);
-        self.written.send_replace(total);
-        Ok(())
+        self.staged.append(bytes, |n| self.tier.admits(n), "bucket")
     }
 
     fn view(&self) -> MemoryView {
-        MemoryView::of(self.batches.clone(), self.written.subscribe())
+        self.staged.view()
     }
 
     async fn commit(self, proof: Verified) -> io::Result<()> {
-        proof.admit(&self.digest, *self.written.borrow())?;
-        let whole = joined(&self.batches.lock().expect("batches lock"));
+        proof.admit(&self.digest, self.staged.written())?;
         let path = self.tier.path(&self.digest);
-        let put = self.tier.store.put_opts(&path, PutPayload::from(whole), PutOptions::default()).await;
+        let put = self
+            .tier
+            .store
+            .put_opts(&path, PutPayload::from(self.staged.whole()), PutOptions::default())
+            .await;
         put.map(drop).map_err(io::Error::other)
     }
 }

@@ -26,15 +26,9 @@ impl BlobTier for MemoryTier {
 
     async fn begin_write(&self, digest: &Digest, len: Option<u64>) -> io::Result<MemoryWriter> {
         if let Some(len) = len.filter(|&l| !self.admits(l)) {
-            return Err(too_large(len));
+            return Err(too_large(len, "memory"));
         }
-        Ok(MemoryWriter {
-            tier: self.clone(),
-            digest: digest.clone(),
-            len,
-            batches: Arc::default(),
-            written: watch::channel(0).0,
-        })
+        Ok(MemoryWriter { tier: self.clone(), digest: digest.clone(), staged: Staged::new(len) })
     }
 
     async fn remove(&self, digest: &Digest) -> io::Result<u64> {
@@ -56,49 +50,79 @@ impl BlobTier for MemoryTier {
     }
 }
 
-fn too_large(len: u64) -> io::Error {
+/// Refuses `len` bytes past a tier's largest object.
+pub(super) fn too_large(len: u64, tier: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
-        format!("{len} bytes are beyond the memory tier's largest object"),
+        format!("{len} bytes are beyond the {tier} tier's largest object"),
     )
 }
 
-/// A write to the memory tier: its batches, shared with its views.
-pub(crate) struct MemoryWriter {
-    tier: MemoryTier,
-    digest: Digest,
+/// The parts of a write staged in memory, shared with its views (memory and bucket writes).
+pub(super) struct Staged {
     len: Option<u64>,
     batches: Arc<Mutex<Vec<Bytes>>>,
     written: watch::Sender<u64>,
 }
 
-impl TierWriter for MemoryWriter {
-    type View = MemoryView;
+impl Staged {
+    pub(super) fn new(len: Option<u64>) -> Staged {
+        Staged { len, batches: Arc::default(), written: watch::channel(0).0 }
+    }
 
-    async fn append(&mut self, bytes: Bytes) -> io::Result<()> {
+    /// Appends `bytes` unless the total passes the announced length or what `admits` takes;
+    /// `tier` names the tier in the refusal.
+    pub(super) fn append(&self, bytes: Bytes, admits: impl Fn(u64) -> bool, tier: &str) -> io::Result<()> {
         let total = *self.written.borrow() + bytes.len() as u64;
-        if self.len.is_some_and(|l| total > l) || !self.tier.admits(total) {
-            return Err(too_large(total));
+        if self.len.is_some_and(|l| total > l) || !admits(total) {
+            return Err(too_large(total, tier));
         }
         self.batches.lock().expect("batches lock").push(bytes);
         self.written.send_replace(total);
         Ok(())
     }
 
-    fn view(&self) -> MemoryView {
+    pub(super) fn view(&self) -> MemoryView {
         MemoryView { batches: self.batches.clone(), written: self.written.subscribe() }
     }
 
+    pub(super) fn written(&self) -> u64 {
+        *self.written.borrow()
+    }
+
+    /// What is staged, as one `Bytes`.
+    pub(super) fn whole(&self) -> Bytes {
+        joined(&self.batches.lock().expect("batches lock"))
+    }
+}
+
+/// A write to the memory tier: its staged parts, inserted whole on commit.
+pub(crate) struct MemoryWriter {
+    tier: MemoryTier,
+    digest: Digest,
+    staged: Staged,
+}
+
+impl TierWriter for MemoryWriter {
+    type View = MemoryView;
+
+    async fn append(&mut self, bytes: Bytes) -> io::Result<()> {
+        self.staged.append(bytes, |n| self.tier.admits(n), "memory")
+    }
+
+    fn view(&self) -> MemoryView {
+        self.staged.view()
+    }
+
     async fn commit(self, proof: Verified) -> io::Result<()> {
-        proof.admit(&self.digest, *self.written.borrow())?;
-        let whole = joined(&self.batches.lock().expect("batches lock"));
-        self.tier.insert(self.digest.clone(), whole).await;
+        proof.admit(&self.digest, self.staged.written())?;
+        self.tier.insert(self.digest.clone(), self.staged.whole()).await;
         Ok(())
     }
 }
 
 /// The batches as one `Bytes` (no copy when there is only one).
-pub(super) fn joined(batches: &[Bytes]) -> Bytes {
+fn joined(batches: &[Bytes]) -> Bytes {
     match batches {
         [one] => one.clone(),
         many => {
@@ -114,13 +138,6 @@ pub(super) fn joined(batches: &[Bytes]) -> Bytes {
 pub(crate) struct MemoryView {
     batches: Arc<Mutex<Vec<Bytes>>>,
     written: watch::Receiver<u64>,
-}
-
-impl MemoryView {
-    /// The view of batches staged in memory (a bucket write stages its parts so too).
-    pub(super) fn of(batches: Arc<Mutex<Vec<Bytes>>>, written: watch::Receiver<u64>) -> MemoryView {
-        MemoryView { batches, written }
-    }
 }
 
 impl WrittenView for MemoryView {
