@@ -72,10 +72,39 @@ pub fn load(config: &Config) -> Result<Loaded, ConfigError> {
         }
         read_secret("peers.token", &mut peers.token, str::trim, &mut problems);
     }
+    if let Some(bucket) = &mut config.bucket {
+        if let Some(ca) = &mut bucket.ca_file {
+            read_roots("bucket.ca_file", ca, &mut problems);
+        }
+        for (key, secret) in [
+            ("bucket.access_key_id", &mut bucket.access_key_id),
+            ("bucket.secret_access_key", &mut bucket.secret_access_key),
+        ] {
+            if let Some(secret) = secret {
+                read_secret(key, secret, str::trim, &mut problems);
+            }
+        }
+    }
     if problems.is_empty() {
         Ok(Loaded { config, certs, auth })
     } else {
         Err(ConfigError(problems))
+    }
+}
+
+/// Asks the configured bucket once (a LIST of its prefix), as `check-config` does: Ok without
+/// `[bucket]` or when it answers; else what went wrong. `serve` asks too, but starts without
+/// a bucket that cannot be reached (it warns, and uses the bucket once it answers).
+pub async fn reach_bucket(loaded: &Loaded) -> Result<(), String> {
+    let Some(cfg) = &loaded.config.bucket else { return Ok(()) };
+    let store =
+        crate::source::bucket::connect(cfg).map_err(|e| format!("bucket {}: {}", cfg.url, cause(e)))?;
+    match crate::source::bucket::probe(store.as_ref(), cfg).await {
+        crate::source::bucket::Probe::Ready => Ok(()),
+        crate::source::bucket::Probe::Refused(why) => Err(format!("bucket {} refused: {why}", cfg.url)),
+        crate::source::bucket::Probe::Unreachable(why) => {
+            Err(format!("bucket {} cannot be reached: {why}", cfg.url))
+        }
     }
 }
 

@@ -43,6 +43,24 @@ use preheat::Preheater;
 use registry::Mirror;
 use store::Store;
 
+/// The shared bucket `[bucket]` names, asked once: one that answers and refuses (no such
+/// bucket, bad credentials) is a startup error; one that cannot be reached is warned about
+/// and used once it answers.
+async fn open_bucket(config: &Config) -> Result<Option<store::bucket::Bucket>, Error> {
+    let Some(cfg) = &config.bucket else { return Ok(None) };
+    let client = source::bucket::connect(cfg)?;
+    match source::bucket::probe(client.as_ref(), cfg).await {
+        source::bucket::Probe::Ready => tracing::info!(bucket = %cfg.url, "bucket answers"),
+        source::bucket::Probe::Refused(why) => {
+            return Err(Error::fault(format!("bucket {}", cfg.url), format!("refused: {why}")))
+        }
+        source::bucket::Probe::Unreachable(why) => {
+            tracing::warn!(bucket = %cfg.url, error = %why, "bucket cannot be reached: serving without it until it answers")
+        }
+    }
+    Ok(Some(store::bucket::Bucket::new(client, cfg)))
+}
+
 /// A running berth: its bound addresses and the task serving them.
 pub struct Server {
     pub registry_addr: SocketAddr,
@@ -68,7 +86,7 @@ impl Server {
         let check::Loaded { config, certs, auth } = loaded;
         let config = &config;
         api::metrics::install();
-        let store = Store::open(&config.storage)?;
+        let store = Store::open_with(&config.storage, open_bucket(config).await?)?;
         store.spawn_flusher(Duration::from_secs(30));
         let mirror = Arc::new(Mirror::new(config, store)?);
         mirror.collector().spawn();

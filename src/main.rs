@@ -160,6 +160,22 @@ fn check_config(path: PathBuf) -> ExitCode {
                     p.dns.as_ref().map(|d| format!(" and dns {d}")).unwrap_or_default()
                 );
             }
+            if let Some(b) = &c.bucket {
+                println!("  bucket {} (upload {:?})", b.url, b.upload);
+                let reached =
+                    tokio::runtime::Runtime::new().map(|rt| rt.block_on(berth::check::reach_bucket(&loaded)));
+                match reached {
+                    Ok(Ok(())) => println!("  bucket answers"),
+                    Ok(Err(why)) => {
+                        eprintln!("{}: {why}", path.display());
+                        return ExitCode::FAILURE;
+                    }
+                    Err(e) => {
+                        eprintln!("{}: cannot ask the bucket: {e}", path.display());
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

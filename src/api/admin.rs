@@ -165,6 +165,7 @@ async fn cache(State(a): State<Admin>) -> Result<Json<serde_json::Value>, AdminE
         "disk": { "used": usage.disk.used, "capacity": usage.disk.capacity },
         "served_uncached": a.mirror.store().uncached(),
         "memory": { "used": usage.memory.used, "capacity": usage.memory.capacity },
+        "bucket": a.mirror.store().bucket().map(|b| b.status()),
     })))
 }
 

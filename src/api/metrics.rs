@@ -31,6 +31,11 @@ pub(crate) fn render(mirror: &Mirror) -> String {
         metrics::gauge!("berth_tier_objects", "tier" => tier).set(u.objects as f64);
     }
     metrics::gauge!("berth_fills_in_flight").set(store.fills_in_flight() as f64);
+    if let Some(bucket) = store.bucket() {
+        let status = bucket.status();
+        metrics::gauge!("berth_bucket_up").set(if status.up { 1.0 } else { 0.0 });
+        metrics::gauge!("berth_bucket_uploads_waiting").set(status.waiting_retry as f64);
+    }
     match install() {
         Some(handle) => {
             handle.run_upkeep();

@@ -8,8 +8,10 @@ use serde::Deserialize;
 use url::Url;
 
 pub use crate::secret::{Secret, SecretSource};
+pub use bucket::{Bucket, Upload};
 pub use peers::Peers;
 
+mod bucket;
 mod peers;
 mod registry;
 mod validate;
@@ -31,6 +33,8 @@ pub struct Config {
     pub peers: Option<Peers>,
     /// `[auth]`: credentials the registry API requires, when configured.
     pub auth: Option<Auth>,
+    /// `[bucket]`: the shared bucket below the disk tier, when configured.
+    pub bucket: Option<Bucket>,
 }
 
 /// `[auth]`: an htpasswd file (bcrypt) and/or a file of bearer tokens, one a line.
@@ -141,6 +145,7 @@ struct RawConfig {
     registry: Vec<registry::RawRegistry>,
     peers: Option<peers::RawPeers>,
     auth: Option<RawAuth>,
+    bucket: Option<bucket::RawBucket>,
 }
 
 #[derive(Deserialize)]

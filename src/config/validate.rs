@@ -1,8 +1,8 @@
 //! One validation pass over the parsed file, section by section, naming every problem.
 
 use super::{
-    host_platform, peers, registry, Auth, Checker, Config, Gc, Preheat, RawConfig, RawGc, RawPin, RawPreheat,
-    RawServer, RawStorage, Server, Storage, Tags,
+    bucket, host_platform, peers, registry, Auth, Checker, Config, Gc, Preheat, RawConfig, RawGc, RawPin,
+    RawPreheat, RawServer, RawStorage, Server, Storage, Tags,
 };
 use crate::oci::image_ref::ImageRef;
 use crate::oci::platform::Platform;
@@ -27,7 +27,8 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
     let pins = pins(&raw.pin, &hosts, &mut p);
     let peers = peers::validate(raw.peers, &mut p);
     let auth = raw.auth.map(|a| Auth { htpasswd_file: a.htpasswd_file, tokens_file: a.tokens_file });
-    Config { server, storage, tags, preheat, gc, pins, registries, peers, auth }
+    let bucket = bucket::validate(raw.bucket, &mut p);
+    Config { server, storage, tags, preheat, gc, pins, registries, peers, auth, bucket }
 }
 
 fn server(raw: RawServer, p: &mut Checker<'_>) -> Server {

@@ -100,6 +100,12 @@ impl Mirror {
             let owner = self.owner_of(&digest, via);
             let provenance = self.provenance.clone();
             async move {
+                // The bucket before the owner and upstream: verified there, kept here.
+                if let Some(media_type) = store.manifest_from_bucket(&digest, &upstream.host).await {
+                    provenance.record(&upstream.host, &digest).await;
+                    media_types.insert(digest, media_type.into());
+                    return Ok(());
+                }
                 let m = match owner {
                     Some((peers, owner)) => peers.manifest(&owner, &upstream, &repo, &digest).await?,
                     None => upstream.manifest(&repo, digest.as_str(), &AcceptClass::all().header()).await?,
@@ -107,7 +113,7 @@ impl Mirror {
                 if m.digest != digest {
                     return Err(Error::Integrity(format!("manifest {digest} hashes to {}", m.digest)));
                 }
-                store.put_verified(&digest, m.bytes, Some(&m.media_type)).await?;
+                store.put_verified(&digest, m.bytes, Some(&m.media_type), &upstream.host).await?;
                 provenance.record(&upstream.host, &digest).await;
                 media_types.insert(digest, m.media_type.into());
                 Ok(())
@@ -295,7 +301,7 @@ impl TagWork {
             }
             Err(e) => return Err(e),
         };
-        self.store.put_verified(&m.digest, m.bytes.clone(), Some(&m.media_type)).await?;
+        self.store.put_verified(&m.digest, m.bytes.clone(), Some(&m.media_type), &upstream.host).await?;
         self.media_types.insert(m.digest.clone(), m.media_type.as_str().into());
         let entry = TagEntry {
             digest: m.digest.to_string(),

@@ -2,6 +2,7 @@
 //! registries.
 
 pub(crate) mod auth;
+pub(crate) mod bucket;
 pub(crate) mod outbound;
 pub(crate) mod peers;
 pub(crate) mod public;

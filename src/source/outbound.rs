@@ -35,6 +35,32 @@ pub(crate) fn peer_client(cfg: &crate::config::Peers) -> Result<reqwest::Client,
     base(cfg.timeout, cfg.read_timeout, cfg.ca_file.as_ref())?.build().map_err(Error::internal)
 }
 
+/// The client the bucket is reached with (object_store's S3 client speaks through it): the
+/// same policy as every other, for the reqwest object_store is built on. No redirects, no
+/// proxy from the environment, `bucket.timeout` to connect and for each read, HTTPS only
+/// unless the endpoint is `http://`, the system roots plus `bucket.ca_file`'s.
+pub(crate) fn bucket_client(cfg: &crate::config::Bucket) -> Result<reqwest_bucket::Client, Error> {
+    let https_only = cfg.endpoint.as_ref().is_none_or(|e| e.scheme() == "https");
+    let mut builder = reqwest_bucket::Client::builder()
+        .redirect(reqwest_bucket::redirect::Policy::none())
+        .no_proxy()
+        .connect_timeout(cfg.timeout)
+        .read_timeout(cfg.timeout)
+        .https_only(https_only)
+        .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = &cfg.ca_file {
+        let not_loaded = || Error::fault(ca.path.display().to_string(), "used before check::load read it");
+        let mut roots = Vec::new();
+        for der in ca.roots.as_ref().ok_or_else(not_loaded)?.iter() {
+            let root = reqwest_bucket::Certificate::from_der(der)
+                .map_err(|e| Error::fault(ca.path.display().to_string(), e))?;
+            roots.push(root);
+        }
+        builder = builder.tls_certs_merge(roots);
+    }
+    builder.build().map_err(Error::internal)
+}
+
 /// What every outbound client has: no redirects followed by the client, the timeouts, and
 /// the system roots plus the roots `check::load` read from `ca_file` (no file is read here).
 fn base(

@@ -2,6 +2,7 @@
 //! plus the in-flight fills that feed them.
 
 pub mod body;
+pub(crate) mod bucket;
 mod contents;
 pub(crate) mod disk;
 pub(crate) mod fill;
@@ -77,6 +78,8 @@ pub struct Store {
     max_blob_size: u64,
     /// Fills served without being kept since startup, for want of room.
     uncached: std::sync::atomic::AtomicU64,
+    /// The shared bucket below the disk, when configured.
+    bucket: Option<Arc<bucket::Bucket>>,
 }
 
 /// Marks a blob as being read until dropped.
@@ -98,7 +101,14 @@ impl Drop for ReadGuard {
 }
 
 impl Store {
+    /// Opens the store with no bucket (tests and benches).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn open(cfg: &Storage) -> Result<Arc<Store>, Error> {
+        Self::open_with(cfg, None)
+    }
+
+    /// Opens the store with the shared bucket below its disk tier.
+    pub(crate) fn open_with(cfg: &Storage, bucket: Option<bucket::Bucket>) -> Result<Arc<Store>, Error> {
         let disk = DiskTier::open(&cfg.dir, cfg.disk_capacity)
             .map_err(|e| Error::fault(format!("opening {}", cfg.dir.display()), e))?;
         let meta = Meta::open(&cfg.dir.join("v1").join("meta.redb"))?;
@@ -113,7 +123,13 @@ impl Store {
             evict: std::sync::OnceLock::new(),
             max_blob_size: cfg.max_blob_size,
             uncached: Default::default(),
+            bucket: bucket.map(Arc::new),
         }))
+    }
+
+    /// The shared bucket, when configured.
+    pub(crate) fn bucket(&self) -> Option<&Arc<bucket::Bucket>> {
+        self.bucket.as_ref()
     }
 
     /// The metadata store, for the registry layer's tag and provenance records.
@@ -191,9 +207,32 @@ impl Store {
         hit
     }
 
+    /// Stores a verified manifest fetched for `origin` in both tiers (on disk only when room
+    /// can be made for it, else in memory only), and uploads it to the bucket.
+    pub(crate) async fn put_verified(
+        self: &Arc<Self>,
+        digest: &Digest,
+        bytes: Bytes,
+        media_type: Option<&str>,
+        origin: &str,
+    ) -> Result<(), Error> {
+        self.keep_verified(digest, bytes, media_type).await?;
+        self.upload_manifest(digest, origin, media_type);
+        Ok(())
+    }
+
+    /// A manifest for `origin` from the bucket, verified, and kept in both tiers; None when the
+    /// bucket has none (or is not configured, or skipped).
+    /// Returns its media type.
+    pub(crate) async fn manifest_from_bucket(&self, digest: &Digest, origin: &str) -> Option<String> {
+        let (bytes, media_type) = self.bucket.as_ref()?.manifest(digest, origin).await?;
+        self.keep_verified(digest, bytes, Some(&media_type)).await.ok()?;
+        Some(media_type)
+    }
+
     /// Stores a verified manifest (or other small content) in both tiers; on disk only when
     /// room can be made for it (else it stays in memory only).
-    pub(crate) async fn put_verified(
+    async fn keep_verified(
         &self,
         digest: &Digest,
         bytes: Bytes,

@@ -11,6 +11,7 @@ use super::pump::{pump_into, Pump};
 use super::write::{Pipeline, Room};
 use super::{blocking, Fill, FillState, Source};
 use crate::error::Error;
+use crate::store::bucket::Found;
 use crate::store::tier::disk::DiskWriter;
 use crate::store::Store;
 
@@ -19,7 +20,7 @@ pub(super) async fn lead(
     fill: &Arc<Fill>,
     fetch: BoxFuture<'static, Result<Source, Error>>,
 ) -> Result<(), Error> {
-    if already_published(store, fill).await? {
+    if already_published(store, fill).await? || from_bucket(store, fill).await? {
         return Ok(());
     }
     let Source { len, body, resume, rejected, hold: _turn, floor } =
@@ -58,7 +59,50 @@ pub(super) async fn lead(
         // What is written is good; clients get the rest from the source.
         return pass_written(fill, made, len, resume, why).await;
     }
-    super::publish::settle(store, fill, len, pumped, made, room, rejected).await
+    super::publish::settle(store, fill, len, pumped, made, room, rejected).await?;
+    store.upload_blob(&fill.digest, &fill.origin);
+    Ok(())
+}
+
+/// Fills from the shared bucket when it holds the digest for the fill's origin: its bytes are
+/// written and hashed like any source's, but the fill stays pending, so nobody sees a byte
+/// before the whole object verifies. An object that does not is deleted, and the fill goes on
+/// to its own source, as it does when the bucket is missing it, fails or is too slow.
+async fn from_bucket(store: &Store, fill: &Arc<Fill>) -> Result<bool, Error> {
+    let Some(bucket) = store.bucket.as_ref() else { return Ok(false) };
+    let path = bucket.blob_path(&fill.digest);
+    let Found::Object(got) = bucket.open(&path, &fill.origin).await else { return Ok(false) };
+    let Source { len, body, floor, .. } = bucket.source(*got);
+    // What the disk cannot keep is left to the fill's own source, which can pass it through.
+    if len.is_none_or(|l| l > store.max_blob_size || l > store.disk.capacity()) {
+        return Ok(false);
+    }
+    let (disk, d) = (store.disk.clone(), fill.digest.clone());
+    let Ok(writer) = blocking(move || DiskWriter::begin(&disk, &d, len)).await.inspect_err(|e| {
+        tracing::warn!(digest = %fill.digest, error = %e, "disk tier cannot make a temp file for a bucket read");
+    }) else {
+        return Ok(false);
+    };
+    let keep = len.filter(|&l| store.memory.admits(l)).map(|l| l as usize);
+    let pipe = Pipeline::start(writer, fill, keep);
+    let mut room = Room::new(store, len, false);
+    let mut pump = Pump::new(&fill.digest, len, body, None, floor);
+    let pumped = pump_into(store, &mut pump, &pipe, &mut room).await;
+    let made = pipe.finish().await?;
+    match super::publish::settle(store, fill, len, pumped, made, room, None).await {
+        Ok(()) => {
+            metrics::counter!("berth_fills_total", "outcome" => "from-bucket").increment(1);
+            Ok(true)
+        }
+        Err(e @ Error::Integrity(_)) => {
+            bucket.rejected(&fill.digest, &path, &e.to_string()).await;
+            Ok(false)
+        }
+        Err(e) => {
+            tracing::warn!(digest = %fill.digest, error = %e, "bucket read failed; filling from the source");
+            Ok(false)
+        }
+    }
 }
 
 /// Answers the fill from disk when an earlier fill has published the digest since the

@@ -1,0 +1,186 @@
+//! Uploads: verified content put in the bucket after it is published locally, at most four
+//! at once, retried with backoff, and once more every five minutes after that while it is
+//! still held. A failed upload never fails a pull: it is logged and counted.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{Attribute, Attributes, GetOptions, PutOptions, PutPayload};
+
+use super::{count, Bucket};
+use crate::oci::digest::Digest;
+use crate::store::Store;
+
+/// Objects up to this size are put in one request; larger ones in parts of this size.
+pub(crate) const PART: usize = 16 * 1024 * 1024;
+/// Parts of one object in flight at once.
+const PARTS_AT_ONCE: usize = 4;
+/// Attempts of one upload before it waits for the next retry round.
+const ATTEMPTS: u32 = 3;
+/// How often uploads that failed every attempt are tried again, and how many are remembered.
+const RETRY_ROUND: Duration = Duration::from_secs(300);
+const RETRY_MAX: usize = 10_000;
+
+/// What an upload puts: a blob, or a manifest with its media type.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Kind {
+    Blob { origin: String },
+    Manifest { origin: String, media_type: Option<String> },
+}
+
+impl Store {
+    /// Uploads the published blob `digest` (fetched for `origin`) in the background.
+    pub(crate) fn upload_blob(self: &Arc<Self>, digest: &Digest, origin: &str) {
+        self.upload_later(digest, Kind::Blob { origin: origin.to_owned() });
+    }
+
+    /// Uploads the verified manifest `digest` (fetched for `origin`) in the background.
+    pub(crate) fn upload_manifest(self: &Arc<Self>, digest: &Digest, origin: &str, media_type: Option<&str>) {
+        let kind = Kind::Manifest { origin: origin.to_owned(), media_type: media_type.map(str::to_owned) };
+        self.upload_later(digest, kind);
+    }
+
+    fn upload_later(self: &Arc<Self>, digest: &Digest, kind: Kind) {
+        let Some(bucket) = self.bucket.clone().filter(|b| b.uploads) else { return };
+        let (store, digest) = (self.clone(), digest.clone());
+        tokio::spawn(async move {
+            if !store.upload_now(&bucket, &digest, &kind).await {
+                bucket.retry_later(&store, digest, kind);
+            }
+        });
+    }
+
+    /// Uploads what the store holds of `digest` now; true when it is in the bucket (or no
+    /// longer held, so there is nothing to upload).
+    async fn upload_now(&self, bucket: &Bucket, digest: &Digest, kind: &Kind) -> bool {
+        let Some(bytes) = self.verified_bytes(digest).await else { return true };
+        let (path, origin, media_type) = match kind {
+            Kind::Blob { origin } => (bucket.blob_path(digest), origin, None),
+            Kind::Manifest { origin, media_type } => {
+                (bucket.manifest_path(digest), origin, media_type.as_deref())
+            }
+        };
+        bucket.upload(digest, &path, bytes, origin, media_type).await
+    }
+
+    /// The verified bytes of `digest`: from memory, else the disk file once it is known to
+    /// match (its first-hit check, free when its publish checked it).
+    async fn verified_bytes(&self, digest: &Digest) -> Option<Bytes> {
+        if let Some(bytes) = self.memory.get(digest).await {
+            return Some(bytes);
+        }
+        let before = self.tiers.seen(digest);
+        let (disk, d) = (self.disk.clone(), digest.clone());
+        let mapped = tokio::task::spawn_blocking(move || {
+            let (file, len) = disk.get(&d).ok()??;
+            crate::store::disk::map(&file, len).ok()
+        });
+        let map = mapped.await.ok()??;
+        let after = self.tiers.seen(digest);
+        self.tiers.ensure_checked(digest, &map, before, after).await.then_some(map)
+    }
+}
+
+impl Bucket {
+    /// Remembers an upload that failed every attempt, and schedules a retry round.
+    fn retry_later(self: &Arc<Self>, store: &Arc<Store>, digest: Digest, kind: Kind) {
+        let mut later = self.later.lock().expect("later lock");
+        if later.len() < RETRY_MAX {
+            later.insert((digest, kind));
+        }
+        drop(later);
+        if self.round.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (bucket, store) = (self.clone(), Arc::downgrade(store));
+        tokio::spawn(async move {
+            tokio::time::sleep(RETRY_ROUND).await;
+            bucket.round.store(false, Ordering::Release);
+            let Some(store) = store.upgrade() else { return };
+            let due: Vec<_> = bucket.later.lock().expect("later lock").drain().collect();
+            for (digest, kind) in due {
+                if !store.upload_now(&bucket, &digest, &kind).await {
+                    bucket.retry_later(&store, digest, kind);
+                }
+            }
+        });
+    }
+
+    /// Puts `bytes` at `path` under `origin` (one request, or parts), unless an object of that
+    /// length is there already. Retried with backoff; false when every attempt failed.
+    pub(crate) async fn upload(
+        &self,
+        digest: &Digest,
+        path: &Path,
+        bytes: Bytes,
+        origin: &str,
+        media_type: Option<&str>,
+    ) -> bool {
+        let _turn = self.turns.acquire().await;
+        let suspect = self.suspect.lock().expect("suspect lock").remove(digest);
+        if !suspect && self.holds(path, bytes.len() as u64).await {
+            count("upload", "present");
+            return true;
+        }
+        let mut attributes = Attributes::new();
+        attributes.insert(Attribute::Metadata("registry".into()), origin.to_owned().into());
+        if let Some(t) = media_type {
+            attributes.insert(Attribute::ContentType, t.to_owned().into());
+        }
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1) * 4u32.pow(attempt - 1)).await;
+            }
+            let started = Instant::now();
+            match self.put(path, bytes.clone(), attributes.clone()).await {
+                Ok(()) => {
+                    metrics::histogram!("berth_bucket_request_seconds", "op" => "put")
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::counter!("berth_bucket_bytes_total", "direction" => "written")
+                        .increment(bytes.len() as u64);
+                    count("upload", "stored");
+                    self.health.ok();
+                    return true;
+                }
+                Err(e) => {
+                    count("upload", "error");
+                    tracing::warn!(%digest, attempt = attempt + 1, error = %e, "bucket upload failed");
+                }
+            }
+        }
+        false
+    }
+
+    /// Whether an object of `len` bytes is at `path` (one HEAD); false when unsure.
+    async fn holds(&self, path: &Path, len: u64) -> bool {
+        let head = GetOptions { head: true, ..GetOptions::default() };
+        match tokio::time::timeout(self.timeout, self.store.get_opts(path, head)).await {
+            Ok(Ok(got)) => got.meta.size == len,
+            _ => false,
+        }
+    }
+
+    /// One put, or a multipart upload of `PART`s (aborted when a part fails).
+    async fn put(&self, path: &Path, bytes: Bytes, attributes: Attributes) -> object_store::Result<()> {
+        let opts = PutOptions { attributes: attributes.clone(), ..PutOptions::default() };
+        if bytes.len() <= PART {
+            return self.store.put_opts(path, PutPayload::from(bytes), opts).await.map(drop);
+        }
+        let multipart = object_store::PutMultipartOptions { attributes, ..Default::default() };
+        let mut upload = self.store.put_multipart_opts(path, multipart).await?;
+        let parts: Vec<_> = (0..bytes.len())
+            .step_by(PART)
+            .map(|at| upload.put_part(PutPayload::from(bytes.slice(at..(at + PART).min(bytes.len())))))
+            .collect();
+        let sent: Vec<_> = futures::stream::iter(parts).buffer_unordered(PARTS_AT_ONCE).collect().await;
+        if let Some(Err(e)) = sent.into_iter().find(Result::is_err) {
+            let _ = upload.abort().await;
+            return Err(e);
+        }
+        upload.complete().await.map(drop)
+    }
+}
