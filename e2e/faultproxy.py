@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """A fault-injecting HTTP proxy for the e2e suite (stdlib only).
 
-Usage: faultproxy.py LISTEN_PORT UPSTREAM_PORT
+Usage: faultproxy.py LISTEN_PORT UPSTREAM_PORT [keep-host]
 
-Forwards every request to 127.0.0.1:UPSTREAM_PORT and streams the answer back. The mode,
-set with GET /__mode/<mode>, applies to blob GETs (paths with /blobs/sha256:):
+Forwards every request to 127.0.0.1:UPSTREAM_PORT and streams the answer back (with
+keep-host, the client's Host header too, as a signed S3 request needs). The mode, set with
+GET /__mode/<mode>, applies to blob GETs (paths with /blobs/sha256: or, in a bucket,
+/blobs/sha256/):
   normal          pass through
   cut-once        cut each blob's first response at a random offset (later ones pass)
   cut-always      cut every blob response at a random offset
@@ -19,6 +21,7 @@ import threading
 import time
 
 MODE = ["normal"]
+KEEP_HOST = len(sys.argv) > 3 and sys.argv[3] == "keep-host"
 SEEN = set()
 LOCK = threading.Lock()
 CHUNK = 64 * 1024
@@ -44,7 +47,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
 
     def forward(self):
         up = http.client.HTTPConnection("127.0.0.1", UPSTREAM_PORT, timeout=60)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+        drop = ("connection",) if KEEP_HOST else ("host", "connection")
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in drop}
         up.request(self.command, self.path, headers=headers)
         resp = up.getresponse()
         print(self.command, self.path, self.headers.get("Range", "-"), resp.status, flush=True)
@@ -57,7 +61,7 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         if self.command == "HEAD":
             return
         length = int(resp.getheader("Content-Length") or 0)
-        blob = "/blobs/sha256:" in self.path and self.command == "GET" and resp.status in (200, 206)
+        blob = ("/blobs/sha256:" in self.path or "/blobs/sha256/" in self.path) and self.command == "GET" and resp.status in (200, 206)
         mode = MODE[0]
         cut_at = None
         if blob and mode in ("cut-once", "cut-always") and length > 1:

@@ -298,12 +298,14 @@ scenario_alive() {
 . "$(dirname "${BASH_SOURCE[0]}")/peers.sh"
 # shellcheck source=e2e/secure.sh
 . "$(dirname "${BASH_SOURCE[0]}")/secure.sh"
+# shellcheck source=e2e/bucket.sh
+. "$(dirname "${BASH_SOURCE[0]}")/bucket.sh"
 
 # ---------------------------------------------------------------------------
 START=$SECONDS
 if setup; then
     # E2E_SCENARIOS="a m" runs a subset (setup always runs).
-    for s in ${E2E_SCENARIOS:-a b c d e f g h i j k l m n alive}; do
+    for s in ${E2E_SCENARIOS:-a b c d e f g h i j k l m n o alive}; do
         log "--- scenario $s ($((SECONDS - START))s)"
         "scenario_$s"
     done
