@@ -5,7 +5,7 @@
 #
 # 1. A pulls an image: its blobs and manifest land in the bucket. 2. B, another cluster,
 # pulls it: every blob was GET from upstream once in all. 3. Upstream stopped, a fresh berth
-# with an empty disk pulls it by digest from the bucket. 4. A layer overwritten with wrong
+# with an empty disk pulls it by tag (the fleet's tag mapping) and by digest from the bucket. 4. A layer overwritten with wrong
 # bytes in the bucket: a fresh berth's pull still verifies, and the object is replaced.
 # 5. SeaweedFS killed while a fresh berth reads a large layer from it (through a throttling
 # proxy): the pull completes from upstream.
@@ -135,10 +135,10 @@ scenario_o() {
     # 3: upstream stopped, a fresh berth with an empty disk pulls by digest from the bucket
     stop_upstream
     start_bucket_berth 2 || { fail "o: berth 2 starts"; return; }
-    if out=$(bucket_pull 2 "bucket.test/library/fleet@$digest" 2>&1); then
-        pass "o: upstream stopped, a fresh berth with an empty disk pulls the image from the bucket"
+    if out=$(bucket_pull 2 bucket.test/library/fleet:1 && bucket_pull 2 "bucket.test/library/fleet@$digest" 2>&1); then
+        pass "o: upstream stopped, a fresh berth with an empty disk pulls the image by tag and by digest from the bucket"
     else
-        fail "o: upstream stopped, a fresh berth with an empty disk pulls the image from the bucket" "$out" \
+        fail "o: upstream stopped, a fresh berth with an empty disk pulls the image by tag and by digest from the bucket" "$out" \
             "$(tail -n 5 "$E2E_DIR/bucket-2.log")"
     fi
     start_upstream 2>/dev/null || { fail "o: upstream restarts"; return; }

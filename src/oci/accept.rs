@@ -32,16 +32,27 @@ impl AcceptClass {
         let mut class = AcceptClass { known: [false; KNOWN.len()], any: false };
         for line in headers.get_all(header::ACCEPT) {
             let Ok(line) = line.to_str() else { continue };
-            for item in line.split(',') {
-                let media = item.split(';').next().unwrap_or("").trim();
-                if media == "*/*" {
-                    class.any = true;
-                } else if let Some(i) = KNOWN.iter().position(|k| k.eq_ignore_ascii_case(media)) {
-                    class.known[i] = true;
-                }
-            }
+            class.add(line);
         }
         class
+    }
+
+    /// From one `Accept` value (a comma list), such as [`AcceptClass::header`] gives.
+    pub(crate) fn from_header(value: &str) -> AcceptClass {
+        let mut class = AcceptClass { known: [false; KNOWN.len()], any: false };
+        class.add(value);
+        class
+    }
+
+    fn add(&mut self, line: &str) {
+        for item in line.split(',') {
+            let media = item.split(';').next().unwrap_or("").trim();
+            if media == "*/*" {
+                self.any = true;
+            } else if let Some(i) = KNOWN.iter().position(|k| k.eq_ignore_ascii_case(media)) {
+                self.known[i] = true;
+            }
+        }
     }
 
     /// What containerd sends on a pull: the image and index types of both formats and `*/*`.

@@ -261,6 +261,7 @@ impl TagWork {
                     metrics::counter!("berth_tag_revalidations_total", "result" => "moved").increment(1);
                     if let Some(entry) = self.peered.then(|| entry_of(head)).flatten() {
                         self.tags.put(base, accept, entry.clone()).await?;
+                        self.store.share_tag(&upstream.host, repo, tag, &entry);
                         return Ok(entry);
                     }
                 }
@@ -284,6 +285,7 @@ impl TagWork {
                 Ok(head) => {
                     if let Some(entry) = entry_of(head) {
                         self.tags.put(base, accept, entry.clone()).await?;
+                        self.store.share_tag(&upstream.host, repo, tag, &entry);
                         return Ok(entry);
                     }
                 }
@@ -299,6 +301,9 @@ impl TagWork {
                 metrics::counter!("berth_stale_serves_total").increment(1);
                 return Ok(cached.expect("checked"));
             }
+            Err(e) if e != Error::ManifestUnknown => {
+                return self.fleet_mapping(upstream, repo, tag, accept, base, e).await
+            }
             Err(e) => return Err(e),
         };
         self.store.put_verified(&m.digest, m.bytes.clone(), Some(&m.media_type), &upstream.host).await?;
@@ -309,6 +314,33 @@ impl TagWork {
             size: m.bytes.len() as u64,
             checked_at: now_secs(),
         };
+        self.tags.put(base, accept, entry.clone()).await?;
+        self.store.share_tag(&upstream.host, repo, tag, &entry);
+        Ok(entry)
+    }
+
+    /// Upstream failed with `error` and this berth has no mapping of its own: the fleet's last
+    /// one from the bucket, when the client accepts its media type (kept as stale, so the next
+    /// lookup asks upstream again); else `error`.
+    async fn fleet_mapping(
+        &self,
+        upstream: &Upstream,
+        repo: &str,
+        tag: &str,
+        accept: &str,
+        base: &str,
+        error: Error,
+    ) -> Result<TagEntry, Error> {
+        let accepts = |t: &str| AcceptClass::from_header(accept).names(t);
+        let Some(entry) =
+            self.store.fleet_tag(&upstream.host, repo, tag).await.filter(|e| accepts(&e.media_type))
+        else {
+            return Err(error);
+        };
+        tracing::warn!(registry = %upstream.host, repo, tag, error = %error,
+            "upstream failed; serving the fleet's last tag mapping from the bucket");
+        metrics::counter!("berth_stale_serves_total").increment(1);
+        let entry = TagEntry { checked_at: entry.checked_at.min(now_secs()), ..entry };
         self.tags.put(base, accept, entry.clone()).await?;
         Ok(entry)
     }

@@ -26,6 +26,7 @@ use crate::error::Error;
 use crate::oci::digest::Digest;
 use crate::store::fill::Source;
 
+mod tags;
 mod upload;
 
 pub(crate) use upload::Kind;
@@ -41,6 +42,7 @@ pub(crate) struct Bucket {
     store: Arc<dyn ObjectStore>,
     blobs: Path,
     manifests: Path,
+    tags: Path,
     url: String,
     timeout: Duration,
     uploads: bool,
@@ -82,7 +84,8 @@ impl Bucket {
         Bucket {
             store,
             blobs: root.clone().join("blobs").join("sha256"),
-            manifests: root.join("manifests").join("sha256"),
+            manifests: root.clone().join("manifests").join("sha256"),
+            tags: root.join("tags"),
             url: cfg.url.to_string(),
             timeout: cfg.timeout,
             uploads: cfg.upload == config::Upload::Background,
@@ -223,7 +226,7 @@ impl Bucket {
 
 /// A media type as manifests carry it (`application/vnd.oci.image.index.v1+json`): what a
 /// bucket object's Content-Type must be to be served as one.
-fn is_media_type(t: &str) -> bool {
+pub(super) fn is_media_type(t: &str) -> bool {
     let (kind, sub) = t.split_once('/').unwrap_or_default();
     let token =
         |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b));

@@ -284,3 +284,62 @@ async fn manifests_come_from_the_bucket_only_whole_verified_and_typed() {
         assert!(object(&objects, &path).await.is_none(), "a rejected manifest object was left in the bucket");
     }
 }
+
+#[tokio::test]
+async fn a_tag_mapping_is_shared_through_the_bucket_and_a_malformed_one_is_none() {
+    let (dir, objects) = (tempfile::tempdir().unwrap(), Arc::new(Faulty::default()));
+    let store = open(&dir, &objects);
+    let entry = crate::store::meta::TagEntry {
+        digest: Digest::of(b"m").to_string(),
+        media_type: "application/vnd.oci.image.index.v1+json".into(),
+        size: 1,
+        checked_at: 7,
+    };
+    store.share_tag("test", "library/alpine", "3.20", &entry);
+    let path = Path::from("fleet/v1/tags/test/library/alpine/3.20");
+    eventually("the tag object", async || object(&objects, &path).await.is_some()).await;
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = open(&other_dir, &objects);
+    assert_eq!(other.fleet_tag("test", "library/alpine", "3.20").await, Some(entry.clone()));
+    assert_eq!(
+        other.fleet_tag("other.example", "library/alpine", "3.20").await,
+        None,
+        "another registry's tag"
+    );
+    assert_eq!(other.fleet_tag("test", "library/alpine", "3.21").await, None);
+
+    let huge = format!(
+        "{{\"digest\":\"{}\",\"media_type\":\"{}\",\"size\":1,\"checked_at\":1,\"x\":\"{}\"}}",
+        entry.digest,
+        entry.media_type,
+        "a".repeat(20_000)
+    );
+    for hostile in [
+        huge,
+        "not json".to_owned(),
+        format!(
+            "{{\"digest\":\"sha256:../../x\",\"media_type\":\"{}\",\"size\":1,\"checked_at\":1}}",
+            entry.media_type
+        ),
+        format!(
+            "{{\"digest\":\"{}\",\"media_type\":\"text/html\\r\\nx: y\",\"size\":1,\"checked_at\":1}}",
+            entry.digest
+        ),
+        format!(
+            "{{\"digest\":\"{}\",\"media_type\":\"{}\",\"size\":99999999999,\"checked_at\":1}}",
+            entry.digest, entry.media_type
+        ),
+    ] {
+        objects
+            .inner
+            .put_opts(&path, PutPayload::from(hostile.clone()), PutOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            other.fleet_tag("test", "library/alpine", "3.20").await,
+            None,
+            "{}",
+            &hostile[..80.min(hostile.len())]
+        );
+    }
+}
