@@ -4,7 +4,8 @@
 # each with its own containerd. Sourced by run.sh; uses its helpers.
 #
 # 1. A pulls an image: its blobs and manifest land in the bucket. 2. B, another cluster,
-# pulls it: every blob was GET from upstream once in all. 3. Upstream stopped, a fresh berth
+# pulls it: every blob was GET from upstream once in all; both pull a new image at once: the
+# fleet lease lets one of them fetch each blob. 3. Upstream stopped, a fresh berth
 # with an empty disk pulls it by tag (the fleet's tag mapping) and by digest from the bucket. 4. A layer overwritten with wrong
 # bytes in the bucket: a fresh berth's pull still verifies, and the object is replaced.
 # 5. SeaweedFS killed while a fresh berth reads a large layer from it (through a throttling
@@ -130,6 +131,23 @@ scenario_o() {
         pass "o: two berths that do not peer pull one image through one bucket; each blob GET from upstream once"
     else
         fail "o: two berths that do not peer pull one image through one bucket; each blob GET from upstream once" "$out"
+    fi
+
+    # 2b: A and B pull a new image at the same moment: the fleet lease lets one fetch each blob
+    make_and_push single fleet 3 8M 4M || { fail "o: push fleet:3"; return; }
+    local m3="$E2E_DIR/fleet3.manifest" blobs3
+    get_manifest "$UP_URL" library/fleet 3 >"$m3"
+    blobs3="$(manifest_field config <"$m3") $(manifest_field layers <"$m3" | tr '\n' ' ')"
+    bucket_pull 0 bucket.test/library/fleet:3 >"$E2E_DIR/race-0.out" 2>&1 &
+    local race=$! one=0 other=0
+    bucket_pull 1 bucket.test/library/fleet:3 >"$E2E_DIR/race-1.out" 2>&1 || one=$?
+    wait "$race" || other=$?
+    # shellcheck disable=SC2086
+    if out=$([ "$one$other" = 00 ] && once_upstream $blobs3 2>&1); then
+        pass "o: two berths that do not peer pull a new image at once; the fleet lease lets one fetch each blob"
+    else
+        fail "o: two berths that do not peer pull a new image at once; the fleet lease lets one fetch each blob" "$out" \
+            "pulls exited $one and $other" "$(cat "$E2E_DIR/race-0.out" "$E2E_DIR/race-1.out")"
     fi
 
     # 3: upstream stopped, a fresh berth with an empty disk pulls by digest from the bucket

@@ -58,7 +58,16 @@ async fn open_bucket(config: &Config) -> Result<Option<store::bucket::Bucket>, E
             tracing::warn!(bucket = %cfg.url, error = %why, "bucket cannot be reached: serving without it until it answers")
         }
     }
-    Ok(Some(store::bucket::Bucket::new(client, cfg)))
+    // Who this berth is in a fleet-wide fill lease: its peer URL, else its host and port.
+    let identity = match &config.peers {
+        Some(p) => p.self_url.to_string(),
+        None => format!(
+            "{}:{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "berth".into()),
+            config.server.listen.port()
+        ),
+    };
+    Ok(Some(store::bucket::Bucket::new(client, cfg, &identity)))
 }
 
 /// A running berth: its bound addresses and the task serving them.

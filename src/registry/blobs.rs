@@ -107,7 +107,7 @@ impl Mirror {
         digest: &Digest,
         via: Via,
     ) -> Result<(Arc<Fill>, bool), Error> {
-        let (fill, led) = self.store.fill(digest, &upstream.host, self.fetch(upstream, repo, digest, via));
+        let (fill, led) = self.start_fill(upstream, repo, digest, via);
         if led || fill.origin() == upstream.host {
             return Ok((fill, led));
         }
@@ -116,7 +116,24 @@ impl Mirror {
             return Ok((fill, false));
         }
         fill.settled().await;
-        Ok(self.store.fill(digest, &upstream.host, self.fetch(upstream, repo, digest, via)))
+        Ok(self.start_fill(upstream, repo, digest, via))
+    }
+
+    /// Joins or starts the digest's fill from this registry; a fill that will ask upstream
+    /// (no peer owns the digest) is claimed fleet-wide first when a bucket is configured.
+    fn start_fill(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &str,
+        digest: &Digest,
+        via: Via,
+    ) -> (Arc<Fill>, bool) {
+        let fetch = self.fetch(upstream, repo, digest, via);
+        if self.owner_of(digest, via).is_none() {
+            self.store.fill_from_upstream(digest, &upstream.host, fetch)
+        } else {
+            self.store.fill(digest, &upstream.host, fetch)
+        }
     }
 
     /// The fetch of a fill from this registry: through the digest's owner among the peers,

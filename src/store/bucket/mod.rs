@@ -26,9 +26,11 @@ use crate::error::Error;
 use crate::oci::digest::Digest;
 use crate::store::fill::Source;
 
+pub(crate) mod lease;
 mod tags;
 mod upload;
 
+pub(crate) use lease::Claimed;
 pub(crate) use upload::Kind;
 
 /// Uploads at once.
@@ -43,6 +45,10 @@ pub(crate) struct Bucket {
     blobs: Path,
     manifests: Path,
     tags: Path,
+    fills: Path,
+    /// Who this berth is in a lease (its peer URL, or its host name and listen address).
+    identity: String,
+    fill_lease: Duration,
     url: String,
     timeout: Duration,
     uploads: bool,
@@ -79,13 +85,16 @@ pub(crate) enum Found {
 }
 
 impl Bucket {
-    pub(crate) fn new(store: Arc<dyn ObjectStore>, cfg: &config::Bucket) -> Bucket {
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, cfg: &config::Bucket, identity: &str) -> Bucket {
         let root = Path::from(cfg.prefix.as_str()).join("v1");
         Bucket {
             store,
             blobs: root.clone().join("blobs").join("sha256"),
             manifests: root.clone().join("manifests").join("sha256"),
-            tags: root.join("tags"),
+            tags: root.clone().join("tags"),
+            fills: root.join("fills"),
+            identity: identity.to_owned(),
+            fill_lease: cfg.fill_lease,
             url: cfg.url.to_string(),
             timeout: cfg.timeout,
             uploads: cfg.upload == config::Upload::Background,

@@ -86,7 +86,7 @@ impl ObjectStore for Faulty {
 }
 
 fn bucket_config() -> crate::config::Bucket {
-    let text = "[server]\ndefault_registry = \"test\"\n[bucket]\nurl = \"s3://berth-test/fleet\"\ntimeout = \"300ms\"\n[[registry]]\nhost = \"test\"\nendpoint = \"https://test.invalid\"\n";
+    let text = "[server]\ndefault_registry = \"test\"\n[bucket]\nurl = \"s3://berth-test/fleet\"\ntimeout = \"300ms\"\nfill_lease = \"3s\"\n[[registry]]\nhost = \"test\"\nendpoint = \"https://test.invalid\"\n";
     Config::parse(text).unwrap().bucket.unwrap()
 }
 
@@ -100,7 +100,11 @@ fn open(dir: &tempfile::TempDir, objects: &Arc<Faulty>) -> Arc<Store> {
         max_blob_size: 64 << 20,
     };
     let objects: Arc<dyn ObjectStore> = objects.clone();
-    Store::open_with(&storage, Some(Bucket::new(objects, &bucket_config()))).unwrap()
+    Store::open_with(
+        &storage,
+        Some(Bucket::new(objects, &bucket_config(), &dir.path().display().to_string())),
+    )
+    .unwrap()
 }
 
 fn content(n: usize, salt: u8) -> Bytes {
@@ -342,4 +346,79 @@ async fn a_tag_mapping_is_shared_through_the_bucket_and_a_malformed_one_is_none(
             &hostile[..80.min(hostile.len())]
         );
     }
+}
+
+/// Fills `digest` for "test" as a fetch from upstream (claimed fleet-wide) from a source that
+/// answers after `delay` and counts its calls; returns what a client read.
+async fn fill_claimed(
+    store: &Arc<Store>,
+    digest: &Digest,
+    bytes: Bytes,
+    delay: Duration,
+    calls: Arc<AtomicU32>,
+) -> Vec<u8> {
+    let fetch = async move {
+        calls.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(delay).await;
+        let len = Some(bytes.len() as u64);
+        Ok(Source {
+            len,
+            body: futures::stream::iter([Ok(bytes)]).boxed(),
+            resume: None,
+            rejected: None,
+            hold: None,
+            floor: None,
+        })
+    };
+    let (fill, _) = store.fill_from_upstream(digest, "test", fetch.boxed());
+    let mut body = body::follow(fill.clone(), 0, None);
+    let mut out = Vec::new();
+    while let Some(b) = body.next().await {
+        out.extend_from_slice(&b.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_berths_racing_for_one_blob_fetch_it_from_upstream_once() {
+    let objects = Arc::new(Faulty::default());
+    let dirs: Vec<_> = (0..8).map(|_| tempfile::tempdir().unwrap()).collect();
+    let stores: Vec<_> = dirs.iter().map(|d| open(d, &objects)).collect();
+    let bytes = content(2 << 20, 5);
+    let d = Digest::of(&bytes);
+    let calls = Arc::new(AtomicU32::new(0));
+    let pulls =
+        stores.iter().map(|s| fill_claimed(s, &d, bytes.clone(), Duration::from_millis(300), calls.clone()));
+    for got in futures::future::join_all(pulls).await {
+        assert!(got == bytes, "a berth served other bytes");
+    }
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        1,
+        "eight berths on one bucket fetched one blob from upstream more than once"
+    );
+    eventually("the lease released", async || {
+        object(&objects, &Path::from(format!("fleet/v1/fills/{}", d.hex()))).await.is_none()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_lease_whose_holder_died_expires_and_the_waiters_fetch() {
+    let (dir, objects) = (tempfile::tempdir().unwrap(), Arc::new(Faulty::default()));
+    let store = open(&dir, &objects);
+    let bytes = content(10_000, 9);
+    let d = Digest::of(&bytes);
+    // A holder that will never upload, whose claim says it lasts a day: capped at fill_lease.
+    let lease = format!("{{\"holder\":\"dead\",\"expires_at\":{}}}", super::lease::now_secs() + 86_400);
+    let path = Path::from(format!("fleet/v1/fills/{}", d.hex()));
+    objects.inner.put_opts(&path, PutPayload::from(lease), PutOptions::default()).await.unwrap();
+    let (calls, started) = (Arc::new(AtomicU32::new(0)), Instant::now());
+    assert_eq!(fill_claimed(&store, &d, bytes.clone(), Duration::ZERO, calls.clone()).await, bytes);
+    assert_eq!(calls.load(Ordering::Relaxed), 1, "the waiter never fetched after the lease expired");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(8),
+        "waited {waited:?} for a 3 s lease"
+    );
 }

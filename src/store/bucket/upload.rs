@@ -13,6 +13,7 @@ use object_store::{Attribute, Attributes, GetOptions, PutOptions, PutPayload};
 
 use super::{count, Bucket};
 use crate::oci::digest::Digest;
+use crate::store::fill::LeaseHeld;
 use crate::store::Store;
 
 /// Objects up to this size are put in one request; larger ones in parts of this size.
@@ -34,21 +35,24 @@ pub(crate) enum Kind {
 
 impl Store {
     /// Uploads the published blob `digest` (fetched for `origin`) in the background.
-    pub(crate) fn upload_blob(self: &Arc<Self>, digest: &Digest, origin: &str) {
-        self.upload_later(digest, Kind::Blob { origin: origin.to_owned() });
+    /// A fleet lease the fill won is released once the upload has ended.
+    pub(crate) fn upload_blob(self: &Arc<Self>, digest: &Digest, origin: &str, lease: Option<LeaseHeld>) {
+        self.upload_later(digest, Kind::Blob { origin: origin.to_owned() }, lease);
     }
 
     /// Uploads the verified manifest `digest` (fetched for `origin`) in the background.
     pub(crate) fn upload_manifest(self: &Arc<Self>, digest: &Digest, origin: &str, media_type: Option<&str>) {
         let kind = Kind::Manifest { origin: origin.to_owned(), media_type: media_type.map(str::to_owned) };
-        self.upload_later(digest, kind);
+        self.upload_later(digest, kind, None);
     }
 
-    fn upload_later(self: &Arc<Self>, digest: &Digest, kind: Kind) {
+    fn upload_later(self: &Arc<Self>, digest: &Digest, kind: Kind, lease: Option<LeaseHeld>) {
         let Some(bucket) = self.bucket.clone().filter(|b| b.uploads) else { return };
         let (store, digest) = (self.clone(), digest.clone());
         tokio::spawn(async move {
-            if !store.upload_now(&bucket, &digest, &kind).await {
+            let stored = store.upload_now(&bucket, &digest, &kind).await;
+            drop(lease);
+            if !stored {
                 bucket.retry_later(&store, digest, kind);
             }
         });

@@ -21,6 +21,28 @@ impl Store {
         origin: &str,
         fetch: BoxFuture<'static, Result<Source, Error>>,
     ) -> (Arc<Fill>, bool) {
+        self.fill_with(digest, origin, fetch, false)
+    }
+
+    /// Like [`Store::fill`], for a fetch that asks upstream: with a bucket, a new fill first
+    /// claims the digest fleet-wide (`bucket::lease`), and one that loses waits for the
+    /// winner's upload instead of fetching.
+    pub(crate) fn fill_from_upstream(
+        self: &Arc<Self>,
+        digest: &Digest,
+        origin: &str,
+        fetch: BoxFuture<'static, Result<Source, Error>>,
+    ) -> (Arc<Fill>, bool) {
+        self.fill_with(digest, origin, fetch, true)
+    }
+
+    fn fill_with(
+        self: &Arc<Self>,
+        digest: &Digest,
+        origin: &str,
+        fetch: BoxFuture<'static, Result<Source, Error>>,
+        claims: bool,
+    ) -> (Arc<Fill>, bool) {
         let mut inflight = self.inflight.lock().expect("inflight lock");
         // A fill that has failed but not yet left the map is not joined: it is replaced (its
         // leader removes only its own entry).
@@ -34,6 +56,7 @@ impl Store {
         let fill = Arc::new(Fill {
             digest: digest.clone(),
             origin: origin.into(),
+            claims,
             clients: std::sync::atomic::AtomicU64::new(1),
             state,
             settled: watch::channel(false).0,

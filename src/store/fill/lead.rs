@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+use super::claim::{claim_or_wait, Turn};
 use super::inflight::every_client_left;
 use super::pass::{disk_trouble, pass_through, pass_written};
 use super::pump::{pump_into, Pump};
@@ -23,6 +24,10 @@ pub(super) async fn lead(
     if already_published(store, fill).await? || from_bucket(store, fill).await? {
         return Ok(());
     }
+    let lease = match claim_or_wait(store, fill).await? {
+        Turn::Fetch(lease) => lease,
+        Turn::Published => return Ok(()),
+    };
     let Source { len, body, resume, rejected, hold: _turn, floor } =
         source_while_awaited(fill, fetch).await?;
     if let Some(len) = len.filter(|&l| l > store.max_blob_size) {
@@ -60,7 +65,7 @@ pub(super) async fn lead(
         return pass_written(fill, made, len, resume, why).await;
     }
     super::publish::settle(store, fill, len, pumped, made, room, rejected).await?;
-    store.upload_blob(&fill.digest, &fill.origin);
+    store.upload_blob(&fill.digest, &fill.origin, lease);
     Ok(())
 }
 
@@ -68,7 +73,7 @@ pub(super) async fn lead(
 /// written and hashed like any source's, but the fill stays pending, so nobody sees a byte
 /// before the whole object verifies. An object that does not is deleted, and the fill goes on
 /// to its own source, as it does when the bucket is missing it, fails or is too slow.
-async fn from_bucket(store: &Store, fill: &Arc<Fill>) -> Result<bool, Error> {
+pub(super) async fn from_bucket(store: &Store, fill: &Arc<Fill>) -> Result<bool, Error> {
     let Some(bucket) = store.bucket.as_ref() else { return Ok(false) };
     let path = bucket.blob_path(&fill.digest);
     let Found::Object(got) = bucket.open(&path, &fill.origin).await else { return Ok(false) };

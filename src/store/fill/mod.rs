@@ -11,6 +11,7 @@
 //! (the body, resumed after cuts), `write` (writer and hasher threads, room on disk),
 //! `publish` (verify, then publish), `pass` (passing through what the disk cannot take).
 
+mod claim;
 mod inflight;
 mod lead;
 mod pass;
@@ -20,6 +21,7 @@ mod pump;
 mod tests;
 mod write;
 
+pub(crate) use claim::LeaseHeld;
 pub(crate) use pump::skip_held;
 
 use std::fs::File;
@@ -88,6 +90,8 @@ pub struct Fill {
     digest: Digest,
     /// Who started it (the registry, for the layer above: a label the store does not read).
     origin: Arc<str>,
+    /// Its fetch asks upstream: claimed fleet-wide first, with a bucket.
+    claims: bool,
     /// Requests served by this fill: the one that started it and every follower.
     clients: std::sync::atomic::AtomicU64,
     state: watch::Sender<FillState>,
