@@ -134,10 +134,7 @@ impl Bucket {
         if !self.health.up() {
             return Found::Skipped;
         }
-        let started = Instant::now();
         let got = tokio::time::timeout(self.timeout, self.store.get_opts(path, GetOptions::default())).await;
-        metrics::histogram!("berth_bucket_request_seconds", "op" => "get")
-            .record(started.elapsed().as_secs_f64());
         match got {
             Ok(Ok(got)) if registry_of(&got.attributes) == Some(origin) => {
                 count("get", "hit");
@@ -261,8 +258,10 @@ async fn read_bounded(got: GetResult, max: u64) -> Result<Bytes, String> {
     Ok(out.freeze())
 }
 
+/// What came of one of berth's uses of the bucket (a read for a fill, an upload, a lease, a
+/// tag); the requests themselves are counted by the client (`berth_bucket_requests_total`).
 pub(super) fn count(op: &'static str, outcome: &'static str) {
-    metrics::counter!("berth_bucket_requests_total", "op" => op, "outcome" => outcome).increment(1);
+    metrics::counter!("berth_bucket_outcomes_total", "op" => op, "outcome" => outcome).increment(1);
 }
 
 /// Consecutive failures, and until when the bucket is left alone.

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -139,11 +139,8 @@ impl Bucket {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_secs(1) * 4u32.pow(attempt - 1)).await;
             }
-            let started = Instant::now();
             match self.put(path, bytes.clone(), attributes.clone()).await {
                 Ok(()) => {
-                    metrics::histogram!("berth_bucket_request_seconds", "op" => "put")
-                        .record(started.elapsed().as_secs_f64());
                     metrics::counter!("berth_bucket_bytes_total", "direction" => "written")
                         .increment(bytes.len() as u64);
                     count("upload", "stored");

@@ -1,6 +1,7 @@
 //! The bucket's client: `object_store`'s S3 client for `[bucket]`, speaking through a
-//! connection built by the outbound policy (`outbound::bucket_client`), and the startup probe
-//! that tells a bucket that refuses from one that cannot be reached.
+//! connection built by the outbound policy (`outbound::bucket_client`), every request counted
+//! (`counted`), and the startup probe that tells a bucket that refuses from one that cannot
+//! be reached.
 
 use std::sync::Arc;
 
@@ -10,6 +11,9 @@ use object_store::path::Path;
 use object_store::{BackoffConfig, ObjectStore, RetryConfig};
 
 use super::outbound::bucket_client;
+use counted::Counted;
+
+mod counted;
 use crate::config::Bucket;
 use crate::error::Error;
 
@@ -40,7 +44,7 @@ pub(crate) fn connect(cfg: &Bucket) -> Result<Arc<dyn ObjectStore>, Error> {
         _ => builder.with_skip_signature(true),
     };
     let store = builder.build().map_err(|e| Error::fault(format!("bucket {}", cfg.url), e))?;
-    Ok(Arc::new(store))
+    Ok(Arc::new(Counted(store)))
 }
 
 /// How the bucket answered the startup probe.
