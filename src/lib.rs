@@ -48,8 +48,8 @@ use store::Store;
 /// and used once it answers.
 async fn open_bucket(config: &Config) -> Result<Option<store::bucket::Bucket>, Error> {
     let Some(cfg) = &config.bucket else { return Ok(None) };
-    let client = source::bucket::connect(cfg)?;
-    match source::bucket::probe(client.as_ref(), cfg).await {
+    let clients = source::bucket::connect(cfg)?;
+    match source::bucket::probe(clients.0.as_ref(), cfg).await {
         source::bucket::Probe::Ready => tracing::info!(bucket = %cfg.url, "bucket answers"),
         source::bucket::Probe::Refused(why) => {
             return Err(Error::fault(format!("bucket {}", cfg.url), format!("refused: {why}")))
@@ -67,7 +67,7 @@ async fn open_bucket(config: &Config) -> Result<Option<store::bucket::Bucket>, E
             config.server.listen.port()
         ),
     };
-    Ok(Some(store::bucket::Bucket::new(client, cfg, &identity)))
+    Ok(Some(store::bucket::Bucket::new(clients, cfg, &identity)))
 }
 
 /// A running berth: its bound addresses and the task serving them.

@@ -64,14 +64,19 @@ pub(super) fn validate(raw: Option<RawBucket>, p: &mut Checker) -> Option<Bucket
     let raw = raw?;
     let (url, name, prefix) = location(&raw.url, p)?;
     let endpoint = raw.endpoint.as_deref().and_then(|e| match Url::parse(e) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.path() == "/" => Some(u),
+        Ok(u) if is_base_url(&u) => Some(u),
         _ => {
             p.0.push(format!(
-                "bucket.endpoint = {e:?}: expected a base URL such as \"http://127.0.0.1:8333\""
+                "bucket.endpoint = {e:?}: expected a base URL such as \"http://127.0.0.1:8333\" (no credentials, path or query)"
             ));
             None
         }
     });
+    let region = raw.region.unwrap_or_else(|| "us-east-1".into());
+    let plain = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+    if region.is_empty() || region.len() > 64 || !region.bytes().all(plain) {
+        p.0.push(format!("bucket.region = {region:?}: expected a region name such as \"us-east-1\""));
+    }
     let key = p.secret(
         "bucket",
         "access_key_id",
@@ -101,7 +106,7 @@ pub(super) fn validate(raw: Option<RawBucket>, p: &mut Checker) -> Option<Bucket
         name,
         prefix,
         endpoint,
-        region: raw.region.unwrap_or_else(|| "us-east-1".into()),
+        region,
         access_key_id: key,
         secret_access_key: secret,
         ca_file: raw.ca_file.map(CaFile::new),
@@ -110,6 +115,18 @@ pub(super) fn validate(raw: Option<RawBucket>, p: &mut Checker) -> Option<Bucket
         fill_lease: p.timeout("bucket.fill_lease", raw.fill_lease, "2m"),
         capacity,
     })
+}
+
+/// An http(s) base URL with a host and nothing else: no credentials (which would show in
+/// error messages), path, query or fragment.
+fn is_base_url(u: &Url) -> bool {
+    matches!(u.scheme(), "http" | "https")
+        && u.host().is_some()
+        && u.path() == "/"
+        && u.username().is_empty()
+        && u.password().is_none()
+        && u.query().is_none()
+        && u.fragment().is_none()
 }
 
 /// `s3://<bucket>[/<prefix>]`: the URL, the bucket's name and the prefix, or the problem.
@@ -189,6 +206,9 @@ mod tests {
             ("url = \"s3://berth-cache?x=1\"", "credentials, a query"),
             ("url = \"s3://berth-cache\"\nendpoint = \"ftp://x\"", "bucket.endpoint"),
             ("url = \"s3://berth-cache\"\nendpoint = \"http://x/path\"", "bucket.endpoint"),
+            ("url = \"s3://berth-cache\"\nendpoint = \"http://key:secret@x\"", "bucket.endpoint"),
+            ("url = \"s3://berth-cache\"\nendpoint = \"http://x/?token=1\"", "bucket.endpoint"),
+            ("url = \"s3://berth-cache\"\nregion = \"us-east-1/../x\"", "bucket.region"),
             ("url = \"s3://berth-cache\"\naccess_key_id_env = \"K\"", "go together"),
             ("url = \"s3://berth-cache\"\naccess_key_id_env = \"K\"\naccess_key_id_file = \"k\"\nsecret_access_key_env = \"S\"", "not both"),
             ("url = \"s3://berth-cache\"\nupload = \"always\"", "bucket.upload"),

@@ -228,6 +228,11 @@ struct TagWork {
     peered: bool,
 }
 
+/// The index media types (OCI and Docker): a mapping learnt with an Accept naming one is
+/// shared with the fleet.
+const INDEX_TYPES: [&str; 2] =
+    ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
+
 /// A tag entry from a HEAD that named the digest, media type and length.
 fn entry_of(head: crate::source::upstream::ManifestHead) -> Option<TagEntry> {
     Some(TagEntry {
@@ -261,7 +266,7 @@ impl TagWork {
                     metrics::counter!("berth_tag_revalidations_total", "result" => "moved").increment(1);
                     if let Some(entry) = self.peered.then(|| entry_of(head)).flatten() {
                         self.tags.put(base, accept, entry.clone()).await?;
-                        self.store.share_tag(&upstream.host, repo, tag, &entry);
+                        self.share(upstream, repo, tag, accept, &entry);
                         return Ok(entry);
                     }
                 }
@@ -285,7 +290,7 @@ impl TagWork {
                 Ok(head) => {
                     if let Some(entry) = entry_of(head) {
                         self.tags.put(base, accept, entry.clone()).await?;
-                        self.store.share_tag(&upstream.host, repo, tag, &entry);
+                        self.share(upstream, repo, tag, accept, &entry);
                         return Ok(entry);
                     }
                 }
@@ -301,7 +306,9 @@ impl TagWork {
                 metrics::counter!("berth_stale_serves_total").increment(1);
                 return Ok(cached.expect("checked"));
             }
-            Err(e) if e != Error::ManifestUnknown => {
+            // Only when upstream could not be reached or failed: a refusal (401/403, 429) or
+            // a client error is upstream's answer, not an outage.
+            Err(e @ Error::Unavailable(_)) => {
                 return self.fleet_mapping(upstream, repo, tag, accept, base, e).await
             }
             Err(e) => return Err(e),
@@ -315,8 +322,18 @@ impl TagWork {
             checked_at: now_secs(),
         };
         self.tags.put(base, accept, entry.clone()).await?;
-        self.store.share_tag(&upstream.host, repo, tag, &entry);
+        self.share(upstream, repo, tag, accept, &entry);
         Ok(entry)
+    }
+
+    /// Shares a mapping upstream gave with the fleet, when it was asked with an Accept that
+    /// names index types: that is what upstream gives any client able to pick its platform,
+    /// not a platform's manifest chosen for a client that takes no index.
+    fn share(&self, upstream: &Upstream, repo: &str, tag: &str, accept: &str, entry: &TagEntry) {
+        let class = AcceptClass::from_header(accept);
+        if INDEX_TYPES.iter().any(|t| class.names(t)) {
+            self.store.share_tag(&upstream.host, repo, tag, entry);
+        }
     }
 
     /// Upstream failed with `error` and this berth has no mapping of its own: the fleet's last
@@ -340,7 +357,8 @@ impl TagWork {
         tracing::warn!(registry = %upstream.host, repo, tag, error = %error,
             "upstream failed; serving the fleet's last tag mapping from the bucket");
         metrics::counter!("berth_stale_serves_total").increment(1);
-        let entry = TagEntry { checked_at: entry.checked_at.min(now_secs()), ..entry };
+        // Never fresh: the next lookup asks upstream again.
+        let entry = TagEntry { checked_at: 0, ..entry };
         self.tags.put(base, accept, entry.clone()).await?;
         Ok(entry)
     }

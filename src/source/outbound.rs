@@ -39,13 +39,18 @@ pub(crate) fn peer_client(cfg: &crate::config::Peers) -> Result<reqwest::Client,
 /// same policy as every other, for the reqwest object_store is built on. No redirects, no
 /// proxy from the environment, `bucket.timeout` to connect and for each read, HTTPS only
 /// unless the endpoint is `http://`, the system roots plus `bucket.ca_file`'s.
-pub(crate) fn bucket_client(cfg: &crate::config::Bucket) -> Result<reqwest_bucket::Client, Error> {
+///
+/// With `reads`, each read also within `bucket.timeout`; without (the uploads' client: a read
+/// timeout would also bound sending a request's body), the caller bounds each request.
+pub(crate) fn bucket_client(
+    cfg: &crate::config::Bucket,
+    reads: bool,
+) -> Result<reqwest_bucket::Client, Error> {
     let https_only = cfg.endpoint.as_ref().is_none_or(|e| e.scheme() == "https");
     let mut builder = reqwest_bucket::Client::builder()
         .redirect(reqwest_bucket::redirect::Policy::none())
         .no_proxy()
         .connect_timeout(cfg.timeout)
-        .read_timeout(cfg.timeout)
         .https_only(https_only)
         .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = &cfg.ca_file {
@@ -57,6 +62,9 @@ pub(crate) fn bucket_client(cfg: &crate::config::Bucket) -> Result<reqwest_bucke
             roots.push(root);
         }
         builder = builder.tls_certs_merge(roots);
+    }
+    if reads {
+        builder = builder.read_timeout(cfg.timeout);
     }
     builder.build().map_err(Error::internal)
 }

@@ -17,12 +17,20 @@ mod counted;
 use crate::config::Bucket;
 use crate::error::Error;
 
-/// The object store `cfg` names. Nothing is asked of it here.
-pub(crate) fn connect(cfg: &Bucket) -> Result<Arc<dyn ObjectStore>, Error> {
+/// The bucket's clients: for reads, and for uploads.
+pub(crate) type Clients = (Arc<dyn ObjectStore>, Arc<dyn ObjectStore>);
+
+/// Two clients of the bucket `cfg` names: one for reads (each read within `timeout`) and one
+/// for uploads (the store bounds each put by its length). Nothing is asked of it here.
+pub(crate) fn connect(cfg: &Bucket) -> Result<Clients, Error> {
+    Ok((client(cfg, true)?, client(cfg, false)?))
+}
+
+fn client(cfg: &Bucket, reads: bool) -> Result<Arc<dyn ObjectStore>, Error> {
     let mut builder = AmazonS3Builder::new()
         .with_bucket_name(&cfg.name)
         .with_region(&cfg.region)
-        .with_http_connector(Outbound(bucket_client(cfg)?))
+        .with_http_connector(Outbound(bucket_client(cfg, reads)?))
         // One retry at most, within the timeout: a slow bucket is left for the next source,
         // not waited for.
         .with_retry(RetryConfig {
@@ -63,6 +71,8 @@ pub(crate) async fn probe(store: &dyn ObjectStore, cfg: &Bucket) -> Probe {
     let listed = tokio::time::timeout(cfg.timeout * 2, store.list_with_delimiter(Some(&prefix))).await;
     match listed {
         Ok(Ok(_)) => Probe::Ready,
+        // A public bucket read anonymously usually allows GET but not LIST.
+        Ok(Err(object_store::Error::PermissionDenied { .. })) if cfg.access_key_id.is_none() => Probe::Ready,
         Ok(Err(
             e @ (object_store::Error::NotFound { .. }
             | object_store::Error::PermissionDenied { .. }

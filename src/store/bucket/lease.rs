@@ -12,7 +12,7 @@ use object_store::path::Path;
 use object_store::{GetOptions, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use super::{count, Bucket};
+use super::{count, labelled_for, Bucket};
 use crate::oci::digest::Digest;
 
 /// A lease object larger than this is not read.
@@ -35,6 +35,20 @@ pub(crate) enum Claimed {
     Lost { holder: String, expires_at: u64 },
     /// The bucket could not be asked, or leases are not taken (read-only use): fetch.
     Skipped,
+}
+
+/// What a berth waiting on another's lease finds when it looks again.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// The blob is there for this registry: fill from it.
+    Blob,
+    /// Still being filled by its holder.
+    Leased,
+    /// Neither blob nor lease: the holder gave up (its fetch failed, or it could not keep
+    /// the blob); claim again.
+    Free,
+    /// The bucket failed: stop waiting and fetch.
+    Trouble,
 }
 
 pub(crate) fn now_secs() -> u64 {
@@ -62,14 +76,18 @@ impl Bucket {
                 count("lease", "won");
                 Claimed::Won
             }
-            Ok(Err(object_store::Error::AlreadyExists { .. })) => match self.read_claim(digest).await {
-                Some(c) => {
-                    count("lease", "lost");
-                    Claimed::Lost { holder: c.holder, expires_at: c.expires_at }
+            Ok(Err(object_store::Error::AlreadyExists { .. })) => {
+                count("lease", "lost");
+                match self.read_claim(digest).await {
+                    Some(c) => Claimed::Lost { holder: c.holder, expires_at: c.expires_at },
+                    // Gone meanwhile (released), or unreadable: waited on for one lease, as
+                    // the holder's claim would be.
+                    None => Claimed::Lost {
+                        holder: String::new(),
+                        expires_at: now_secs() + self.fill_lease.as_secs(),
+                    },
                 }
-                // Gone meanwhile (released), or unreadable: treated as just expired.
-                None => Claimed::Lost { holder: String::new(), expires_at: 0 },
-            },
+            }
             Ok(Err(e)) => {
                 self.failed("lease", &e.to_string());
                 Claimed::Skipped
@@ -93,6 +111,9 @@ impl Bucket {
             let mut out = Vec::new();
             while let Some(chunk) = body.next().await {
                 out.extend_from_slice(&chunk.ok()?);
+                if out.len() as u64 > LEASE_MAX {
+                    return None;
+                }
             }
             serde_json::from_slice::<Claim>(&out).ok()
         };
@@ -101,12 +122,36 @@ impl Bucket {
         Some(claim)
     }
 
-    /// Whether the blob object of `digest` is there (one HEAD).
-    pub(crate) async fn has_blob(&self, digest: &Digest) -> bool {
-        let head = GetOptions { head: true, ..GetOptions::default() };
-        let got =
-            tokio::time::timeout(self.timeout, self.store.get_opts(&self.blob_path(digest), head)).await;
-        matches!(got, Ok(Ok(_)))
+    /// What a berth waiting on a lease finds: the blob for `origin` (one HEAD), else whether
+    /// the lease is still there (one more).
+    pub(crate) async fn look(&self, digest: &Digest, origin: &str) -> Seen {
+        let head = || GetOptions { head: true, ..GetOptions::default() };
+        let blob =
+            tokio::time::timeout(self.timeout, self.store.get_opts(&self.blob_path(digest), head())).await;
+        match blob {
+            Ok(Ok(got)) if labelled_for(&got.attributes, origin) => return Seen::Blob,
+            Ok(Ok(_) | Err(object_store::Error::NotFound { .. })) => {}
+            Ok(Err(e)) => {
+                self.failed("lease", &e.to_string());
+                return Seen::Trouble;
+            }
+            Err(_) => {
+                self.failed("lease", &format!("no answer within {:?}", self.timeout));
+                return Seen::Trouble;
+            }
+        }
+        let lease =
+            tokio::time::timeout(self.timeout, self.store.get_opts(&self.lease_path(digest), head())).await;
+        match lease {
+            Ok(Ok(_)) => Seen::Leased,
+            Ok(Err(object_store::Error::NotFound { .. })) => Seen::Free,
+            _ => Seen::Trouble,
+        }
+    }
+
+    /// Whether `holder` is this berth (a lease left by its previous run).
+    pub(crate) fn is_me(&self, holder: &str) -> bool {
+        holder == self.identity
     }
 
     /// Removes the lease on `digest` (its fill is uploaded, or it expired): best effort.

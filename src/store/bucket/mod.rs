@@ -6,13 +6,14 @@
 //!   verify (see `fill::lead`); an object that does not match its digest is deleted, counted,
 //!   and fetched from the fill's own source, whose verified copy replaces it.
 //! - An object is used for a fill only when it was uploaded under the fill's origin (the
-//!   registry, kept in the object's `registry` metadata): content is not shared across
-//!   registries through the bucket either.
+//!   registries that uploaded it, kept in the object's `registry` metadata): content is not
+//!   shared across registries through the bucket either. A second registry's upload of the
+//!   same digest puts it again with both in the label.
 //! - A bucket that errs or is slower than `timeout` is skipped, then left alone for a backoff
 //!   that doubles from 1 s to 60 s, and asked again after it: never a restart.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,18 +31,27 @@ pub(crate) mod lease;
 mod tags;
 mod upload;
 
-pub(crate) use lease::Claimed;
+pub(crate) use lease::{Claimed, Seen};
 pub(crate) use upload::Kind;
 
 /// Uploads at once.
 const UPLOADS_AT_ONCE: usize = 4;
+/// Fills reading from the bucket at once; more wait for a turn.
+const READS_AT_ONCE: usize = 16;
+/// The slowest a whole bucket read may go: past `timeout` plus its length at this rate, the
+/// fill moves on to its source.
+const READ_RATE: u64 = 16 * 1024 * 1024;
 /// A manifest object larger than this is not read (manifests are at most 4 MiB).
 const MANIFEST_MAX: u64 = 4 * 1024 * 1024;
 /// The slowest a body from the bucket may arrive, over each `timeout`.
 const FLOOR: u64 = 1024 * 1024;
 
 pub(crate) struct Bucket {
+    /// Reads, leases and tags: every request bounded by `timeout`.
     store: Arc<dyn ObjectStore>,
+    /// Uploads: no read timeout (sending a part takes as long as it takes), each put bounded
+    /// by `timeout` plus its length at 1 MiB/s.
+    writes: Arc<dyn ObjectStore>,
     blobs: Path,
     manifests: Path,
     tags: Path,
@@ -59,7 +69,11 @@ pub(crate) struct Bucket {
     suspect: Mutex<HashSet<Digest>>,
     /// Uploads that failed every attempt, for the next retry round (and whether a round is
     /// scheduled).
-    later: Mutex<HashSet<(Digest, Kind)>>,
+    later: Mutex<HashMap<(Digest, Kind), u32>>,
+    /// Uploads spawned and not yet ended: past `QUEUE_MAX`, new ones wait for a retry round.
+    queued: AtomicUsize,
+    /// Fills reading from the bucket at once.
+    reads: Arc<tokio::sync::Semaphore>,
     round: std::sync::atomic::AtomicBool,
 }
 
@@ -85,10 +99,16 @@ pub(crate) enum Found {
 }
 
 impl Bucket {
-    pub(crate) fn new(store: Arc<dyn ObjectStore>, cfg: &config::Bucket, identity: &str) -> Bucket {
+    /// `reads` and `writes` are clients of one bucket (`source::bucket::connect`).
+    pub(crate) fn new(
+        (store, writes): (Arc<dyn ObjectStore>, Arc<dyn ObjectStore>),
+        cfg: &config::Bucket,
+        identity: &str,
+    ) -> Bucket {
         let root = Path::from(cfg.prefix.as_str()).join("v1");
         Bucket {
             store,
+            writes,
             blobs: root.clone().join("blobs").join("sha256"),
             manifests: root.clone().join("manifests").join("sha256"),
             tags: root.clone().join("tags"),
@@ -102,6 +122,8 @@ impl Bucket {
             turns: Arc::new(tokio::sync::Semaphore::new(UPLOADS_AT_ONCE)),
             suspect: Mutex::default(),
             later: Mutex::default(),
+            queued: AtomicUsize::new(0),
+            reads: Arc::new(tokio::sync::Semaphore::new(READS_AT_ONCE)),
             round: Default::default(),
         }
     }
@@ -136,7 +158,7 @@ impl Bucket {
         }
         let got = tokio::time::timeout(self.timeout, self.store.get_opts(path, GetOptions::default())).await;
         match got {
-            Ok(Ok(got)) if registry_of(&got.attributes) == Some(origin) => {
+            Ok(Ok(got)) if labelled_for(&got.attributes, origin) => {
                 count("get", "hit");
                 self.health.ok();
                 Found::Object(Box::new(got))
@@ -188,8 +210,11 @@ impl Bucket {
             self.rejected(digest, &self.manifest_path(digest), "larger than a manifest").await;
             return None;
         }
-        let Some(media_type) =
-            got.attributes.get(&Attribute::ContentType).map(|v| v.to_string()).filter(|t| is_media_type(t))
+        let Some(media_type) = got
+            .attributes
+            .get(&Attribute::ContentType)
+            .map(|v| v.to_string())
+            .filter(|t| is_manifest_type(t))
         else {
             self.rejected(digest, &self.manifest_path(digest), "no manifest media type").await;
             return None;
@@ -209,6 +234,10 @@ impl Bucket {
             self.rejected(digest, &self.manifest_path(digest), "does not match its digest").await;
             return None;
         }
+        if !names_its_type(&bytes, &media_type) {
+            self.rejected(digest, &self.manifest_path(digest), "its bytes name another media type").await;
+            return None;
+        }
         Some((bytes, media_type))
     }
 
@@ -223,7 +252,18 @@ impl Bucket {
         let _ = tokio::time::timeout(self.timeout, deleted.collect::<Vec<_>>()).await;
     }
 
-    fn failed(&self, op: &'static str, why: &str) {
+    /// A turn among the fills reading from the bucket at once.
+    pub(crate) async fn read_turn(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.reads.clone().acquire_owned().await.ok()
+    }
+
+    /// The longest a read of `len` bytes may take in all: `timeout`, plus the length at 16 MiB/s.
+    pub(crate) fn read_budget(&self, len: u64) -> Duration {
+        self.timeout + Duration::from_secs(len / READ_RATE)
+    }
+
+    /// Counts a failed use of the bucket and starts its backoff.
+    pub(crate) fn failed(&self, op: &'static str, why: &str) {
         count(op, "error");
         let backoff = self.health.failed();
         tracing::warn!(bucket = %self.url, op, error = why, ?backoff, "bucket unavailable: skipped for now");
@@ -239,9 +279,48 @@ pub(super) fn is_media_type(t: &str) -> bool {
     t.len() <= 255 && token(kind) && token(sub)
 }
 
+/// A manifest media type berth serves (an image manifest or an index, OCI or Docker).
+pub(super) fn is_manifest_type(t: &str) -> bool {
+    is_media_type(t) && crate::oci::accept::AcceptClass::all().names(t)
+}
+
+/// Whether a manifest's own `mediaType`, when it names one, is `media_type`.
+fn names_its_type(bytes: &[u8], media_type: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    match serde_json::from_slice::<Named>(bytes) {
+        Ok(Named { media_type: Some(named) }) => named == media_type,
+        Ok(Named { media_type: None }) => true,
+        Err(_) => false,
+    }
+}
+
 /// The registry an object was uploaded under.
-fn registry_of(attributes: &Attributes) -> Option<&str> {
-    attributes.get(&Attribute::Metadata("registry".into())).map(|v| v.as_ref())
+fn registries_of(attributes: &Attributes) -> impl Iterator<Item = &str> {
+    let label = attributes.get(&Attribute::Metadata("registry".into())).map_or("", |v| v.as_ref());
+    label.split(',').filter(|r| !r.is_empty())
+}
+
+/// Whether an object was uploaded under `origin` (one of the registries in its label).
+pub(super) fn labelled_for(attributes: &Attributes, origin: &str) -> bool {
+    registries_of(attributes).any(|r| r == origin)
+}
+
+/// The label for an object uploaded under `origin` where one labelled `before` was: `origin`
+/// first, then the earlier registries, within 1 KiB (S3 keeps 2 KiB of metadata).
+pub(super) fn label_with(before: Option<&Attributes>, origin: &str) -> String {
+    let mut label = origin.to_owned();
+    for r in before.into_iter().flat_map(registries_of).filter(|r| *r != origin) {
+        if label.len() + 1 + r.len() > 1024 {
+            break;
+        }
+        label.push(',');
+        label.push_str(r);
+    }
+    label
 }
 
 /// Reads a whole body, refusing one past `max` bytes whatever its header said.

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{Attribute, Attributes, GetOptions, PutOptions, PutPayload};
 
-use super::{count, is_media_type, Bucket};
+use super::{count, is_manifest_type, Bucket};
 use crate::oci::digest::Digest;
 use crate::store::meta::TagEntry;
 
@@ -83,7 +83,7 @@ impl Bucket {
 }
 
 fn well_formed(e: &TagEntry) -> bool {
-    Digest::parse(&e.digest).is_ok() && is_media_type(&e.media_type) && e.size <= MANIFEST_MAX
+    Digest::parse(&e.digest).is_ok() && is_manifest_type(&e.media_type) && e.size <= MANIFEST_MAX
 }
 
 impl crate::store::Store {

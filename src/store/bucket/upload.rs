@@ -11,7 +11,7 @@ use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{Attribute, Attributes, GetOptions, PutOptions, PutPayload};
 
-use super::{count, Bucket};
+use super::{count, label_with, labelled_for, Bucket};
 use crate::oci::digest::Digest;
 use crate::store::fill::LeaseHeld;
 use crate::store::Store;
@@ -22,9 +22,13 @@ pub(crate) const PART: usize = 16 * 1024 * 1024;
 const PARTS_AT_ONCE: usize = 4;
 /// Attempts of one upload before it waits for the next retry round.
 const ATTEMPTS: u32 = 3;
-/// How often uploads that failed every attempt are tried again, and how many are remembered.
+/// How often uploads that failed every attempt are tried again, how many are remembered, and
+/// after how many rounds one is given up (an hour).
 const RETRY_ROUND: Duration = Duration::from_secs(300);
 const RETRY_MAX: usize = 10_000;
+const RETRY_ROUNDS: u32 = 12;
+/// Uploads waiting for a turn at most; more go straight to the next retry round.
+const QUEUE_MAX: usize = 1024;
 
 /// What an upload puts: a blob, or a manifest with its media type.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -49,8 +53,14 @@ impl Store {
     fn upload_later(self: &Arc<Self>, digest: &Digest, kind: Kind, lease: Option<LeaseHeld>) {
         let Some(bucket) = self.bucket.clone().filter(|b| b.uploads) else { return };
         let (store, digest) = (self.clone(), digest.clone());
+        if bucket.queued.fetch_add(1, Ordering::AcqRel) >= QUEUE_MAX {
+            bucket.queued.fetch_sub(1, Ordering::AcqRel);
+            bucket.retry_later(&store, digest, kind);
+            return;
+        }
         tokio::spawn(async move {
             let stored = store.upload_now(&bucket, &digest, &kind).await;
+            bucket.queued.fetch_sub(1, Ordering::AcqRel);
             drop(lease);
             if !stored {
                 bucket.retry_later(&store, digest, kind);
@@ -58,9 +68,11 @@ impl Store {
         });
     }
 
-    /// Uploads what the store holds of `digest` now; true when it is in the bucket (or no
-    /// longer held, so there is nothing to upload).
+    /// Uploads what the store holds of `digest` now, in one of the bucket's upload turns
+    /// (taken before the bytes are mapped); true when it is in the bucket (or no longer held,
+    /// so there is nothing to upload).
     async fn upload_now(&self, bucket: &Bucket, digest: &Digest, kind: &Kind) -> bool {
+        let Ok(_turn) = bucket.turns.acquire().await else { return false };
         let Some(bytes) = self.verified_bytes(digest).await else { return true };
         let (path, origin, media_type) = match kind {
             Kind::Blob { origin } => (bucket.blob_path(digest), origin, None),
@@ -93,8 +105,12 @@ impl Bucket {
     /// Remembers an upload that failed every attempt, and schedules a retry round.
     fn retry_later(self: &Arc<Self>, store: &Arc<Store>, digest: Digest, kind: Kind) {
         let mut later = self.later.lock().expect("later lock");
-        if later.len() < RETRY_MAX {
-            later.insert((digest, kind));
+        let rounds = later.get(&(digest.clone(), kind.clone())).copied().unwrap_or(0);
+        if rounds >= RETRY_ROUNDS {
+            count("upload", "given-up");
+            tracing::warn!(%digest, rounds, "bucket upload given up");
+        } else if later.len() < RETRY_MAX {
+            later.insert((digest, kind), rounds + 1);
         }
         drop(later);
         if self.round.swap(true, Ordering::AcqRel) {
@@ -105,9 +121,11 @@ impl Bucket {
             tokio::time::sleep(RETRY_ROUND).await;
             bucket.round.store(false, Ordering::Release);
             let Some(store) = store.upgrade() else { return };
-            let due: Vec<_> = bucket.later.lock().expect("later lock").drain().collect();
+            let due: Vec<_> = bucket.later.lock().expect("later lock").keys().cloned().collect();
             for (digest, kind) in due {
-                if !store.upload_now(&bucket, &digest, &kind).await {
+                if store.upload_now(&bucket, &digest, &kind).await {
+                    bucket.later.lock().expect("later lock").remove(&(digest, kind));
+                } else {
                     bucket.retry_later(&store, digest, kind);
                 }
             }
@@ -124,14 +142,15 @@ impl Bucket {
         origin: &str,
         media_type: Option<&str>,
     ) -> bool {
-        let _turn = self.turns.acquire().await;
         let suspect = self.suspect.lock().expect("suspect lock").remove(digest);
-        if !suspect && self.holds(path, bytes.len() as u64).await {
+        let present = if suspect { None } else { self.present(path, bytes.len() as u64).await };
+        if present.as_ref().is_some_and(|a| labelled_for(a, origin)) {
             count("upload", "present");
             return true;
         }
         let mut attributes = Attributes::new();
-        attributes.insert(Attribute::Metadata("registry".into()), origin.to_owned().into());
+        let label = label_with(present.as_ref(), origin);
+        attributes.insert(Attribute::Metadata("registry".into()), label.into());
         if let Some(t) = media_type {
             attributes.insert(Attribute::ContentType, t.to_owned().into());
         }
@@ -156,32 +175,54 @@ impl Bucket {
         false
     }
 
-    /// Whether an object of `len` bytes is at `path` (one HEAD); false when unsure.
-    async fn holds(&self, path: &Path, len: u64) -> bool {
+    /// The attributes of the object of `len` bytes at `path` (one HEAD); None when there is
+    /// none of that length, or when unsure.
+    async fn present(&self, path: &Path, len: u64) -> Option<Attributes> {
         let head = GetOptions { head: true, ..GetOptions::default() };
         match tokio::time::timeout(self.timeout, self.store.get_opts(path, head)).await {
-            Ok(Ok(got)) => got.meta.size == len,
-            _ => false,
+            Ok(Ok(got)) if got.meta.size == len => Some(got.attributes),
+            _ => None,
         }
     }
 
-    /// One put, or a multipart upload of `PART`s (aborted when a part fails).
+    /// One put, or a multipart upload of `PART`s (aborted when a part fails); each request
+    /// bounded by `timeout` plus its length at 1 MiB/s.
     async fn put(&self, path: &Path, bytes: Bytes, attributes: Attributes) -> object_store::Result<()> {
         let opts = PutOptions { attributes: attributes.clone(), ..PutOptions::default() };
         if bytes.len() <= PART {
-            return self.store.put_opts(path, PutPayload::from(bytes), opts).await.map(drop);
+            let put = self.writes.put_opts(path, PutPayload::from(bytes.clone()), opts);
+            return self.bounded(bytes.len(), put).await.map(drop);
         }
         let multipart = object_store::PutMultipartOptions { attributes, ..Default::default() };
-        let mut upload = self.store.put_multipart_opts(path, multipart).await?;
+        let mut upload = self.bounded(0, self.writes.put_multipart_opts(path, multipart)).await?;
         let parts: Vec<_> = (0..bytes.len())
             .step_by(PART)
-            .map(|at| upload.put_part(PutPayload::from(bytes.slice(at..(at + PART).min(bytes.len())))))
+            .map(|at| {
+                let part = bytes.slice(at..(at + PART).min(bytes.len()));
+                let n = part.len();
+                self.bounded(n, upload.put_part(PutPayload::from(part)))
+            })
             .collect();
         let sent: Vec<_> = futures::stream::iter(parts).buffer_unordered(PARTS_AT_ONCE).collect().await;
         if let Some(Err(e)) = sent.into_iter().find(Result::is_err) {
             let _ = upload.abort().await;
             return Err(e);
         }
-        upload.complete().await.map(drop)
+        self.bounded(0, upload.complete()).await.map(drop)
+    }
+
+    /// `request`, sending `len` bytes, within `timeout` plus `len` at 1 MiB/s.
+    async fn bounded<T>(
+        &self,
+        len: usize,
+        request: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> object_store::Result<T> {
+        let budget = self.timeout + Duration::from_secs(len as u64 >> 20);
+        tokio::time::timeout(budget, request).await.unwrap_or_else(|_| {
+            Err(object_store::Error::Generic {
+                store: "bucket",
+                source: format!("no answer within {budget:?}").into(),
+            })
+        })
     }
 }

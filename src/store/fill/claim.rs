@@ -1,7 +1,8 @@
 //! A fill about to ask upstream, with a bucket: claimed fleet-wide first
 //! (`store::bucket::lease`). The winner fetches and releases the lease once the blob is
 //! uploaded (or the fill fails); a loser waits for the winner's object and fills from it,
-//! and when the lease expires with no object, breaks it and claims once more.
+//! claims again when the holder gives the lease up, and breaks a lease that expires with no
+//! object. A bucket that fails meanwhile ends the wait: the fill fetches.
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use super::Fill;
 use crate::error::Error;
 use crate::oci::digest::Digest;
 use crate::store::bucket::lease::now_secs;
-use crate::store::bucket::{Bucket, Claimed};
+use crate::store::bucket::{Bucket, Claimed, Seen};
 use crate::store::Store;
 
 /// What the fill does after its claim.
@@ -39,31 +40,63 @@ impl Drop for LeaseHeld {
 
 pub(super) async fn claim_or_wait(store: &Arc<Store>, fill: &Arc<Fill>) -> Result<Turn, Error> {
     let Some(bucket) = store.bucket.clone().filter(|_| fill.claims) else { return Ok(Turn::Fetch(None)) };
-    for _ in 0..2 {
-        let expires_at = match bucket.claim(&fill.digest).await {
-            Claimed::Won => return Ok(Turn::Fetch(Some(LeaseHeld { bucket, digest: fill.digest.clone() }))),
+    for _ in 0..3 {
+        let (holder, expires_at) = match bucket.claim(&fill.digest).await {
+            Claimed::Won => return won(store, fill, bucket).await,
             Claimed::Skipped => return Ok(Turn::Fetch(None)),
-            Claimed::Lost { holder, expires_at } => {
-                tracing::info!(digest = %fill.digest, holder, "another berth is filling this blob: waiting for its upload");
-                expires_at
+            Claimed::Lost { holder, .. } if bucket.is_me(&holder) => {
+                // Left by this berth's previous run: nobody fills it.
+                bucket.release(&fill.digest).await;
+                continue;
             }
+            Claimed::Lost { holder, expires_at } => (holder, expires_at),
         };
-        let mut attempt = 0;
-        while now_secs() < expires_at {
-            tokio::select! {
-                () = tokio::time::sleep(Bucket::poll_interval(attempt)) => {}
-                () = every_client_left(fill) => {
-                    return Err(Error::Unavailable("every client left while another berth filled the blob".into()));
-                }
-            }
-            attempt += 1;
-            if bucket.has_blob(&fill.digest).await {
-                let published = from_bucket(store, fill).await?;
-                return Ok(if published { Turn::Published } else { Turn::Fetch(None) });
-            }
+        tracing::info!(digest = %fill.digest, holder, "another berth is filling this blob: waiting for its upload");
+        match wait_for_holder(store, fill, &bucket, expires_at).await? {
+            Some(turn) => return Ok(turn),
+            None => continue,
         }
-        tracing::warn!(digest = %fill.digest, "a fleet fill lease expired with no object: breaking it");
-        bucket.release(&fill.digest).await;
     }
     Ok(Turn::Fetch(None))
+}
+
+/// Won: the blob may have been uploaded between this fill's look and its claim.
+async fn won(store: &Arc<Store>, fill: &Arc<Fill>, bucket: Arc<Bucket>) -> Result<Turn, Error> {
+    let lease = LeaseHeld { bucket: bucket.clone(), digest: fill.digest.clone() };
+    if bucket.look(&fill.digest, &fill.origin).await == Seen::Blob && from_bucket(store, fill).await? {
+        return Ok(Turn::Published);
+    }
+    Ok(Turn::Fetch(Some(lease)))
+}
+
+/// Polls for the holder's object until its lease expires: the turn once there is one, or
+/// None to claim again (the lease expired, and is broken, or its holder gave it up).
+async fn wait_for_holder(
+    store: &Arc<Store>,
+    fill: &Arc<Fill>,
+    bucket: &Bucket,
+    expires_at: u64,
+) -> Result<Option<Turn>, Error> {
+    let mut attempt = 0;
+    while now_secs() < expires_at {
+        tokio::select! {
+            () = tokio::time::sleep(Bucket::poll_interval(attempt)) => {}
+            () = every_client_left(fill) => {
+                return Err(Error::Unavailable("every client left while another berth filled the blob".into()));
+            }
+        }
+        attempt += 1;
+        match bucket.look(&fill.digest, &fill.origin).await {
+            Seen::Blob => {
+                let published = from_bucket(store, fill).await?;
+                return Ok(Some(if published { Turn::Published } else { Turn::Fetch(None) }));
+            }
+            Seen::Leased => {}
+            Seen::Free => return Ok(None),
+            Seen::Trouble => return Ok(Some(Turn::Fetch(None))),
+        }
+    }
+    tracing::warn!(digest = %fill.digest, "a fleet fill lease expired with no object: breaking it");
+    bucket.release(&fill.digest).await;
+    Ok(None)
 }

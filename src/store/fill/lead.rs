@@ -76,6 +76,7 @@ pub(super) async fn lead(
 pub(super) async fn from_bucket(store: &Store, fill: &Arc<Fill>) -> Result<bool, Error> {
     let Some(bucket) = store.bucket.as_ref() else { return Ok(false) };
     let path = bucket.blob_path(&fill.digest);
+    let Some(_turn) = bucket.read_turn().await else { return Ok(false) };
     let Found::Object(got) = bucket.open(&path, &fill.origin).await else { return Ok(false) };
     let Source { len, body, floor, .. } = bucket.source(*got);
     // What the disk cannot keep is left to the fill's own source, which can pass it through.
@@ -92,7 +93,10 @@ pub(super) async fn from_bucket(store: &Store, fill: &Arc<Fill>) -> Result<bool,
     let pipe = Pipeline::start(writer, fill, keep);
     let mut room = Room::new(store, len, false);
     let mut pump = Pump::new(&fill.digest, len, body, None, floor);
-    let pumped = pump_into(store, &mut pump, &pipe, &mut room).await;
+    let budget = bucket.read_budget(len.unwrap_or(0));
+    let pumped = tokio::time::timeout(budget, pump_into(store, &mut pump, &pipe, &mut room))
+        .await
+        .unwrap_or_else(|_| Err(Error::Unavailable(format!("bucket read not done within {budget:?}"))));
     let made = pipe.finish().await?;
     match super::publish::settle(store, fill, len, pumped, made, room, None).await {
         Ok(()) => {
@@ -101,6 +105,11 @@ pub(super) async fn from_bucket(store: &Store, fill: &Arc<Fill>) -> Result<bool,
         }
         Err(e @ Error::Integrity(_)) => {
             bucket.rejected(&fill.digest, &path, &e.to_string()).await;
+            Ok(false)
+        }
+        Err(e @ Error::Unavailable(_)) => {
+            // Cut, stalled, below its floor or past its budget: the bucket is backed off.
+            bucket.failed("get", &format!("{}: {e}; filling from the source", fill.digest));
             Ok(false)
         }
         Err(e) => {

@@ -151,3 +151,50 @@ async fn a_lease_whose_holder_died_expires_and_the_waiters_fetch() {
         "waited {waited:?} for a 3 s lease"
     );
 }
+
+/// Fills `digest` for `origin` from a source that sends `bytes`; whether it was asked.
+async fn fill_as(store: &Arc<Store>, digest: &Digest, origin: &str, bytes: Bytes) -> bool {
+    let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = asked.clone();
+    let fetch = async move {
+        flag.store(true, Ordering::Relaxed);
+        let len = Some(bytes.len() as u64);
+        Ok(Source {
+            len,
+            body: futures::stream::iter([Ok(bytes)]).boxed(),
+            resume: None,
+            rejected: None,
+            hold: None,
+            floor: None,
+        })
+    };
+    let (fill, _) = store.fill(digest, origin, fetch.boxed());
+    let mut body = body::follow(fill.clone(), 0, None);
+    while let Some(b) = body.next().await {
+        b.unwrap();
+    }
+    fill.settled().await;
+    asked.load(Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn a_digest_two_registries_serve_is_labelled_for_both_and_used_by_both() {
+    let objects = Arc::new(Faulty::default());
+    let bytes = content(20_000, 11);
+    let d = Digest::of(&bytes);
+    let path = Path::from(format!("fleet/v1/blobs/sha256/{}", d.hex()));
+    let label = async || {
+        let got = objects.inner.get_opts(&path, object_store::GetOptions::default()).await.ok()?;
+        got.attributes.get(&object_store::Attribute::Metadata("registry".into())).map(|v| v.to_string())
+    };
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    assert!(fill_as(&open(&dirs[0], &objects), &d, "test", bytes.clone()).await);
+    eventually("test's upload", async || label().await.as_deref() == Some("test")).await;
+    assert!(
+        fill_as(&open(&dirs[1], &objects), &d, "other.example", bytes.clone()).await,
+        "served across registries"
+    );
+    eventually("both labels", async || label().await.as_deref() == Some("other.example,test")).await;
+    assert!(!fill_as(&open(&dirs[2], &objects), &d, "test", Bytes::new()).await, "test lost its label");
+    assert!(!fill_as(&open(&dirs[3], &objects), &d, "other.example", Bytes::new()).await);
+}

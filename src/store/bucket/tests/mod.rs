@@ -102,7 +102,7 @@ fn open(dir: &tempfile::TempDir, objects: &Arc<Faulty>) -> Arc<Store> {
     let objects: Arc<dyn ObjectStore> = objects.clone();
     Store::open_with(
         &storage,
-        Some(Bucket::new(objects, &bucket_config(), &dir.path().display().to_string())),
+        Some(Bucket::new((objects.clone(), objects), &bucket_config(), &dir.path().display().to_string())),
     )
     .unwrap()
 }
@@ -280,6 +280,9 @@ async fn manifests_come_from_the_bucket_only_whole_verified_and_typed() {
         (Bytes::from_static(b"{}"), Some("application/json")),
         (manifest.clone(), None),
         (manifest.clone(), Some("text/html\r\nx: y")),
+        (manifest.clone(), Some("text/html")),
+        // A known type, but not the one the manifest names.
+        (manifest.clone(), Some("application/vnd.oci.image.index.v1+json")),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let node = open(&dir, &objects);
