@@ -150,6 +150,23 @@ scenario_o() {
             "pulls exited $one and $other" "$(cat "$E2E_DIR/race-0.out" "$E2E_DIR/race-1.out")"
     fi
 
+    # 2c: preheat with the bucket tier on B: every blob uploaded, and the status says so
+    make_and_push single fleet 4 2M 1M || { fail "o: push fleet:4"; return; }
+    local m4="$E2E_DIR/fleet4.manifest" blobs4 status="$E2E_DIR/preheat-bucket.json"
+    get_manifest "$UP_URL" library/fleet 4 >"$m4"
+    blobs4="$(manifest_field config <"$m4") $(manifest_field layers <"$m4" | tr '\n' ' ')"
+    curl -s -m 60 -o "$status" -H 'Content-Type: application/json' \
+        -d '{"images": ["bucket.test/library/fleet:4"], "tiers": ["disk", "bucket"]}' \
+        "http://127.0.0.1:15081/api/v1/preheat?wait=true"
+    # shellcheck disable=SC2086
+    if out=$(json_check "$status" 'assert j["state"] == "succeeded", j["state"]
+items = [i for im in j["images"] for i in im["items"] if i["kind"] != "manifest"]
+assert items and all("bucket" in i["tiers"] for i in items), [i["tiers"] for i in items]' && in_bucket blobs $blobs4 2>&1); then
+        pass "o: preheat with the bucket tier uploads every blob, and its status says bucket"
+    else
+        fail "o: preheat with the bucket tier uploads every blob, and its status says bucket" "$out"
+    fi
+
     # 3: upstream stopped, a fresh berth with an empty disk pulls by digest from the bucket
     stop_upstream
     start_bucket_berth 2 || { fail "o: berth 2 starts"; return; }

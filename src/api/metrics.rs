@@ -35,6 +35,10 @@ pub(crate) fn render(mirror: &Mirror) -> String {
         let status = bucket.status();
         metrics::gauge!("berth_bucket_up").set(if status.up { 1.0 } else { 0.0 });
         metrics::gauge!("berth_bucket_uploads_waiting").set(status.waiting_retry as f64);
+        if let Some(counted) = status.counted {
+            metrics::gauge!("berth_tier_bytes", "tier" => "bucket").set(counted.bytes as f64);
+            metrics::gauge!("berth_tier_objects", "tier" => "bucket").set(counted.objects as f64);
+        }
     }
     match install() {
         Some(handle) => {

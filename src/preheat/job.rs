@@ -208,6 +208,9 @@ impl Item {
         if held.disk {
             tiers.push(TierName::Disk);
         }
+        if held.bucket {
+            tiers.push(TierName::Bucket);
+        }
         ItemStatus {
             digest: self.digest.clone(),
             size: self.size,

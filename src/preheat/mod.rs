@@ -76,6 +76,8 @@ pub(crate) enum SubmitError {
     },
     #[error("\"scope\": \"cluster\" needs [peers] in the configuration")]
     NoPeers,
+    #[error("\"tiers\": [\"bucket\"] needs [bucket] in the configuration, with upload = \"background\"")]
+    NoBucket,
 }
 
 /// Why one blob of a job was not cached.
@@ -123,6 +125,9 @@ impl Preheater {
             return Err(SubmitError::NoPlatforms);
         }
         let tiers = req.tiers.unwrap_or_else(|| vec![TierName::Memory, TierName::Disk]);
+        if tiers.contains(&TierName::Bucket) && !self.mirror.store().uploads_to_bucket() {
+            return Err(SubmitError::NoBucket);
+        }
         let cluster = req.scope == Scope::Cluster;
         if cluster && self.mirror.peers().is_none() {
             return Err(SubmitError::NoPeers);
@@ -194,6 +199,14 @@ impl Preheater {
         }
         if job.tiers.contains(&TierName::Memory) {
             self.to_memory(item).await;
+        }
+        if job.tiers.contains(&TierName::Bucket)
+            && !self.mirror.store().upload_blob_now(&item.digest, &r.host).await
+        {
+            item.set(
+                ItemState::Failed,
+                Some("cached here, but not uploaded to the bucket (see the log)".into()),
+            );
         }
     }
 

@@ -13,6 +13,8 @@ use crate::oci::digest::Digest;
 pub(crate) enum TierName {
     Memory,
     Disk,
+    /// The shared bucket (`[bucket]`): the blob is known to be uploaded there.
+    Bucket,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

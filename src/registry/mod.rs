@@ -61,7 +61,14 @@ impl Mirror {
         let pins = Arc::new(Pins::new(store.meta().clone(), config.pins.clone()));
         let tags =
             Arc::new(TagCache::load(store.meta().clone(), config.tags.ttl, tags::MAX_BASES, pins.clone())?);
-        let gc = Arc::new(gc::Collector::new(store.clone(), tags.clone(), pins.clone(), config.gc.clone()));
+        let bucket_capacity = config.bucket.as_ref().and_then(|b| b.capacity);
+        let gc = Arc::new(gc::Collector::new(
+            store.clone(),
+            tags.clone(),
+            pins.clone(),
+            config.gc.clone(),
+            bucket_capacity,
+        ));
         let collector = Arc::downgrade(&gc);
         store.on_full(Arc::new(move |more| {
             let collector = collector.clone();

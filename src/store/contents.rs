@@ -28,6 +28,8 @@ pub(crate) struct Usage {
 pub(crate) struct Held {
     pub(crate) memory: bool,
     pub(crate) disk: bool,
+    /// Known to be in the shared bucket (uploaded, found there, or read from it by this berth).
+    pub(crate) bucket: bool,
 }
 
 /// A blob on disk as the collector sees it.
@@ -70,7 +72,11 @@ impl Store {
 
     /// Where `digest` is held (without reading it or counting an access).
     pub(crate) fn held(&self, digest: &Digest) -> Held {
-        Held { memory: self.memory.contains(digest), disk: self.disk.len(digest).ok().flatten().is_some() }
+        Held {
+            memory: self.memory.contains(digest),
+            disk: self.disk.len(digest).ok().flatten().is_some(),
+            bucket: self.bucket.as_ref().is_some_and(|b| b.knows(digest)),
+        }
     }
 
     /// Whether `more` bytes fit on disk beside what is used and promised.

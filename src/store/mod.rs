@@ -203,6 +203,9 @@ impl Store {
         let hit = self.tiers.get(digest).await;
         if hit.is_some() {
             self.meta.touch(digest);
+            if let Some(bucket) = &self.bucket {
+                bucket.touch(digest); // at most once a day per digest: the bucket GC's access time
+            }
         }
         hit
     }

@@ -166,6 +166,7 @@ async fn bad_requests_are_400_with_a_message() {
         (r#"{"images": ["quay.io/x/y:1"]}"#, "not mirrored"),
         (r#"{"images": ["a"], "platforms": ["linux"]}"#, "os/arch"),
         (r#"{"images": ["a"], "tiers": ["tape"]}"#, "unknown variant"),
+        (r#"{"images": ["a"], "tiers": ["disk", "bucket"]}"#, "needs [bucket]"),
     ] {
         let r = h.client.post(admin(&h, "/api/v1/preheat")).body(body).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");

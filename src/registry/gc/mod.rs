@@ -2,6 +2,7 @@
 //! pins, what is in use), asks `plan` (a pure function beside it) what to evict, and deletes it: file first,
 //! then its record, so that a crash in between leaves a miss, never a hit on a deleted blob.
 
+mod bucket;
 pub mod plan;
 
 use std::collections::{HashMap, HashSet};
@@ -26,6 +27,8 @@ pub(crate) struct Collector {
     config: GcConfig,
     /// The disk tier's capacity.
     capacity: u64,
+    /// `bucket.capacity`, when a bucket is configured with one.
+    bucket_capacity: Option<u64>,
     /// One pass at a time.
     running: tokio::sync::Mutex<()>,
 }
@@ -74,9 +77,23 @@ struct Ref {
 }
 
 impl Collector {
-    pub(crate) fn new(store: Arc<Store>, tags: Arc<TagCache>, pins: Arc<Pins>, config: GcConfig) -> Self {
+    pub(crate) fn new(
+        store: Arc<Store>,
+        tags: Arc<TagCache>,
+        pins: Arc<Pins>,
+        config: GcConfig,
+        bucket_capacity: Option<u64>,
+    ) -> Self {
         let capacity = store.usage().disk.capacity;
-        Collector { store, tags, pins, config, capacity, running: tokio::sync::Mutex::new(()) }
+        Collector {
+            store,
+            tags,
+            pins,
+            config,
+            capacity,
+            bucket_capacity,
+            running: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// The usage a pass brings the disk tier down to.
@@ -174,8 +191,10 @@ impl Collector {
         Ok(report)
     }
 
-    /// Runs `maybe_collect` every `interval` for as long as the collector lives.
+    /// Runs `maybe_collect` every `interval` for as long as the collector lives, and the
+    /// bucket's rounds when there is a bucket.
     pub(crate) fn spawn(self: &Arc<Self>) {
+        self.spawn_bucket();
         let this = Arc::downgrade(self);
         let every = self.config.interval.max(Duration::from_secs(1));
         tokio::spawn(async move {
@@ -215,11 +234,10 @@ impl Collector {
         Ok(out)
     }
 
-    async fn inventory(&self) -> Result<Inventory, Error> {
-        let store = self.store.clone();
-        let current = self.tags.current_digests();
+    /// The roots pinned here: a pinned tag keeps the version it pointed to when pinned and
+    /// the current one.
+    pub(super) async fn pinned_roots(&self) -> Result<HashSet<String>, Error> {
         let mut pinned: HashSet<String> = HashSet::new();
-        // A pinned tag keeps the version it pointed to when pinned and the current one.
         for (reference, pin) in self.pins.recorded().await? {
             pinned.insert(pin.digest);
             pinned.extend(self.tags.newest(&reference));
@@ -227,6 +245,13 @@ impl Collector {
         for reference in self.pins.configured() {
             pinned.extend(self.tags.newest(reference));
         }
+        Ok(pinned)
+    }
+
+    async fn inventory(&self) -> Result<Inventory, Error> {
+        let store = self.store.clone();
+        let current = self.tags.current_digests();
+        let pinned = self.pinned_roots().await?;
         let busy: HashSet<Digest> = store.busy().into_iter().collect();
         tokio::task::spawn_blocking(move || build(&store, &current, &pinned, &busy))
             .await
@@ -241,19 +266,45 @@ fn build(
     pinned: &HashSet<String>,
     busy: &HashSet<Digest>,
 ) -> Result<Inventory, Error> {
+    let items = store.contents_blocking(references)?.into_iter().map(|s: Stored<Option<Vec<Digest>>>| Item {
+        digest: s.digest,
+        size: s.size,
+        last_access: s.last_access,
+        refs: s.manifest.flatten(),
+    });
+    Ok(assemble(items, current, pinned, busy))
+}
+
+/// What a manifest references (an index's manifests, a manifest's config and layers); None
+/// when the bytes are not a manifest.
+pub(super) fn references(bytes: &[u8]) -> Option<Vec<Digest>> {
+    let refs = serde_json::from_slice::<Refs>(bytes).ok()?;
+    let all =
+        refs.manifests.into_iter().flatten().chain(refs.config).chain(refs.layers.into_iter().flatten());
+    Some(all.filter_map(|r| Digest::parse(&r.digest).ok()).collect())
+}
+
+/// One object of a tier as the collector sees it.
+pub(super) struct Item {
+    pub(super) digest: Digest,
+    pub(super) size: u64,
+    pub(super) last_access: u64,
+    /// A manifest's references.
+    pub(super) refs: Option<Vec<Digest>>,
+}
+
+/// The inventory the plan reads: every object, and the image versions its manifests form
+/// (a root manifest or index with everything it references).
+pub(super) fn assemble(
+    items: impl Iterator<Item = Item>,
+    current: &HashSet<String>,
+    pinned: &HashSet<String>,
+    busy: &HashSet<Digest>,
+) -> Inventory {
     let mut inv = Inventory::default();
     let mut children: HashMap<Digest, Vec<Digest>> = HashMap::new();
-    let references = |bytes: &[u8]| serde_json::from_slice::<Refs>(bytes).ok();
-    for Stored { digest, size, last_access, manifest } in store.contents_blocking(references)? {
-        if let Some(refs) = manifest.flatten() {
-            let list = refs
-                .manifests
-                .into_iter()
-                .flatten()
-                .chain(refs.config)
-                .chain(refs.layers.into_iter().flatten())
-                .filter_map(|r| Digest::parse(&r.digest).ok())
-                .collect();
+    for Item { digest, size, last_access, refs } in items {
+        if let Some(list) = refs {
             children.insert(digest.clone(), list);
         }
         inv.blobs.insert(digest.clone(), Blob { size, last_access, busy: busy.contains(&digest) });
@@ -282,5 +333,5 @@ fn build(
         });
     }
     inv.versions.sort_by(|a, b| a.root.cmp(&b.root));
-    Ok(inv)
+    inv
 }

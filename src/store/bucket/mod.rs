@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{Attribute, Attributes, GetOptions, GetResult, ObjectStore};
@@ -27,11 +26,14 @@ use crate::error::Error;
 use crate::oci::digest::Digest;
 use crate::store::fill::Source;
 
+mod inventory;
 pub(crate) mod lease;
+mod manifests;
 mod tags;
 mod upload;
 
 pub(crate) use lease::{Claimed, Seen};
+use manifests::is_manifest_type;
 pub(crate) use upload::Kind;
 
 /// Uploads at once.
@@ -42,13 +44,15 @@ const READS_AT_ONCE: usize = 16;
 /// fill moves on to its source.
 const READ_RATE: u64 = 16 * 1024 * 1024;
 /// A manifest object larger than this is not read (manifests are at most 4 MiB).
-const MANIFEST_MAX: u64 = 4 * 1024 * 1024;
+pub(super) const MANIFEST_MAX: u64 = 4 * 1024 * 1024;
 /// The slowest a body from the bucket may arrive, over each `timeout`.
 const FLOOR: u64 = 1024 * 1024;
 
 pub(crate) struct Bucket {
     /// Reads, leases and tags: every request bounded by `timeout`.
     store: Arc<dyn ObjectStore>,
+    /// `<prefix>/v1`.
+    root: Path,
     /// Uploads: no read timeout (sending a part takes as long as it takes), each put bounded
     /// by `timeout` plus its length at 1 MiB/s.
     writes: Arc<dyn ObjectStore>,
@@ -74,6 +78,13 @@ pub(crate) struct Bucket {
     queued: AtomicUsize,
     /// Fills reading from the bucket at once.
     reads: Arc<tokio::sync::Semaphore>,
+    /// Blobs this berth knows to be in the bucket (uploaded, found, or read), the most
+    /// recent 100,000: what preheat's status says of the bucket tier.
+    known: moka::sync::Cache<Digest, ()>,
+    /// Markers this berth wrote (or found fresh) in the last day.
+    marked: moka::sync::Cache<(&'static str, Digest), ()>,
+    /// What the fleet's last GC pass counted: objects, bytes, when.
+    inventory: Mutex<Option<(u64, u64, u64)>>,
     round: std::sync::atomic::AtomicBool,
 }
 
@@ -87,6 +98,17 @@ pub(crate) struct Status {
     pub(crate) uploads: bool,
     /// Uploads that failed every attempt, waiting for the next retry round.
     pub(crate) waiting_retry: usize,
+    /// What the fleet's last bucket GC pass counted, when this berth knows it.
+    pub(crate) counted: Option<Counted>,
+}
+
+/// Objects and bytes in the bucket, as a GC pass counted them.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub(crate) struct Counted {
+    pub(crate) objects: u64,
+    pub(crate) bytes: u64,
+    /// Seconds since the epoch.
+    pub(crate) at: u64,
 }
 
 /// What a bucket answered for a content read.
@@ -108,6 +130,7 @@ impl Bucket {
         let root = Path::from(cfg.prefix.as_str()).join("v1");
         Bucket {
             store,
+            root: root.clone(),
             writes,
             blobs: root.clone().join("blobs").join("sha256"),
             manifests: root.clone().join("manifests").join("sha256"),
@@ -124,6 +147,12 @@ impl Bucket {
             later: Mutex::default(),
             queued: AtomicUsize::new(0),
             reads: Arc::new(tokio::sync::Semaphore::new(READS_AT_ONCE)),
+            known: moka::sync::Cache::new(100_000),
+            marked: moka::sync::Cache::builder()
+                .max_capacity(200_000)
+                .time_to_live(Duration::from_secs(86_400))
+                .build(),
+            inventory: Mutex::new(None),
             round: Default::default(),
         }
     }
@@ -148,6 +177,11 @@ impl Bucket {
             up: self.up(),
             uploads: self.uploads,
             waiting_retry: self.later.lock().expect("later lock").len(),
+            counted: self.inventory.lock().expect("inventory lock").map(|(objects, bytes, at)| Counted {
+                objects,
+                bytes,
+                at,
+            }),
         }
     }
 
@@ -202,54 +236,26 @@ impl Bucket {
         Source { len: Some(len), body, resume: None, rejected: None, hold: None, floor: Some(floor) }
     }
 
-    /// A verified manifest and its media type from the bucket, for `origin`; None when it is
-    /// not there, not whole, or the bucket is skipped. A wrong one is deleted.
-    pub(crate) async fn manifest(&self, digest: &Digest, origin: &str) -> Option<(Bytes, String)> {
-        let Found::Object(got) = self.open(&self.manifest_path(digest), origin).await else { return None };
-        if got.meta.size > MANIFEST_MAX {
-            self.rejected(digest, &self.manifest_path(digest), "larger than a manifest").await;
-            return None;
-        }
-        let Some(media_type) = got
-            .attributes
-            .get(&Attribute::ContentType)
-            .map(|v| v.to_string())
-            .filter(|t| is_manifest_type(t))
-        else {
-            self.rejected(digest, &self.manifest_path(digest), "no manifest media type").await;
-            return None;
-        };
-        let bytes = match tokio::time::timeout(self.timeout, read_bounded(*got, MANIFEST_MAX)).await {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(e)) => {
-                self.failed("get", &e);
-                return None;
-            }
-            Err(_) => {
-                self.failed("get", "manifest body stalled");
-                return None;
-            }
-        };
-        if Digest::of(&bytes) != *digest {
-            self.rejected(digest, &self.manifest_path(digest), "does not match its digest").await;
-            return None;
-        }
-        if !names_its_type(&bytes, &media_type) {
-            self.rejected(digest, &self.manifest_path(digest), "its bytes name another media type").await;
-            return None;
-        }
-        Some((bytes, media_type))
-    }
-
     /// An object found wrong: counted, deleted (best effort), and uploaded again from the
     /// verified copy without asking whether one is there.
     pub(crate) async fn rejected(&self, digest: &Digest, path: &Path, why: &str) {
         metrics::counter!("berth_bucket_corrupt_total").increment(1);
         tracing::warn!(%digest, object = %path, why, "bucket object rejected: deleted, and replaced from the source");
         self.suspect.lock().expect("suspect lock").insert(digest.clone());
+        self.known.invalidate(digest);
         let path = path.clone();
         let deleted = self.store.delete_stream(futures::stream::once(async move { Ok(path) }).boxed());
         let _ = tokio::time::timeout(self.timeout, deleted.collect::<Vec<_>>()).await;
+    }
+
+    /// Whether this berth knows `digest` to be in the bucket.
+    pub(crate) fn knows(&self, digest: &Digest) -> bool {
+        self.known.contains_key(digest)
+    }
+
+    /// Notes that `digest` is in the bucket.
+    pub(crate) fn known_in_bucket(&self, digest: &Digest) {
+        self.known.insert(digest.clone(), ());
     }
 
     /// A turn among the fills reading from the bucket at once.
@@ -267,34 +273,6 @@ impl Bucket {
         count(op, "error");
         let backoff = self.health.failed();
         tracing::warn!(bucket = %self.url, op, error = why, ?backoff, "bucket unavailable: skipped for now");
-    }
-}
-
-/// A media type as manifests carry it (`application/vnd.oci.image.index.v1+json`): what a
-/// bucket object's Content-Type must be to be served as one.
-pub(super) fn is_media_type(t: &str) -> bool {
-    let (kind, sub) = t.split_once('/').unwrap_or_default();
-    let token =
-        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b));
-    t.len() <= 255 && token(kind) && token(sub)
-}
-
-/// A manifest media type berth serves (an image manifest or an index, OCI or Docker).
-pub(super) fn is_manifest_type(t: &str) -> bool {
-    is_media_type(t) && crate::oci::accept::AcceptClass::all().names(t)
-}
-
-/// Whether a manifest's own `mediaType`, when it names one, is `media_type`.
-fn names_its_type(bytes: &[u8], media_type: &str) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Named {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
-    }
-    match serde_json::from_slice::<Named>(bytes) {
-        Ok(Named { media_type: Some(named) }) => named == media_type,
-        Ok(Named { media_type: None }) => true,
-        Err(_) => false,
     }
 }
 
@@ -321,20 +299,6 @@ pub(super) fn label_with(before: Option<&Attributes>, origin: &str) -> String {
         label.push_str(r);
     }
     label
-}
-
-/// Reads a whole body, refusing one past `max` bytes whatever its header said.
-async fn read_bounded(got: GetResult, max: u64) -> Result<Bytes, String> {
-    let mut body = got.into_stream();
-    let mut out = bytes::BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| e.to_string())?;
-        if (out.len() + chunk.len()) as u64 > max {
-            return Err(format!("object longer than {max} bytes"));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out.freeze())
 }
 
 /// What came of one of berth's uses of the bucket (a read for a fill, an upload, a lease, a

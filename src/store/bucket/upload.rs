@@ -50,6 +50,22 @@ impl Store {
         self.upload_later(digest, kind, None);
     }
 
+    /// Whether verified content goes to the bucket (`[bucket]` with `upload = "background"`).
+    pub(crate) fn uploads_to_bucket(&self) -> bool {
+        self.bucket.as_ref().is_some_and(|b| b.uploads)
+    }
+
+    /// Uploads the blob `digest` (held here, fetched for `origin`) now, for preheat's bucket
+    /// tier; true once it is in the bucket.
+    pub(crate) async fn upload_blob_now(&self, digest: &Digest, origin: &str) -> bool {
+        let Some(bucket) = self.bucket.as_ref().filter(|b| b.uploads) else { return false };
+        if bucket.knows(digest) {
+            return true;
+        }
+        self.upload_now(bucket, digest, &Kind::Blob { origin: origin.to_owned() }).await
+            && bucket.knows(digest)
+    }
+
     fn upload_later(self: &Arc<Self>, digest: &Digest, kind: Kind, lease: Option<LeaseHeld>) {
         let Some(bucket) = self.bucket.clone().filter(|b| b.uploads) else { return };
         let (store, digest) = (self.clone(), digest.clone());
@@ -146,6 +162,7 @@ impl Bucket {
         let present = if suspect { None } else { self.present(path, bytes.len() as u64).await };
         if present.as_ref().is_some_and(|a| labelled_for(a, origin)) {
             count("upload", "present");
+            self.known_in_bucket(digest);
             return true;
         }
         let mut attributes = Attributes::new();
@@ -164,6 +181,7 @@ impl Bucket {
                         .increment(bytes.len() as u64);
                     count("upload", "stored");
                     self.health.ok();
+                    self.known_in_bucket(digest);
                     return true;
                 }
                 Err(e) => {

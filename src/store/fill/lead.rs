@@ -101,6 +101,8 @@ pub(super) async fn from_bucket(store: &Store, fill: &Arc<Fill>) -> Result<bool,
     match super::publish::settle(store, fill, len, pumped, made, room, None).await {
         Ok(()) => {
             metrics::counter!("berth_fills_total", "outcome" => "from-bucket").increment(1);
+            bucket.known_in_bucket(&fill.digest);
+            bucket.touch(&fill.digest);
             Ok(true)
         }
         Err(e @ Error::Integrity(_)) => {

@@ -1,0 +1,199 @@
+//! What the bucket GC reads and writes, all of it rebuilt by listing the bucket: objects with
+//! their last access (the later of the object's and its access marker's time), manifests'
+//! bytes (for the versions they form), fills in flight (their leases) and pins (markers that
+//! berths refresh daily). Access markers (`v1/access/sha256/<hex>`) and pin markers
+//! (`v1/pins/sha256/<hex>`) are empty objects written at most once a day per digest by each
+//! berth, after a HEAD finds none from the last day. The pass itself is the registry layer's
+//! (`registry/gc/bucket.rs`); one berth of the fleet runs it, the winner of `v1/gc`.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{GetOptions, PutMode, PutOptions, PutPayload};
+
+use super::lease::now_secs;
+use super::{count, Bucket};
+use crate::oci::digest::Digest;
+
+/// A manifest object larger than this is not read.
+const MANIFEST_MAX: u64 = 4 * 1024 * 1024;
+/// How long a marker counts for: a day.
+const DAY: u64 = 86_400;
+/// The longest a whole listing may take.
+const LISTING_BUDGET: Duration = Duration::from_secs(600);
+
+/// One object of the bucket as the GC sees it.
+#[derive(Debug)]
+pub(crate) struct Listed {
+    pub(crate) digest: Digest,
+    pub(crate) size: u64,
+    /// Seconds since the epoch: the later of its upload and its access marker.
+    pub(crate) last_access: u64,
+    /// A manifest's bytes (verified against the digest); None for a blob.
+    pub(crate) manifest: Option<Bytes>,
+}
+
+/// The bucket, listed.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    pub(crate) objects: Vec<Listed>,
+    /// Digests with a fill lease: being fetched somewhere now.
+    pub(crate) busy: HashSet<Digest>,
+    /// Digests a berth pinned, refreshed within `pin_ttl`.
+    pub(crate) pins: HashSet<Digest>,
+}
+
+impl Bucket {
+    fn marker(&self, kind: &str, digest: &Digest) -> Path {
+        self.root.clone().join(kind).join("sha256").join(digest.hex())
+    }
+
+    /// Records that `digest` was served here: an access marker, at most once a day (in the
+    /// background; a HEAD first, a PUT only when the fleet has none from the last day).
+    pub(crate) fn touch(self: &std::sync::Arc<Self>, digest: &Digest) {
+        self.mark("access", digest);
+    }
+
+    /// Records that this berth pins `digest`: a pin marker, refreshed at most once a day.
+    pub(crate) fn pin_marker(self: &std::sync::Arc<Self>, digest: &Digest) {
+        self.mark("pins", digest);
+    }
+
+    fn mark(self: &std::sync::Arc<Self>, kind: &'static str, digest: &Digest) {
+        if !self.uploads || !self.up() {
+            return;
+        }
+        let key = (kind, digest.clone());
+        if self.marked.contains_key(&key) {
+            return;
+        }
+        self.marked.insert(key, ());
+        let (bucket, path) = (self.clone(), self.marker(kind, digest));
+        tokio::spawn(async move {
+            let head = GetOptions { head: true, ..GetOptions::default() };
+            let fresh = match tokio::time::timeout(bucket.timeout, bucket.store.get_opts(&path, head)).await {
+                Ok(Ok(got)) => {
+                    now_secs().saturating_sub(got.meta.last_modified.timestamp().max(0) as u64) < DAY
+                }
+                _ => false,
+            };
+            if fresh {
+                return;
+            }
+            let put = bucket.store.put_opts(&path, PutPayload::new(), PutOptions::default());
+            let outcome = match tokio::time::timeout(bucket.timeout, put).await {
+                Ok(Ok(_)) => "stored",
+                _ => "error",
+            };
+            count(if kind == "pins" { "pin-marker" } else { "access-marker" }, outcome);
+        });
+    }
+
+    /// Claims this hour's bucket GC pass for the fleet (`v1/gc`, a conditional create; a
+    /// claim older than `every` is broken and claimed again).
+    pub(crate) async fn claim_gc(&self, every: Duration) -> bool {
+        let path = self.root.clone().join("gc");
+        let create = || {
+            let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+            self.store.put_opts(&path, PutPayload::from(self.identity.clone()), opts)
+        };
+        match tokio::time::timeout(self.timeout, create()).await {
+            Ok(Ok(_)) => return true,
+            Ok(Err(object_store::Error::AlreadyExists { .. })) => {}
+            _ => return false,
+        }
+        let head = GetOptions { head: true, ..GetOptions::default() };
+        let Ok(Ok(got)) = tokio::time::timeout(self.timeout, self.store.get_opts(&path, head)).await else {
+            return false;
+        };
+        let age = now_secs().saturating_sub(got.meta.last_modified.timestamp().max(0) as u64);
+        if age < every.as_secs() {
+            return false;
+        }
+        let stale = path.clone();
+        let deleted = self.store.delete_stream(futures::stream::once(async move { Ok(stale) }).boxed());
+        let _ = tokio::time::timeout(self.timeout, deleted.collect::<Vec<_>>()).await;
+        matches!(tokio::time::timeout(self.timeout, create()).await, Ok(Ok(_)))
+    }
+
+    /// Lists the bucket for a GC pass (within ten minutes in all).
+    pub(crate) async fn listing(&self, pin_ttl: Duration) -> Result<Listing, String> {
+        let listed = tokio::time::timeout(LISTING_BUDGET, self.list_everything(pin_ttl)).await;
+        listed.unwrap_or_else(|_| Err(format!("listing the bucket took more than {LISTING_BUDGET:?}")))
+    }
+
+    async fn list_everything(&self, pin_ttl: Duration) -> Result<Listing, String> {
+        let now = now_secs();
+        let access = self.list_digests(&self.root.clone().join("access").join("sha256")).await?;
+        let busy = self.list_digests(&self.fills).await?.into_keys().collect();
+        let pins = self.list_digests(&self.root.clone().join("pins").join("sha256")).await?;
+        let pins = pins
+            .into_iter()
+            .filter(|(_, at)| now.saturating_sub(at.1) < pin_ttl.as_secs())
+            .map(|(d, _)| d)
+            .collect();
+        let mut listing = Listing { busy, pins, ..Listing::default() };
+        for (digest, (size, modified)) in self.list_digests(&self.blobs).await? {
+            let last_access = modified.max(access.get(&digest).map_or(0, |a| a.1));
+            listing.objects.push(Listed { digest, size, last_access, manifest: None });
+        }
+        for (digest, (size, modified)) in self.list_digests(&self.manifests).await? {
+            let last_access = modified.max(access.get(&digest).map_or(0, |a| a.1));
+            // An unreadable manifest is still an object (its own unit); it forms no version.
+            let manifest = self.manifest_bytes(&digest, size).await;
+            listing.objects.push(Listed { digest, size, last_access, manifest });
+        }
+        Ok(listing)
+    }
+
+    /// Every object under `prefix` whose name is a digest, with its size and modification
+    /// time (seconds since the epoch).
+    async fn list_digests(&self, prefix: &Path) -> Result<HashMap<Digest, (u64, u64)>, String> {
+        let mut listed = self.store.list(Some(prefix));
+        let mut out = HashMap::new();
+        while let Some(meta) = listed.next().await {
+            let meta = meta.map_err(|e| e.to_string())?;
+            let name = meta.location.filename().unwrap_or_default();
+            if let Ok(digest) = Digest::parse(&format!("sha256:{name}")) {
+                out.insert(digest, (meta.size, meta.last_modified.timestamp().max(0) as u64));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A manifest object's bytes when they match their digest.
+    async fn manifest_bytes(&self, digest: &Digest, size: u64) -> Option<Bytes> {
+        if size > MANIFEST_MAX {
+            return None;
+        }
+        let path = self.manifest_path(digest);
+        let read = async { self.store.get_opts(&path, GetOptions::default()).await.ok()?.bytes().await.ok() };
+        let bytes = tokio::time::timeout(self.timeout, read).await.ok().flatten()?;
+        (bytes.len() as u64 <= MANIFEST_MAX && Digest::of(&bytes) == *digest).then_some(bytes)
+    }
+
+    /// Deletes `digest`'s objects (blob or manifest, and its access marker): what a GC pass
+    /// evicts. Bytes already read stay valid for their readers.
+    pub(crate) async fn evict(&self, digest: &Digest) -> Result<(), String> {
+        let paths = [self.blob_path(digest), self.manifest_path(digest), self.marker("access", digest)];
+        let deleted = self.store.delete_stream(futures::stream::iter(paths.map(Ok)).boxed());
+        let done = tokio::time::timeout(self.timeout * 4, deleted.collect::<Vec<_>>()).await;
+        let done = done.map_err(|_| format!("deleting {digest} took more than {:?}", self.timeout * 4))?;
+        for result in done {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        self.known.invalidate(digest);
+        Ok(())
+    }
+
+    /// Records what the fleet's last GC pass counted (objects and bytes), for the cache API.
+    pub(crate) fn counted(&self, objects: u64, bytes: u64) {
+        *self.inventory.lock().expect("inventory lock") = Some((objects, bytes, now_secs()));
+    }
+}
