@@ -180,7 +180,7 @@ assert items and all("bucket" in i["tiers"] for i in items), [i["tiers"] for i i
 
     # 4: the largest layer overwritten with wrong bytes of the same length, under the same
     # registry: a fresh berth's pull still verifies, and the object is replaced
-    local big; big=$(manifest_field layers <"$m" | head -n 1)
+    local big; big=$(manifest_field layers <"$m" | sed -n 1p)
     head -c "$(stat -c %s "$E2E_DIR/bucket-0/v1/blobs/sha256/${big:7:2}/${big#sha256:}")" /dev/urandom >"$E2E_DIR/wrong"
     s3 -X PUT -H "x-amz-meta-registry: bucket.test" -H "x-amz-content-sha256: $(sha256sum <"$E2E_DIR/wrong" | cut -d' ' -f1)" \
         --data-binary "@$E2E_DIR/wrong" "$(object_url blobs "$big")" -o /dev/null ||
@@ -198,7 +198,7 @@ assert items and all("bucket" in i["tiers"] for i in items), [i["tiers"] for i i
     make_and_push single fleet 2 40M || { fail "o: push fleet:2"; return; }
     local m2="$E2E_DIR/fleet2.manifest" large
     get_manifest "$UP_URL" library/fleet 2 >"$m2"
-    large=$(manifest_field layers <"$m2" | head -n 1)
+    large=$(manifest_field layers <"$m2" | sed -n 1p)
     bucket_pull 0 bucket.test/library/fleet:2 >/dev/null && in_bucket blobs "$large" >/dev/null ||
         { fail "o: fleet:2 reaches the bucket"; return; }
     python3 "$E2E_SRC/faultproxy.py" "$WEED_PROXY_PORT" "$WEED_S3_PORT" keep-host >"$E2E_DIR/faultproxy-weed.log" 2>&1 &
