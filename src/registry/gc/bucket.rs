@@ -18,6 +18,9 @@ use crate::store::meta::now_secs;
 
 /// How often a berth tries to run the fleet's pass, and refreshes its pin markers.
 const EVERY: Duration = Duration::from_secs(3600);
+/// How far behind reads the access markers may be: each berth writes one at most daily, and
+/// remembers for a day that it did.
+const MARKER_LAG: Duration = Duration::from_secs(2 * 86_400);
 /// A pin marker not refreshed for this long no longer pins.
 const PIN_TTL: Duration = Duration::from_secs(7 * 86_400);
 
@@ -51,19 +54,23 @@ impl Collector {
         if !bucket.claim_gc(EVERY).await {
             return Ok(None);
         }
-        self.bucket_pass(&pinned).await.map(Some)
+        self.bucket_pass(&pinned, MARKER_LAG).await.map(Some)
     }
 
     /// One pass over the bucket: counts it, and evicts down to the low watermark of
     /// `bucket.capacity` once usage reaches its high watermark.
-    pub(super) async fn bucket_pass(&self, pinned_here: &HashSet<String>) -> Result<Report, Error> {
+    pub(super) async fn bucket_pass(
+        &self,
+        pinned_here: &HashSet<String>,
+        marker_lag: Duration,
+    ) -> Result<Report, Error> {
         let Some(bucket) = self.store.bucket() else { return Err(Error::Internal("no bucket".into())) };
-        let listing =
-            bucket.listing(PIN_TTL).await.map_err(|e| Error::Unavailable(format!("bucket: {e}")))?;
+        let listing = bucket.listing(PIN_TTL, references).await;
+        let listing = listing.map_err(|e| Error::Unavailable(format!("bucket: {e}")))?;
         let mut pinned = pinned_here.clone();
         pinned.extend(listing.pins.iter().map(|d| d.to_string()));
         let items = listing.objects.into_iter().map(|l| Item {
-            refs: l.manifest.as_deref().and_then(references),
+            refs: l.manifest,
             digest: l.digest,
             size: l.size,
             last_access: l.last_access,
@@ -77,15 +84,13 @@ impl Collector {
             }
             _ => used_before,
         };
-        let policy = Policy {
-            now: now_secs(),
-            in_use_window: self.config.in_use_window.as_secs(),
-            target,
-            idle_before: None,
-        };
+        // Access markers lag reads by up to two days (each berth writes one at most daily).
+        let in_use_window = self.config.in_use_window.as_secs() + marker_lag.as_secs();
+        let policy = Policy { now: now_secs(), in_use_window, target, idle_before: None };
         let plan = plan::plan(&inventory, &policy);
         let mut evicted = Vec::new();
-        for (digest, size, _) in plan.evict {
+        // A pinned digest is never deleted, even as an object no version references.
+        for (digest, size, _) in plan.evict.into_iter().filter(|(d, ..)| !pinned.contains(d.as_str())) {
             match bucket.evict(&digest).await {
                 Ok(()) => evicted.push(Evicted {
                     digest: digest.to_string(),
@@ -195,10 +200,15 @@ mod tests {
         let layer3 = Digest::of(&vec![3u8; 30_000]);
         put(&objects, format!("fleet/v1/fills/{}", layer3.hex()), Bytes::new(), None).await;
 
+        // A blob no manifest references, pinned by a berth's marker: never deleted.
+        let orphan = Bytes::from(vec![9u8; 5_000]);
+        let orphan_digest = Digest::of(&orphan);
+        put(&objects, format!("fleet/v1/blobs/sha256/{}", orphan_digest.hex()), orphan, None).await;
+        put(&objects, format!("fleet/v1/pins/sha256/{}", orphan_digest.hex()), Bytes::new(), None).await;
         // Past the in-use window (1 s here): what was uploaded just now is in use.
         tokio::time::sleep(Duration::from_millis(2100)).await;
         let here: HashSet<String> = [pinned_here.to_string()].into();
-        let report = gc.bucket_pass(&here).await.unwrap();
+        let report = gc.bucket_pass(&here, Duration::ZERO).await.unwrap();
         assert!(report.used_before > 100_000 * 9 / 10, "{report:?}");
         // Down towards the low watermark as far as the rules allow: only the plain version goes.
         assert_eq!(report.versions, vec![plain.to_string()], "{report:?}");
@@ -210,7 +220,11 @@ mod tests {
         assert!(objects.head(&Path::from(manifests(&plain))).await.is_err(), "the unpinned version stayed");
         let layer4 = Digest::of(&vec![4u8; 30_000]);
         assert!(objects.head(&Path::from(format!("fleet/v1/blobs/sha256/{}", layer4.hex()))).await.is_err());
-        assert_eq!(listed(&objects, "fleet/v1/blobs").await, 6, "the kept versions' blobs are all there");
+        assert_eq!(
+            listed(&objects, "fleet/v1/blobs").await,
+            7,
+            "the kept versions' blobs and the pinned blob are all there"
+        );
         let counted = store.bucket().unwrap().status().counted.unwrap();
         assert_eq!(counted.bytes, report.used_after);
     }

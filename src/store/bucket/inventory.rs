@@ -15,31 +15,31 @@ use object_store::path::Path;
 use object_store::{GetOptions, PutMode, PutOptions, PutPayload};
 
 use super::lease::now_secs;
-use super::{count, Bucket};
+use super::manifests::read_bounded;
+use super::{count, Bucket, MANIFEST_MAX};
 use crate::oci::digest::Digest;
 
-/// A manifest object larger than this is not read.
-const MANIFEST_MAX: u64 = 4 * 1024 * 1024;
 /// How long a marker counts for: a day.
 const DAY: u64 = 86_400;
 /// The longest a whole listing may take.
 const LISTING_BUDGET: Duration = Duration::from_secs(600);
 
-/// One object of the bucket as the GC sees it.
+/// One object of the bucket as the GC sees it; `T` is what the pass made of a manifest.
 #[derive(Debug)]
-pub(crate) struct Listed {
+pub(crate) struct Listed<T> {
     pub(crate) digest: Digest,
     pub(crate) size: u64,
     /// Seconds since the epoch: the later of its upload and its access marker.
     pub(crate) last_access: u64,
-    /// A manifest's bytes (verified against the digest); None for a blob.
-    pub(crate) manifest: Option<Bytes>,
+    /// What the pass's reader made of a manifest's bytes (verified against the digest);
+    /// None for a blob, or for a manifest object that is not whole or not its digest's.
+    pub(crate) manifest: Option<T>,
 }
 
 /// The bucket, listed.
-#[derive(Debug, Default)]
-pub(crate) struct Listing {
-    pub(crate) objects: Vec<Listed>,
+#[derive(Debug)]
+pub(crate) struct Listing<T> {
+    pub(crate) objects: Vec<Listed<T>>,
     /// Digests with a fill lease: being fetched somewhere now.
     pub(crate) busy: HashSet<Digest>,
     /// Digests a berth pinned, refreshed within `pin_ttl`.
@@ -70,9 +70,11 @@ impl Bucket {
         if self.marked.contains_key(&key) {
             return;
         }
-        self.marked.insert(key, ());
+        // A few at once; a hit that finds none free leaves it to a later hit.
+        let Ok(turn) = self.marking.clone().try_acquire_owned() else { return };
         let (bucket, path) = (self.clone(), self.marker(kind, digest));
         tokio::spawn(async move {
+            let _turn = turn;
             let head = GetOptions { head: true, ..GetOptions::default() };
             let fresh = match tokio::time::timeout(bucket.timeout, bucket.store.get_opts(&path, head)).await {
                 Ok(Ok(got)) => {
@@ -81,11 +83,15 @@ impl Bucket {
                 _ => false,
             };
             if fresh {
+                bucket.marked.insert(key, ());
                 return;
             }
             let put = bucket.store.put_opts(&path, PutPayload::new(), PutOptions::default());
             let outcome = match tokio::time::timeout(bucket.timeout, put).await {
-                Ok(Ok(_)) => "stored",
+                Ok(Ok(_)) => {
+                    bucket.marked.insert(key, ());
+                    "stored"
+                }
                 _ => "error",
             };
             count(if kind == "pins" { "pin-marker" } else { "access-marker" }, outcome);
@@ -119,13 +125,23 @@ impl Bucket {
         matches!(tokio::time::timeout(self.timeout, create()).await, Ok(Ok(_)))
     }
 
-    /// Lists the bucket for a GC pass (within ten minutes in all).
-    pub(crate) async fn listing(&self, pin_ttl: Duration) -> Result<Listing, String> {
-        let listed = tokio::time::timeout(LISTING_BUDGET, self.list_everything(pin_ttl)).await;
+    /// Lists the bucket for a GC pass (within ten minutes in all), reading each manifest
+    /// (16 at a time) through `read`. Any failure, a manifest that cannot be read included,
+    /// fails the listing: a pass never plans from part of the bucket.
+    pub(crate) async fn listing<T: Send>(
+        &self,
+        pin_ttl: Duration,
+        read: impl Fn(&[u8]) -> Option<T> + Sync,
+    ) -> Result<Listing<T>, String> {
+        let listed = tokio::time::timeout(LISTING_BUDGET, self.list_everything(pin_ttl, &read)).await;
         listed.unwrap_or_else(|_| Err(format!("listing the bucket took more than {LISTING_BUDGET:?}")))
     }
 
-    async fn list_everything(&self, pin_ttl: Duration) -> Result<Listing, String> {
+    async fn list_everything<T: Send>(
+        &self,
+        pin_ttl: Duration,
+        read: &(impl Fn(&[u8]) -> Option<T> + Sync),
+    ) -> Result<Listing<T>, String> {
         let now = now_secs();
         let access = self.list_digests(&self.root.clone().join("access").join("sha256")).await?;
         let busy = self.list_digests(&self.fills).await?.into_keys().collect();
@@ -135,15 +151,20 @@ impl Bucket {
             .filter(|(_, at)| now.saturating_sub(at.1) < pin_ttl.as_secs())
             .map(|(d, _)| d)
             .collect();
-        let mut listing = Listing { busy, pins, ..Listing::default() };
+        let mut listing = Listing { objects: Vec::new(), busy, pins };
         for (digest, (size, modified)) in self.list_digests(&self.blobs).await? {
             let last_access = modified.max(access.get(&digest).map_or(0, |a| a.1));
             listing.objects.push(Listed { digest, size, last_access, manifest: None });
         }
-        for (digest, (size, modified)) in self.list_digests(&self.manifests).await? {
+        let manifests = self.list_digests(&self.manifests).await?;
+        let reads = futures::stream::iter(manifests).map(|(digest, (size, modified))| async move {
+            let manifest = self.manifest_bytes(&digest, size).await?.and_then(|b| read(&b));
+            Ok::<_, String>((digest, size, modified, manifest))
+        });
+        let mut reads = reads.buffer_unordered(16);
+        while let Some(read) = reads.next().await {
+            let (digest, size, modified, manifest) = read?;
             let last_access = modified.max(access.get(&digest).map_or(0, |a| a.1));
-            // An unreadable manifest is still an object (its own unit); it forms no version.
-            let manifest = self.manifest_bytes(&digest, size).await;
             listing.objects.push(Listed { digest, size, last_access, manifest });
         }
         Ok(listing)
@@ -164,15 +185,24 @@ impl Bucket {
         Ok(out)
     }
 
-    /// A manifest object's bytes when they match their digest.
-    async fn manifest_bytes(&self, digest: &Digest, size: u64) -> Option<Bytes> {
+    /// A manifest object's bytes when they are whole and match their digest; None when it
+    /// is gone, too large or not its digest's (then it is an object that forms no version);
+    /// an error when it could not be read.
+    async fn manifest_bytes(&self, digest: &Digest, size: u64) -> Result<Option<Bytes>, String> {
         if size > MANIFEST_MAX {
-            return None;
+            return Ok(None);
         }
         let path = self.manifest_path(digest);
-        let read = async { self.store.get_opts(&path, GetOptions::default()).await.ok()?.bytes().await.ok() };
-        let bytes = tokio::time::timeout(self.timeout, read).await.ok().flatten()?;
-        (bytes.len() as u64 <= MANIFEST_MAX && Digest::of(&bytes) == *digest).then_some(bytes)
+        let read = async {
+            match self.store.get_opts(&path, GetOptions::default()).await {
+                Ok(got) => read_bounded(got, MANIFEST_MAX).await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let bytes = tokio::time::timeout(self.timeout * 4, read).await;
+        let bytes = bytes.map_err(|_| format!("reading manifest {digest} took too long"))??;
+        Ok(bytes.filter(|b| Digest::of(b) == *digest))
     }
 
     /// Deletes `digest`'s objects (blob or manifest, and its access marker): what a GC pass

@@ -79,7 +79,7 @@ fn names_its_type(bytes: &[u8], media_type: &str) -> bool {
 }
 
 /// Reads a whole body, refusing one past `max` bytes whatever its header said.
-async fn read_bounded(got: GetResult, max: u64) -> Result<Bytes, String> {
+pub(super) async fn read_bounded(got: GetResult, max: u64) -> Result<Bytes, String> {
     let mut body = got.into_stream();
     let mut out = bytes::BytesMut::new();
     while let Some(chunk) = body.next().await {

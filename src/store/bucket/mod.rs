@@ -83,6 +83,8 @@ pub(crate) struct Bucket {
     known: moka::sync::Cache<Digest, ()>,
     /// Markers this berth wrote (or found fresh) in the last day.
     marked: moka::sync::Cache<(&'static str, Digest), ()>,
+    /// Marker writes at once.
+    marking: Arc<tokio::sync::Semaphore>,
     /// What the fleet's last GC pass counted: objects, bytes, when.
     inventory: Mutex<Option<(u64, u64, u64)>>,
     round: std::sync::atomic::AtomicBool,
@@ -147,12 +149,17 @@ impl Bucket {
             later: Mutex::default(),
             queued: AtomicUsize::new(0),
             reads: Arc::new(tokio::sync::Semaphore::new(READS_AT_ONCE)),
-            known: moka::sync::Cache::new(100_000),
+            // Shorter than an hour, the bucket GC's period: another berth's pass may evict.
+            known: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
             marked: moka::sync::Cache::builder()
                 .max_capacity(200_000)
                 .time_to_live(Duration::from_secs(86_400))
                 .build(),
             inventory: Mutex::new(None),
+            marking: Arc::new(tokio::sync::Semaphore::new(8)),
             round: Default::default(),
         }
     }
