@@ -5,14 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
+
 use object_store::path::Path;
 use object_store::{ObjectStore, PutOptions, PutPayload};
 
-use super::{content, eventually, object, open, Faulty};
+use super::{content, eventually, object, open, read_all, source_of, Faulty};
 use crate::oci::digest::Digest;
-use crate::store::body;
-use crate::store::fill::Source;
 use crate::store::Store;
 
 #[tokio::test]
@@ -83,26 +81,10 @@ async fn fill_claimed(
     delay: Duration,
     calls: Arc<AtomicU32>,
 ) -> Vec<u8> {
-    let fetch = async move {
+    let fetch = source_of(bytes, delay, move || {
         calls.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(delay).await;
-        let len = Some(bytes.len() as u64);
-        Ok(Source {
-            len,
-            body: futures::stream::iter([Ok(bytes)]).boxed(),
-            resume: None,
-            rejected: None,
-            hold: None,
-            floor: None,
-        })
-    };
-    let (fill, _) = store.fill_from_upstream(digest, "test", fetch.boxed());
-    let mut body = body::follow(fill.clone(), 0, None);
-    let mut out = Vec::new();
-    while let Some(b) = body.next().await {
-        out.extend_from_slice(&b.unwrap());
-    }
-    out
+    });
+    read_all(store.fill_from_upstream(digest, "test", fetch).0).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,24 +138,8 @@ async fn a_lease_whose_holder_died_expires_and_the_waiters_fetch() {
 async fn fill_as(store: &Arc<Store>, digest: &Digest, origin: &str, bytes: Bytes) -> bool {
     let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = asked.clone();
-    let fetch = async move {
-        flag.store(true, Ordering::Relaxed);
-        let len = Some(bytes.len() as u64);
-        Ok(Source {
-            len,
-            body: futures::stream::iter([Ok(bytes)]).boxed(),
-            resume: None,
-            rejected: None,
-            hold: None,
-            floor: None,
-        })
-    };
-    let (fill, _) = store.fill(digest, origin, fetch.boxed());
-    let mut body = body::follow(fill.clone(), 0, None);
-    while let Some(b) = body.next().await {
-        b.unwrap();
-    }
-    fill.settled().await;
+    let fetch = source_of(bytes, Duration::ZERO, move || flag.store(true, Ordering::Relaxed));
+    read_all(store.fill(digest, origin, fetch).0).await;
     asked.load(Ordering::Relaxed)
 }
 

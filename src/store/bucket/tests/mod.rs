@@ -131,22 +131,23 @@ async fn object(objects: &Faulty, path: &Path) -> Option<(Bytes, Attributes)> {
     Some((got.bytes().await.unwrap(), attributes))
 }
 
-/// Fills `digest` for registry "test" from a source that sends `bytes`, counting whether it
-/// was asked; returns what a client of the fill read.
-async fn fill(store: &Arc<Store>, digest: &Digest, bytes: Bytes, asked: Arc<AtomicBool>) -> Vec<u8> {
-    let fetch = async move {
-        asked.store(true, Ordering::Relaxed);
-        let len = Some(bytes.len() as u64);
-        Ok(Source {
-            len,
-            body: futures::stream::iter([Ok(bytes)]).boxed(),
-            resume: None,
-            rejected: None,
-            hold: None,
-            floor: None,
-        })
-    };
-    let (fill, _) = store.fill(digest, "test", fetch.boxed());
+/// A fill's source: `bytes` in one piece, after `delay`; `asked` runs when it is asked.
+pub(super) fn source_of(
+    bytes: Bytes,
+    delay: Duration,
+    asked: impl FnOnce() + Send + 'static,
+) -> futures::future::BoxFuture<'static, Result<Source, crate::error::Error>> {
+    async move {
+        asked();
+        tokio::time::sleep(delay).await;
+        let (len, body) = (Some(bytes.len() as u64), futures::stream::iter([Ok(bytes)]).boxed());
+        Ok(Source { len, body, resume: None, rejected: None, hold: None, floor: None })
+    }
+    .boxed()
+}
+
+/// What a client of `fill` reads, once the fill has settled.
+pub(super) async fn read_all(fill: Arc<crate::store::fill::Fill>) -> Vec<u8> {
     let mut body = body::follow(fill.clone(), 0, None);
     let mut out = Vec::new();
     while let Some(b) = body.next().await {
@@ -154,6 +155,13 @@ async fn fill(store: &Arc<Store>, digest: &Digest, bytes: Bytes, asked: Arc<Atom
     }
     fill.settled().await;
     out
+}
+
+/// Fills `digest` for registry "test" from a source that sends `bytes`, noting whether it
+/// was asked; returns what a client of the fill read.
+async fn fill(store: &Arc<Store>, digest: &Digest, bytes: Bytes, asked: Arc<AtomicBool>) -> Vec<u8> {
+    let fetch = source_of(bytes, Duration::ZERO, move || asked.store(true, Ordering::Relaxed));
+    read_all(store.fill(digest, "test", fetch).0).await
 }
 
 /// Waits until `check` holds, for up to 5 s.
