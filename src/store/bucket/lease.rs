@@ -12,6 +12,7 @@ use object_store::path::Path;
 use object_store::{GetOptions, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
+use super::manifests::read_bounded;
 use super::{count, labelled_for, Bucket};
 use crate::oci::digest::Digest;
 
@@ -104,18 +105,7 @@ impl Bucket {
     async fn read_claim(&self, digest: &Digest) -> Option<Claim> {
         let read = async {
             let got = self.store.get_opts(&self.lease_path(digest), GetOptions::default()).await.ok()?;
-            if got.meta.size > LEASE_MAX {
-                return None;
-            }
-            let mut body = got.into_stream();
-            let mut out = Vec::new();
-            while let Some(chunk) = body.next().await {
-                out.extend_from_slice(&chunk.ok()?);
-                if out.len() as u64 > LEASE_MAX {
-                    return None;
-                }
-            }
-            serde_json::from_slice::<Claim>(&out).ok()
+            serde_json::from_slice::<Claim>(&read_bounded(got, LEASE_MAX).await.ok()?).ok()
         };
         let mut claim = tokio::time::timeout(self.timeout, read).await.ok().flatten()?;
         claim.expires_at = claim.expires_at.min(now_secs() + self.fill_lease.as_secs());

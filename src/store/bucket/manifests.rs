@@ -78,8 +78,12 @@ fn names_its_type(bytes: &[u8], media_type: &str) -> bool {
     }
 }
 
-/// Reads a whole body, refusing one past `max` bytes whatever its header said.
+/// Reads a whole body, refusing one announced or sent past `max` bytes (manifest, tag and
+/// lease objects).
 pub(super) async fn read_bounded(got: GetResult, max: u64) -> Result<Bytes, String> {
+    if got.meta.size > max {
+        return Err(format!("object of {} bytes, more than {max}", got.meta.size));
+    }
     let mut body = got.into_stream();
     let mut out = bytes::BytesMut::new();
     while let Some(chunk) = body.next().await {

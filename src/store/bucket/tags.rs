@@ -3,19 +3,16 @@
 //! it only when upstream cannot answer and it has no mapping of its own; upstream stays
 //! authoritative whenever it answers.
 
-use bytes::Bytes;
-use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{Attribute, Attributes, GetOptions, PutOptions, PutPayload};
 
-use super::{count, is_manifest_type, Bucket};
+use super::manifests::read_bounded;
+use super::{count, is_manifest_type, Bucket, MANIFEST_MAX};
 use crate::oci::digest::Digest;
 use crate::store::meta::TagEntry;
 
 /// A tag object larger than this is not read.
-const TAG_MAX: usize = 16 * 1024;
-/// The largest manifest a tag object may name.
-const MANIFEST_MAX: u64 = 4 * 1024 * 1024;
+const TAG_MAX: u64 = 16 * 1024;
 
 impl Bucket {
     /// Where the mapping of `registry/repo:tag` lives. The parts are validated names (a host,
@@ -62,18 +59,7 @@ impl Bucket {
         let path = self.tag_path(registry, repo, tag);
         let read = async {
             let got = self.store.get_opts(&path, GetOptions::default()).await.ok()?;
-            if got.meta.size > TAG_MAX as u64 {
-                return None;
-            }
-            let mut body = got.into_stream();
-            let mut out = Vec::new();
-            while let Some(chunk) = body.next().await {
-                out.extend_from_slice(&chunk.ok()?);
-                if out.len() > TAG_MAX {
-                    return None;
-                }
-            }
-            Some(Bytes::from(out))
+            read_bounded(got, TAG_MAX).await.ok()
         };
         let bytes = tokio::time::timeout(self.timeout, read).await.ok().flatten();
         let entry = bytes.and_then(|b| serde_json::from_slice::<TagEntry>(&b).ok()).filter(well_formed);
