@@ -2,9 +2,10 @@
 //! before its own, uploads of verified content after it is published, and the health that
 //! leaves a failing bucket alone for a while.
 //!
-//! - A fill's bytes from the bucket are hashed as they arrive and shown to nobody before they
-//!   verify (see `fill::lead`); an object that does not match its digest is deleted, counted,
-//!   and fetched from the fill's own source, whose verified copy replaces it.
+//! - A fill's bytes from the bucket are hashed as they arrive, shown a part at a time once
+//!   each matches its checksum (`parts`), or, without checksums, to nobody before the whole
+//!   verifies (see `fill::lead`); an object that does not match is deleted, counted, and
+//!   fetched from the fill's own source, whose verified copy replaces it.
 //! - An object is used for a fill only when it was uploaded under the fill's origin (the
 //!   registries that uploaded it, kept in the object's `registry` metadata): content is not
 //!   shared across registries through the bucket either. A second registry's upload of the
@@ -29,6 +30,7 @@ use crate::store::fill::Source;
 mod inventory;
 pub(crate) mod lease;
 mod manifests;
+pub(crate) mod parts;
 mod tags;
 mod upload;
 
@@ -223,6 +225,12 @@ impl Bucket {
                 Found::Skipped
             }
         }
+    }
+
+    /// The part checksums a blob object carries, when they describe it (see `parts`).
+    pub(crate) fn parts_of(&self, got: &GetResult) -> Option<parts::Parts> {
+        let value = got.attributes.get(&Attribute::Metadata(parts::KEY.into()))?;
+        parts::Parts::parse(value.as_ref(), got.meta.size)
     }
 
     /// The blob object as a fill's source: its length from the bucket, hashed by the fill,

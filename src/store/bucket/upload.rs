@@ -11,6 +11,7 @@ use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{Attribute, Attributes, GetOptions, PutOptions, PutPayload};
 
+use super::parts::{self, Parts};
 use super::{count, label_with, labelled_for, Bucket};
 use crate::oci::digest::Digest;
 use crate::store::fill::LeaseHeld;
@@ -170,6 +171,11 @@ impl Bucket {
         attributes.insert(Attribute::Metadata("registry".into()), label.into());
         if let Some(t) = media_type {
             attributes.insert(Attribute::ContentType, t.to_owned().into());
+        }
+        if path.as_ref().starts_with(self.blobs.as_ref()) {
+            let b = bytes.clone();
+            let Ok(parts) = tokio::task::spawn_blocking(move || Parts::of(&b)).await else { return false };
+            attributes.insert(Attribute::Metadata(parts::KEY.into()), parts.label().into());
         }
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {

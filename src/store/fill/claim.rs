@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use super::inflight::every_client_left;
-use super::lead::from_bucket;
+use super::lead::{from_bucket, FromBucket, Shown};
 use super::Fill;
 use crate::error::Error;
 use crate::oci::digest::Digest;
@@ -21,6 +21,8 @@ pub(super) enum Turn {
     Fetch(Option<LeaseHeld>),
     /// The winner's object was read from the bucket and published.
     Published,
+    /// The winner's object was shown in part before its read failed (see `lead::Shown`).
+    Shown(Box<Shown>),
 }
 
 /// A won lease, released when dropped (after the upload, or when the fill fails).
@@ -63,10 +65,14 @@ pub(super) async fn claim_or_wait(store: &Arc<Store>, fill: &Arc<Fill>) -> Resul
 /// Won: the blob may have been uploaded between this fill's look and its claim.
 async fn won(store: &Arc<Store>, fill: &Arc<Fill>, bucket: Arc<Bucket>) -> Result<Turn, Error> {
     let lease = LeaseHeld { bucket: bucket.clone(), digest: fill.digest.clone() };
-    if bucket.look(&fill.digest, &fill.origin).await == Seen::Blob && from_bucket(store, fill).await? {
-        return Ok(Turn::Published);
+    if bucket.look(&fill.digest, &fill.origin).await != Seen::Blob {
+        return Ok(Turn::Fetch(Some(lease)));
     }
-    Ok(Turn::Fetch(Some(lease)))
+    Ok(match from_bucket(store, fill).await? {
+        FromBucket::Published => Turn::Published,
+        FromBucket::Shown(shown) => Turn::Shown(shown),
+        FromBucket::Unused => Turn::Fetch(Some(lease)),
+    })
 }
 
 /// Polls for the holder's object until its lease expires: the turn once there is one, or
@@ -88,8 +94,11 @@ async fn wait_for_holder(
         attempt += 1;
         match bucket.look(&fill.digest, &fill.origin).await {
             Seen::Blob => {
-                let published = from_bucket(store, fill).await?;
-                return Ok(Some(if published { Turn::Published } else { Turn::Fetch(None) }));
+                return Ok(Some(match from_bucket(store, fill).await? {
+                    FromBucket::Published => Turn::Published,
+                    FromBucket::Shown(shown) => Turn::Shown(shown),
+                    FromBucket::Unused => Turn::Fetch(None),
+                }));
             }
             Seen::Leased => {}
             Seen::Free => return Ok(None),

@@ -21,17 +21,17 @@ pub(super) fn disk_trouble(made: &Made, ran_out: bool) -> Option<String> {
     }
 }
 
-/// Passes the fill through from what the pipeline wrote (good bytes), then drops the temp
-/// file.
+/// Passes the fill through from the first `written` bytes the pipeline wrote (good bytes),
+/// then drops the temp file.
 pub(super) async fn pass_written(
     fill: &Arc<Fill>,
     made: Made,
+    written: u64,
     len: Option<u64>,
     resume: Arc<Resume>,
     why: String,
 ) -> Result<(), Error> {
     let (file, map) = (made.writer.file().0.clone(), made.writer.file().1.cloned());
-    let written = made.writer.written_len();
     let done = pass_through(fill, Some(file), map, written, len, resume, why).await;
     drop_off_thread(made.writer).await?;
     done

@@ -25,7 +25,7 @@ pub(super) async fn settle(
     room: Room,
     rejected: Option<Box<dyn FnOnce() + Send + Sync>>,
 ) -> Result<(), Error> {
-    let Made { writer, error, hash, memory } = made;
+    let Made { writer, error, hash, memory, .. } = made;
     let written = error.map_or(Ok(writer.written_len()), Err);
     match pumped.and_then(|()| verify(&fill.digest, len, written?, hash)) {
         Ok(proof) => publish(store, fill, writer, proof, memory, room).await,

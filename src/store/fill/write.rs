@@ -1,6 +1,8 @@
 //! Writing and hashing: two blocking threads fed the same batches, so that the page-cache
 //! copy and SHA-256 overlap; and the room on disk those batches are counted in.
 
+use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -11,6 +13,7 @@ use tokio::task::JoinHandle;
 use super::{Fill, FillState};
 use crate::error::Error;
 use crate::oci::digest::Digest;
+use crate::store::bucket::parts::{BadPart, Checker, Parts};
 use crate::store::disk::Reservation;
 use crate::store::tier::disk::DiskWriter;
 use crate::store::Store;
@@ -23,30 +26,89 @@ pub(super) struct Pipeline {
     tx: mpsc::Sender<Bytes>,
     hash_tx: mpsc::Sender<Bytes>,
     writer: JoinHandle<(DiskWriter, Option<Error>)>,
-    hasher: JoinHandle<([u8; 32], Option<BytesMut>)>,
+    hasher: JoinHandle<Hashed>,
+    shown: Arc<Shown>,
 }
 
 /// What the pipeline made: the writer (to commit or drop), the error that stopped it if one
-/// did, the SHA-256 of what was sent, and a copy for the memory tier when asked for.
+/// did, the SHA-256 of what was sent, and a copy for the memory tier when asked for; with
+/// part checksums, how much followers were shown and where the first bad part starts.
 pub(super) struct Made {
     pub(super) writer: DiskWriter,
     pub(super) error: Option<Error>,
     pub(super) hash: [u8; 32],
     pub(super) memory: Option<BytesMut>,
+    pub(super) shown: u64,
+    pub(super) bad_part: Option<u64>,
+}
+
+/// What the hasher thread returns.
+struct Hashed {
+    hash: [u8; 32],
+    memory: Option<BytesMut>,
+    bad_part: Option<u64>,
+}
+
+/// How far followers of a `Streaming` fill may read: what is written and, with part
+/// checksums, checked. Whichever thread moves last moves the fill's `written`.
+struct Shown {
+    written: AtomicU64,
+    checked: AtomicU64,
+    /// With part checksums, the fill is pending until its first part matches, then streams
+    /// this file (and mapping) of this length.
+    reveal: Option<(Arc<File>, Option<Bytes>, u64)>,
+}
+
+impl Shown {
+    fn visible(&self) -> u64 {
+        self.written.load(Ordering::Acquire).min(self.checked.load(Ordering::Acquire))
+    }
+
+    fn show(&self, fill: &Fill) {
+        let visible = self.visible();
+        fill.state.send_if_modified(|s| match (s, &self.reveal) {
+            (FillState::Streaming { written, .. }, _) if visible > *written => {
+                *written = visible;
+                true
+            }
+            (s @ FillState::Pending, Some((file, map, len))) if visible > 0 => {
+                *s = FillState::Streaming {
+                    file: file.clone(),
+                    map: map.clone(),
+                    len: Some(*len),
+                    written: visible,
+                };
+                true
+            }
+            _ => false,
+        });
+    }
 }
 
 impl Pipeline {
-    /// Starts both threads; the hasher keeps a copy of `keep` bytes for memory.
-    pub(super) fn start(writer: DiskWriter, fill: &Arc<Fill>, keep: Option<usize>) -> Pipeline {
+    /// Starts both threads; the hasher keeps a copy of `keep` bytes for memory. With
+    /// `parts`, the fill is shown to followers (pending until then) a part at a time, each once
+    /// it matches its checksum, and a part that does not stops the hasher (so `send` fails).
+    pub(super) fn start(
+        writer: DiskWriter,
+        fill: &Arc<Fill>,
+        keep: Option<usize>,
+        parts: Option<Parts>,
+    ) -> Pipeline {
         let (tx, rx) = mpsc::channel::<Bytes>(8);
         let (hash_tx, hash_rx) = mpsc::channel::<Bytes>(8);
-        let fill = fill.clone();
-        let writer = tokio::task::spawn_blocking(move || write_loop(rx, writer, &fill));
-        let hasher = tokio::task::spawn_blocking(move || hash_loop(hash_rx, keep));
-        Pipeline { tx, hash_tx, writer, hasher }
+        let checked = if parts.is_some() { 0 } else { u64::MAX };
+        let reveal = parts.as_ref().map(|p| (writer.file().0.clone(), writer.file().1.cloned(), p.len()));
+        let shown = Arc::new(Shown { written: AtomicU64::new(0), checked: AtomicU64::new(checked), reveal });
+        let (w, h) = ((fill.clone(), shown.clone()), (fill.clone(), shown.clone()));
+        let writer = tokio::task::spawn_blocking(move || write_loop(rx, writer, &w.0, &w.1));
+        let checker = parts.map(Parts::checker);
+        let hasher = tokio::task::spawn_blocking(move || hash_loop(hash_rx, keep, checker, &h.0, &h.1));
+        Pipeline { tx, hash_tx, writer, hasher, shown }
     }
 
-    /// Hands `batch` to both threads; false when one has stopped (the writer failed).
+    /// Hands `batch` to both threads; false when one has stopped (the writer failed, or a
+    /// part did not match).
     pub(super) async fn send(&self, batch: Bytes) -> bool {
         self.hash_tx.send(batch.clone()).await.is_ok() && self.tx.send(batch).await.is_ok()
     }
@@ -55,30 +117,39 @@ impl Pipeline {
     pub(super) async fn finish(self) -> Result<Made, Error> {
         drop((self.tx, self.hash_tx));
         let (writer, error) = self.writer.await.map_err(Error::internal)?;
-        let (hash, memory) = self.hasher.await.map_err(Error::internal)?;
-        Ok(Made { writer, error, hash, memory })
+        let Hashed { hash, memory, bad_part } = self.hasher.await.map_err(Error::internal)?;
+        let shown = self.shown.visible().min(writer.written_len());
+        Ok(Made { writer, error, hash, memory, shown, bad_part })
     }
 }
 
 /// Runs on a blocking thread: writes each batch, then tells followers. Returns the writer,
 /// and the error that stopped it, if one did.
-fn write_loop(mut rx: mpsc::Receiver<Bytes>, writer: DiskWriter, fill: &Fill) -> (DiskWriter, Option<Error>) {
+fn write_loop(
+    mut rx: mpsc::Receiver<Bytes>,
+    writer: DiskWriter,
+    fill: &Fill,
+    shown: &Shown,
+) -> (DiskWriter, Option<Error>) {
     while let Some(buf) = rx.blocking_recv() {
         if let Err(e) = writer.append_blocking(&buf) {
             return (writer, Some(Error::fault("writing blob", e)));
         }
-        let offset = writer.written_len();
-        fill.state.send_modify(|s| {
-            if let FillState::Streaming { written, .. } = s {
-                *written = offset;
-            }
-        });
+        shown.written.store(writer.written_len(), Ordering::Release);
+        shown.show(fill);
     }
     (writer, None)
 }
 
-/// Runs on a blocking thread: hashes each batch and, for the memory tier, keeps a copy.
-fn hash_loop(mut rx: mpsc::Receiver<Bytes>, keep: Option<usize>) -> ([u8; 32], Option<BytesMut>) {
+/// Runs on a blocking thread: hashes each batch and, for the memory tier, keeps a copy; with
+/// a part checker, checks each part, and stops at the first that does not match.
+fn hash_loop(
+    mut rx: mpsc::Receiver<Bytes>,
+    keep: Option<usize>,
+    mut checker: Option<Checker>,
+    fill: &Fill,
+    shown: &Shown,
+) -> Hashed {
     let mut hasher = Sha256::new();
     let mut memory = keep.map(BytesMut::with_capacity);
     while let Some(buf) = rx.blocking_recv() {
@@ -86,8 +157,21 @@ fn hash_loop(mut rx: mpsc::Receiver<Bytes>, keep: Option<usize>) -> ([u8; 32], O
         if let Some(m) = memory.as_mut() {
             m.extend_from_slice(&buf);
         }
+        match checker.as_mut().map(|c| c.feed(&buf)) {
+            Some(Ok(Some(end))) => {
+                shown.checked.store(end, Ordering::Release);
+                shown.show(fill);
+            }
+            Some(Err(BadPart(at))) => {
+                // The parts before it matched (a batch may hold several).
+                shown.checked.store(at, Ordering::Release);
+                shown.show(fill);
+                return Hashed { hash: hasher.finalize().into(), memory: None, bad_part: Some(at) };
+            }
+            Some(Ok(None)) | None => {}
+        }
     }
-    (hasher.finalize().into(), memory)
+    Hashed { hash: hasher.finalize().into(), memory, bad_part: None }
 }
 
 /// The fill's room on disk, reserved as bytes are written, never for an announced length.

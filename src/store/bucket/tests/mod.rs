@@ -30,6 +30,8 @@ struct Faulty {
     hang: AtomicBool,
     gets: AtomicU32,
     puts: AtomicU32,
+    /// Object bodies stop (and hang) after this many bytes, when set.
+    stall_after: std::sync::Mutex<Option<usize>>,
 }
 
 impl std::fmt::Display for Faulty {
@@ -65,7 +67,14 @@ impl ObjectStore for Faulty {
     async fn get_opts(&self, l: &Path, o: GetOptions) -> object_store::Result<GetResult> {
         self.maybe_hang().await;
         self.gets.fetch_add(1, Ordering::Relaxed);
-        self.inner.get_opts(l, o).await
+        let got = self.inner.get_opts(l, o).await?;
+        let Some(limit) = *self.stall_after.lock().unwrap() else { return Ok(got) };
+        let (meta, range, attributes, extensions) =
+            (got.meta.clone(), got.range.clone(), got.attributes.clone(), got.extensions.clone());
+        let body = got.bytes().await?;
+        let head = futures::stream::iter([Ok(body.slice(..limit.min(body.len())))]);
+        let payload = object_store::GetResultPayload::Stream(head.chain(futures::stream::pending()).boxed());
+        Ok(GetResult { payload, meta, range, attributes, extensions })
     }
     fn delete_stream(
         &self,
@@ -253,6 +262,11 @@ async fn a_fetched_blob_is_uploaded_with_its_registry_whole_or_in_parts() {
         let (stored, attributes) = object(&objects, &blob_path(&d)).await.unwrap();
         assert_eq!(stored, bytes, "{n} bytes uploaded wrong");
         assert_eq!(attributes.get(&Attribute::Metadata("registry".into())).map(|v| v.as_ref()), Some("test"));
+        let parts = attributes.get(&Attribute::Metadata("parts".into())).expect("part checksums uploaded");
+        assert_eq!(
+            super::parts::Parts::parse(parts.as_ref(), n as u64),
+            Some(super::parts::Parts::of(&bytes))
+        );
     }
     // A new node on the same bucket fills from it.
     let (dir2, asked) = (tempfile::tempdir().unwrap(), Arc::new(AtomicBool::new(false)));
@@ -301,3 +315,4 @@ async fn manifests_come_from_the_bucket_only_whole_verified_and_typed() {
 }
 
 mod fleet;
+mod parts;
