@@ -7,8 +7,8 @@
 # pulls it: every blob was GET from upstream once in all; both pull a new image at once: the
 # fleet lease lets one of them fetch each blob. 3. Upstream stopped, a fresh berth
 # with an empty disk pulls it by tag (the fleet's tag mapping) and by digest from the bucket. 4. A layer overwritten with wrong
-# bytes in the bucket: a fresh berth's pull still verifies, and the object is replaced.
-# 5. SeaweedFS killed while a fresh berth reads a large layer from it (through a throttling
+# bytes in the bucket: a fresh berth's pull still verifies, and the object is replaced. 4b.
+# The layer with its part checksums and one wrong byte: the rest comes from upstream. 5. SeaweedFS killed while a fresh berth reads a large layer from it (through a throttling
 # proxy): the pull completes from upstream.
 
 WEED_S3_PORT=15093
@@ -193,6 +193,27 @@ assert items and all("bucket" in i["tiers"] for i in items), [i["tiers"] for i i
         fail "o: a wrong object in the bucket: the pull verifies, the object is replaced and counted" "$out" \
             "corrupt counted: $(metric 3 berth_bucket_corrupt_total)"
     fi
+
+    # 4b: the same layer, as uploaded (with its part checksums), with one byte changed in its
+    # second part: a fresh berth shows its clients the first part, finishes the layer from
+    # upstream, and the pull verifies
+    local parts wrong="$E2E_DIR/wrong-part"
+    parts=$(s3 -I "$(object_url blobs "$big")" | tr -d '\r' | sed -n 's/^x-amz-meta-parts: //Ip')
+    python3 -c 'import sys; b = bytearray(open(sys.argv[1], "rb").read()); b[5 << 20] ^= 1; open(sys.argv[2], "wb").write(b)' \
+        "$E2E_DIR/bucket-0/v1/blobs/sha256/${big:7:2}/${big#sha256:}" "$wrong"
+    [ -n "$parts" ] && s3 -X PUT -H "x-amz-meta-registry: bucket.test" -H "x-amz-meta-parts: $parts" \
+        -H "x-amz-content-sha256: $(sha256sum <"$wrong" | cut -d' ' -f1)" \
+        --data-binary "@$wrong" "$(object_url blobs "$big")" -o /dev/null ||
+        { fail "o: uploads carry part checksums, and an object with a wrong part is put" "checksums: '$parts'"; return; }
+    start_bucket_berth 5 || { fail "o: berth 5 starts"; return; }
+    if out=$(bucket_pull 5 bucket.test/library/fleet:1 2>&1) && [ "$(metric 5 berth_bucket_corrupt_total)" -ge 1 ] &&
+        grep -q "the rest from the source" "$E2E_DIR/bucket-5.log"; then
+        pass "o: a wrong part in a bucket object: clients are shown the parts before it, the rest comes from upstream, the pull verifies"
+    else
+        fail "o: a wrong part in a bucket object: clients are shown the parts before it, the rest comes from upstream, the pull verifies" \
+            "$out" "corrupt counted: $(metric 5 berth_bucket_corrupt_total)" "$(grep -i bucket "$E2E_DIR/bucket-5.log" | tail -n 3)"
+    fi
+    stop_pid "${BUCKET_PIDS[5]:-}"
 
     # 5: SeaweedFS killed while a fresh berth reads a large layer from it
     make_and_push single fleet 2 40M || { fail "o: push fleet:2"; return; }
