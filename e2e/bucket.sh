@@ -8,7 +8,8 @@
 # fleet lease lets one of them fetch each blob. 3. Upstream stopped, a fresh berth
 # with an empty disk pulls it by tag (the fleet's tag mapping) and by digest from the bucket. 4. A layer overwritten with wrong
 # bytes in the bucket: a fresh berth's pull still verifies, and the object is replaced. 4b.
-# The layer with its part checksums and one wrong byte: the rest comes from upstream. 5. SeaweedFS killed while a fresh berth reads a large layer from it (through a throttling
+# The layer with its part checksums and one wrong byte: the rest comes from upstream. 4c.
+# Every bucket body cut once (a fault proxy): resumed from the bucket. 5. SeaweedFS killed while a fresh berth reads a large layer from it (through a throttling
 # proxy): the pull completes from upstream.
 
 WEED_S3_PORT=15093
@@ -225,9 +226,24 @@ assert items and all("bucket" in i["tiers"] for i in items), [i["tiers"] for i i
     python3 "$E2E_SRC/faultproxy.py" "$WEED_PROXY_PORT" "$WEED_S3_PORT" keep-host >"$E2E_DIR/faultproxy-weed.log" 2>&1 &
     _track $!
     wait_for_port "127.0.0.1:$WEED_PROXY_PORT" 10 || { fail "o: fault proxy in front of SeaweedFS"; return; }
+    local before; before=$(count_upstream_blob_gets "$large")
+
+    # 4c: every bucket body cut once: a fresh berth resumes each from the same object
+    curl -sf "http://127.0.0.1:$WEED_PROXY_PORT/__mode/cut-once" >/dev/null
+    start_bucket_berth 6 "http://127.0.0.1:$WEED_PROXY_PORT" off || { fail "o: berth 6 starts"; return; }
+    if out=$(bucket_pull 6 bucket.test/library/fleet:2 2>&1) &&
+        grep -q "blobs/sha256/${large#sha256:} bytes=[0-9]*-[0-9]* 206" "$E2E_DIR/faultproxy-weed.log" &&
+        [ "$(count_upstream_blob_gets "$large")" = "$before" ]; then
+        pass "o: bucket bodies cut mid-read are resumed from the bucket with Range; upstream is not asked"
+    else
+        fail "o: bucket bodies cut mid-read are resumed from the bucket with Range; upstream is not asked" "$out" \
+            "bucket requests: $(grep -c . "$E2E_DIR/faultproxy-weed.log"); upstream GETs of the layer: $before then $(count_upstream_blob_gets "$large")" \
+            "$(grep -i bucket "$E2E_DIR/bucket-6.log" | tail -n 3)"
+    fi
+    stop_pid "${BUCKET_PIDS[6]:-}"
+
     curl -sf "http://127.0.0.1:$WEED_PROXY_PORT/__mode/throttle:4000000" >/dev/null
     start_bucket_berth 4 "http://127.0.0.1:$WEED_PROXY_PORT" off || { fail "o: berth 4 starts"; return; }
-    local before; before=$(count_upstream_blob_gets "$large")
     bucket_pull 4 bucket.test/library/fleet:2 >"$E2E_DIR/pull-4.out" 2>&1 &
     local pull=$!
     for ((i = 0; i < 100; i++)); do

@@ -18,14 +18,14 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use object_store::path::Path;
-use object_store::{Attribute, Attributes, GetOptions, GetResult, ObjectStore};
+use object_store::{Attribute, Attributes, GetOptions, GetRange, GetResult, ObjectStore};
 
 use crate::config::{self, MinRate};
 use crate::error::Error;
 use crate::oci::digest::Digest;
-use crate::store::fill::Source;
+use crate::store::fill::{Resume, Resumed, Source};
 
 mod inventory;
 pub(crate) mod lease;
@@ -233,22 +233,48 @@ impl Bucket {
         parts::Parts::parse(value.as_ref(), got.meta.size)
     }
 
-    /// The blob object as a fill's source: its length from the bucket, hashed by the fill,
-    /// held to a floor of 1 MiB/s over each `timeout`, and never resumed (a cut moves the fill
-    /// on to its own source).
-    pub(crate) fn source(&self, got: GetResult) -> Source {
+    /// The blob object at `path` as a fill's source: its length from the bucket, hashed by
+    /// the fill, held to a floor of 1 MiB/s over each `timeout`. A cut body is resumed from the
+    /// bucket with Range, only from the same object (`If-Match` on its ETag; without an ETag it
+    /// is not resumed, and the fill moves on to its own source).
+    pub(crate) fn source(&self, got: GetResult, path: &Path) -> Source {
         let len = got.meta.size;
-        let body = got
-            .into_stream()
-            .map(|chunk| {
-                let chunk = chunk.map_err(|e| Error::Unavailable(format!("bucket body: {e}")))?;
-                metrics::counter!("berth_bucket_bytes_total", "direction" => "read")
-                    .increment(chunk.len() as u64);
-                Ok(chunk)
-            })
-            .boxed();
+        let resume = got.meta.e_tag.clone().map(|e_tag| self.resume_at(path, e_tag));
         let floor = MinRate { bytes_per_sec: FLOOR, window: self.timeout };
-        Source { len: Some(len), body, resume: None, rejected: None, hold: None, floor: Some(floor) }
+        Source { len: Some(len), body: body_of(got), resume, rejected: None, hold: None, floor: Some(floor) }
+    }
+
+    /// Asks for the object at `path`, as long as its ETag is `e_tag`, from an offset.
+    fn resume_at(&self, path: &Path, e_tag: String) -> Resume {
+        let (store, path, timeout) = (self.store.clone(), path.clone(), self.timeout);
+        Box::new(move |from| {
+            let (store, path, e_tag) = (store.clone(), path.clone(), e_tag.clone());
+            async move {
+                let opts = GetOptions {
+                    if_match: Some(e_tag),
+                    range: Some(GetRange::Offset(from)),
+                    ..GetOptions::default()
+                };
+                let got = match tokio::time::timeout(timeout, store.get_opts(&path, opts)).await {
+                    Ok(Ok(got)) if got.range.start == from => got,
+                    Ok(Ok(got)) => {
+                        return Err(Error::Unavailable(format!(
+                            "bucket resumed at {} for {from}",
+                            got.range.start
+                        )));
+                    }
+                    Ok(Err(e)) => return Err(Error::Unavailable(format!("bucket resume at {from}: {e}"))),
+                    Err(_) => {
+                        return Err(Error::Unavailable(format!(
+                            "bucket resume: no answer within {timeout:?}"
+                        )))
+                    }
+                };
+                count("get", "resumed");
+                Ok(Resumed { body: body_of(got), skip: 0 })
+            }
+            .boxed()
+        })
     }
 
     /// An object found wrong: counted, deleted (best effort), and uploaded again from the
@@ -289,6 +315,18 @@ impl Bucket {
         let backoff = self.health.failed();
         tracing::warn!(bucket = %self.url, op, error = why, ?backoff, "bucket unavailable: skipped for now");
     }
+}
+
+/// An object's body, its bytes counted as read from the bucket.
+fn body_of(got: GetResult) -> futures::stream::BoxStream<'static, Result<bytes::Bytes, Error>> {
+    got.into_stream()
+        .map(|chunk| {
+            let chunk = chunk.map_err(|e| Error::Unavailable(format!("bucket body: {e}")))?;
+            metrics::counter!("berth_bucket_bytes_total", "direction" => "read")
+                .increment(chunk.len() as u64);
+            Ok(chunk)
+        })
+        .boxed()
 }
 
 /// The registry an object was uploaded under.

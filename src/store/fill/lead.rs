@@ -99,16 +99,17 @@ pub(super) struct Shown {
 /// Fills from the shared bucket when it holds the digest for the fill's origin: its bytes are
 /// written and hashed like any source's. An object with part checksums (`bucket::parts`)
 /// is shown to followers a part at a time, each once it matches, and its last byte once the
-/// whole verifies; one without is shown to nobody before the whole object verifies. An
-/// object that does not match is deleted; the fill goes on to its own source, as it does
-/// when the bucket is missing it, fails or is too slow, from where followers were shown.
+/// whole verifies; one without is shown to nobody before the whole object verifies. A cut
+/// body is resumed from the same object. An object that does not match is deleted; the fill
+/// goes on to its own source, as it does when the bucket is missing it, fails or is too slow,
+/// from where followers were shown.
 pub(super) async fn from_bucket(store: &Store, fill: &Arc<Fill>) -> Result<FromBucket, Error> {
     let Some(bucket) = store.bucket.as_ref() else { return Ok(FromBucket::Unused) };
     let path = bucket.blob_path(&fill.digest);
     let Some(_turn) = bucket.read_turn().await else { return Ok(FromBucket::Unused) };
     let Found::Object(got) = bucket.open(&path, &fill.origin).await else { return Ok(FromBucket::Unused) };
     let parts = bucket.parts_of(&got);
-    let Source { len, body, floor, .. } = bucket.source(*got);
+    let Source { len, body, floor, resume, .. } = bucket.source(*got, &path);
     // What the disk cannot keep is left to the fill's own source, which can pass it through.
     let Some(len) = len.filter(|&l| l <= store.max_blob_size && l <= store.disk.capacity()) else {
         return Ok(FromBucket::Unused);
@@ -123,7 +124,7 @@ pub(super) async fn from_bucket(store: &Store, fill: &Arc<Fill>) -> Result<FromB
     let streams = parts.is_some();
     let pipe = Pipeline::start(writer, fill, keep, parts);
     let mut room = Room::new(store, Some(len), false);
-    let mut pump = Pump::new(&fill.digest, Some(len), body, None, floor);
+    let mut pump = Pump::new(&fill.digest, Some(len), body, resume.map(Arc::new), floor);
     let budget = bucket.read_budget(len);
     let pumped = tokio::time::timeout(budget, pump_into(store, &mut pump, &pipe, &mut room))
         .await

@@ -29,9 +29,14 @@ struct Faulty {
     inner: InMemory,
     hang: AtomicBool,
     gets: AtomicU32,
+    /// GETs of a range (resumes).
+    ranged: AtomicU32,
     puts: AtomicU32,
     /// Object bodies stop (and hang) after this many bytes, when set.
     stall_after: std::sync::Mutex<Option<usize>>,
+    /// The next whole-object body is cut after this many bytes (the object replaced by the
+    /// given bytes first, when there are some).
+    cut_once: std::sync::Mutex<Option<(usize, Option<Bytes>)>>,
 }
 
 impl std::fmt::Display for Faulty {
@@ -67,7 +72,24 @@ impl ObjectStore for Faulty {
     async fn get_opts(&self, l: &Path, o: GetOptions) -> object_store::Result<GetResult> {
         self.maybe_hang().await;
         self.gets.fetch_add(1, Ordering::Relaxed);
+        let whole = o.range.is_none() && !o.head;
+        if o.range.is_some() {
+            self.ranged.fetch_add(1, Ordering::Relaxed);
+        }
         let got = self.inner.get_opts(l, o).await?;
+        let cut = self.cut_once.lock().unwrap().take_if(|_| whole);
+        if let Some((limit, replace)) = cut {
+            let (meta, range, attributes, extensions) =
+                (got.meta.clone(), got.range.clone(), got.attributes.clone(), got.extensions.clone());
+            let body = got.bytes().await?;
+            if let Some(other) = replace {
+                self.inner.put_opts(l, PutPayload::from(other), PutOptions::default()).await?;
+            }
+            let cut = object_store::Error::Generic { store: "Faulty", source: "cut".into() };
+            let head = futures::stream::iter([Ok(body.slice(..limit)), Err(cut)]).boxed();
+            let payload = object_store::GetResultPayload::Stream(head);
+            return Ok(GetResult { payload, meta, range, attributes, extensions });
+        }
         let Some(limit) = *self.stall_after.lock().unwrap() else { return Ok(got) };
         let (meta, range, attributes, extensions) =
             (got.meta.clone(), got.range.clone(), got.attributes.clone(), got.extensions.clone());

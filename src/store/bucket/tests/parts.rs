@@ -1,6 +1,7 @@
-//! Objects with part checksums: shown a part at a time, a stall or a wrong part finished
-//! from the fill's own source where the client was, forged checksums failing the clients,
-//! and checksums that do not describe the object ignored.
+//! Objects as they stream: with part checksums, shown a part at a time, a stall or a wrong
+//! part finished from the fill's own source where the client was, forged checksums failing
+//! the clients, and checksums that do not describe the object ignored; a cut body resumed
+//! from the bucket, only from the same object.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -137,4 +138,42 @@ async fn checksums_that_do_not_describe_the_object_are_ignored_and_it_is_read_wh
         assert!(fill(&store, &d, Bytes::new(), asked.clone()).await == bytes, "{label}");
         assert!(!asked.load(Ordering::Relaxed), "{label}: a good object was not used");
     }
+}
+
+#[tokio::test]
+async fn a_cut_bucket_body_is_resumed_from_the_bucket_and_the_source_is_not_asked() {
+    let (dir, objects) = (tempfile::tempdir().unwrap(), Arc::new(Faulty::default()));
+    let store = open(&dir, &objects);
+    let bytes = content(10 << 20, 4);
+    let d = Digest::of(&bytes);
+    put_with_parts(&objects, &blob_path(&d), bytes.clone(), &bytes).await;
+    *objects.cut_once.lock().unwrap() = Some(((5 << 20) + 123, None));
+    let asked = Arc::new(AtomicBool::new(false));
+    assert!(fill(&store, &d, Bytes::new(), asked.clone()).await == bytes);
+    assert!(!asked.load(Ordering::Relaxed), "a cut bucket read went to the source");
+    assert_eq!(objects.ranged.load(Ordering::Relaxed), 1, "not resumed once");
+    assert_eq!(store.disk.len(&d).unwrap(), Some(10 << 20), "a resumed bucket read is kept");
+}
+
+#[tokio::test]
+async fn a_body_cut_while_the_object_is_replaced_is_not_resumed_from_the_new_object() {
+    let (dir, objects) = (tempfile::tempdir().unwrap(), Arc::new(Faulty::default()));
+    let store = open(&dir, &objects);
+    let bytes = content(10 << 20, 4);
+    let d = Digest::of(&bytes);
+    put_with_parts(&objects, &blob_path(&d), bytes.clone(), &bytes).await;
+    // Replaced with other bytes between the first GET and the resume: splicing the two would
+    // show the client a tail the checksums it was given do not describe.
+    *objects.cut_once.lock().unwrap() = Some(((5 << 20) + 123, Some(content(10 << 20, 8))));
+    let (asked, resumed) = (Arc::new(AtomicBool::new(false)), Arc::default());
+    let fetch = resumable_source_of(bytes.clone(), asked.clone(), Arc::clone(&resumed));
+    let got = read_all(store.fill(&d, "test", fetch).0).await;
+    assert!(got == bytes, "the client read {} bytes, not the blob", got.len());
+    assert!(asked.load(Ordering::Relaxed), "resumed from a replaced object");
+    assert_eq!(*resumed.lock().unwrap(), [4 << 20], "not finished from the source after the checked part");
+    // Spliced, the new object's bytes would have failed the old checksums and been deleted.
+    assert!(
+        object(&objects, &blob_path(&d)).await.is_some(),
+        "the new object was read as the rest of the old"
+    );
 }
