@@ -161,11 +161,13 @@ scenario_o() {
         "http://127.0.0.1:15081/api/v1/preheat?wait=true"
     # shellcheck disable=SC2086
     if out=$(json_check "$status" 'assert j["state"] == "succeeded", j["state"]
-items = [i for im in j["images"] for i in im["items"] if i["kind"] != "manifest"]
-assert items and all("bucket" in i["tiers"] for i in items), [i["tiers"] for i in items]' && in_bucket blobs $blobs4 2>&1); then
-        pass "o: preheat with the bucket tier uploads every blob, and its status says bucket"
+items = [i for im in j["images"] for i in im["items"]]
+assert any(i["kind"] == "manifest" for i in items), [i["kind"] for i in items]
+assert all("bucket" in i["tiers"] for i in items), [(i["kind"], i["tiers"]) for i in items]' &&
+        in_bucket blobs $blobs4 && in_bucket manifests "$(sha256_of <"$m4")" 2>&1); then
+        pass "o: preheat with the bucket tier uploads every blob and the manifest, and its status says bucket"
     else
-        fail "o: preheat with the bucket tier uploads every blob, and its status says bucket" "$out"
+        fail "o: preheat with the bucket tier uploads every blob and the manifest, and its status says bucket" "$out"
     fi
 
     # 3: upstream stopped, a fresh berth with an empty disk pulls by digest from the bucket

@@ -22,7 +22,7 @@ use crate::oci::Invalid;
 use crate::registry::{Mirror, Via, Want};
 
 use job::{ImageJob, Item, Job};
-use status::{ItemState, TierName};
+use status::{ItemKind, ItemState, TierName};
 
 /// Jobs kept for `GET /api/v1/preheat`; older ones are forgotten.
 const HISTORY: usize = 100;
@@ -181,6 +181,13 @@ impl Preheater {
             image.items().into_iter().filter(|i| i.state() != ItemState::Cached).collect();
         let fetches = blobs.iter().map(|item| self.fetch(job, r, item));
         futures::future::join_all(fetches).await;
+        if job.tiers.contains(&TierName::Bucket) {
+            // Manifests and indexes were fetched while resolving: uploaded here, so that the
+            // job's answer says what the bucket holds of them too.
+            let manifests =
+                image.items().into_iter().filter(|i| matches!(i.kind, ItemKind::Manifest | ItemKind::Index));
+            futures::future::join_all(manifests.map(|item| self.manifest_to_bucket(r, item))).await;
+        }
         if job.pin && image.succeeded() {
             self.pin(image).await;
         }
@@ -203,6 +210,15 @@ impl Preheater {
         if job.tiers.contains(&TierName::Bucket)
             && !self.mirror.store().upload_blob_now(&item.digest, &r.host).await
         {
+            item.set(
+                ItemState::Failed,
+                Some("cached here, but not uploaded to the bucket (see the log)".into()),
+            );
+        }
+    }
+
+    async fn manifest_to_bucket(&self, r: &ImageRef, item: Arc<Item>) {
+        if !self.mirror.store().upload_manifest_now(&item.digest, &r.host).await {
             item.set(
                 ItemState::Failed,
                 Some("cached here, but not uploaded to the bucket (see the log)".into()),

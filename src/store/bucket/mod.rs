@@ -281,7 +281,7 @@ impl Bucket {
     /// verified copy without asking whether one is there.
     pub(crate) async fn rejected(&self, digest: &Digest, path: &Path, why: &str) {
         metrics::counter!("berth_bucket_corrupt_total").increment(1);
-        tracing::warn!(%digest, object = %path, why, "bucket object rejected: deleted, and replaced from the source");
+        tracing::warn!(%digest, object = %path, why, "bucket object rejected: deleted; a verified copy replaces it");
         self.suspect.lock().expect("suspect lock").insert(digest.clone());
         self.known.invalidate(digest);
         let path = path.clone();

@@ -4,7 +4,8 @@
 //!
 //! The checksums come from the bucket, like the bytes, so they stop accidents (a truncated,
 //! rotted or overwritten object), not someone who can write to the bucket: the fill still
-//! hashes the whole content, and its last byte waits for the digest (see `fill::lead`).
+//! hashes the whole content, and its last byte waits for the digest (`body::follow`, and
+//! `passthrough` when the rest comes from the source).
 //! Metadata that does not parse, or does not describe the object's length, is ignored: the
 //! object is then read the whole-object way.
 
@@ -59,6 +60,9 @@ impl Parts {
         if size != part_size(len) || len == 0 {
             return None;
         }
+        if sums.len() > (PARTS_MAX as usize * 8).div_ceil(3) * 4 {
+            return None;
+        }
         let raw = base64::engine::general_purpose::STANDARD_NO_PAD.decode(sums).ok()?;
         if raw.len() as u64 != len.div_ceil(size) * 8 {
             return None;
@@ -104,7 +108,7 @@ impl Checker {
         while !bytes.is_empty() {
             let start = self.index as u64 * self.parts.size;
             let Some(&want) = self.parts.sums.get(self.index) else { return Err(BadPart(start)) };
-            let end = (start + self.parts.size).min(self.parts.len);
+            let end = start.saturating_add(self.parts.size).min(self.parts.len);
             let n = (end - self.at).min(bytes.len() as u64) as usize;
             self.crc.update(&bytes[..n]);
             (self.at, bytes) = (self.at + n as u64, &bytes[n..]);

@@ -67,6 +67,18 @@ impl Store {
             && bucket.knows(digest)
     }
 
+    /// Uploads the manifest `digest` (held here, fetched for `origin`) now, with the media
+    /// type it was stored with, for preheat's bucket tier; true once it is in the bucket.
+    pub(crate) async fn upload_manifest_now(&self, digest: &Digest, origin: &str) -> bool {
+        let Some(bucket) = self.bucket.as_ref().filter(|b| b.uploads) else { return false };
+        if bucket.knows(digest) {
+            return true;
+        }
+        let media_type = self.meta.blob(digest).ok().flatten().and_then(|b| b.media_type);
+        let kind = Kind::Manifest { origin: origin.to_owned(), media_type };
+        self.upload_now(bucket, digest, &kind).await && bucket.knows(digest)
+    }
+
     fn upload_later(self: &Arc<Self>, digest: &Digest, kind: Kind, lease: Option<LeaseHeld>) {
         let Some(bucket) = self.bucket.clone().filter(|b| b.uploads) else { return };
         let (store, digest) = (self.clone(), digest.clone());
@@ -161,7 +173,10 @@ impl Bucket {
     ) -> bool {
         let suspect = self.suspect.lock().expect("suspect lock").remove(digest);
         let present = if suspect { None } else { self.present(path, bytes.len() as u64).await };
-        if present.as_ref().is_some_and(|a| labelled_for(a, origin)) {
+        let blob = path.as_ref().starts_with(self.blobs.as_ref());
+        // A blob object without part checksums (an older upload) is put again with them.
+        let complete = |a: &Attributes| !blob || a.get(&Attribute::Metadata(parts::KEY.into())).is_some();
+        if present.as_ref().is_some_and(|a| labelled_for(a, origin) && complete(a)) {
             count("upload", "present");
             self.known_in_bucket(digest);
             return true;
@@ -172,7 +187,7 @@ impl Bucket {
         if let Some(t) = media_type {
             attributes.insert(Attribute::ContentType, t.to_owned().into());
         }
-        if path.as_ref().starts_with(self.blobs.as_ref()) {
+        if blob {
             let b = bytes.clone();
             let Ok(parts) = tokio::task::spawn_blocking(move || Parts::of(&b)).await else { return false };
             attributes.insert(Attribute::Metadata(parts::KEY.into()), parts.label().into());

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use super::inflight::every_client_left;
-use super::lead::{from_bucket, FromBucket, Shown};
+use super::lead::{from_bucket, FromBucket, PartlyShown};
 use super::Fill;
 use crate::error::Error;
 use crate::oci::digest::Digest;
@@ -21,8 +21,8 @@ pub(super) enum Turn {
     Fetch(Option<LeaseHeld>),
     /// The winner's object was read from the bucket and published.
     Published,
-    /// The winner's object was shown in part before its read failed (see `lead::Shown`).
-    Shown(Box<Shown>),
+    /// The winner's object was shown in part before its read failed (see `lead::PartlyShown`).
+    Shown(Box<PartlyShown>),
 }
 
 /// A won lease, released when dropped (after the upload, or when the fill fails).

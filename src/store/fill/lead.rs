@@ -85,11 +85,11 @@ pub(super) enum FromBucket {
     Unused,
     /// Followers were shown checked parts before the read failed: the rest comes from the
     /// fill's own source, hashed on from what was shown.
-    Shown(Box<Shown>),
+    Shown(Box<PartlyShown>),
 }
 
 /// A bucket read that stopped after followers were shown its first `good` bytes.
-pub(super) struct Shown {
+pub(super) struct PartlyShown {
     made: Made,
     good: u64,
     len: u64,
@@ -137,6 +137,9 @@ pub(super) async fn from_bucket(store: &Store, fill: &Arc<Fill>) -> Result<FromB
         bucket
             .rejected(&fill.digest, &path, &format!("the part at byte {at} does not match its checksum"))
             .await;
+    } else if let Err(e @ Error::Integrity(_)) = &pumped {
+        // Longer than the bucket said.
+        bucket.rejected(&fill.digest, &path, &e.to_string()).await;
     }
     let stopped = match (made.bad_part, &pumped, &made.error) {
         (Some(at), ..) => Some(format!("bucket object wrong from byte {at}")),
@@ -149,7 +152,7 @@ pub(super) async fn from_bucket(store: &Store, fill: &Arc<Fill>) -> Result<FromB
             bucket.failed("get", &format!("{}: {e}; filling from the source", fill.digest));
         }
         if shown > 0 {
-            return Ok(FromBucket::Shown(Box::new(Shown { good: shown, made, len, why })));
+            return Ok(FromBucket::Shown(Box::new(PartlyShown { good: shown, made, len, why })));
         }
         tracing::warn!(digest = %fill.digest, error = why, "bucket read failed; filling from the source");
         drop_off_thread(made.writer).await?;
@@ -171,6 +174,8 @@ pub(super) async fn from_bucket(store: &Store, fill: &Arc<Fill>) -> Result<FromB
             }
             Ok(FromBucket::Unused)
         }
+        // Shown, then not published: the fill cannot start over under its followers.
+        Err(e) if shown > 0 => Err(e),
         Err(e) => {
             tracing::warn!(digest = %fill.digest, error = %e, "bucket read failed; filling from the source");
             Ok(FromBucket::Unused)
@@ -185,9 +190,9 @@ pub(super) async fn from_bucket(store: &Store, fill: &Arc<Fill>) -> Result<FromB
 async fn rest_from_source(
     fill: &Arc<Fill>,
     fetch: BoxFuture<'static, Result<Source, Error>>,
-    shown: Box<Shown>,
+    shown: Box<PartlyShown>,
 ) -> Result<(), Error> {
-    let Shown { made, good, len, why } = *shown;
+    let PartlyShown { made, good, len, why } = *shown;
     tracing::warn!(digest = %fill.digest, shown = good, error = why, "bucket read stopped after clients were shown part of it: the rest from the source");
     let source = source_while_awaited(fill, fetch).await;
     let resume = match source {

@@ -27,7 +27,7 @@ pub(super) struct Pipeline {
     hash_tx: mpsc::Sender<Bytes>,
     writer: JoinHandle<(DiskWriter, Option<Error>)>,
     hasher: JoinHandle<Hashed>,
-    shown: Arc<Shown>,
+    shown: Arc<Progress>,
 }
 
 /// What the pipeline made: the writer (to commit or drop), the error that stopped it if one
@@ -51,7 +51,7 @@ struct Hashed {
 
 /// How far followers of a `Streaming` fill may read: what is written and, with part
 /// checksums, checked. Whichever thread moves last moves the fill's `written`.
-struct Shown {
+struct Progress {
     written: AtomicU64,
     checked: AtomicU64,
     /// With part checksums, the fill is pending until its first part matches, then streams
@@ -59,28 +59,32 @@ struct Shown {
     reveal: Option<(Arc<File>, Option<Bytes>, u64)>,
 }
 
-impl Shown {
+impl Progress {
     fn visible(&self) -> u64 {
         self.written.load(Ordering::Acquire).min(self.checked.load(Ordering::Acquire))
     }
 
+    /// Moves the fill's `written` to what is visible now; both counters are read under the
+    /// state's lock, so the thread that takes it last sees the other's latest store.
     fn show(&self, fill: &Fill) {
-        let visible = self.visible();
-        fill.state.send_if_modified(|s| match (s, &self.reveal) {
-            (FillState::Streaming { written, .. }, _) if visible > *written => {
-                *written = visible;
-                true
+        fill.state.send_if_modified(|s| {
+            let visible = self.visible();
+            match (s, &self.reveal) {
+                (FillState::Streaming { written, .. }, _) if visible > *written => {
+                    *written = visible;
+                    true
+                }
+                (s @ FillState::Pending, Some((file, map, len))) if visible > 0 => {
+                    *s = FillState::Streaming {
+                        file: file.clone(),
+                        map: map.clone(),
+                        len: Some(*len),
+                        written: visible,
+                    };
+                    true
+                }
+                _ => false,
             }
-            (s @ FillState::Pending, Some((file, map, len))) if visible > 0 => {
-                *s = FillState::Streaming {
-                    file: file.clone(),
-                    map: map.clone(),
-                    len: Some(*len),
-                    written: visible,
-                };
-                true
-            }
-            _ => false,
         });
     }
 }
@@ -99,7 +103,8 @@ impl Pipeline {
         let (hash_tx, hash_rx) = mpsc::channel::<Bytes>(8);
         let checked = if parts.is_some() { 0 } else { u64::MAX };
         let reveal = parts.as_ref().map(|p| (writer.file().0.clone(), writer.file().1.cloned(), p.len()));
-        let shown = Arc::new(Shown { written: AtomicU64::new(0), checked: AtomicU64::new(checked), reveal });
+        let shown =
+            Arc::new(Progress { written: AtomicU64::new(0), checked: AtomicU64::new(checked), reveal });
         let (w, h) = ((fill.clone(), shown.clone()), (fill.clone(), shown.clone()));
         let writer = tokio::task::spawn_blocking(move || write_loop(rx, writer, &w.0, &w.1));
         let checker = parts.map(Parts::checker);
@@ -129,7 +134,7 @@ fn write_loop(
     mut rx: mpsc::Receiver<Bytes>,
     writer: DiskWriter,
     fill: &Fill,
-    shown: &Shown,
+    shown: &Progress,
 ) -> (DiskWriter, Option<Error>) {
     while let Some(buf) = rx.blocking_recv() {
         if let Err(e) = writer.append_blocking(&buf) {
@@ -148,7 +153,7 @@ fn hash_loop(
     keep: Option<usize>,
     mut checker: Option<Checker>,
     fill: &Fill,
-    shown: &Shown,
+    shown: &Progress,
 ) -> Hashed {
     let mut hasher = Sha256::new();
     let mut memory = keep.map(BytesMut::with_capacity);

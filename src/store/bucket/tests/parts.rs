@@ -15,16 +15,14 @@ use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload};
 use super::{blob_path, content, fill, object, open, read_all, source_of, Faulty};
 use crate::oci::digest::Digest;
 use crate::store::body;
+use crate::store::bucket::parts::Parts;
 use crate::store::fill::Source;
 
 /// Puts `bytes` at `path` for "test", with the part checksums of `sums_of`.
 async fn put_with_parts(objects: &Faulty, path: &Path, bytes: Bytes, sums_of: &[u8]) {
     let mut attributes = Attributes::new();
     attributes.insert(Attribute::Metadata("registry".into()), "test".into());
-    attributes.insert(
-        Attribute::Metadata("parts".into()),
-        crate::store::bucket::parts::Parts::of(sums_of).label().into(),
-    );
+    attributes.insert(Attribute::Metadata("parts".into()), Parts::of(sums_of).label().into());
     let opts = PutOptions { attributes, ..PutOptions::default() };
     objects.inner.put_opts(path, PutPayload::from(bytes), opts).await.unwrap();
 }
@@ -126,7 +124,7 @@ async fn checksums_that_do_not_describe_the_object_are_ignored_and_it_is_read_wh
     let objects = Arc::new(Faulty::default());
     let bytes = content(9 << 20, 2);
     let d = Digest::of(&bytes);
-    for label in ["garbage".to_owned(), crate::store::bucket::parts::Parts::of(&bytes[..5 << 20]).label()] {
+    for label in ["garbage".to_owned(), Parts::of(&bytes[..5 << 20]).label()] {
         let mut attributes = Attributes::new();
         attributes.insert(Attribute::Metadata("registry".into()), "test".into());
         attributes.insert(Attribute::Metadata("parts".into()), label.clone().into());
@@ -176,4 +174,21 @@ async fn a_body_cut_while_the_object_is_replaced_is_not_resumed_from_the_new_obj
         object(&objects, &blob_path(&d)).await.is_some(),
         "the new object was read as the rest of the old"
     );
+}
+
+#[tokio::test]
+async fn an_older_upload_without_checksums_is_put_again_with_them_once() {
+    let (dir, objects) = (tempfile::tempdir().unwrap(), Arc::new(Faulty::default()));
+    let store = open(&dir, &objects);
+    let bytes = content(5 << 20, 6);
+    let d = Digest::of(&bytes);
+    super::put_object(&objects, &blob_path(&d), bytes.clone(), "test", None).await;
+    let bucket = store.bucket().unwrap();
+    assert!(bucket.upload(&d, &blob_path(&d), bytes.clone(), "test", None).await);
+    let (stored, attributes) = object(&objects, &blob_path(&d)).await.unwrap();
+    let parts = attributes.get(&Attribute::Metadata("parts".into())).expect("put again with checksums");
+    assert!(stored == bytes && Parts::parse(parts.as_ref(), 5 << 20).is_some());
+    let puts = objects.puts.load(Ordering::Relaxed);
+    assert!(bucket.upload(&d, &blob_path(&d), bytes.clone(), "test", None).await);
+    assert_eq!(objects.puts.load(Ordering::Relaxed), puts, "an object with checksums was put again");
 }
