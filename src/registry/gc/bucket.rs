@@ -2,7 +2,8 @@
 //! and keeps it within `bucket.capacity` by the same rules as the disk tier (`plan`): image
 //! versions least recently pulled first, never a pinned one (pinned by the pass's berth, or by
 //! any berth's pin marker from the last week), never one being filled (a fill lease). Every
-//! berth refreshes the pin markers of what it pins. What the pass counted is shown by the
+//! berth refreshes the pin markers of what it pins. The pass also deletes markers and leases
+//! that describe nothing any more (`Listing::stale`). What the pass counted is shown by the
 //! cache API (`bucket.counted`).
 
 use std::collections::HashSet;
@@ -54,7 +55,7 @@ impl Collector {
         if !bucket.claim_gc(EVERY).await {
             return Ok(None);
         }
-        self.bucket_pass(&pinned, MARKER_LAG).await.map(Some)
+        self.bucket_pass(&pinned, MARKER_LAG, now_secs()).await.map(Some)
     }
 
     /// One pass over the bucket: counts it, and evicts down to the low watermark of
@@ -63,9 +64,10 @@ impl Collector {
         &self,
         pinned_here: &HashSet<String>,
         marker_lag: Duration,
+        now: u64,
     ) -> Result<Report, Error> {
         let Some(bucket) = self.store.bucket() else { return Err(Error::Internal("no bucket".into())) };
-        let listing = bucket.listing(PIN_TTL, references).await;
+        let listing = bucket.listing(PIN_TTL, now, references).await;
         let listing = listing.map_err(|e| Error::Unavailable(format!("bucket: {e}")))?;
         let mut pinned = pinned_here.clone();
         pinned.extend(listing.pins.iter().map(|d| d.to_string()));
@@ -86,7 +88,7 @@ impl Collector {
         };
         // Access markers lag reads by up to two days (each berth writes one at most daily).
         let in_use_window = self.config.in_use_window.as_secs() + marker_lag.as_secs();
-        let policy = Policy { now: now_secs(), in_use_window, target, idle_before: None };
+        let policy = Policy { now, in_use_window, target, idle_before: None };
         let plan = plan::plan(&inventory, &policy);
         let mut evicted = Vec::new();
         // A pinned digest is never deleted, even as an object no version references.
@@ -109,6 +111,10 @@ impl Collector {
             tracing::info!(freed, objects = evicted.len(), "bucket GC pass");
         }
         metrics::counter!("berth_bucket_gc_evicted_total").increment(evicted.len() as u64);
+        if !listing.stale.is_empty() {
+            let (found, deleted) = (listing.stale.len(), bucket.delete_stale(listing.stale).await);
+            tracing::info!(found, deleted, "bucket GC: stale markers and leases deleted");
+        }
         Ok(Report {
             used_before,
             used_after: used_before.saturating_sub(freed),
@@ -166,11 +172,10 @@ mod tests {
         futures::StreamExt::count(objects.list(Some(&Path::from(prefix)))).await
     }
 
-    #[tokio::test]
-    async fn a_pass_keeps_the_bucket_within_capacity_and_never_evicts_a_pinned_or_filling_version() {
+    /// A store on `objects` and its collector, with the bucket `capacity` 100 KB.
+    fn collector(objects: &Arc<InMemory>) -> (tempfile::TempDir, Arc<Store>, Collector) {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::parse(CONFIG).unwrap();
-        let objects = Arc::new(InMemory::new());
         let clients: (Arc<dyn ObjectStore>, Arc<dyn ObjectStore>) = (objects.clone(), objects.clone());
         let bucket = Bucket::new(clients, config.bucket.as_ref().unwrap(), "me");
         let storage = Storage {
@@ -187,6 +192,13 @@ mod tests {
             TagCache::load(store.meta().clone(), Duration::from_secs(60), 100, pins.clone()).unwrap(),
         );
         let gc = Collector::new(store.clone(), tags, pins, config.gc.clone(), Some(100_000));
+        (dir, store, gc)
+    }
+
+    #[tokio::test]
+    async fn a_pass_keeps_the_bucket_within_capacity_and_never_evicts_a_pinned_or_filling_version() {
+        let objects = Arc::new(InMemory::new());
+        let (_dir, store, gc) = collector(&objects);
 
         // Four images of ~30 KB in a 100 KB bucket: over the 90% watermark.
         let (pinned_here, pinned_elsewhere, filling, plain) = (
@@ -208,7 +220,7 @@ mod tests {
         // Past the in-use window (1 s here): what was uploaded just now is in use.
         tokio::time::sleep(Duration::from_millis(2100)).await;
         let here: HashSet<String> = [pinned_here.to_string()].into();
-        let report = gc.bucket_pass(&here, Duration::ZERO).await.unwrap();
+        let report = gc.bucket_pass(&here, Duration::ZERO, now_secs()).await.unwrap();
         assert!(report.used_before > 100_000 * 9 / 10, "{report:?}");
         // Down towards the low watermark as far as the rules allow: only the plain version goes.
         assert_eq!(report.versions, vec![plain.to_string()], "{report:?}");
@@ -227,5 +239,37 @@ mod tests {
         );
         let counted = store.bucket().unwrap().status().counted.unwrap();
         assert_eq!(counted.bytes, report.used_after);
+    }
+
+    #[tokio::test]
+    async fn a_pass_deletes_markers_and_leases_that_describe_nothing_and_keeps_the_rest() {
+        let objects = Arc::new(InMemory::new());
+        let (_dir, _store, gc) = collector(&objects);
+        let kept = image(&objects, 1).await;
+        let gone = Digest::of(b"gone");
+        let marker = |kind: &str, d: &Digest| format!("fleet/v1/{kind}/sha256/{}", d.hex());
+        for path in [
+            marker("access", &kept),
+            marker("access", &gone),
+            marker("pins", &gone),
+            format!("fleet/v1/fills/{}", gone.hex()),
+        ] {
+            put(&objects, path, Bytes::new(), None).await;
+        }
+        let exists = async |path: String| objects.head(&Path::from(path)).await.is_ok();
+        // Today nothing is stale.
+        gc.bucket_pass(&HashSet::new(), Duration::ZERO, now_secs()).await.unwrap();
+        assert!(
+            exists(marker("access", &gone)).await && exists(format!("fleet/v1/fills/{}", gone.hex())).await
+        );
+        // Fifteen days on: the gone object's marker, the old pin and the dead lease go.
+        let later = now_secs() + 15 * 86_400;
+        let report = gc.bucket_pass(&HashSet::new(), Duration::ZERO, later).await.unwrap();
+        assert!(report.evicted.is_empty(), "{report:?}");
+        assert!(!exists(marker("access", &gone)).await, "a marker of a gone object stayed");
+        assert!(!exists(marker("pins", &gone)).await, "a pin marker two weeks old stayed");
+        assert!(!exists(format!("fleet/v1/fills/{}", gone.hex())).await, "a dead lease stayed");
+        assert!(exists(marker("access", &kept)).await, "a held object's marker was deleted");
+        assert!(exists(format!("fleet/v1/manifests/sha256/{}", kept.hex())).await);
     }
 }

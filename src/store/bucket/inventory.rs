@@ -3,7 +3,8 @@
 //! bytes (for the versions they form), fills in flight (their leases) and pins (markers that
 //! berths refresh daily). Access markers (`v1/access/sha256/<hex>`) and pin markers
 //! (`v1/pins/sha256/<hex>`) are empty objects written at most once a day per digest by each
-//! berth, after a HEAD finds none from the last day. The pass itself is the registry layer's
+//! berth, after a HEAD finds none from the last day; the pass deletes those that describe
+//! nothing any more (see `Listing::stale`), and fill leases long expired. The pass itself is the registry layer's
 //! (`registry/gc/bucket.rs`); one berth of the fleet runs it, the winner of `v1/gc`.
 
 use std::collections::{HashMap, HashSet};
@@ -44,7 +45,14 @@ pub(crate) struct Listing<T> {
     pub(crate) busy: HashSet<Digest>,
     /// Digests a berth pinned, refreshed within `pin_ttl`.
     pub(crate) pins: HashSet<Digest>,
+    /// Markers and leases that describe nothing any more: access markers older than a day
+    /// whose object is gone, pin markers a week past `pin_ttl`, and fill leases an hour past
+    /// `fill_lease` (their holder died, and nobody asked for the digest since).
+    pub(crate) stale: Vec<Path>,
 }
+
+/// Stale markers and leases deleted by one pass at most.
+const STALE_MAX: usize = 10_000;
 
 impl Bucket {
     fn marker(&self, kind: &str, digest: &Digest) -> Path {
@@ -131,32 +139,50 @@ impl Bucket {
     pub(crate) async fn listing<T: Send>(
         &self,
         pin_ttl: Duration,
+        now: u64,
         read: impl Fn(&[u8]) -> Option<T> + Sync,
     ) -> Result<Listing<T>, String> {
-        let listed = tokio::time::timeout(LISTING_BUDGET, self.list_everything(pin_ttl, &read)).await;
+        let listed = tokio::time::timeout(LISTING_BUDGET, self.list_everything(pin_ttl, now, &read)).await;
         listed.unwrap_or_else(|_| Err(format!("listing the bucket took more than {LISTING_BUDGET:?}")))
     }
 
     async fn list_everything<T: Send>(
         &self,
         pin_ttl: Duration,
+        now: u64,
         read: &(impl Fn(&[u8]) -> Option<T> + Sync),
     ) -> Result<Listing<T>, String> {
-        let now = now_secs();
+        let age = |at: u64| now.saturating_sub(at);
         let access = self.list_digests(&self.root.clone().join("access").join("sha256")).await?;
-        let busy = self.list_digests(&self.fills).await?.into_keys().collect();
-        let pins = self.list_digests(&self.root.clone().join("pins").join("sha256")).await?;
-        let pins = pins
-            .into_iter()
-            .filter(|(_, at)| now.saturating_sub(at.1) < pin_ttl.as_secs())
-            .map(|(d, _)| d)
-            .collect();
-        let mut listing = Listing { objects: Vec::new(), busy, pins };
-        for (digest, (size, modified)) in self.list_digests(&self.blobs).await? {
+        let (mut stale, mut busy) = (Vec::new(), HashSet::new());
+        for (digest, (_, at)) in self.list_digests(&self.fills).await? {
+            if age(at) > self.fill_lease.as_secs() + 3600 {
+                stale.push(self.fills.clone().join(digest.hex()));
+            } else {
+                busy.insert(digest);
+            }
+        }
+        let mut pins = HashSet::new();
+        for (digest, (_, at)) in self.list_digests(&self.root.clone().join("pins").join("sha256")).await? {
+            if age(at) < pin_ttl.as_secs() {
+                pins.insert(digest);
+            } else if age(at) > pin_ttl.as_secs() + 7 * DAY {
+                stale.push(self.marker("pins", &digest));
+            }
+        }
+        let blobs = self.list_digests(&self.blobs).await?;
+        let manifests = self.list_digests(&self.manifests).await?;
+        for (digest, (_, at)) in &access {
+            if age(*at) > DAY && !blobs.contains_key(digest) && !manifests.contains_key(digest) {
+                stale.push(self.marker("access", digest));
+            }
+        }
+        stale.truncate(STALE_MAX);
+        let mut listing = Listing { objects: Vec::new(), busy, pins, stale };
+        for (digest, (size, modified)) in blobs {
             let last_access = modified.max(access.get(&digest).map_or(0, |a| a.1));
             listing.objects.push(Listed { digest, size, last_access, manifest: None });
         }
-        let manifests = self.list_digests(&self.manifests).await?;
         let reads = futures::stream::iter(manifests).map(|(digest, (size, modified))| async move {
             let manifest = self.manifest_bytes(&digest, size).await?.and_then(|b| read(&b));
             Ok::<_, String>((digest, size, modified, manifest))
@@ -220,6 +246,14 @@ impl Bucket {
         }
         self.known.invalidate(digest);
         Ok(())
+    }
+
+    /// Deletes stale markers and leases (best effort); returns how many went.
+    pub(crate) async fn delete_stale(&self, stale: Vec<Path>) -> usize {
+        let deleted = self.store.delete_stream(futures::stream::iter(stale.into_iter().map(Ok)).boxed());
+        let done =
+            tokio::time::timeout(LISTING_BUDGET, deleted.collect::<Vec<_>>()).await.unwrap_or_default();
+        done.iter().filter(|r| r.is_ok()).count()
     }
 
     /// Records what the fleet's last GC pass counted (objects and bytes), for the cache API.
