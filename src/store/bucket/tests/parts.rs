@@ -48,13 +48,23 @@ fn resumable_source_of(
     .boxed()
 }
 
-#[tokio::test]
-async fn an_object_with_part_checksums_is_shown_a_part_at_a_time_and_a_stall_is_finished_from_the_source() {
+/// A store on a fresh bucket holding a blob of `len` bytes (from `salt`) with its part
+/// checksums: the store, the bucket, the bytes and their digest.
+async fn checked_object(
+    len: usize,
+    salt: u8,
+) -> (tempfile::TempDir, Arc<Faulty>, Arc<crate::store::Store>, Bytes, Digest) {
     let (dir, objects) = (tempfile::tempdir().unwrap(), Arc::new(Faulty::default()));
     let store = open(&dir, &objects);
-    let bytes = content(12 << 20, 5);
+    let bytes = content(len, salt);
     let d = Digest::of(&bytes);
     put_with_parts(&objects, &blob_path(&d), bytes.clone(), &bytes).await;
+    (dir, objects, store, bytes, d)
+}
+
+#[tokio::test]
+async fn an_object_with_part_checksums_is_shown_a_part_at_a_time_and_a_stall_is_finished_from_the_source() {
+    let (_dir, objects, store, bytes, d) = checked_object(12 << 20, 5).await;
     // Two 4 MiB parts and a quarter arrive, then the bucket hangs.
     *objects.stall_after.lock().unwrap() = Some(9 << 20);
     let (asked, resumed) = (Arc::new(AtomicBool::new(false)), Arc::default());
@@ -75,10 +85,7 @@ async fn an_object_with_part_checksums_is_shown_a_part_at_a_time_and_a_stall_is_
 
 #[tokio::test]
 async fn a_wrong_part_is_replaced_from_the_source_without_the_client_noticing() {
-    let (dir, objects) = (tempfile::tempdir().unwrap(), Arc::new(Faulty::default()));
-    let store = open(&dir, &objects);
-    let bytes = content(12 << 20, 5);
-    let d = Digest::of(&bytes);
+    let (_dir, objects, store, bytes, d) = checked_object(12 << 20, 5).await;
     let mut wrong = bytes.to_vec();
     wrong[(9 << 20) + 3] ^= 0x40;
     put_with_parts(&objects, &blob_path(&d), wrong.into(), &bytes).await;
@@ -92,10 +99,7 @@ async fn a_wrong_part_is_replaced_from_the_source_without_the_client_noticing() 
 
 #[tokio::test]
 async fn checksums_written_with_wrong_bytes_fail_the_clients_and_never_complete_them() {
-    let (dir, objects) = (tempfile::tempdir().unwrap(), Arc::new(Faulty::default()));
-    let store = open(&dir, &objects);
-    let bytes = content(12 << 20, 5);
-    let d = Digest::of(&bytes);
+    let (_dir, objects, store, bytes, d) = checked_object(12 << 20, 5).await;
     // Someone who can write to the bucket writes wrong bytes with their own checksums.
     let forged = content(12 << 20, 9);
     put_with_parts(&objects, &blob_path(&d), forged.clone(), &forged).await;
@@ -140,11 +144,7 @@ async fn checksums_that_do_not_describe_the_object_are_ignored_and_it_is_read_wh
 
 #[tokio::test]
 async fn a_cut_bucket_body_is_resumed_from_the_bucket_and_the_source_is_not_asked() {
-    let (dir, objects) = (tempfile::tempdir().unwrap(), Arc::new(Faulty::default()));
-    let store = open(&dir, &objects);
-    let bytes = content(10 << 20, 4);
-    let d = Digest::of(&bytes);
-    put_with_parts(&objects, &blob_path(&d), bytes.clone(), &bytes).await;
+    let (_dir, objects, store, bytes, d) = checked_object(10 << 20, 4).await;
     *objects.cut_once.lock().unwrap() = Some(((5 << 20) + 123, None));
     let asked = Arc::new(AtomicBool::new(false));
     assert!(fill(&store, &d, Bytes::new(), asked.clone()).await == bytes);
@@ -155,11 +155,7 @@ async fn a_cut_bucket_body_is_resumed_from_the_bucket_and_the_source_is_not_aske
 
 #[tokio::test]
 async fn a_body_cut_while_the_object_is_replaced_is_not_resumed_from_the_new_object() {
-    let (dir, objects) = (tempfile::tempdir().unwrap(), Arc::new(Faulty::default()));
-    let store = open(&dir, &objects);
-    let bytes = content(10 << 20, 4);
-    let d = Digest::of(&bytes);
-    put_with_parts(&objects, &blob_path(&d), bytes.clone(), &bytes).await;
+    let (_dir, objects, store, bytes, d) = checked_object(10 << 20, 4).await;
     // Replaced with other bytes between the first GET and the resume: splicing the two would
     // show the client a tail the checksums it was given do not describe.
     *objects.cut_once.lock().unwrap() = Some(((5 << 20) + 123, Some(content(10 << 20, 8))));
