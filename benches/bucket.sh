@@ -5,7 +5,8 @@
 #   BERTH_BIN=target/release/berth bash benches/bucket.sh [--mib 256] [--runs 3] [--out FILE]
 #
 # 1. cold here, warm in the bucket: a GET of a blob through a fresh berth whose bucket holds
-#    it, against a signed GET of the same object from SeaweedFS (median of --runs; ratio).
+#    it, against a signed GET of the same object from SeaweedFS (median of --runs; ratio),
+#    and the CPU seconds berth and SeaweedFS spent on each (from /proc/<pid>/stat).
 # 2. fan-out: 8 fresh berths GET one new blob at once: upstream GETs, bytes read from and
 #    written to the bucket (from their metrics).
 # 3. bucket requests per pull (manifest by tag, config, 3 layers): a berth on a cold bucket,
@@ -63,6 +64,9 @@ bench_metric() { curl -sf -m 10 "http://127.0.0.1:$((15200 + $1))/metrics" | gre
 
 # timed_get URL FILE [CURL-ARGS...]: seconds taken, the body in FILE
 timed_get() { local url=$1 f=$2; shift 2; curl -sf -m 600 "$@" -o "$f" -w '%{time_total}' "$url"; }
+# cpu_ticks PID: user+system CPU of a process so far, in clock ticks
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+TICKS=$(getconf CLK_TCK)
 median() { sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 report() { printf '%s\n' "$*"; [ -z "$OUT" ] || printf '%s\n' "$*" >>"$OUT"; }
 
@@ -81,21 +85,31 @@ bench_berth 0 && curl -sf -o /dev/null "http://127.0.0.1:15100/v2/bench/big/blob
     in_bucket blobs "$LAYER" >/dev/null || { echo "seeding the bucket failed" >&2; exit 1; }
 # One direct GET first, so that every measured read finds SeaweedFS equally warm.
 timed_get "$(object_url blobs "$LAYER")" /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" --user berthkey:berthsecret >/dev/null
-berth_s=() direct_s=()
+berth_s=() direct_s=() berth_cpu=() weed_cpu_b=() weed_cpu_d=()
 for ((r = 1; r <= RUNS; r++)); do
     bench_berth $((10 + r)) || exit 1
+    b0=$(cpu_ticks "${BERTHS[10 + r]}") w0=$(cpu_ticks "$WEED_PID")
     berth_s+=("$(timed_get "http://127.0.0.1:$((15110 + r))/v2/bench/big/blobs/$LAYER" "$E2E_DIR/got")")
+    berth_cpu+=("$(($(cpu_ticks "${BERTHS[10 + r]}") - b0))") weed_cpu_b+=("$(($(cpu_ticks "$WEED_PID") - w0))")
     [ "$(sha256_of <"$E2E_DIR/got")" = "$LAYER" ] || { echo "berth served wrong bytes" >&2; exit 1; }
     stop_bench_berth $((10 + r))
+    w0=$(cpu_ticks "$WEED_PID")
     direct_s+=("$(timed_get "$(object_url blobs "$LAYER")" "$E2E_DIR/got" --aws-sigv4 "aws:amz:us-east-1:s3" --user berthkey:berthsecret)")
+    weed_cpu_d+=("$(($(cpu_ticks "$WEED_PID") - w0))")
     [ "$(sha256_of <"$E2E_DIR/got")" = "$LAYER" ] || { echo "SeaweedFS served wrong bytes" >&2; exit 1; }
 done
+ticks_median() { printf '%s\n' "$@" | median | awk -v t="$TICKS" '{printf "%.2f", $1 / t}'; }
 b=$(printf '%s\n' "${berth_s[@]}" | median) d=$(printf '%s\n' "${direct_s[@]}" | median)
 report "| cold here, warm in bucket | berth (median of $RUNS) | SeaweedFS direct | ratio (direct / berth time) |"
 report "|---|---|---|---|"
 report "$(awk -v b="$b" -v d="$d" -v m="$MIB" 'BEGIN { printf "| %d MiB GET | %.3f s (%.2f GB/s) | %.3f s (%.2f GB/s) | %.2f× |", m, b, m * 1.048576 / 1000 / b, d, m * 1.048576 / 1000 / d, d / b }')"
 report ""
 report "berth runs: ${berth_s[*]} s; direct runs: ${direct_s[*]} s"
+report ""
+report "| CPU seconds per ${MIB} MiB GET (median) | berth | SeaweedFS |"
+report "|---|---|---|"
+report "| through berth | $(ticks_median "${berth_cpu[@]}") | $(ticks_median "${weed_cpu_b[@]}") |"
+report "| SeaweedFS direct | - | $(ticks_median "${weed_cpu_d[@]}") |"
 report ""
 
 # 2. fan-out: 8 fresh berths, one new blob, at once
