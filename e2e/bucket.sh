@@ -209,8 +209,11 @@ assert all("bucket" in i["tiers"] for i in items), [(i["kind"], i["tiers"]) for 
         --data-binary "@$wrong" "$(object_url blobs "$big")" -o /dev/null ||
         { fail "o: uploads carry part checksums, and an object with a wrong part is put" "checksums: '$parts'"; return; }
     start_bucket_berth 5 || { fail "o: berth 5 starts"; return; }
+    # One client GET of the layer, complete: the client did not notice (no retry).
     if out=$(bucket_pull 5 bucket.test/library/fleet:1 2>&1) && [ "$(metric 5 berth_bucket_corrupt_total)" -ge 1 ] &&
-        grep -q "the rest from the source" "$E2E_DIR/bucket-5.log"; then
+        grep -q "the rest from the source" "$E2E_DIR/bucket-5.log" &&
+        [ "$(grep -c "method=GET path=[^ ]*/blobs/$big .*outcome=\"complete\"" "$E2E_DIR/bucket-5.log")" = 1 ] &&
+        [ "$(grep -c "method=GET path=[^ ]*/blobs/$big " "$E2E_DIR/bucket-5.log")" = 1 ]; then
         pass "o: a wrong part in a bucket object: clients are shown the parts before it, the rest comes from upstream, the pull verifies"
     else
         fail "o: a wrong part in a bucket object: clients are shown the parts before it, the rest comes from upstream, the pull verifies" \
@@ -246,6 +249,7 @@ assert all("bucket" in i["tiers"] for i in items), [(i["kind"], i["tiers"]) for 
 
     curl -sf "http://127.0.0.1:$WEED_PROXY_PORT/__mode/throttle:4000000" >/dev/null
     start_bucket_berth 4 "http://127.0.0.1:$WEED_PROXY_PORT" off || { fail "o: berth 4 starts"; return; }
+    before=$(count_upstream_blob_gets "$large")
     bucket_pull 4 bucket.test/library/fleet:2 >"$E2E_DIR/pull-4.out" 2>&1 &
     local pull=$!
     for ((i = 0; i < 100; i++)); do

@@ -272,4 +272,20 @@ mod tests {
         assert!(exists(marker("access", &kept)).await, "a held object's marker was deleted");
         assert!(exists(format!("fleet/v1/manifests/sha256/{}", kept.hex())).await);
     }
+
+    #[tokio::test]
+    async fn a_stale_marker_written_again_after_the_listing_is_not_deleted() {
+        let objects = Arc::new(InMemory::new());
+        let (_dir, store, _gc) = collector(&objects);
+        let pin = format!("fleet/v1/pins/sha256/{}", Digest::of(b"pinned again").hex());
+        put(&objects, pin.clone(), Bytes::new(), None).await;
+        let bucket = store.bucket().unwrap();
+        let listing = bucket.listing(PIN_TTL, now_secs() + 15 * 86_400, references).await.unwrap();
+        assert_eq!(listing.stale.len(), 1, "{:?}", listing.stale);
+        // A berth refreshes its pin between the listing and the deletion.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        put(&objects, pin.clone(), Bytes::new(), None).await;
+        assert_eq!(bucket.delete_stale(listing.stale).await, 0);
+        assert!(objects.head(&Path::from(pin)).await.is_ok(), "a refreshed pin marker was deleted");
+    }
 }

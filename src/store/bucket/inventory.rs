@@ -47,8 +47,9 @@ pub(crate) struct Listing<T> {
     pub(crate) pins: HashSet<Digest>,
     /// Markers and leases that describe nothing any more: access markers older than a day
     /// whose object is gone, pin markers a week past `pin_ttl`, and fill leases an hour past
-    /// `fill_lease` (their holder died, and nobody asked for the digest since).
-    pub(crate) stale: Vec<Path>,
+    /// `fill_lease` (their holder died, and nobody asked for the digest since); each with
+    /// its modification time as listed, so that one written since is left alone.
+    pub(crate) stale: Vec<(Path, u64)>,
 }
 
 /// Stale markers and leases deleted by one pass at most.
@@ -157,7 +158,7 @@ impl Bucket {
         let (mut stale, mut busy) = (Vec::new(), HashSet::new());
         for (digest, (_, at)) in self.list_digests(&self.fills).await? {
             if age(at) > self.fill_lease.as_secs() + 3600 {
-                stale.push(self.fills.clone().join(digest.hex()));
+                stale.push((self.fills.clone().join(digest.hex()), at));
             } else {
                 busy.insert(digest);
             }
@@ -167,14 +168,14 @@ impl Bucket {
             if age(at) < pin_ttl.as_secs() {
                 pins.insert(digest);
             } else if age(at) > pin_ttl.as_secs() + 7 * DAY {
-                stale.push(self.marker("pins", &digest));
+                stale.push((self.marker("pins", &digest), at));
             }
         }
         let blobs = self.list_digests(&self.blobs).await?;
         let manifests = self.list_digests(&self.manifests).await?;
         for (digest, (_, at)) in &access {
             if age(*at) > DAY && !blobs.contains_key(digest) && !manifests.contains_key(digest) {
-                stale.push(self.marker("access", digest));
+                stale.push((self.marker("access", digest), *at));
             }
         }
         stale.truncate(STALE_MAX);
@@ -248,9 +249,19 @@ impl Bucket {
         Ok(())
     }
 
-    /// Deletes stale markers and leases (best effort); returns how many went.
-    pub(crate) async fn delete_stale(&self, stale: Vec<Path>) -> usize {
-        let deleted = self.store.delete_stream(futures::stream::iter(stale.into_iter().map(Ok)).boxed());
+    /// Deletes stale markers and leases (best effort, 8 at a time), each only when a HEAD
+    /// finds it unchanged since the listing (a pin refreshed, or a lease claimed anew
+    /// meanwhile, stays); returns how many went.
+    pub(crate) async fn delete_stale(&self, stale: Vec<(Path, u64)>) -> usize {
+        let unchanged = futures::stream::iter(stale).map(|(path, listed)| async move {
+            let head = GetOptions { head: true, ..GetOptions::default() };
+            match tokio::time::timeout(self.timeout, self.store.get_opts(&path, head)).await {
+                Ok(Ok(got)) if got.meta.last_modified.timestamp().max(0) as u64 == listed => Some(path),
+                _ => None,
+            }
+        });
+        let paths: Vec<Path> = unchanged.buffer_unordered(8).filter_map(|p| async move { p }).collect().await;
+        let deleted = self.store.delete_stream(futures::stream::iter(paths.into_iter().map(Ok)).boxed());
         let done =
             tokio::time::timeout(LISTING_BUDGET, deleted.collect::<Vec<_>>()).await.unwrap_or_default();
         done.iter().filter(|r| r.is_ok()).count()
