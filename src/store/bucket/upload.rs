@@ -59,24 +59,20 @@ impl Store {
     /// Uploads the blob `digest` (held here, fetched for `origin`) now, for preheat's bucket
     /// tier; true once it is in the bucket.
     pub(crate) async fn upload_blob_now(&self, digest: &Digest, origin: &str) -> bool {
-        let Some(bucket) = self.bucket.as_ref().filter(|b| b.uploads) else { return false };
-        if bucket.knows(digest) {
-            return true;
-        }
-        self.upload_now(bucket, digest, &Kind::Blob { origin: origin.to_owned() }).await
-            && bucket.knows(digest)
+        self.upload_known(digest, Kind::Blob { origin: origin.to_owned() }).await
     }
 
     /// Uploads the manifest `digest` (held here, fetched for `origin`) now, with the media
     /// type it was stored with, for preheat's bucket tier; true once it is in the bucket.
     pub(crate) async fn upload_manifest_now(&self, digest: &Digest, origin: &str) -> bool {
-        let Some(bucket) = self.bucket.as_ref().filter(|b| b.uploads) else { return false };
-        if bucket.knows(digest) {
-            return true;
-        }
         let media_type = self.meta.blob(digest).ok().flatten().and_then(|b| b.media_type);
-        let kind = Kind::Manifest { origin: origin.to_owned(), media_type };
-        self.upload_now(bucket, digest, &kind).await && bucket.knows(digest)
+        self.upload_known(digest, Kind::Manifest { origin: origin.to_owned(), media_type }).await
+    }
+
+    /// Uploads `digest` now unless this berth knows it is in the bucket; true once it is.
+    async fn upload_known(&self, digest: &Digest, kind: Kind) -> bool {
+        let Some(bucket) = self.bucket.as_ref().filter(|b| b.uploads) else { return false };
+        bucket.knows(digest) || (self.upload_now(bucket, digest, &kind).await && bucket.knows(digest))
     }
 
     fn upload_later(self: &Arc<Self>, digest: &Digest, kind: Kind, lease: Option<LeaseHeld>) {
@@ -103,13 +99,7 @@ impl Store {
     async fn upload_now(&self, bucket: &Bucket, digest: &Digest, kind: &Kind) -> bool {
         let Ok(_turn) = bucket.turns.acquire().await else { return false };
         let Some(bytes) = self.verified_bytes(digest).await else { return true };
-        let (path, origin, media_type) = match kind {
-            Kind::Blob { origin } => (bucket.blob_path(digest), origin, None),
-            Kind::Manifest { origin, media_type } => {
-                (bucket.manifest_path(digest), origin, media_type.as_deref())
-            }
-        };
-        bucket.upload(digest, &path, bytes, origin, media_type).await
+        bucket.upload(digest, kind, bytes).await
     }
 
     /// The verified bytes of `digest`: from memory, else the disk file once it is known to
@@ -161,19 +151,20 @@ impl Bucket {
         });
     }
 
-    /// Puts `bytes` at `path` under `origin` (one request, or parts), unless an object of that
-    /// length is there already. Retried with backoff; false when every attempt failed.
-    pub(crate) async fn upload(
-        &self,
-        digest: &Digest,
-        path: &Path,
-        bytes: Bytes,
-        origin: &str,
-        media_type: Option<&str>,
-    ) -> bool {
+    /// Puts `bytes` of `digest` where `kind` goes, under its origin (one request, or parts;
+    /// a blob with its part checksums), unless an object of that length, labelled for the
+    /// origin (and, for a blob, with checksums), is there already. Retried with backoff;
+    /// false when every attempt failed.
+    pub(crate) async fn upload(&self, digest: &Digest, kind: &Kind, bytes: Bytes) -> bool {
+        let (path, origin, media_type, blob) = match kind {
+            Kind::Blob { origin } => (self.blob_path(digest), origin, None, true),
+            Kind::Manifest { origin, media_type } => {
+                (self.manifest_path(digest), origin, media_type.as_deref(), false)
+            }
+        };
+        let path = &path;
         let suspect = self.suspect.lock().expect("suspect lock").remove(digest);
         let present = if suspect { None } else { self.present(path, bytes.len() as u64).await };
-        let blob = path.as_ref().starts_with(self.blobs.as_ref());
         // A blob object without part checksums (an older upload) is put again with them.
         let complete = |a: &Attributes| !blob || a.get(&Attribute::Metadata(parts::KEY.into())).is_some();
         if present.as_ref().is_some_and(|a| labelled_for(a, origin) && complete(a)) {

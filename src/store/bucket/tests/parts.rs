@@ -16,6 +16,7 @@ use super::{blob_path, content, fill, object, open, read_all, source_of, Faulty}
 use crate::oci::digest::Digest;
 use crate::store::body;
 use crate::store::bucket::parts::Parts;
+use crate::store::bucket::Kind;
 use crate::store::fill::Source;
 
 /// Puts `bytes` at `path` for "test", with the part checksums of `sums_of`.
@@ -180,11 +181,11 @@ async fn an_older_upload_without_checksums_is_put_again_with_them_once() {
     let d = Digest::of(&bytes);
     super::put_object(&objects, &blob_path(&d), bytes.clone(), "test", None).await;
     let bucket = store.bucket().unwrap();
-    assert!(bucket.upload(&d, &blob_path(&d), bytes.clone(), "test", None).await);
+    assert!(bucket.upload(&d, &Kind::Blob { origin: "test".into() }, bytes.clone()).await);
     let (stored, attributes) = object(&objects, &blob_path(&d)).await.unwrap();
     let parts = attributes.get(&Attribute::Metadata("parts".into())).expect("put again with checksums");
     assert!(stored == bytes && Parts::parse(parts.as_ref(), 5 << 20).is_some());
     let puts = objects.puts.load(Ordering::Relaxed);
-    assert!(bucket.upload(&d, &blob_path(&d), bytes.clone(), "test", None).await);
+    assert!(bucket.upload(&d, &Kind::Blob { origin: "test".into() }, bytes.clone()).await);
     assert_eq!(objects.puts.load(Ordering::Relaxed), puts, "an object with checksums was put again");
 }
