@@ -69,4 +69,36 @@ async fn metrics_count_what_happened() {
     assert_eq!(v("berth_fill_clients_sum", &[]), 2.0);
     assert_eq!(v("berth_tier_objects", &[("tier", "disk")]), 2.0);
     assert!(v("berth_tier_objects", &[("tier", "memory")]) >= 0.0);
+    assert_eq!(value(&text, "berth_unverified_ranges_total", &[]), None);
+
+    // Ranges answered from fills in flight, counted by how their fill ended.
+    let (good, bad) = (bytes_of(2 << 20, 2), bytes_of(2 << 20, 3));
+    let (dg, db) = (h.upstream.add_blob(good.clone()), h.upstream.add_blob(bad.clone()));
+    h.upstream
+        .fault(&dg, common::Fault::Slow { chunk: 256 << 10, delay: std::time::Duration::from_millis(50) });
+    h.upstream.fault(&db, common::Fault::Truncate);
+    for d in [&dg, &db] {
+        let path = Harness::blob_path("library/app", d);
+        let whole = h.get(&path).await;
+        let ranged = h.client.get(h.url(&path)).header("range", "bytes=0-999").send().await.unwrap();
+        assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(ranged.bytes().await.unwrap().len(), 1000);
+        let _ = whole.bytes().await;
+    }
+    h.settle().await;
+    let mut text = String::new();
+    for _ in 0..50 {
+        let r = h.client.get(format!("http://{}/metrics", h.berth.admin_addr)).send().await.unwrap();
+        text = r.text().await.unwrap();
+        if value(&text, "berth_unverified_ranges_total", &[("outcome", "failed")]).is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        value(&text, "berth_unverified_ranges_total", &[("outcome", "verified")]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(value(&text, "berth_unverified_ranges_total", &[("outcome", "failed")]), Some(1.0), "{text}");
 }

@@ -88,11 +88,15 @@ impl Mirror {
             None => fill.verified().await?,
         };
         let span = range.map(|r| r.resolve(len)).transpose()?;
-        let (start, end) = span.unwrap_or((0, len));
+        let body = match span {
+            // A range is answered as its bytes are written (see `body::range`).
+            Some((start, end)) => body::range(fill, start, end),
+            None => body::follow(fill, 0, Some(len)),
+        };
         Ok(BlobAnswer {
             len,
             range: span,
-            body: Some(body::guarded(body::follow(fill, start, Some(end)), self.store.reading(digest))),
+            body: Some(body::guarded(body, self.store.reading(digest))),
             served_by,
         })
     }

@@ -51,6 +51,11 @@ pub(crate) fn guarded<G: Send + 'static>(stream: BodyStream, guard: G) -> BodySt
 
 struct Follower {
     rx: watch::Receiver<FillState>,
+    /// Holds back the last byte until the fill is verified (a whole body); a range hands out
+    /// every byte once written, and counts what it handed out unverified.
+    whole: bool,
+    /// Set once this range has handed out a byte of a fill not yet verified.
+    unverified: bool,
     /// Once the fill passes through: the rest of this body, from the source.
     rest: Option<BodyStream>,
     _fill: Arc<Fill>,
@@ -63,8 +68,21 @@ struct Follower {
 /// Bytes `start..end` (or to the end) of a fill, handed out as the writer makes them
 /// available. The last byte is only handed out once the whole content is verified.
 pub fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> BodyStream {
+    followed(fill, start, end, true)
+}
+
+/// Bytes `start..end` of a fill for a 206: each handed out as soon as it is written (and,
+/// with part checksums, its part checked), before the whole content is verified, as a
+/// pass-through proxy would. Such a range is counted once the fill ends, by its outcome
+/// (`berth_unverified_ranges_total`); a fill that fails is not kept either way.
+pub(crate) fn range(fill: Arc<Fill>, start: u64, end: u64) -> BodyStream {
+    followed(fill, start, Some(end), false)
+}
+
+fn followed(fill: Arc<Fill>, start: u64, end: Option<u64>, whole: bool) -> BodyStream {
     let rx = fill.subscribe();
-    let state = Follower { rx, rest: None, _fill: fill, pos: start, end, done: false };
+    let state =
+        Follower { rx, whole, unverified: false, rest: None, _fill: fill, pos: start, end, done: false };
     stream::unfold(state, |mut f| async move {
         if f.done {
             return None;
@@ -93,12 +111,16 @@ pub fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> BodyStream {
                 (None, true) => Some(available),
                 (None, false) => None,
             };
-            if verified && end.is_some_and(|e| f.pos >= e) {
+            if (verified || !f.whole) && end.is_some_and(|e| f.pos >= e) {
                 return None;
             }
             let mut limit = end.map_or(available, |e| available.min(e));
-            if !verified && end.is_some_and(|e| limit >= e) {
+            if f.whole && !verified && end.is_some_and(|e| limit >= e) {
                 limit = end.unwrap_or(0).saturating_sub(1); // hold back the last byte
+            }
+            if !f.whole && !verified && !f.unverified && limit > f.pos {
+                f.unverified = true;
+                count_when_settled(f.rx.clone());
             }
             if limit > f.pos {
                 let next = match (map, file) {
@@ -127,4 +149,25 @@ pub fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> BodyStream {
         }
     })
     .boxed()
+}
+
+/// Counts a range handed out before its fill was verified, once the fill ends: `verified`,
+/// `failed` (the content did not match, or the source could not finish), `not_kept` (passed
+/// through: the disk could not take it) or `abandoned`. Watches the state only: the fill
+/// counts its clients by reference.
+fn count_when_settled(mut state: watch::Receiver<FillState>) {
+    tokio::spawn(async move {
+        let ended = state
+            .wait_for(|s| {
+                matches!(s, FillState::Verified { .. } | FillState::Failed(_) | FillState::PassThrough(_))
+            })
+            .await
+            .map(|s| match *s {
+                FillState::Verified { .. } => "verified",
+                FillState::PassThrough(_) => "not_kept",
+                _ => "failed",
+            });
+        let outcome = ended.unwrap_or("abandoned");
+        metrics::counter!("berth_unverified_ranges_total", "outcome" => outcome).increment(1);
+    });
 }

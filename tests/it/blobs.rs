@@ -255,6 +255,31 @@ async fn range_on_memory_disk_and_in_flight_fills() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_range_is_answered_from_what_a_stalled_fill_has_written() {
+    let h = Harness::start().await;
+    let blob = bytes_of(2 << 20, 10);
+    let d = h.upstream.add_blob(blob.clone());
+    let path = Harness::blob_path(REPO, &d);
+    // Upstream sends the first half, then nothing: the fill is in flight and unverified.
+    h.upstream.fault(&d, Fault::Stall);
+    let whole = h.get(&path).await;
+    assert_eq!(whole.status(), StatusCode::OK);
+    let early = tokio::time::timeout(Duration::from_secs(5), range(&h, &path, "bytes=1000-66535"))
+        .await
+        .expect("a range inside what is written is answered before the fill ends");
+    assert_eq!(early.0, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(early.1.unwrap(), format!("bytes 1000-66535/{}", blob.len()));
+    assert!(early.2 == blob.slice(1000..66536));
+    assert_eq!(h.berth.probe().fills_in_flight(), 1, "answered from the fill in flight");
+    // A range of bytes not written yet waits for them: its head comes, its body does not end.
+    let tail = h.client.get(h.url(&path)).header("Range", "bytes=-100").send().await.unwrap();
+    assert_eq!(tail.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(tokio::time::timeout(Duration::from_millis(500), tail.bytes()).await.is_err());
+    assert_eq!(h.upstream.count(Method::GET, d.as_str()), 1, "the ranges joined the one fill");
+    drop(whole);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn head_and_get_answer_the_same_headers() {
     let h = Harness::start().await;
     let blob = bytes_of(5000, 9);

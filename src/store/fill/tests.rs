@@ -188,6 +188,73 @@ async fn a_slow_follower_does_not_hold_back_the_fill() {
     assert_eq!(got, bytes);
 }
 
+/// A source whose body is sent by the test, piece by piece, through the returned sender.
+fn gated(len: u64) -> (Source, tokio::sync::mpsc::UnboundedSender<Result<Bytes, Error>>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let body = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) }).boxed();
+    (Source { len: Some(len), body, resume: None, rejected: None, hold: None, floor: None }, tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_is_answered_once_its_bytes_are_written_and_a_whole_body_still_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let bytes = content(1 << 20);
+    let d = Digest::of(&bytes);
+    let (src, tx) = gated(bytes.len() as u64);
+    let fill = start(&store, &d, src);
+    tx.send(Ok(bytes.slice(..600_000))).unwrap();
+    let answer = |r| tokio::time::timeout(Duration::from_secs(5), drain(r));
+    // Ranges inside what is written complete, the one ending there too; the whole body and a
+    // range reaching past it wait.
+    let got = answer(body::range(fill.clone(), 100_000, 600_000)).await.expect("answered at once").unwrap();
+    assert_eq!(got, bytes.slice(100_000..600_000));
+    let mut whole = body::follow(fill.clone(), 0, Some(bytes.len() as u64));
+    let mut past = body::range(fill.clone(), 500_000, 700_000);
+    let (mut held, mut partly) = (0, 0);
+    while let Ok(Some(b)) = tokio::time::timeout(Duration::from_millis(300), whole.next()).await {
+        held += b.unwrap().len();
+    }
+    while let Ok(Some(b)) = tokio::time::timeout(Duration::from_millis(300), past.next()).await {
+        partly += b.unwrap().len();
+    }
+    assert_eq!((held, partly), (600_000, 100_000), "only what is written is handed out");
+    tx.send(Ok(bytes.slice(600_000..))).unwrap();
+    drop(tx);
+    let mut rest = drain(whole).await.unwrap();
+    assert_eq!(rest.len(), bytes.len() - 600_000);
+    rest = drain(past).await.unwrap();
+    assert_eq!(rest, bytes.slice(600_000..700_000));
+    settled(&fill).await;
+    assert_eq!(store.disk.len(&d).unwrap(), Some(bytes.len() as u64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_answered_before_the_fill_fails_leaves_nothing_kept_and_whole_bodies_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let bytes = content(1 << 20);
+    let d = Digest::of(&bytes);
+    let (src, tx) = gated(bytes.len() as u64);
+    let fill = start(&store, &d, src);
+    tx.send(Ok(bytes.slice(..400_000))).unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), drain(body::range(fill.clone(), 0, 4096)))
+        .await
+        .expect("answered at once")
+        .unwrap();
+    assert_eq!(got, bytes.slice(..4096));
+    let whole = body::follow(fill.clone(), 0, Some(bytes.len() as u64));
+    let late = body::range(fill.clone(), 900_000, 1 << 20);
+    let mut wrong = bytes.slice(400_000..).to_vec();
+    wrong[1] ^= 1;
+    tx.send(Ok(wrong.into())).unwrap();
+    drop(tx);
+    assert!(drain(whole).await.is_err(), "a whole body of wrong content is cut");
+    assert!(drain(late).await.is_err(), "a range still waiting when the fill fails is cut");
+    settled(&fill).await;
+    nothing_kept(&store, &d);
+}
+
 /// Sets its flag when dropped: tells whether a fetch was given up.
 struct Dropped(Arc<AtomicBool>);
 
