@@ -1,7 +1,8 @@
-//! Range headers: never a panic; a resolved span is non-empty and inside the content.
+//! Range headers: never a panic; a resolved span is non-empty and inside the content; a set's
+//! spans are also apart from each other (overlaps merged) and never more than were asked.
 #![no_main]
 
-use berth::oci::range::RangeSpec;
+use berth::oci::range::{RangeSet, RangeSpec};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,6 +14,17 @@ fuzz_target!(|data: &[u8]| {
     if let Some(spec) = RangeSpec::parse(s) {
         if let Ok((start, end)) = spec.resolve(len) {
             assert!(start < end && end <= len, "{s:?} over {len}: {start}..{end}");
+        }
+    }
+    if let Some(set) = RangeSet::parse(s) {
+        if let Ok(spans) = set.resolve(len) {
+            assert!(!spans.is_empty() && spans.len() <= s.matches(',').count() + 1);
+            let mut sorted = spans.clone();
+            sorted.sort_unstable();
+            for (i, &(start, end)) in sorted.iter().enumerate() {
+                assert!(start < end && end <= len, "{s:?} over {len}: {start}..{end}");
+                assert!(i == 0 || sorted[i - 1].1 < start, "{s:?}: overlapping parts {sorted:?}");
+            }
         }
     }
 });

@@ -3,6 +3,7 @@
 pub(crate) mod admin;
 pub(crate) mod admin_error;
 pub(crate) mod auth;
+mod byteranges;
 pub(crate) mod caller;
 pub(crate) mod log;
 pub(crate) mod metrics;

@@ -9,12 +9,14 @@ use axum::Extension;
 use futures::TryStreamExt;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
+use super::byteranges;
 use super::caller::Caller;
 use super::route::{self, Route};
 use crate::error::Error;
 use crate::oci::accept::AcceptClass;
 use crate::oci::digest::Digest;
-use crate::oci::range::RangeSpec;
+use crate::oci::range::RangeSet;
+use crate::registry::blobs::BlobAnswer;
 use crate::registry::{Mirror, Via, Want};
 use crate::store::ServedBy;
 
@@ -93,35 +95,48 @@ async fn dispatch(
                 .get(header::RANGE)
                 .filter(|_| want == Want::Content)
                 .and_then(|v| v.to_str().ok())
-                .and_then(RangeSpec::parse);
+                .and_then(RangeSet::parse);
             let b = mirror.blob(ns, &name, &digest, range, want, via).await?;
-            let body = match b.body {
-                Some(s) => Body::from_stream(s),
-                None => Body::empty(),
-            };
-            let mut resp = Response::new(body);
-            let h = resp.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-            content_headers(h, &digest);
-            match b.range {
-                Some((start, end)) => {
-                    *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-                    let h = resp.headers_mut();
-                    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
-                    h.insert(header::CONTENT_RANGE, value(&format!("bytes {start}-{}/{}", end - 1, b.len))?);
-                }
-                None => {
-                    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(b.len));
-                }
-            }
-            Ok(tagged(resp, b.served_by))
+            blob_response(b, &digest)
         }
         Route::Tags { name } | Route::Referrers { name, .. } => {
             passthrough(mirror, ns, &name, uri, headers, want).await
         }
         Route::Upload => unreachable!("handled above"),
     }
+}
+
+/// A blob answer: the whole blob (200), one range (206 with `Content-Range`), or several
+/// (206 `multipart/byteranges`).
+fn blob_response(b: BlobAnswer, digest: &Digest) -> Result<Response, Error> {
+    const OCTETS: &str = "application/octet-stream";
+    let BlobAnswer { len, spans, mut bodies, served_by } = b;
+    let (status, content_type, content_length, body) = match spans.as_slice() {
+        [] => (StatusCode::OK, OCTETS.to_owned(), len, bodies.pop()),
+        [(start, end)] => (StatusCode::PARTIAL_CONTENT, OCTETS.to_owned(), end - start, bodies.pop()),
+        many => {
+            let m = byteranges::multipart(len, many, bodies, OCTETS);
+            let mut resp = Response::new(m.body);
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let h = resp.headers_mut();
+            h.insert(header::CONTENT_TYPE, value(&m.content_type)?);
+            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(m.content_length));
+            content_headers(h, digest);
+            return Ok(tagged(resp, served_by));
+        }
+    };
+    let mut resp = Response::new(body.map_or_else(Body::empty, Body::from_stream));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, value(&content_type)?);
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(content_length));
+    content_headers(h, digest);
+    if let [(start, end)] = spans.as_slice() {
+        h.insert(header::CONTENT_RANGE, value(&format!("bytes {start}-{}/{len}", end - 1))?);
+    }
+    Ok(tagged(resp, served_by))
 }
 
 /// tags/list and referrers: upstream's answer as it is, minus `ns` in the query.

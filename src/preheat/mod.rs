@@ -229,7 +229,7 @@ impl Preheater {
     async fn pull(&self, r: &ImageRef, item: &Item) -> Result<(), FetchError> {
         let answer =
             self.mirror.blob(Some(&r.host), &r.repo, &item.digest, None, Want::Content, Via::Client).await?;
-        if let Some(mut s) = answer.body {
+        for mut s in answer.bodies {
             while let Some(chunk) = s.next().await {
                 let chunk = chunk.map_err(FetchError::Transfer)?;
                 item.done.fetch_add(chunk.len() as u64, Ordering::Relaxed);

@@ -8,20 +8,21 @@ use futures::FutureExt;
 use super::{Mirror, Via, Want};
 use crate::error::Error;
 use crate::oci::digest::Digest;
-use crate::oci::range::RangeSpec;
+use crate::oci::range::RangeSet;
 use crate::source::Fetched;
 use crate::source::Upstream;
 use crate::store::body::{self, BodyStream};
 use crate::store::fill::{self, Fill, FillState};
 use crate::store::ServedBy;
 
-/// A blob answer: the full length, the span served (`Some` for a 206), and the body for a GET.
+/// A blob answer: the full length, the spans served (a 206: one, or several for a multipart
+/// answer; none for the whole blob), and for a GET the body of each span (or the whole blob's).
 pub(crate) struct BlobAnswer {
     pub(crate) len: u64,
-    pub(crate) range: Option<(u64, u64)>,
-    /// The body for a GET. It marks the blob as being read until it is dropped, which keeps
-    /// GC from evicting it meanwhile.
-    pub(crate) body: Option<BodyStream>,
+    pub(crate) spans: Vec<(u64, u64)>,
+    /// For a GET, in the order of `spans`. Each marks the blob as being read until it is
+    /// dropped, which keeps GC from evicting it meanwhile.
+    pub(crate) bodies: Vec<BodyStream>,
     pub(crate) served_by: ServedBy,
 }
 
@@ -31,7 +32,7 @@ impl Mirror {
         ns: Option<&str>,
         repo: &str,
         digest: &Digest,
-        range: Option<RangeSpec>,
+        range: Option<RangeSet>,
         want: Want,
         via: Via,
     ) -> Result<BlobAnswer, Error> {
@@ -46,13 +47,18 @@ impl Mirror {
         if let Some(hit) = self.store.get(digest).await {
             self.confirm_blob(upstream, repo, digest).await?;
             let len = hit.bytes.len() as u64;
-            let span = range.map(|r| r.resolve(len)).transpose()?;
-            let (start, end) = span.unwrap_or((0, len));
-            let body = (want == Want::Content).then(|| {
-                let slice = hit.bytes.slice(start as usize..end as usize);
-                body::guarded(body::chunked(slice), reading)
-            });
-            return Ok(BlobAnswer { len, range: span, body, served_by: hit.served_by });
+            let spans = range.map(|r| r.resolve(len)).transpose()?.unwrap_or_default();
+            let bodies = match want {
+                Want::Head => Vec::new(),
+                Want::Content => whole_or(&spans, len)
+                    .map(|(start, end)| {
+                        let slice = hit.bytes.slice(start as usize..end as usize);
+                        body::guarded(body::chunked(slice), self.store.reading(digest))
+                    })
+                    .collect(),
+            };
+            drop(reading);
+            return Ok(BlobAnswer { len, spans, bodies, served_by: hit.served_by });
         }
         drop(reading);
 
@@ -63,8 +69,8 @@ impl Mirror {
                     if let Some(len) = fill.ready().await? {
                         return Ok(BlobAnswer {
                             len,
-                            range: None,
-                            body: None,
+                            spans: Vec::new(),
+                            bodies: Vec::new(),
                             served_by: ServedBy::FillFollower,
                         });
                     }
@@ -74,7 +80,12 @@ impl Mirror {
                 Error::Unavailable("upstream sent no Content-Length for a blob HEAD".into())
             })?;
             // Not recorded: berth does not hold it, and records are kept for what it holds.
-            return Ok(BlobAnswer { len, range: None, body: None, served_by: ServedBy::Upstream });
+            return Ok(BlobAnswer {
+                len,
+                spans: Vec::new(),
+                bodies: Vec::new(),
+                served_by: ServedBy::Upstream,
+            });
         }
 
         let (fill, led) = self.join_fill(upstream, repo, digest, via).await?;
@@ -87,18 +98,19 @@ impl Mirror {
             // Upstream sent no length: the length is known once the fill is verified.
             None => fill.verified().await?,
         };
-        let span = range.map(|r| r.resolve(len)).transpose()?;
-        let body = match span {
-            // A range is answered as its bytes are written (see `body::range`).
-            Some((start, end)) => body::range(fill, start, end),
-            None => body::follow(fill, 0, Some(len)),
-        };
-        Ok(BlobAnswer {
-            len,
-            range: span,
-            body: Some(body::guarded(body, self.store.reading(digest))),
-            served_by,
-        })
+        let spans = range.map(|r| r.resolve(len)).transpose()?.unwrap_or_default();
+        let bodies = whole_or(&spans, len)
+            .map(|(start, end)| {
+                // A range is answered as its bytes are written (see `body::range`).
+                let body = if spans.is_empty() {
+                    body::follow(fill.clone(), 0, Some(len))
+                } else {
+                    body::range(fill.clone(), start, end)
+                };
+                body::guarded(body, self.store.reading(digest))
+            })
+            .collect();
+        Ok(BlobAnswer { len, spans, bodies, served_by })
     }
 
     /// Joins the digest's fill, or starts one from this registry. A fill started for another
@@ -200,6 +212,12 @@ impl Mirror {
             }
         }
     }
+}
+
+/// The spans to send: those asked for, or the whole blob.
+fn whole_or(spans: &[(u64, u64)], len: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let whole = spans.is_empty().then_some((0, len));
+    spans.iter().copied().chain(whole)
 }
 
 /// What a source answered, as the store's fill takes it.

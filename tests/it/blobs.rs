@@ -279,6 +279,103 @@ async fn a_range_is_answered_from_what_a_stalled_fill_has_written() {
     drop(whole);
 }
 
+/// The parts of a `multipart/byteranges` answer, read strictly: each part's `Content-Range`
+/// and bytes, the lengths from the part headers, the boundary where RFC 9110 puts it.
+fn byteranges(content_type: &str, body: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let boundary = content_type.strip_prefix("multipart/byteranges; boundary=").expect(content_type);
+    let (open, close) = (format!("\r\n--{boundary}\r\n"), format!("\r\n--{boundary}--\r\n"));
+    let mut rest = body;
+    let mut parts = Vec::new();
+    while rest.starts_with(open.as_bytes()) {
+        rest = &rest[open.len()..];
+        let head_end = rest.windows(4).position(|w| w == b"\r\n\r\n").expect("part headers end");
+        let head = std::str::from_utf8(&rest[..head_end]).unwrap();
+        rest = &rest[head_end + 4..];
+        assert!(head.lines().any(|l| l == "Content-Type: application/octet-stream"), "{head}");
+        let range =
+            head.lines().find_map(|l| l.strip_prefix("Content-Range: bytes ")).expect(head).to_owned();
+        let (first, last) = range.split_once('/').unwrap().0.split_once('-').unwrap();
+        let n = last.parse::<usize>().unwrap() - first.parse::<usize>().unwrap() + 1;
+        parts.push((range, rest[..n].to_vec()));
+        rest = &rest[n..];
+    }
+    assert_eq!(rest, close.as_bytes(), "the body ends with the closing boundary");
+    parts
+}
+
+async fn multi(h: &Harness, path: &str, ranges: &str) -> reqwest::Response {
+    h.client.get(h.url(path)).header("Range", ranges).send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_ranges_get_multipart_byteranges_on_hits_and_fills_in_flight() {
+    let h = Harness::start().await;
+    let (small, large) = (bytes_of(300 << 10, 11), bytes_of(3 << 20, 12));
+    let (ds, dl) = (h.upstream.add_blob(small.clone()), h.upstream.add_blob(large.clone()));
+    let (ps, pl) = (Harness::blob_path(REPO, &ds), Harness::blob_path(REPO, &dl));
+    // In flight (slow), then from disk; the small one from memory.
+    h.upstream.fault(&dl, Fault::Slow { chunk: 64 << 10, delay: Duration::from_millis(10) });
+    h.get(&ps).await.bytes().await.unwrap();
+    let whole = h.get(&pl).await;
+    for (path, blob) in [(&pl, &large), (&ps, &small)] {
+        let ask = "bytes=200000-200099, 0-9, -5";
+        let r = multi(&h, path, ask).await;
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert!(r.headers().get("content-range").is_none());
+        let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+        let declared: usize = r.headers()["content-length"].to_str().unwrap().parse().unwrap();
+        let body = r.bytes().await.unwrap();
+        assert_eq!(body.len(), declared);
+        let n = blob.len();
+        let got = byteranges(&ct, &body);
+        let want = vec![
+            (format!("200000-200099/{n}"), blob[200_000..200_100].to_vec()),
+            (format!("0-9/{n}"), blob[..10].to_vec()),
+            (format!("{}-{}/{n}", n - 5, n - 1), blob[n - 5..].to_vec()),
+        ];
+        assert!(got == want, "parts of {path} in the order asked");
+    }
+    assert!(whole.bytes().await.unwrap() == large);
+    h.settle().await;
+    let r = multi(&h, &pl, "bytes=1-2,3000000-3000001").await;
+    let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+    assert_eq!(byteranges(&ct, &r.bytes().await.unwrap()).len(), 2, "from disk");
+    // Two answers never share a boundary.
+    let (a, b) = (multi(&h, &ps, "bytes=0-0,9999-9999").await, multi(&h, &ps, "bytes=0-0,9999-9999").await);
+    assert_ne!(a.headers()["content-type"], b.headers()["content-type"]);
+    assert_eq!(h.upstream.count(Method::GET, dl.as_str()), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_range_sets_are_merged_dropped_or_ignored_never_amplified() {
+    let h = Harness::start().await;
+    let blob = bytes_of(1 << 20, 13);
+    let d = h.upstream.add_blob(blob.clone());
+    let path = Harness::blob_path(REPO, &d);
+    h.get(&path).await.bytes().await.unwrap();
+    h.settle().await;
+    // The same range many times, and overlapping ones: one part, not the blob many times.
+    let r = multi(&h, &path, &format!("bytes={}", vec!["0-"; 200].join(","))).await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.headers()["content-range"], format!("bytes 0-{}/{}", blob.len() - 1, blob.len()).as_str());
+    assert_eq!(r.bytes().await.unwrap().len(), blob.len());
+    let r = multi(&h, &path, "bytes=100-199,150-299,290-310").await;
+    assert_eq!(r.headers()["content-range"], format!("bytes 100-310/{}", blob.len()).as_str());
+    // Unsatisfiable ranges are dropped; none satisfiable is a 416.
+    let r = multi(&h, &path, "bytes=99999999-,10-19").await;
+    assert_eq!(r.headers()["content-range"], format!("bytes 10-19/{}", blob.len()).as_str());
+    assert!(r.bytes().await.unwrap() == blob.slice(10..20));
+    let r = multi(&h, &path, "bytes=99999999-,88888888-").await;
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    // Too many ranges, bad syntax, huge numbers: the header is ignored and the blob sent.
+    let many = (0..300).map(|i| format!("{}-{}", i * 1000, i * 1000)).collect::<Vec<_>>().join(",");
+    for ask in [format!("bytes={many}"), "bytes=0-1,x".into(), "bytes=0-99999999999999999999999,1-2".into()] {
+        let r = multi(&h, &path, &ask).await;
+        assert_eq!(r.status(), StatusCode::OK, "{ask:.40}");
+        assert!(r.bytes().await.unwrap() == blob);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn head_and_get_answer_the_same_headers() {
     let h = Harness::start().await;
