@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test berth has: formatting and clippy, unit and in-process tests (cargo test,
 # with a fault-injecting fake upstream), then the real-client e2e suite (distribution as
-# upstream, containerd, dockerd and skopeo as clients, SeaweedFS as the bucket). Installs the Debian packages the e2e suite needs (openssl
+# upstream, containerd, dockerd and skopeo as clients, SeaweedFS as the bucket, the stargz
+# snapshotter for a lazy pull, built from Debian's Go packages by e2e/stargz/build.sh). Installs the Debian packages the e2e suite needs (openssl
 # too, for the TLS scenario) when they are missing (needs root, as containerd and dockerd
 # do), and the benchmark harness in its quick mode (it installs nginx-light and wrk when
 # missing).
@@ -11,7 +12,7 @@ cd "$(dirname "$0")"
 missing=()
 for tool in containerd:containerd ctr:containerd dockerd:docker.io docker:docker.io \
             docker-registry:docker-registry skopeo:skopeo curl:curl python3:python3 \
-            nginx:nginx-light wrk:wrk openssl:openssl; do
+            nginx:nginx-light wrk:wrk openssl:openssl ctr-remote:stargz-snapshotter; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if ((${#missing[@]})); then

@@ -230,7 +230,7 @@ berth_log_mark() { wc -l <"$BERTH_LOG" 2>/dev/null || echo 0; }
 berth_log_since() { tail -n +"$(($1 + 1))" "$BERTH_LOG" | sed 's/\x1b\[[0-9;]*m//g'; }   # ANSI colours stripped
 
 # ---- containerd --------------------------------------------------------------
-# start_containerd NAME: a containerd with its own root/state/socket under
+# start_containerd NAME [EXTRA_TOML]: a containerd with its own root/state/socket under
 # $E2E_DIR/ctd-NAME; sets CTD_SOCK and CTD_PID.
 start_containerd() {
     local d="$E2E_DIR/ctd-$1"
@@ -246,6 +246,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   address = "$d/containerd.sock.ttrpc"
 [debug]
   address = ""
+${2:-}
 EOF
     containerd --config "$d/config.toml" >"$d/containerd.log" 2>&1 &
     CTD_PID=$!
@@ -261,7 +262,7 @@ EOF
     return 1
 }
 
-stop_containerd() { stop_pid "$CTD_PID"; CTD_PID=; }
+stop_containerd() { stop_pid "${CTD_PID:-}"; CTD_PID=; }
 
 # write_hosts_toml CERTS_DIR REGISTRY SERVER_URL MIRROR_URL
 write_hosts_toml() {
