@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 missing=()
 for tool in containerd:containerd ctr:containerd dockerd:docker.io docker:docker.io \
             docker-registry:docker-registry skopeo:skopeo curl:curl python3:python3 \
-            nginx:nginx-light wrk:wrk openssl:openssl ctr-remote:stargz-snapshotter; do
+            nginx:nginx-light wrk:wrk openssl:openssl ctr-remote:stargz-snapshotter podman:podman; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if ((${#missing[@]})); then

@@ -302,12 +302,14 @@ scenario_alive() {
 . "$(dirname "${BASH_SOURCE[0]}")/bucket.sh"
 # shellcheck source=e2e/lazy.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lazy.sh"
+# shellcheck source=e2e/clients.sh
+. "$(dirname "${BASH_SOURCE[0]}")/clients.sh"
 
 # ---------------------------------------------------------------------------
 START=$SECONDS
 if setup; then
     # E2E_SCENARIOS="a m" runs a subset (setup always runs).
-    for s in ${E2E_SCENARIOS:-a b c d e f g h i j k l m n o p p2 alive}; do
+    for s in ${E2E_SCENARIOS:-a b c d e f g h i j k l m n o p p2 q alive}; do
         log "--- scenario $s ($((SECONDS - START))s)"
         "scenario_$s"
     done

@@ -110,6 +110,9 @@ fn main() -> ExitCode {
             match berth::cli::hosts_toml::write(&dir, &mirror, &registries, default) {
                 Ok(files) => {
                     files.iter().for_each(|f| println!("wrote {}", f.display()));
+                    if let Ok(others) = berth::cli::hosts_toml::other_clients(&mirror, &registries) {
+                        print!("{others}");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -1,5 +1,5 @@
 //! The request log: one line per request, written when its body has ended (or was cut), with
-//! method, path, ns, status, the tier that answered, bytes sent and duration.
+//! method, path, ns (or the registry a path prefix chose), status, the tier that answered, bytes sent and duration.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
-use super::registry::ns_of;
+use super::registry::{ns_of, RoutedTo};
 use crate::store::ServedBy;
 
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
@@ -32,7 +32,8 @@ pub(crate) async fn log_requests(req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     resp.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     let (parts, body) = resp.into_parts();
-    let line = Line { status: parts.status, tier: parts.extensions.get::<ServedBy>().copied(), ..line };
+    let ns = parts.extensions.get::<RoutedTo>().map(|r| r.0.clone()).or(line.ns);
+    let line = Line { status: parts.status, tier: parts.extensions.get::<ServedBy>().copied(), ns, ..line };
     // The server stops polling a body once Content-Length bytes are out, so "all sent" is
     // judged against that header (a HEAD sends none).
     let expected = if line.method == Method::HEAD {

@@ -51,7 +51,7 @@ async fn dispatch(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Response, Error> {
-    let route = route::parse(uri.path())?;
+    let mut route = route::parse(uri.path())?;
     let want = match *method {
         Method::GET => Want::Content,
         Method::HEAD => Want::Head,
@@ -66,12 +66,38 @@ async fn dispatch(
             "uploads are not supported: this registry is a read-only mirror".into(),
         ));
     }
-    let ns = ns_of(uri);
-    let ns = ns.as_deref();
+    let (ns, prefix) = registry_of(mirror, uri, &mut route);
+    let routing = Routing { ns: ns.as_deref(), prefix: prefix.as_deref() };
     let via = if caller.is_peer() { Via::Peer } else { Via::Client };
     if let Some(peers) = mirror.peers().filter(|_| via == Via::Peer) {
         peers.served_one();
     }
+    let answer = answer(mirror, route, routing, via, uri, headers, want).await;
+    match prefix {
+        // The request log names the registry the prefix chose.
+        Some(host) => answer.map(|mut resp| {
+            resp.extensions_mut().insert(RoutedTo(host));
+            resp
+        }),
+        None => answer,
+    }
+}
+
+/// The registry a path prefix chose, for the request log.
+#[derive(Clone)]
+pub(crate) struct RoutedTo(pub(crate) String);
+
+/// The answer to a read of `route` from the registry `routing` names.
+async fn answer(
+    mirror: &Mirror,
+    route: Route,
+    routing: Routing<'_>,
+    via: Via,
+    uri: &Uri,
+    headers: &HeaderMap,
+    want: Want,
+) -> Result<Response, Error> {
+    let ns = routing.ns;
     match route {
         Route::Base => {
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}").into_response())
@@ -99,8 +125,13 @@ async fn dispatch(
             let b = mirror.blob(ns, &name, &digest, range, want, via).await?;
             blob_response(b, &digest)
         }
-        Route::Tags { name } | Route::Referrers { name, .. } => {
-            passthrough(mirror, ns, &name, uri, headers, want).await
+        Route::Tags { name } => {
+            let path = format!("/v2/{name}/tags/list");
+            passthrough(mirror, routing, &name, &path, uri, headers, want).await
+        }
+        Route::Referrers { name, digest } => {
+            let path = format!("/v2/{name}/referrers/{digest}");
+            passthrough(mirror, routing, &name, &path, uri, headers, want).await
         }
         Route::Upload => unreachable!("handled above"),
     }
@@ -139,21 +170,45 @@ fn blob_response(b: BlobAnswer, digest: &Digest) -> Result<Response, Error> {
     Ok(tagged(resp, served_by))
 }
 
-/// tags/list and referrers: upstream's answer as it is, minus `ns` in the query.
+/// The registry a request is for: its `ns`; else a first path component naming a configured
+/// registry (`/v2/ghcr.io/org/app/...`, taken off the route's name and returned as the
+/// prefix); else the default registry (`None`).
+fn registry_of(mirror: &Mirror, uri: &Uri, route: &mut Route) -> (Option<String>, Option<String>) {
+    if let Some(ns) = ns_of(uri) {
+        return (Some(ns), None);
+    }
+    let Some(name) = route.name_mut() else { return (None, None) };
+    let Some(host) = mirror.registry_prefix(name).map(str::to_owned) else { return (None, None) };
+    if let Some(rest) = route::strip_host(name, &host) {
+        *name = rest.into_owned();
+    }
+    (Some(host.clone()), Some(host))
+}
+
+/// How a request named its registry: by `ns`, or by a path prefix (then `ns` is the prefix).
+#[derive(Clone, Copy)]
+struct Routing<'a> {
+    ns: Option<&'a str>,
+    prefix: Option<&'a str>,
+}
+
+/// tags/list and referrers: upstream's answer as it is, asked at `path`, minus `ns` in the
+/// query; a next-page link stays on the route the client took.
 async fn passthrough(
     mirror: &Mirror,
-    ns: Option<&str>,
+    routing: Routing<'_>,
     name: &str,
+    path: &str,
     uri: &Uri,
     headers: &HeaderMap,
     want: Want,
 ) -> Result<Response, Error> {
-    let upstream = &mirror.upstream(ns)?;
+    let upstream = &mirror.upstream(routing.ns)?;
     let query: Vec<(String, String)> = uri
         .query()
         .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().filter(|(k, _)| k != "ns").collect())
         .unwrap_or_default();
-    let mut path = uri.path().to_owned();
+    let mut path = path.to_owned();
     if !query.is_empty() {
         path.push('?');
         path.push_str(&url::form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish());
@@ -167,7 +222,7 @@ async fn passthrough(
     }
     // The next page stays with this registry: the link is made relative to berth, keeping ns.
     if let Some(link) = up.headers().get(header::LINK).and_then(|v| v.to_str().ok()) {
-        if let Some(v) = next_link(link, up.url(), ns).and_then(|l| HeaderValue::from_str(&l).ok()) {
+        if let Some(v) = next_link(link, up.url(), routing).and_then(|l| HeaderValue::from_str(&l).ok()) {
             resp = resp.header(header::LINK, v);
         }
     }
@@ -181,22 +236,26 @@ async fn passthrough(
 }
 
 /// Upstream's `Link: <URL>; rel="next"` for the next page, as a link to berth: the path and
-/// query of URL (resolved against the page it came with), with `ns` added back. A link that
-/// leaves `/v2/` is dropped.
-fn next_link(link: &str, page: &url::Url, ns: Option<&str>) -> Option<String> {
+/// query of URL (resolved against the page it came with), with the client's route put back:
+/// its path prefix, or its `ns`. A link that leaves `/v2/` is dropped.
+fn next_link(link: &str, page: &url::Url, routing: Routing<'_>) -> Option<String> {
     let (target, params) = link.trim().strip_prefix('<')?.split_once('>')?;
     let target = page.join(target).ok()?;
-    if !target.path().starts_with("/v2/") {
-        return None;
-    }
+    let rest = target.path().strip_prefix("/v2/")?;
     let mut query = url::form_urlencoded::Serializer::new(String::new());
     query.extend_pairs(target.query_pairs().filter(|(k, _)| k != "ns"));
-    if let Some(ns) = ns {
-        query.append_pair("ns", ns);
-    }
+    let path = match (routing.prefix, routing.ns) {
+        (Some(prefix), _) => format!("/v2/{prefix}/{rest}"),
+        (None, ns) => {
+            if let Some(ns) = ns {
+                query.append_pair("ns", ns);
+            }
+            format!("/v2/{rest}")
+        }
+    };
     let query = query.finish();
     let sep = if query.is_empty() { "" } else { "?" };
-    Some(format!("<{}{sep}{query}>{params}", target.path()))
+    Some(format!("<{path}{sep}{query}>{params}"))
 }
 
 fn content_headers(h: &mut HeaderMap, digest: &Digest) {
@@ -222,16 +281,28 @@ mod tests {
     fn next_page_links_keep_the_registry() {
         let page = url::Url::parse("https://ghcr.io/v2/org/app/tags/list?n=2").unwrap();
         let link = r#"</v2/org/app/tags/list?n=2&last=b>; rel="next""#;
+        let by_ns = Routing { ns: Some("ghcr.io"), prefix: None };
+        let by_prefix = Routing { ns: Some("ghcr.io"), prefix: Some("ghcr.io") };
+        let default = Routing { ns: None, prefix: None };
         assert_eq!(
-            next_link(link, &page, Some("ghcr.io")).unwrap(),
+            next_link(link, &page, by_ns).unwrap(),
             r#"</v2/org/app/tags/list?n=2&last=b&ns=ghcr.io>; rel="next""#
+        );
+        assert_eq!(
+            next_link(link, &page, by_prefix).unwrap(),
+            r#"</v2/ghcr.io/org/app/tags/list?n=2&last=b>; rel="next""#
         );
         let absolute = r#"<https://ghcr.io/v2/org/app/tags/list?last=b&ns=evil>; rel="next""#;
         assert_eq!(
-            next_link(absolute, &page, None).unwrap(),
+            next_link(absolute, &page, default).unwrap(),
             r#"</v2/org/app/tags/list?last=b>; rel="next""#
         );
-        assert_eq!(next_link(r#"<https://elsewhere/steal>; rel="next""#, &page, None), None);
-        assert_eq!(next_link("garbage", &page, None), None);
+        assert_eq!(
+            next_link(absolute, &page, by_prefix).unwrap(),
+            r#"</v2/ghcr.io/org/app/tags/list?last=b>; rel="next""#
+        );
+        assert_eq!(next_link(r#"<https://elsewhere/steal>; rel="next""#, &page, default), None);
+        assert_eq!(next_link(r#"<https://elsewhere/v2x/steal>; rel="next""#, &page, by_prefix), None);
+        assert_eq!(next_link("garbage", &page, default), None);
     }
 }

@@ -52,6 +52,30 @@ pub fn parse(path: &str) -> Result<Route, Error> {
     Ok(route)
 }
 
+impl Route {
+    /// The repository name the route is for, if it has one.
+    pub(crate) fn name_mut(&mut self) -> Option<&mut String> {
+        match self {
+            Route::Manifest { name, .. }
+            | Route::Blob { name, .. }
+            | Route::Tags { name }
+            | Route::Referrers { name, .. } => Some(name),
+            Route::Base | Route::Upload => None,
+        }
+    }
+}
+
+/// A repository name whose first component is `host`, split: `ghcr.io/org/app` → `org/app`.
+/// Docker Hub's official images take their `library/` (`docker.io/alpine`), as docker
+/// spells them.
+pub(crate) fn strip_host<'a>(name: &'a str, host: &str) -> Option<std::borrow::Cow<'a, str>> {
+    let rest = name.strip_prefix(host)?.strip_prefix('/')?;
+    if host == "docker.io" && !rest.contains('/') {
+        return Some(format!("library/{rest}").into());
+    }
+    Some(rest.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +101,15 @@ mod tests {
         assert!(matches!(parse("/v2/a/manifests/sha256:totallywrong"), Err(Error::DigestInvalid(_))));
         assert!(matches!(parse("/v2/A/manifests/x"), Err(Error::NameInvalid(_))));
         assert!(matches!(parse("/v3/x"), Err(Error::NameUnknown)));
+    }
+
+    #[test]
+    fn a_host_prefix_is_split_off_whole_components_only() {
+        assert_eq!(strip_host("ghcr.io/org/app", "ghcr.io").as_deref(), Some("org/app"));
+        assert_eq!(strip_host("docker.io/alpine", "docker.io").as_deref(), Some("library/alpine"));
+        assert_eq!(strip_host("docker.io/library/alpine", "docker.io").as_deref(), Some("library/alpine"));
+        assert_eq!(strip_host("ghcr.io", "ghcr.io"), None);
+        assert_eq!(strip_host("ghcr.iox/app", "ghcr.io"), None);
+        assert_eq!(strip_host("org/ghcr.io/app", "ghcr.io"), None);
     }
 }

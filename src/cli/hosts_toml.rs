@@ -27,6 +27,51 @@ pub fn hosts_toml(mirror: &Url, host: Option<&str>) -> String {
     out
 }
 
+/// How clients that send no `ns` reach the same registries through the mirror, by its path
+/// prefix (`<mirror>/<registry>/<repository>`): docker, helm and oras by reference, podman and
+/// CRI-O through `registries.conf` mirrors. Printed by `berth hosts-toml` beside the files.
+pub fn other_clients(mirror: &str, registries: &[String]) -> Result<String, HostsTomlError> {
+    let url = mirror_url(mirror)?;
+    let at = match url.port() {
+        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_owned(),
+    };
+    let insecure = url.scheme() == "http";
+    let mut out = String::from(
+        "# Clients that send no ns reach a registry by the mirror's path prefix:
+",
+    );
+    for host in registries {
+        out.push_str(&format!(
+            "#   docker pull {at}/{host}/<repository>:<tag>    (helm: oci://{at}/{host}/<chart>; oras: {at}/{host}/<artifact>)
+"
+        ));
+    }
+    out.push_str(
+        "# podman and CRI-O, in /etc/containers/registries.conf:
+",
+    );
+    for host in registries {
+        out.push_str(&format!(
+            "[[registry]]\nprefix = \"{host}\"\nlocation = \"{host}\"\n[[registry.mirror]]\nlocation = \"{at}/{host}\"\n"
+        ));
+        if insecure {
+            out.push_str("insecure = true\n");
+        }
+    }
+    Ok(out)
+}
+
+/// The mirror's base URL, as `--mirror` gives it.
+fn mirror_url(mirror: &str) -> Result<Url, HostsTomlError> {
+    let url = Url::parse(mirror)
+        .map_err(|source| HostsTomlError::MirrorUrl { mirror: mirror.to_owned(), source })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || url.path() != "/" {
+        return Err(HostsTomlError::NotABaseUrl(mirror.to_owned()));
+    }
+    Ok(url)
+}
+
 /// Why the files could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum HostsTomlError {
@@ -58,11 +103,7 @@ pub fn write(
     registries: &[String],
     default: bool,
 ) -> Result<Vec<PathBuf>, HostsTomlError> {
-    let url = Url::parse(mirror)
-        .map_err(|source| HostsTomlError::MirrorUrl { mirror: mirror.to_owned(), source })?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || url.path() != "/" {
-        return Err(HostsTomlError::NotABaseUrl(mirror.to_owned()));
-    }
+    let url = mirror_url(mirror)?;
     let mut targets: Vec<(String, Option<&str>)> =
         registries.iter().map(|r| (r.clone(), Some(r.as_str()))).collect();
     if default {
@@ -111,5 +152,20 @@ mod tests {
         assert!(write(dir.path(), "berth:5000", &["docker.io".into()], false).is_err());
         assert!(write(dir.path(), "http://b:5000/v2", &["docker.io".into()], false).is_err());
         assert!(write(dir.path(), "http://b:5000", &["../etc".into()], false).is_err());
+    }
+
+    #[test]
+    fn other_clients_get_path_prefix_references_and_registries_conf_mirrors() {
+        let out = other_clients("http://berth.example:5000/", &["ghcr.io".into()]).unwrap();
+        assert!(out.contains("docker pull berth.example:5000/ghcr.io/<repository>:<tag>"), "{out}");
+        let conf: toml::Table =
+            out.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n").parse().unwrap();
+        let registry = &conf["registry"][0];
+        assert_eq!(registry["prefix"].as_str(), Some("ghcr.io"));
+        assert_eq!(registry["mirror"][0]["location"].as_str(), Some("berth.example:5000/ghcr.io"));
+        assert_eq!(registry["mirror"][0]["insecure"].as_bool(), Some(true));
+        let tls = other_clients("https://berth.example/", &["ghcr.io".into()]).unwrap();
+        assert!(tls.contains("location = \"berth.example/ghcr.io\"") && !tls.contains("insecure"), "{tls}");
+        assert!(other_clients("berth:5000", &[]).is_err());
     }
 }

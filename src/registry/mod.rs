@@ -107,6 +107,13 @@ impl Mirror {
         self.upstreams.get(ns)
     }
 
+    /// The configured registry a repository name starts with (`ghcr.io/org/app`), for
+    /// clients that send no `ns`; the wildcard's hosts never match.
+    pub(crate) fn registry_prefix<'a>(&self, name: &'a str) -> Option<&'a str> {
+        let (first, _) = name.split_once('/')?;
+        self.upstreams.is_configured(first).then_some(first)
+    }
+
     /// The collector: GC passes and the cache's contents in registry terms.
     pub(crate) fn collector(&self) -> &Arc<gc::Collector> {
         &self.gc

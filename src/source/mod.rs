@@ -112,6 +112,11 @@ impl Upstreams {
             .map_err(|e| (*e).clone())
     }
 
+    /// Whether `host` is one of the configured registries (the wildcard's hosts are not).
+    pub(crate) fn is_configured(&self, host: &str) -> bool {
+        self.by_host.contains_key(host)
+    }
+
     /// A new upstream for `host`, a public registry the wildcard entry `template` mirrors.
     fn wildcard_upstream(&self, host: &str, template: &Registry) -> Result<Arc<Upstream>, Error> {
         let endpoint = if host == "docker.io" {

@@ -178,4 +178,67 @@ async fn the_wildcard_registry_refuses_loopback_link_local_and_private_addresses
     // Configured registries are served as before.
     hub.put_image("library/app", "1", &[bytes_of(10, 1)]);
     assert_eq!(get("docker.io").await.unwrap().status(), StatusCode::OK);
+    // A path prefix never selects one of the wildcard's hosts: with no ns, the name is the
+    // default registry's.
+    let prefixed = format!("http://{}/v2/127.0.0.1/library/app/manifests/1", berth.registry_addr);
+    assert_eq!(client.get(prefixed).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert!(hub.log().iter().any(|l| l.path == "/v2/127.0.0.1/library/app/manifests/1"));
+}
+
+fn paths(fake: &Fake) -> Vec<String> {
+    fake.log().into_iter().map(|l| l.path).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_ns_a_first_path_component_naming_a_registry_selects_it() {
+    let Two { hub, other: ghcr, berth, client, _dir } = two_registries().await;
+    let (_, layers) = ghcr.put_image("org/app", "1", &[bytes_of(3000, 1)]);
+    hub.put_image("library/alpine", "3", &[bytes_of(10, 2)]);
+    let get = |path: String| client.get(format!("http://{}{path}", berth.registry_addr)).send();
+
+    let r = get("/v2/registry.test/org/app/manifests/1".into()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = get(format!("/v2/registry.test/org/app/blobs/{}", layers[0])).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap().len(), 3000);
+    assert!(paths(&ghcr).iter().any(|p| p == "/v2/org/app/manifests/1"), "{:?}", paths(&ghcr));
+    assert!(paths(&ghcr).iter().all(|p| !p.contains("registry.test")));
+    // The same repository by ns is the same content, served from the cache.
+    let by_ns = get(format!("/v2/org/app/blobs/{}?ns=registry.test", layers[0])).await.unwrap();
+    assert_eq!(by_ns.status(), StatusCode::OK);
+    // Docker Hub's official images get their library/, as docker spells them.
+    let r = get("/v2/docker.io/alpine/manifests/3".into()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(paths(&hub).iter().any(|p| p == "/v2/library/alpine/manifests/3"));
+    assert!(paths(&ghcr).iter().all(|p| !p.contains("alpine")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_selects_only_configured_registries_and_ns_wins_over_it() {
+    let Two { hub, other: ghcr, berth, client, _dir } = two_registries().await;
+    hub.put_image("registry.test/org/app", "1", &[bytes_of(10, 3)]);
+    hub.put_image("evil.example/org/app", "1", &[bytes_of(10, 4)]);
+    let get = |path: &str| client.get(format!("http://{}{path}", berth.registry_addr)).send();
+    // With ns, the path is the repository's name under that registry, prefix or not.
+    let r = get("/v2/registry.test/org/app/manifests/1?ns=docker.io").await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(paths(&hub).iter().any(|p| p == "/v2/registry.test/org/app/manifests/1"));
+    // A host that is not configured is no prefix: a repository of the default registry.
+    let r = get("/v2/evil.example/org/app/manifests/1").await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(paths(&hub).iter().any(|p| p == "/v2/evil.example/org/app/manifests/1"));
+    // A registry's name alone is a repository name, and a prefix needs a whole component.
+    let before = paths(&ghcr).len();
+    for path in [
+        "/v2/registry.test/manifests/1",
+        "/v2/registry.testx/app/manifests/1",
+        "/v2/registry.test./app/manifests/1",
+    ] {
+        let _ = get(path).await.unwrap();
+    }
+    assert_eq!(paths(&ghcr).len(), before, "registry.test was asked for a name it does not prefix");
+    // Next-page links stay on the prefix.
+    let r = get("/v2/registry.test/org/app/tags/list?n=1").await.unwrap();
+    assert_eq!(r.headers()["link"], "</v2/registry.test/org/app/tags/list?n=1&last=1>; rel=\"next\"");
+    assert!(paths(&ghcr).iter().any(|p| p.starts_with("/v2/org/app/tags/list")));
 }

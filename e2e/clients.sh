@@ -1,0 +1,52 @@
+# shellcheck shell=bash
+# q. Clients that send no `ns` reach a registry other than the default by a path prefix:
+# docker pulls 127.0.0.1:PORT/registry.test/..., skopeo inspects one, podman mirrors
+# registry.test to BERTH/registry.test through registries.conf. Sourced by run.sh.
+
+prefix_skopeo() {
+    local got
+    got=$(timeout 60 skopeo inspect --raw --tls-verify=false \
+        "docker://$BERTH_ADDR/registry.test/library/multi:1" | sha256_of) || return 1
+    [ "$got" = "$MULTI_DIGEST" ] || { echo "via the prefix: $got, upstream: $MULTI_DIGEST"; return 1; }
+}
+
+prefix_docker() {
+    local ref="$BERTH_ADDR/registry.test/library/single:1" id
+    docker rmi -f "$ref" >/dev/null 2>&1 || true
+    timeout 180 docker pull "$ref" || return 1
+    id=$(docker_image_id "$ref")
+    [ "$id" = "$SINGLE_CONFIG" ] || { echo "image id $id != config digest $SINGLE_CONFIG"; return 1; }
+}
+
+prefix_podman() {
+    local d="$E2E_DIR/podman" got
+    mkdir -p "$d"
+    # The primary is a closed port: a pull that works came through the mirror.
+    cat >"$d/registries.conf" <<CONF
+[[registry]]
+prefix = "registry.test"
+location = "127.0.0.1:9"
+[[registry.mirror]]
+location = "$BERTH_ADDR/registry.test"
+insecure = true
+CONF
+    local pm=(podman --root "$d/root" --runroot "$d/run" --storage-driver vfs --registries-conf "$d/registries.conf")
+    timeout 180 "${pm[@]}" pull -q registry.test/library/multi:1 || return 1
+    got=$("${pm[@]}" image inspect --format '{{.Digest}}' registry.test/library/multi:1) || return 1
+    [ "$got" = "$MULTI_DIGEST" ] || { echo "podman: $got, upstream: $MULTI_DIGEST"; return 1; }
+}
+
+scenario_q() {
+    local mark; mark=$(berth_log_mark)
+    run_check "q: skopeo inspect $BERTH_ADDR/registry.test/library/multi:1 (path prefix, no ns) = upstream digest" prefix_skopeo
+    if [ -z "${DOCKERD_PID:-}" ] || ! kill -0 "$DOCKERD_PID" 2>/dev/null; then
+        start_dockerd "$BERTH_URL" || { fail "q: dockerd starts"; return; }
+    fi
+    run_check "q: docker pull $BERTH_ADDR/registry.test/library/single:1; image id = config digest" prefix_docker
+    if command -v podman >/dev/null; then
+        run_check "q: podman pull registry.test/library/multi:1, mirrored to $BERTH_ADDR/registry.test" prefix_podman
+    else
+        fail "q: podman pull through a path-prefix mirror" "podman missing (Debian package podman)"
+    fi
+    run_check "q: berth log names registry.test on every prefixed request" ns_ok "$mark" registry.test/library registry.test
+}
