@@ -17,6 +17,7 @@ use crate::oci::accept::AcceptClass;
 use crate::oci::digest::Digest;
 use crate::oci::range::RangeSet;
 use crate::registry::blobs::BlobAnswer;
+use crate::registry::referrers::ReferrersAnswer;
 use crate::registry::{Mirror, Via, Want};
 use crate::store::ServedBy;
 
@@ -130,8 +131,10 @@ async fn answer(
             passthrough(mirror, routing, &name, &path, uri, headers, want).await
         }
         Route::Referrers { name, digest } => {
-            let path = format!("/v2/{name}/referrers/{digest}");
-            passthrough(mirror, routing, &name, &path, uri, headers, want).await
+            let query = query_without_ns(uri);
+            let path = with_query(&format!("/v2/{name}/referrers/{digest}"), &query);
+            let r = mirror.referrers(ns, &name, &digest, &path, &query, headers.get(header::ACCEPT)).await?;
+            referrers_response(r, routing, want)
         }
         Route::Upload => unreachable!("handled above"),
     }
@@ -192,8 +195,45 @@ struct Routing<'a> {
     prefix: Option<&'a str>,
 }
 
-/// tags/list and referrers: upstream's answer as it is, asked at `path`, minus `ns` in the
-/// query; a next-page link stays on the route the client took.
+/// The request's query without `ns`, as upstream is asked it.
+fn query_without_ns(uri: &Uri) -> String {
+    let pairs = uri
+        .query()
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().filter(|(k, _)| k != "ns"));
+    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs.into_iter().flatten()).finish()
+}
+
+/// `path?query`, or `path` alone for an empty query.
+fn with_query(path: &str, query: &str) -> String {
+    if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{query}")
+    }
+}
+
+/// A referrers answer, kept or fresh: upstream's headers that matter (type, filters, the
+/// next page on the client's route).
+fn referrers_response(r: ReferrersAnswer, routing: Routing<'_>, want: Want) -> Result<Response, Error> {
+    let len = r.body.len();
+    let mut resp = match want {
+        Want::Content => Response::new(Body::from(r.body)),
+        Want::Head => Response::new(Body::empty()),
+    };
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, value(&r.media_type)?);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Some(f) = r.filters_applied.as_deref().and_then(|f| HeaderValue::from_str(f).ok()) {
+        h.insert(OCI_FILTERS_APPLIED, f);
+    }
+    if let Some(link) = r.link.and_then(|(l, page)| next_link(&l, &page, routing)) {
+        h.insert(header::LINK, value(&link)?);
+    }
+    Ok(tagged(resp, r.served_by))
+}
+
+/// tags/list: upstream's answer as it is, asked at `path`, minus `ns` in the query; a
+/// next-page link stays on the route the client took.
 async fn passthrough(
     mirror: &Mirror,
     routing: Routing<'_>,
@@ -204,15 +244,7 @@ async fn passthrough(
     want: Want,
 ) -> Result<Response, Error> {
     let upstream = &mirror.upstream(routing.ns)?;
-    let query: Vec<(String, String)> = uri
-        .query()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().filter(|(k, _)| k != "ns").collect())
-        .unwrap_or_default();
-    let mut path = path.to_owned();
-    if !query.is_empty() {
-        path.push('?');
-        path.push_str(&url::form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish());
-    }
+    let path = with_query(path, &query_without_ns(uri));
     let up = upstream.passthrough(&path, name, headers.get(header::ACCEPT)).await?;
     let mut resp = Response::builder().status(up.status().as_u16());
     for h in [header::CONTENT_TYPE, header::CONTENT_LENGTH, OCI_FILTERS_APPLIED] {

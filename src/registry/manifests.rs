@@ -150,7 +150,7 @@ impl Mirror {
     }
 
     /// A manifest from the tiers, when both its bytes and its media type are known.
-    async fn stored_manifest(&self, digest: &Digest) -> Result<Option<ManifestAnswer>, Error> {
+    pub(super) async fn stored_manifest(&self, digest: &Digest) -> Result<Option<ManifestAnswer>, Error> {
         let media_type = match self.media_types.get(digest) {
             Some(t) => t,
             None => {

@@ -6,6 +6,7 @@ pub(crate) mod gc;
 pub(crate) mod manifests;
 pub(crate) mod pins;
 pub(crate) mod provenance;
+pub(crate) mod referrers;
 pub(crate) mod singleflight;
 pub(crate) mod tags;
 

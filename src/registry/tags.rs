@@ -101,7 +101,12 @@ impl TagCache {
 
     /// Whether upstream confirmed `entry` within the ttl.
     pub(crate) fn is_fresh(&self, entry: &TagEntry) -> bool {
-        now_secs().saturating_sub(entry.checked_at) < self.ttl.as_secs().max(1)
+        self.is_fresh_at(entry.checked_at)
+    }
+
+    /// Whether an answer upstream gave at `checked_at` is within the ttl.
+    pub(crate) fn is_fresh_at(&self, checked_at: u64) -> bool {
+        now_secs().saturating_sub(checked_at) < self.ttl.as_secs().max(1)
     }
 
     pub(crate) async fn put(&self, base: &str, accept: &str, entry: TagEntry) -> Result<(), Error> {

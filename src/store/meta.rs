@@ -24,6 +24,11 @@ const TAGS: Table = TableDefinition::new("tags");
 const PINS: Table = TableDefinition::new("pins");
 /// `<digest> <registry>` → empty: the registries that served or confirmed a digest.
 const SERVED: Table = TableDefinition::new("served");
+/// `<registry>/<repository>@<subject>?<query>` → the last referrers answer upstream gave.
+const REFERRERS: Table = TableDefinition::new("referrers");
+
+/// Referrers answers kept at most; past it, the least recently confirmed tenth is dropped.
+pub(crate) const MAX_REFERRERS: usize = 10_000;
 
 /// An image a user asked to keep: recorded now, honoured by GC.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +44,22 @@ pub(crate) struct BlobMeta {
     pub(crate) media_type: Option<String>,
     /// Seconds since the epoch.
     pub(crate) last_access: u64,
+}
+
+/// A referrers answer as upstream last gave it: its body is the image index `index`, kept in
+/// the tiers like any manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ReferrersEntry {
+    /// The manifest the referrers point to.
+    pub(crate) subject: String,
+    pub(crate) index: String,
+    pub(crate) media_type: String,
+    /// Upstream's `OCI-Filters-Applied`, when it filtered.
+    pub(crate) filters_applied: Option<String>,
+    /// Upstream's next-page `Link`, and the URL of the page it came with.
+    pub(crate) link: Option<(String, String)>,
+    /// Seconds since the epoch when upstream last gave this answer.
+    pub(crate) checked_at: u64,
 }
 
 /// What a tag pointed to when last checked with upstream.
@@ -77,6 +98,7 @@ impl Meta {
         txn.open_table(TAGS).map_err(db_err)?;
         txn.open_table(PINS).map_err(db_err)?;
         txn.open_table(SERVED).map_err(db_err)?;
+        txn.open_table(REFERRERS).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         Ok(Meta { db, touched: Mutex::new(HashMap::new()) })
     }
@@ -222,6 +244,35 @@ impl Meta {
     /// Every pin: image reference → pin.
     pub(crate) fn pins(&self) -> Result<Vec<(String, Pin)>, Error> {
         self.read_all(PINS)
+    }
+
+    pub(crate) fn referrers(&self, key: &str) -> Result<Option<ReferrersEntry>, Error> {
+        self.get_json(REFERRERS, key)
+    }
+
+    /// Keeps `entry` under `key`; past `MAX_REFERRERS` answers, drops the least recently
+    /// confirmed tenth.
+    pub(crate) fn put_referrers(&self, key: &str, entry: &ReferrersEntry) -> Result<(), Error> {
+        self.put_json(REFERRERS, key, entry)?;
+        let all: Vec<(String, ReferrersEntry)> = self.read_all(REFERRERS)?;
+        if all.len() <= MAX_REFERRERS {
+            return Ok(());
+        }
+        let mut by_age: Vec<_> = all.into_iter().map(|(k, e)| (e.checked_at, k)).collect();
+        by_age.sort_unstable();
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(REFERRERS).map_err(db_err)?;
+            for (_, k) in by_age.iter().take(MAX_REFERRERS / 10) {
+                table.remove(k.as_str()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Every kept referrers answer (for GC: a subject's referrers are part of its version).
+    pub(crate) fn all_referrers(&self) -> Result<Vec<(String, ReferrersEntry)>, Error> {
+        self.read_all(REFERRERS)
     }
 
     /// Every stored tag mapping (loaded once at startup).

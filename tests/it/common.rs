@@ -81,6 +81,10 @@ pub struct FakeState {
     pub realm: Mutex<Option<String>>,
     /// Every `/v2/` request is answered with a 307 to this base URL plus the request's path.
     pub redirect_all: Mutex<Option<String>>,
+    /// Referrers answers by subject digest (an image index's JSON), and a status every
+    /// referrers request gets, when set.
+    pub referrers: Mutex<HashMap<String, String>>,
+    pub referrers_status: Mutex<Option<u16>>,
     /// Canned answers by exact path: status and body (a JSON error document, say).
     pub answers: Mutex<HashMap<String, (u16, String)>>,
     pub log: Mutex<Vec<Logged>>,
@@ -314,11 +318,15 @@ async fn handle(State(state): State<Arc<FakeState>>, req: Request) -> Response {
             r
         }
         "referrers" => {
-            let mut r = (
-                [(header::CONTENT_TYPE, "application/vnd.oci.image.index.v1+json")],
-                r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
-            )
-                .into_response();
+            if let Some(s) = *state.referrers_status.lock().unwrap() {
+                return StatusCode::from_u16(s).unwrap().into_response();
+            }
+            let empty =
+                r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+            let body =
+                state.referrers.lock().unwrap().get(&reference).cloned().unwrap_or_else(|| empty.into());
+            let mut r =
+                ([(header::CONTENT_TYPE, "application/vnd.oci.image.index.v1+json")], body).into_response();
             if parts.uri.query().unwrap_or("").contains("artifactType=") {
                 r.headers_mut().insert("oci-filters-applied", "artifactType".parse().unwrap());
             }

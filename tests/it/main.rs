@@ -21,6 +21,7 @@ mod manifests;
 mod parsers;
 mod peers;
 mod preheat;
+mod referrers;
 mod restart;
 mod resume;
 mod tls;

@@ -266,13 +266,26 @@ fn build(
     pinned: &HashSet<String>,
     busy: &HashSet<Digest>,
 ) -> Result<Inventory, Error> {
-    let items = store.contents_blocking(references)?.into_iter().map(|s: Stored<Option<Vec<Digest>>>| Item {
-        digest: s.digest,
-        size: s.size,
-        last_access: s.last_access,
-        refs: s.manifest.flatten(),
+    let referrers = referrers_of_subjects(store)?;
+    let items = store.contents_blocking(references)?.into_iter().map(|s: Stored<Option<Vec<Digest>>>| {
+        let mut refs = s.manifest.flatten();
+        if let (Some(list), Some(more)) = (refs.as_mut(), referrers.get(&s.digest)) {
+            list.extend(more.iter().cloned());
+        }
+        Item { digest: s.digest, size: s.size, last_access: s.last_access, refs }
     });
     Ok(assemble(items, current, pinned, busy))
+}
+
+/// The kept referrers indexes of each subject: part of the subject's version.
+fn referrers_of_subjects(store: &Store) -> Result<HashMap<Digest, Vec<Digest>>, Error> {
+    let mut out: HashMap<Digest, Vec<Digest>> = HashMap::new();
+    for (_, entry) in store.meta().all_referrers()? {
+        if let (Ok(subject), Ok(index)) = (Digest::parse(&entry.subject), Digest::parse(&entry.index)) {
+            out.entry(subject).or_default().push(index);
+        }
+    }
+    Ok(out)
 }
 
 /// What a manifest references (an index's manifests, a manifest's config and layers); None
@@ -315,13 +328,19 @@ pub(super) fn assemble(
     }
     let referenced: HashSet<&Digest> = children.values().flatten().collect();
     for root in children.keys().filter(|d| !referenced.contains(d)) {
-        let mut digests = vec![root.clone()];
+        // Everything reachable from the root (an index, its manifests, their blobs, and the
+        // referrers kept for any of them), each once; pulled when any manifest in it was.
+        let (mut digests, mut seen) = (vec![root.clone()], HashSet::from([root]));
         let mut last_pulled = inv.blobs[root].last_access;
-        for child in &children[root] {
-            digests.push(child.clone());
-            if let Some(grand) = children.get(child) {
-                last_pulled = last_pulled.max(inv.blobs.get(child).map_or(0, |b| b.last_access));
-                digests.extend(grand.iter().cloned());
+        let mut next = 0;
+        while let Some(d) = digests.get(next).cloned() {
+            next += 1;
+            let Some(list) = children.get(&d) else { continue };
+            last_pulled = last_pulled.max(inv.blobs.get(&d).map_or(0, |b| b.last_access));
+            for child in list {
+                if seen.insert(child) {
+                    digests.push(child.clone());
+                }
             }
         }
         inv.versions.push(Version {

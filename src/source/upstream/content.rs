@@ -150,6 +150,29 @@ impl Upstream {
             .and_then(|v| v.parse().ok()))
     }
 
+    /// A referrers answer (`/v2/<repo>/referrers/<digest>?...`), read whole: at most 4 MiB,
+    /// like a manifest.
+    pub(crate) async fn referrers(
+        &self,
+        path_and_query: &str,
+        repo: &str,
+        accept: Option<&HeaderValue>,
+    ) -> Result<FetchedReferrers, Error> {
+        let resp = self.passthrough(path_and_query, repo, accept).await?;
+        if let Some(len) = resp.content_length().filter(|&l| l > MAX_MANIFEST) {
+            return Err(Error::ManifestTooLarge(len));
+        }
+        let text = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let (content_type, filters_applied) = (text("content-type"), text("oci-filters-applied"));
+        let link = text("link");
+        let page = resp.url().clone();
+        let body = body_at_most(resp, MAX_MANIFEST, &self.host).await.map_err(|e| match e {
+            BodyError::TooLarge(n) => Error::ManifestTooLarge(n),
+            BodyError::Failed(e) => e,
+        })?;
+        Ok(FetchedReferrers { body, content_type, filters_applied, link, page })
+    }
+
     /// A read-only request passed through as is (tags/list, referrers).
     pub(crate) async fn passthrough(
         &self,
@@ -164,6 +187,17 @@ impl Upstream {
         let resp = self.send(Method::GET, path_and_query, repo, headers).await?;
         check_passthrough(resp).await
     }
+}
+
+/// A referrers answer as upstream gave it.
+pub(crate) struct FetchedReferrers {
+    pub(crate) body: Bytes,
+    pub(crate) content_type: Option<String>,
+    pub(crate) filters_applied: Option<String>,
+    /// The next-page `Link`, as sent.
+    pub(crate) link: Option<String>,
+    /// The URL the answer came from (a relative link resolves against it).
+    pub(crate) page: url::Url,
 }
 
 fn accept_headers(accept: &str) -> HeaderMap {
