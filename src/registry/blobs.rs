@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 
 use super::{Mirror, Via, Want};
 use crate::error::Error;
@@ -14,6 +14,14 @@ use crate::source::Upstream;
 use crate::store::body::{self, BodyStream};
 use crate::store::fill::{self, Fill, FillState};
 use crate::store::ServedBy;
+
+/// A range starts this far past what its fill has written before it is fetched on its own.
+const AHEAD: u64 = 8 << 20;
+/// The largest range fetched on its own: larger ones wait for the fill, so a client cannot
+/// make berth fetch a blob many times over in ranges.
+const AHEAD_SPAN: u64 = 16 << 20;
+/// Ranges fetched on their own at once (all registries); past it, ranges wait for the fill.
+pub(crate) const AHEAD_AT_ONCE: usize = 16;
 
 /// A blob answer: the full length, the spans served (a 206: one, or several for a multipart
 /// answer; none for the whole blob), and for a GET the body of each span (or the whole blob's).
@@ -100,17 +108,48 @@ impl Mirror {
         };
         let spans = range.map(|r| r.resolve(len)).transpose()?.unwrap_or_default();
         let bodies = whole_or(&spans, len)
-            .map(|(start, end)| {
-                // A range is answered as its bytes are written (see `body::range`).
+            .map(|span| {
                 let body = if spans.is_empty() {
                     body::follow(fill.clone(), 0, Some(len))
                 } else {
-                    body::range(fill.clone(), start, end)
+                    self.range_of(&fill, upstream, repo, span, len)
                 };
                 body::guarded(body, self.store.reading(digest))
             })
             .collect();
         Ok(BlobAnswer { len, spans, bodies, served_by })
+    }
+
+    /// A range of a blob being filled, decided when its body is first read: from the fill,
+    /// as its bytes are written (`body::range`); or, when the fill is more than `AHEAD` short
+    /// of it, the span is at most `AHEAD_SPAN` and a turn is free, straight from upstream by
+    /// Range (a lazy puller's read of a footer or a chunk does not wait for the bytes before
+    /// it). Upstream not answering that span with a 206 for it: from the fill after all.
+    fn range_of(
+        &self,
+        fill: &Arc<Fill>,
+        upstream: &Arc<Upstream>,
+        repo: &str,
+        (start, end): (u64, u64),
+        len: u64,
+    ) -> BodyStream {
+        let (fill, upstream, repo, turns) =
+            (fill.clone(), upstream.clone(), repo.to_owned(), self.ahead.clone());
+        let body = async move {
+            let far = fill.available().saturating_add(AHEAD) < start && end - start <= AHEAD_SPAN;
+            if let Some(turn) = turns.try_acquire_owned().ok().filter(|_| far) {
+                match upstream.blob_span(&repo, fill.digest(), (start, end), len).await {
+                    Ok(span) => {
+                        metrics::counter!("berth_ranges_ahead_total").increment(1);
+                        let span = span.map(|r| r.map_err(|e| std::io::Error::other(e.to_string())));
+                        return body::guarded(body::beside(&fill, span.boxed()), turn);
+                    }
+                    Err(e) => tracing::debug!(digest = %fill.digest(), error = %e, "range ahead not served"),
+                }
+            }
+            body::range(fill, start, end)
+        };
+        futures::stream::once(body).flatten().boxed()
     }
 
     /// Joins the digest's fill, or starts one from this registry. A fill started for another

@@ -55,6 +55,8 @@ pub(crate) struct Mirror {
     tag_lookups: SingleFlight<String, TagEntry>,
     /// Media types of stored manifests, so that a memory hit needs no metadata read.
     media_types: moka::sync::Cache<Digest, Arc<str>>,
+    /// Turns for ranges fetched from upstream ahead of their fill (`blobs::AHEAD_AT_ONCE`).
+    ahead: Arc<tokio::sync::Semaphore>,
 }
 
 impl Mirror {
@@ -90,6 +92,7 @@ impl Mirror {
             store,
             tag_lookups: SingleFlight::default(),
             media_types: moka::sync::Cache::new(65_536),
+            ahead: Arc::new(tokio::sync::Semaphore::new(blobs::AHEAD_AT_ONCE)),
         })
     }
 

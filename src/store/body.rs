@@ -151,6 +151,13 @@ fn followed(fill: Arc<Fill>, start: u64, end: Option<u64>, whole: bool) -> BodyS
     .boxed()
 }
 
+/// A range of a fill's blob fetched from its source apart from the fill (ahead of it), counted
+/// like a range the fill answered once the fill ends.
+pub(crate) fn beside(fill: &Fill, body: BodyStream) -> BodyStream {
+    count_when_settled(fill.subscribe());
+    body
+}
+
 /// Counts a range handed out before its fill was verified, once the fill ends: `verified`,
 /// `failed` (the content did not match, or the source could not finish), `not_kept` (passed
 /// through: the disk could not take it) or `abandoned`. Watches the state only: the fill

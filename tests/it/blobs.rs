@@ -279,6 +279,67 @@ async fn a_range_is_answered_from_what_a_stalled_fill_has_written() {
     drop(whole);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_range_far_ahead_of_a_slow_fill_is_fetched_on_its_own_and_the_fill_goes_on() {
+    let h = Harness::start().await;
+    let blob = bytes_of(48 << 20, 14);
+    let d = h.upstream.add_blob(blob.clone());
+    let path = Harness::blob_path(REPO, &d);
+    // 10 MiB/s: the whole blob takes about 5 s.
+    h.upstream.fault(&d, Fault::Slow { chunk: 256 << 10, delay: Duration::from_millis(25) });
+    let n = blob.len();
+    let timed = |ask: &'static str| {
+        let (client, url) = (h.client.clone(), h.url(&path));
+        async move {
+            let r = client.get(url).header("Range", ask).send().await.unwrap();
+            let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+            (r.status(), ct, r.bytes().await.unwrap())
+        }
+    };
+    let (st, _, tail) = tokio::time::timeout(Duration::from_secs(2), timed("bytes=-65536"))
+        .await
+        .expect("the footer at once");
+    assert_eq!(st, StatusCode::PARTIAL_CONTENT);
+    assert!(tail == blob.slice(n - 65536..));
+    let (st, ct, body) =
+        tokio::time::timeout(Duration::from_secs(2), timed("bytes=40000000-40000099,45000000-45000099"))
+            .await
+            .expect("chunks at once");
+    assert_eq!(st, StatusCode::PARTIAL_CONTENT);
+    let parts = byteranges(&ct, &body);
+    assert_eq!(parts[1].1, blob[45_000_000..45_000_100].to_vec());
+    assert_eq!(h.berth.probe().fills_in_flight(), 1, "the one fill goes on");
+    // A span past AHEAD_SPAN (16 MiB) waits for the fill instead.
+    let big = tokio::time::timeout(Duration::from_millis(600), timed("bytes=30000000-49999999")).await;
+    assert!(big.is_err(), "a large span far ahead waits for the fill");
+    for _ in 0..300 {
+        if h.berth.probe().fills_in_flight() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gets: Vec<_> = h.upstream.log().into_iter().filter(|l| l.path.contains(d.hex())).collect();
+    assert_eq!(gets.iter().filter(|l| l.range.is_none()).count(), 1, "one full fetch");
+    assert_eq!(gets.iter().filter(|l| l.range.is_some()).count(), 3, "a request per range ahead");
+    assert!(h.stored_blobs().contains(&d.hex().to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_range_ahead_that_upstream_answers_for_other_bytes_waits_for_the_fill() {
+    let h = Harness::start().await;
+    let blob = bytes_of(12 << 20, 15);
+    let d = h.upstream.add_blob(blob.clone());
+    let path = Harness::blob_path(REPO, &d);
+    h.upstream.fault(&d, Fault::SlowWrongRange { chunk: 256 << 10, delay: Duration::from_millis(20) });
+    let r = h.client.get(h.url(&path)).header("Range", "bytes=-100").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(
+        r.bytes().await.unwrap() == blob.slice(blob.len() - 100..),
+        "the fill's bytes, not the shifted ones"
+    );
+    assert!(h.upstream.log().iter().any(|l| l.range.as_deref() == Some("bytes=12582812-12582911")));
+}
+
 /// The parts of a `multipart/byteranges` answer, read strictly: each part's `Content-Range`
 /// and bytes, the lengths from the part headers, the boundary where RFC 9110 puts it.
 fn byteranges(content_type: &str, body: &[u8]) -> Vec<(String, Vec<u8>)> {

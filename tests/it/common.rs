@@ -50,6 +50,9 @@ pub enum Fault {
     Announce(u64),
     /// Sends `chunk` bytes every `delay` with no Content-Length (a trickle).
     Trickle { chunk: usize, delay: Duration },
+    /// Like `Slow`, but a GET with `Range: bytes=a-b` gets a 206 whose `Content-Range` says
+    /// it starts one byte later than asked.
+    SlowWrongRange { chunk: usize, delay: Duration },
 }
 
 #[derive(Default)]
@@ -399,6 +402,26 @@ fn blob_response(state: &FakeState, method: &Method, digest: &str, range: Option
             return Response::new(Body::from(bytes));
         }
     }
+    // A closed range `bytes=a-b` of a healthy or slow blob: a 206 at once (an open one,
+    // `bytes=a-`, is a resume: only `CutOnce` honours it).
+    let closed = range
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+        .filter(|&(a, b)| a <= b && b < len);
+    let ranged_fault = matches!(fault, None | Some(Fault::Slow { .. }) | Some(Fault::SlowWrongRange { .. }));
+    if let (true, Some((a, b)), true) = (method == Method::GET, closed, ranged_fault) {
+        let shift = usize::from(matches!(fault, Some(Fault::SlowWrongRange { .. })));
+        let mut r = Response::new(Body::from(bytes.slice(a..=b)));
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let cr = format!("bytes {}-{}/{len}", a + shift, b + shift);
+        r.headers_mut().insert(header::CONTENT_RANGE, cr.parse().unwrap());
+        return r;
+    }
+    let fault = match fault {
+        Some(Fault::SlowWrongRange { chunk, delay }) => Some(Fault::Slow { chunk, delay }),
+        other => other,
+    };
     if let (false, Some(Fault::NoLength)) = (method == Method::HEAD, &fault) {
         let chunks: Vec<Result<Bytes, std::io::Error>> =
             bytes.chunks(64 << 10).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
@@ -462,7 +485,8 @@ fn blob_response(state: &FakeState, method: &Method, digest: &str, range: Option
         (_, Some(Fault::NoLength))
         | (_, Some(Fault::CutOnce { .. }))
         | (_, Some(Fault::Announce(_)))
-        | (_, Some(Fault::Trickle { .. })) => unreachable!("answered above"),
+        | (_, Some(Fault::Trickle { .. }))
+        | (_, Some(Fault::SlowWrongRange { .. })) => unreachable!("answered above"),
         (_, Some(Fault::Stall)) => {
             let half = futures::stream::iter([Ok::<_, std::io::Error>(bytes.slice(..len / 2))]);
             let never = futures::stream::pending();

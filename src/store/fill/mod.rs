@@ -129,6 +129,16 @@ impl Fill {
         }
     }
 
+    /// How many bytes from the start followers can be given now.
+    pub(crate) fn available(&self) -> u64 {
+        match &*self.state.borrow() {
+            FillState::Streaming { written, .. } => *written,
+            FillState::Verified { len, .. } => *len,
+            FillState::PassThrough(p) => p.written,
+            FillState::Pending | FillState::Failed(_) => 0,
+        }
+    }
+
     /// Waits until the fill has ended: its content published to the tiers, or failed.
     pub(crate) async fn settled(&self) {
         let _ = self.settled.subscribe().wait_for(|s| *s).await;
