@@ -37,6 +37,15 @@ impl RangeSpec {
         Some(RangeSpec::From { start, last })
     }
 
+    /// The range as a `Range` header value.
+    pub fn header(self) -> String {
+        match self {
+            RangeSpec::From { start, last: Some(last) } => format!("bytes={start}-{last}"),
+            RangeSpec::From { start, last: None } => format!("bytes={start}-"),
+            RangeSpec::Suffix(n) => format!("bytes=-{n}"),
+        }
+    }
+
     /// The byte span `start..end` (end exclusive) within `len` bytes, or 416.
     pub fn resolve(self, len: u64) -> Result<(u64, u64), Invalid> {
         match self {
@@ -61,6 +70,14 @@ const COALESCE_GAP: u64 = 128;
 pub struct RangeSet(Vec<RangeSpec>);
 
 impl RangeSet {
+    /// The one range of a header that has one.
+    pub fn only(&self) -> Option<RangeSpec> {
+        match self.0.as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        }
+    }
+
     /// Parses a Range header of one or more ranges. `None` for a value berth does not honour
     /// (other units, bad syntax, more than `MAX_RANGES`): the full content is served then,
     /// as RFC 9110 allows.

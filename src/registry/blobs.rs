@@ -8,7 +8,8 @@ use futures::{FutureExt, StreamExt};
 use super::{Mirror, Via, Want};
 use crate::error::Error;
 use crate::oci::digest::Digest;
-use crate::oci::range::RangeSet;
+use crate::oci::range::{RangeSet, RangeSpec};
+use crate::source::upstream::Span;
 use crate::source::Fetched;
 use crate::source::Upstream;
 use crate::store::body::{self, BodyStream};
@@ -101,12 +102,19 @@ impl Mirror {
             self.record_when_verified(&fill, &upstream.host);
         }
         let served_by = if led { ServedBy::FillLeader } else { ServedBy::FillFollower };
+        let early = range.as_ref().and_then(|r| self.ask_early(&fill, upstream, repo, r));
         let len = match fill.ready().await? {
             Some(len) => len,
             // Upstream sent no length: the length is known once the fill is verified.
             None => fill.verified().await?,
         };
         let spans = range.map(|r| r.resolve(len)).transpose()?.unwrap_or_default();
+        if let (Some(early), [span]) = (early, spans.as_slice()) {
+            if let Some(body) = early.answers(*span, len).await {
+                let body = body::guarded(body::beside(&fill, body), self.store.reading(digest));
+                return Ok(BlobAnswer { len, spans, bodies: vec![body], served_by });
+            }
+        }
         let bodies = whole_or(&spans, len)
             .map(|span| {
                 let body = if spans.is_empty() {
@@ -118,6 +126,32 @@ impl Mirror {
             })
             .collect();
         Ok(BlobAnswer { len, spans, bodies, served_by })
+    }
+
+    /// A single range whose own syntax puts it far past the start (`bytes=-n`, or one starting
+    /// past `AHEAD`), of a fill whose source has not answered yet, asked of upstream at once,
+    /// while the fill's own request is still being answered: a footer read costs one round trip to
+    /// upstream, not two. Taken only if it holds exactly the span the range resolves to.
+    fn ask_early(
+        &self,
+        fill: &Fill,
+        upstream: &Arc<Upstream>,
+        repo: &str,
+        range: &RangeSet,
+    ) -> Option<Early> {
+        let spec = range.only()?;
+        let far = match (spec, fill.len_now()) {
+            // The source has answered: `range_of` decides, knowing the length.
+            (_, Some(_)) => false,
+            (RangeSpec::Suffix(n), None) => n <= AHEAD_SPAN,
+            (RangeSpec::From { start, last: Some(last) }, None) => start > AHEAD && last - start < AHEAD_SPAN,
+            (RangeSpec::From { last: None, .. }, None) => false,
+        };
+        let turn = self.ahead.clone().try_acquire_owned().ok().filter(|_| far)?;
+        let (upstream, repo, digest) = (upstream.clone(), repo.to_owned(), fill.digest().clone());
+        Some(Early(tokio::spawn(
+            async move { (upstream.blob_span(&repo, &digest, &spec.header()).await, turn) },
+        )))
     }
 
     /// A range of a blob being filled, decided when its body is first read: from the fill,
@@ -138,12 +172,13 @@ impl Mirror {
         let body = async move {
             let far = fill.available().saturating_add(AHEAD) < start && end - start <= AHEAD_SPAN;
             if let Some(turn) = turns.try_acquire_owned().ok().filter(|_| far) {
-                match upstream.blob_span(&repo, fill.digest(), (start, end), len).await {
-                    Ok(span) => {
+                let asked = RangeSpec::From { start, last: Some(end - 1) }.header();
+                match upstream.blob_span(&repo, fill.digest(), &asked).await {
+                    Ok(span) if (span.start, span.end, span.len) == (start, end, len) => {
                         metrics::counter!("berth_ranges_ahead_total").increment(1);
-                        let span = span.map(|r| r.map_err(|e| std::io::Error::other(e.to_string())));
-                        return body::guarded(body::beside(&fill, span.boxed()), turn);
+                        return body::guarded(body::beside(&fill, io_stream(span.body)), turn);
                     }
+                    Ok(_) => tracing::debug!(digest = %fill.digest(), "upstream answered another span"),
                     Err(e) => tracing::debug!(digest = %fill.digest(), error = %e, "range ahead not served"),
                 }
             }
@@ -251,6 +286,24 @@ impl Mirror {
             }
         }
     }
+}
+
+/// A range asked of upstream early (`Mirror::ask_early`), with its turn.
+struct Early(tokio::task::JoinHandle<(Result<Span, Error>, tokio::sync::OwnedSemaphorePermit)>);
+
+impl Early {
+    /// The range's body, when upstream answered exactly `span` of `len` bytes.
+    async fn answers(self, span: (u64, u64), len: u64) -> Option<BodyStream> {
+        let (got, turn) = self.0.await.ok()?;
+        let got = got.ok().filter(|g| (g.start, g.end, g.len) == (span.0, span.1, len))?;
+        metrics::counter!("berth_ranges_ahead_total").increment(1);
+        Some(body::guarded(io_stream(got.body), turn))
+    }
+}
+
+/// A source's body as a response body.
+fn io_stream(body: futures::stream::BoxStream<'static, Result<bytes::Bytes, Error>>) -> BodyStream {
+    body.map(|r| r.map_err(|e| std::io::Error::other(e.to_string()))).boxed()
 }
 
 /// The spans to send: those asked for, or the whole blob.

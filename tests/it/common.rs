@@ -402,12 +402,15 @@ fn blob_response(state: &FakeState, method: &Method, digest: &str, range: Option
             return Response::new(Body::from(bytes));
         }
     }
-    // A closed range `bytes=a-b` of a healthy or slow blob: a 206 at once (an open one,
-    // `bytes=a-`, is a resume: only `CutOnce` honours it).
+    // A closed range `bytes=a-b` (or a suffix, `bytes=-n`) of a healthy or slow blob: a 206
+    // at once (an open one, `bytes=a-`, is a resume: only `CutOnce` honours it).
     let closed = range
         .and_then(|r| r.strip_prefix("bytes="))
         .and_then(|r| r.split_once('-'))
-        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+        .and_then(|(a, b)| match a {
+            "" => b.parse::<usize>().ok().filter(|&n| n > 0).map(|n| (len.saturating_sub(n), len - 1)),
+            a => Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)),
+        })
         .filter(|&(a, b)| a <= b && b < len);
     let ranged_fault = matches!(fault, None | Some(Fault::Slow { .. }) | Some(Fault::SlowWrongRange { .. }));
     if let (true, Some((a, b)), true) = (method == Method::GET, closed, ranged_fault) {

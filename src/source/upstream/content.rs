@@ -122,43 +122,38 @@ impl Upstream {
         Ok(Resumed { body: self.body_of(resp), skip: 0 })
     }
 
-    /// Bytes `start..end` of a blob of `len` bytes, straight from upstream, for a range the
-    /// digest's fill has not reached: only a 206 for exactly that span (by `Content-Range`)
-    /// is taken, and its body is cut off, failing, past `end - start` bytes. Not verified:
-    /// it is a range, passed on as a pass-through proxy would.
-    pub(crate) async fn blob_span(
-        &self,
-        repo: &str,
-        digest: &Digest,
-        (start, end): (u64, u64),
-        len: u64,
-    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes, Error>>, Error> {
-        let last = end - 1;
+    /// A range of a blob (`range`: a `Range` header value, `bytes=a-b` or `bytes=-n`),
+    /// straight from upstream, for a range the digest's fill has not reached: only a 206 is
+    /// taken, the span it holds read from its `Content-Range`, and its body is cut off, failing,
+    /// past that span's length. Not verified: it is a range, passed on as a pass-through proxy
+    /// would.
+    pub(crate) async fn blob_span(&self, repo: &str, digest: &Digest, range: &str) -> Result<Span, Error> {
         let mut headers = HeaderMap::new();
-        headers
-            .insert(header::RANGE, HeaderValue::from_str(&format!("bytes={start}-{last}")).expect("ascii"));
+        headers.insert(
+            header::RANGE,
+            HeaderValue::from_str(range).map_err(|_| Error::Internal(format!("range {range:?}")))?,
+        );
         let resp = self.send(Method::GET, &format!("/v2/{repo}/blobs/{digest}"), repo, headers).await?;
         let resp = check(resp, Error::BlobUnknown).await?;
-        let range = resp.headers().get(header::CONTENT_RANGE).and_then(|v| v.to_str().ok());
-        if resp.status() != StatusCode::PARTIAL_CONTENT
-            || range != Some(&format!("bytes {start}-{last}/{len}"))
-        {
-            return Err(Error::Unavailable(format!("{}: no 206 for bytes {start}-{last}/{len}", self.host)));
-        }
+        let held =
+            resp.headers().get(header::CONTENT_RANGE).and_then(|v| v.to_str().ok()).and_then(content_range);
+        let (Some((start, end, len)), StatusCode::PARTIAL_CONTENT) = (held, resp.status()) else {
+            return Err(Error::Unavailable(format!("{}: no 206 for {range}", self.host)));
+        };
         let want = end - start;
         let host = self.host.clone();
         let body = self.body_of(resp).scan(0u64, move |got, chunk| {
             let item = chunk.and_then(|c| {
                 *got += c.len() as u64;
                 if *got > want {
-                    Err(Error::Integrity(format!("{host}: a range longer than asked")))
+                    Err(Error::Integrity(format!("{host}: a range longer than its Content-Range")))
                 } else {
                     Ok(c)
                 }
             });
             futures::future::ready(Some(item))
         });
-        Ok(body.boxed())
+        Ok(Span { start, end, len, body: body.boxed() })
     }
 
     pub(crate) fn body_of(
@@ -228,6 +223,22 @@ impl Upstream {
     }
 }
 
+/// A range of a blob as upstream sent it: bytes `start..end` of `len`.
+pub(crate) struct Span {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) len: u64,
+    pub(crate) body: futures::stream::BoxStream<'static, Result<Bytes, Error>>,
+}
+
+/// `bytes a-b/len` with `a <= b < len`: the span `a..b+1` and `len`.
+fn content_range(value: &str) -> Option<(u64, u64, u64)> {
+    let (span, len) = value.strip_prefix("bytes ")?.split_once('/')?;
+    let (a, b) = span.split_once('-')?;
+    let (a, b, len) = (a.parse::<u64>().ok()?, b.parse::<u64>().ok()?, len.parse::<u64>().ok()?);
+    (a <= b && b < len).then_some((a, b + 1, len))
+}
+
 /// A referrers answer as upstream gave it.
 pub(crate) struct FetchedReferrers {
     pub(crate) body: Bytes,
@@ -288,4 +299,16 @@ pub(crate) async fn read_manifest(resp: reqwest::Response, from: &str) -> Result
         .or(content_type.filter(|t| !t.is_empty()))
         .unwrap_or_else(|| "application/octet-stream".to_owned());
     Ok(FetchedManifest { bytes, digest, media_type })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn content_ranges_are_read_strictly() {
+        assert_eq!(super::content_range("bytes 0-99/1000"), Some((0, 100, 1000)));
+        assert_eq!(super::content_range("bytes 999-999/1000"), Some((999, 1000, 1000)));
+        for bad in ["bytes 5-4/10", "bytes 0-10/10", "bytes */10", "bytes 0-9/*", "0-9/10", "bytes -1-9/10"] {
+            assert_eq!(super::content_range(bad), None, "{bad}");
+        }
+    }
 }

@@ -19,7 +19,7 @@ const MAX_REDIRECTS: usize = 5;
 
 mod content;
 
-pub(crate) use content::FetchedReferrers;
+pub(crate) use content::{FetchedReferrers, Span};
 
 pub(crate) use content::read_manifest;
 pub(crate) use content::{FetchedManifest, ManifestHead};

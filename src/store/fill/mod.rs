@@ -129,6 +129,16 @@ impl Fill {
         }
     }
 
+    /// The content's length, once the source has said it.
+    pub(crate) fn len_now(&self) -> Option<u64> {
+        match &*self.state.borrow() {
+            FillState::Streaming { len, .. } => *len,
+            FillState::Verified { len, .. } => Some(*len),
+            FillState::PassThrough(p) => p.len,
+            FillState::Pending | FillState::Failed(_) => None,
+        }
+    }
+
     /// How many bytes from the start followers can be given now.
     pub(crate) fn available(&self) -> u64 {
         match &*self.state.borrow() {
