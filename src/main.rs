@@ -68,6 +68,9 @@ enum Command {
         /// Also have every peer of that berth preheat the same digests.
         #[arg(long)]
         cluster: bool,
+        /// Also warm the images' signatures and attestations (referrers and the tag schema).
+        #[arg(long)]
+        referrers: bool,
         /// Print the final status as JSON instead of the summary.
         #[arg(long)]
         json: bool,
@@ -121,13 +124,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Preheat { admin, platforms, tiers, pin, cluster, json, images } => {
+        Command::Preheat { admin, platforms, tiers, pin, cluster, referrers, json, images } => {
             berth::cli::preheat::run(berth::cli::preheat::Args {
                 admin,
                 platforms,
                 tiers,
                 pin,
                 cluster,
+                referrers,
                 json,
                 images,
             })

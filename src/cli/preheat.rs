@@ -17,6 +17,7 @@ pub struct Args {
     pub tiers: Vec<String>,
     pub pin: bool,
     pub cluster: bool,
+    pub referrers: bool,
     pub json: bool,
     pub images: Vec<String>,
 }
@@ -119,6 +120,9 @@ fn request(args: &Args) -> Value {
     }
     if !args.tiers.is_empty() {
         body["tiers"] = json!(args.tiers);
+    }
+    if args.referrers {
+        body["referrers"] = json!(true);
     }
     if args.cluster {
         body["scope"] = json!("cluster");

@@ -81,6 +81,7 @@ pub(crate) async fn fan_out(peers: &Peers, job: &Job) {
         platforms: Some(job.platforms.clone()),
         tiers: Some(job.tiers.clone()),
         pin: job.pin,
+        referrers: job.referrers,
         scope: Scope::Local,
     };
     let asks = peers.members().into_iter().map(|peer| {

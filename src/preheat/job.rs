@@ -96,6 +96,8 @@ pub(crate) struct Job {
     pub(crate) pin: bool,
     /// Peers were asked to preheat the same digests (`"scope": "cluster"`).
     pub(crate) cluster: bool,
+    /// The images' signatures and attestations are warmed too (`"referrers": true`).
+    pub(crate) referrers: bool,
     /// Their jobs, once asked.
     pub(crate) peer_jobs: Mutex<Vec<super::cluster::PeerJob>>,
     created: SystemTime,
@@ -118,6 +120,7 @@ impl Job {
             tiers,
             pin,
             cluster: false,
+            referrers: false,
             peer_jobs: Mutex::new(Vec::new()),
             created: SystemTime::now(),
             times: Mutex::new((None, None)),
@@ -127,6 +130,11 @@ impl Job {
 
     pub(crate) fn in_cluster(mut self, cluster: bool) -> Job {
         self.cluster = cluster;
+        self
+    }
+
+    pub(crate) fn with_referrers(mut self, referrers: bool) -> Job {
+        self.referrers = referrers;
         self
     }
 

@@ -38,6 +38,10 @@ pub(crate) struct PreheatRequest {
     pub(crate) tiers: Option<Vec<TierName>>,
     #[serde(default)]
     pub(crate) pin: bool,
+    /// Also warm each image's signatures and attestations: what its referrers answers list,
+    /// and the tag schema's `sha256-<hex>.sig`, `.att` and `.sbom`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) referrers: bool,
     /// `cluster`: also ask every peer to preheat the same digests.
     #[serde(default, skip_serializing_if = "Scope::is_local")]
     pub(crate) scope: Scope,
@@ -133,7 +137,11 @@ impl Preheater {
             return Err(SubmitError::NoPeers);
         }
         let images = refs.iter().map(|r| ImageJob::new(r.to_string())).collect();
-        let job = Arc::new(Job::new(new_id(), images, platforms, tiers, req.pin).in_cluster(cluster));
+        let job = Arc::new(
+            Job::new(new_id(), images, platforms, tiers, req.pin)
+                .in_cluster(cluster)
+                .with_referrers(req.referrers),
+        );
         {
             let mut jobs = self.jobs.lock().expect("jobs lock");
             jobs.push_back(job.clone());
@@ -158,9 +166,9 @@ impl Preheater {
 
     async fn run(self: Arc<Self>, job: Arc<Job>, refs: Vec<ImageRef>) {
         job.start();
-        let (mirror, platforms) = (&self.mirror, &job.platforms);
+        let (mirror, platforms, referrers) = (&self.mirror, &job.platforms, job.referrers);
         let resolved = refs.iter().zip(&job.images).map(|(r, image)| async move {
-            if let Err(e) = plan::resolve(mirror, r, platforms, image).await {
+            if let Err(e) = plan::resolve(mirror, r, platforms, image, referrers).await {
                 image.fail(e.to_string());
             }
         });

@@ -56,7 +56,22 @@ pub(super) async fn resolve(
     r: &ImageRef,
     platforms: &[String],
     image: &ImageJob,
+    referrers: bool,
 ) -> Result<(), PlanError> {
+    let subjects = resolve_image(mirror, r, platforms, image).await?;
+    if referrers {
+        add_referrers(mirror, r, image, &subjects).await?;
+    }
+    Ok(())
+}
+
+/// The image's own items; the manifests (and index) it resolved to.
+async fn resolve_image(
+    mirror: &Mirror,
+    r: &ImageRef,
+    platforms: &[String],
+    image: &ImageJob,
+) -> Result<Vec<Digest>, PlanError> {
     let top = mirror
         .manifest(Some(&r.host), &r.repo, &r.reference(), &AcceptClass::pull(), Want::Content, Via::Client)
         .await
@@ -67,8 +82,10 @@ pub(super) async fn resolve(
     cached(image, top.digest.clone(), bytes.len() as u64, kind, None);
 
     if kind == ItemKind::Manifest {
-        return add_blobs(image, &bytes, None);
+        add_blobs(image, &bytes, None)?;
+        return Ok(vec![top.digest]);
     }
+    let mut subjects = vec![top.digest.clone()];
     let index = ImageIndex::from_reader(&bytes[..])
         .map_err(|source| PlanError::Index { image: r.to_string(), source })?;
     let entries: Vec<(Platform, &Descriptor)> = index
@@ -109,10 +126,65 @@ pub(super) async fn resolve(
                 source,
             })?;
         let bytes = m.bytes.unwrap_or_default();
+        subjects.push(digest.clone());
         cached(image, digest, bytes.len() as u64, ItemKind::Manifest, Some(platform.clone()));
         add_blobs(image, &bytes, Some(platform))?;
     }
+    Ok(subjects)
+}
+
+/// The signatures and attestations of `subjects`, fetched (and so cached) here with their
+/// blobs left pending: the manifests each referrers answer lists (an answer that cannot be had
+/// counts as none), and the tag schema's `sha256-<hex>.sig`, `.att` and `.sbom` where they
+/// exist. A referrer that is an index is cached alone.
+async fn add_referrers(
+    mirror: &Mirror,
+    r: &ImageRef,
+    image: &ImageJob,
+    subjects: &[Digest],
+) -> Result<(), PlanError> {
+    for subject in subjects {
+        let path = format!("/v2/{}/referrers/{subject}", r.repo);
+        let listed = match mirror.referrers(Some(&r.host), &r.repo, subject, &path, "", None).await {
+            Ok(answer) => listed_in(&answer.body),
+            Err(e) => {
+                tracing::info!(image = %r, %subject, error = %e, "no referrers answer; trying the tag schema");
+                Vec::new()
+            }
+        };
+        let tags = ["sig", "att", "sbom"].map(|s| Reference::parse(&format!("sha256-{}.{s}", subject.hex())));
+        let references = listed.into_iter().map(Reference::Digest).chain(tags.into_iter().flatten());
+        for reference in references {
+            let m = match mirror
+                .manifest(Some(&r.host), &r.repo, &reference, &AcceptClass::all(), Want::Content, Via::Client)
+                .await
+            {
+                Ok(m) => m,
+                Err(Error::ManifestUnknown) => continue,
+                Err(source) => {
+                    let what = match &reference {
+                        Reference::Digest(d) => format!("referrer {d}"),
+                        Reference::Tag(t) => format!("referrer tag {t}"),
+                    };
+                    return Err(PlanError::Manifest { image: r.to_string(), platform: what, source });
+                }
+            };
+            let bytes = m.bytes.unwrap_or_default();
+            let kind = if is_index(&m.media_type) { ItemKind::Index } else { ItemKind::Manifest };
+            cached(image, m.digest, bytes.len() as u64, kind, None);
+            if kind == ItemKind::Manifest {
+                add_blobs(image, &bytes, None)?;
+            }
+        }
+    }
     Ok(())
+}
+
+/// The digests an image index lists (none when it is not one).
+fn listed_in(index: &[u8]) -> Vec<Digest> {
+    ImageIndex::from_reader(index)
+        .map(|i| i.manifests().iter().filter_map(|d| Digest::parse(d.digest().as_ref()).ok()).collect())
+        .unwrap_or_default()
 }
 
 fn cached(image: &ImageJob, digest: Digest, size: u64, kind: ItemKind, platform: Option<String>) {

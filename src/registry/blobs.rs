@@ -102,19 +102,24 @@ impl Mirror {
             self.record_when_verified(&fill, &upstream.host);
         }
         let served_by = if led { ServedBy::FillLeader } else { ServedBy::FillFollower };
-        let early = range.as_ref().and_then(|r| self.ask_early(&fill, upstream, repo, r));
+        // A range asked of upstream early is answered as soon as upstream answers it, with
+        // the length its Content-Range gives: the fill's own answer is not waited for.
+        if let Some(early) = range.as_ref().and_then(|r| self.ask_early(&fill, upstream, repo, r)) {
+            if let Some((span, len, body)) = early.answer().await {
+                // The fill is held until its source answers: from then on it runs to its end
+                // whoever follows it, and the blob is fetched once and kept.
+                let held = fill.clone();
+                tokio::spawn(async move { held.ready().await.ok() });
+                let body = body::guarded(body::beside(&fill, body), self.store.reading(digest));
+                return Ok(BlobAnswer { len, spans: vec![span], bodies: vec![body], served_by });
+            }
+        }
         let len = match fill.ready().await? {
             Some(len) => len,
             // Upstream sent no length: the length is known once the fill is verified.
             None => fill.verified().await?,
         };
         let spans = range.map(|r| r.resolve(len)).transpose()?.unwrap_or_default();
-        if let (Some(early), [span]) = (early, spans.as_slice()) {
-            if let Some(body) = early.answers(*span, len).await {
-                let body = body::guarded(body::beside(&fill, body), self.store.reading(digest));
-                return Ok(BlobAnswer { len, spans, bodies: vec![body], served_by });
-            }
-        }
         let bodies = whole_or(&spans, len)
             .map(|span| {
                 let body = if spans.is_empty() {
@@ -129,9 +134,10 @@ impl Mirror {
     }
 
     /// A single range whose own syntax puts it far past the start (`bytes=-n`, or one starting
-    /// past `AHEAD`), of a fill whose source has not answered yet, asked of upstream at once,
-    /// while the fill's own request is still being answered: a footer read costs one round trip to
-    /// upstream, not two. Taken only if it holds exactly the span the range resolves to.
+    /// past `AHEAD`), of a fill whose source has not answered yet, to ask of upstream at once,
+    /// beside the fill's own request: a footer read costs one round trip to upstream, not two,
+    /// and waits for nothing of the fill. Taken only if it holds exactly the span the range
+    /// resolves to against the length upstream gives with it.
     fn ask_early(
         &self,
         fill: &Fill,
@@ -149,9 +155,8 @@ impl Mirror {
         };
         let turn = self.ahead.clone().try_acquire_owned().ok().filter(|_| far)?;
         let (upstream, repo, digest) = (upstream.clone(), repo.to_owned(), fill.digest().clone());
-        Some(Early(tokio::spawn(
-            async move { (upstream.blob_span(&repo, &digest, &spec.header()).await, turn) },
-        )))
+        let asked = async move { (upstream.blob_span(&repo, &digest, &spec.header()).await, turn) };
+        Some(Early { spec, asked: Box::pin(asked) })
     }
 
     /// A range of a blob being filled, decided when its body is first read: from the fill,
@@ -289,15 +294,20 @@ impl Mirror {
 }
 
 /// A range asked of upstream early (`Mirror::ask_early`), with its turn.
-struct Early(tokio::task::JoinHandle<(Result<Span, Error>, tokio::sync::OwnedSemaphorePermit)>);
+struct Early {
+    spec: RangeSpec,
+    asked: futures::future::BoxFuture<'static, (Result<Span, Error>, tokio::sync::OwnedSemaphorePermit)>,
+}
 
 impl Early {
-    /// The range's body, when upstream answered exactly `span` of `len` bytes.
-    async fn answers(self, span: (u64, u64), len: u64) -> Option<BodyStream> {
-        let (got, turn) = self.0.await.ok()?;
-        let got = got.ok().filter(|g| (g.start, g.end, g.len) == (span.0, span.1, len))?;
+    /// The span, the blob's length and the range's body, when upstream answered exactly the
+    /// span the range resolves to against the length it gave.
+    async fn answer(self) -> Option<((u64, u64), u64, BodyStream)> {
+        let (got, turn) = self.asked.await;
+        let got = got.ok()?;
+        let span = self.spec.resolve(got.len).ok().filter(|&s| s == (got.start, got.end))?;
         metrics::counter!("berth_ranges_ahead_total").increment(1);
-        Some(body::guarded(io_stream(got.body), turn))
+        Some((span, got.len, body::guarded(io_stream(got.body), turn)))
     }
 }
 

@@ -243,3 +243,47 @@ async fn preheat_concurrency_bounds_parallel_fetches() {
     let most = h.upstream.state.most_sending.load(std::sync::atomic::Ordering::SeqCst);
     assert!((1..=2).contains(&most), "{most} blob fetches at once with concurrency 2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn referrers_true_warms_signatures_from_the_referrers_answer_and_the_tag_schema() {
+    let h = Harness::start().await;
+    let repo = "library/signed";
+    let (subject, _) = h.upstream.put_image(repo, "1", &[bytes_of(2000, 40)]);
+    let (sig, sig_layers) = h.upstream.put_image(repo, "sig-by-api", &[bytes_of(90, 41)]);
+    let att_tag = format!("sha256-{}.att", subject.hex());
+    let (att, att_layers) = h.upstream.put_image(repo, &att_tag, &[bytes_of(80, 42)]);
+    let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": common::OCI_MANIFEST, "digest": sig.as_str(), "size": 100}]});
+    h.upstream.state.referrers.lock().unwrap().insert(subject.to_string(), index.to_string());
+
+    let (st, plain) =
+        preheat(&h, json!({"images": ["library/signed:1"], "platforms": ["linux/amd64"]})).await;
+    assert_eq!(st, StatusCode::OK, "{plain}");
+    let plain_items = items(&plain).len();
+    let (st, job) =
+        preheat(&h, json!({"images": ["library/signed:1"], "platforms": ["linux/amd64"], "referrers": true}))
+            .await;
+    assert_eq!(st, StatusCode::OK, "{job}");
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let all = items(&job);
+    let digests: Vec<&str> = all.iter().map(|i| i["digest"].as_str().unwrap()).collect();
+    for d in [&sig, &sig_layers[0], &att, &att_layers[0]] {
+        assert!(digests.contains(&d.as_str()), "{d} not preheated: {job}");
+    }
+    assert!(all.iter().all(|i| i["state"] == "cached"), "{job}");
+    assert_eq!(all.len(), plain_items + 6, "two signatures, each a manifest, a config and a layer");
+
+    // Upstream gone: the signatures and their answer are still served.
+    *h.upstream.state.manifest_status.lock().unwrap() = Some(503);
+    *h.upstream.state.referrers_status.lock().unwrap() = Some(503);
+    h.upstream.fault(&sig_layers[0], common::Fault::Status(503));
+    let r = h.get(&format!("/v2/{repo}/referrers/{subject}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains(sig.as_str()));
+    let att_url = h.url(&format!("/v2/{repo}/manifests/{att_tag}"));
+    let r = h.client.get(att_url).header("accept", common::OCI_MANIFEST).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the attestation's tag, as cosign asks for it");
+    let r = h.get(&common::Harness::blob_path(repo, &sig_layers[0])).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(h.upstream.count(Method::GET, sig_layers[0].as_str()), 1);
+}
