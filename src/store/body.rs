@@ -95,7 +95,10 @@ fn followed(fill: Arc<Fill>, start: u64, end: Option<u64>, whole: bool) -> BodyS
             let state = f.rx.borrow_and_update().clone();
             let (file, map, available, verified) = match state {
                 FillState::PassThrough(p) => {
-                    f.rest = Some(super::passthrough::follow(p, f.pos, f.end));
+                    f.rest = Some(match (f.whole, f.end) {
+                        (false, Some(end)) => super::passthrough::range(p, f.pos, end),
+                        _ => super::passthrough::follow(p, f.pos, f.end),
+                    });
                     continue;
                 }
                 FillState::Pending => (None, None, 0, false),

@@ -81,6 +81,75 @@ pub(crate) fn follow(p: Arc<PassThrough>, start: u64, end: Option<u64>) -> BodyS
     stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
 }
 
+/// Bytes `start..end` of the content for a range: what was written, from the file, and the
+/// rest by one request to the source from where the range needs it, read only as far as the
+/// range goes. Not verified, like any range (see `body::range`): a range never costs a fetch
+/// of the whole blob.
+pub(crate) fn range(p: Arc<PassThrough>, start: u64, end: u64) -> BodyStream {
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::spawn(async move {
+        if let Err(e) = serve_range(&p, start, end, &tx).await {
+            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+        }
+    });
+    stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+}
+
+async fn serve_range(
+    p: &PassThrough,
+    start: u64,
+    end: u64,
+    tx: &mpsc::Sender<std::io::Result<Bytes>>,
+) -> Result<(), Error> {
+    let gone = || Error::Internal("client gone".into());
+    let have = if p.map.is_some() || p.file.is_some() { end.min(p.written) } else { 0 };
+    let mut pos = start;
+    while pos < have {
+        let n = CHUNK.min(have - pos);
+        let chunk = written_chunk(p, pos, n).await?;
+        tx.send(Ok(chunk)).await.map_err(|_| gone())?;
+        pos += n;
+    }
+    if pos >= end {
+        return Ok(());
+    }
+    let rest = (p.resume)(pos).await?;
+    let (mut body, mut skip) = (rest.body, rest.skip);
+    while pos < end {
+        let Some(chunk) = body.next().await else {
+            return Err(Error::Unavailable(format!(
+                "{}: the source ended at {pos} of a range to {end}",
+                p.digest
+            )));
+        };
+        let chunk = skip_held(chunk?, &mut skip);
+        let take = chunk.len().min(usize::try_from(end - pos).unwrap_or(usize::MAX));
+        if take > 0 {
+            tx.send(Ok(chunk.slice(..take))).await.map_err(|_| gone())?;
+        }
+        pos += take as u64;
+    }
+    Ok(())
+}
+
+/// `n` bytes at `pos` of the written part.
+async fn written_chunk(p: &PassThrough, pos: u64, n: u64) -> Result<Bytes, Error> {
+    match (&p.map, &p.file) {
+        (Some(map), _) => Ok(map.slice(pos as usize..(pos + n) as usize)),
+        (None, Some(file)) => {
+            let file = file.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; n as usize];
+                file.read_exact_at(&mut buf, pos).map(|_| Bytes::from(buf))
+            })
+            .await
+            .map_err(Error::internal)?
+            .map_err(|e| Error::fault("reading the written part", e))
+        }
+        (None, None) => Err(Error::Internal("no written part to read".into())),
+    }
+}
+
 /// Sends every slice but the latest, which waits until the content is verified.
 struct Held {
     tx: mpsc::Sender<std::io::Result<Bytes>>,
@@ -118,22 +187,9 @@ async fn serve(p: &PassThrough, start: u64, end: Option<u64>, out: &mut Held) ->
     };
     // The written part, from the file.
     let mut pos = start.min(p.written);
-    while pos < p.written && end.is_none_or(|e| pos < e) {
+    while pos < p.written && end.is_none_or(|e| pos < e) && (p.map.is_some() || p.file.is_some()) {
         let n = CHUNK.min(p.written - pos);
-        let chunk = match (&p.map, &p.file) {
-            (Some(map), _) => map.slice(pos as usize..(pos + n) as usize),
-            (None, Some(file)) => {
-                let file = file.clone();
-                tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; n as usize];
-                    file.read_exact_at(&mut buf, pos).map(|_| Bytes::from(buf))
-                })
-                .await
-                .map_err(Error::internal)?
-                .map_err(|e| Error::fault("reading the written part", e))?
-            }
-            (None, None) => break,
-        };
+        let chunk = written_chunk(p, pos, n).await?;
         out.push(want(pos, &chunk)).await?;
         pos += n;
     }

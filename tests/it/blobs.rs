@@ -502,6 +502,19 @@ async fn a_store_that_cannot_write_passes_blobs_through_verified() {
     let ranged = h.client.get(h.url(&path)).header("range", "bytes=1000-1999").send().await.unwrap();
     assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(ranged.bytes().await.unwrap(), blob.slice(1000..2000));
+    // Several ranges cost one request to the source each at most, never a whole blob each.
+    h.upstream.clear_log();
+    let parts = "bytes=0-99,1000000-1000099,2000000-2000099,3000000-3000099";
+    let multi = h.client.get(h.url(&path)).header("range", parts).send().await.unwrap();
+    assert_eq!(multi.status(), StatusCode::PARTIAL_CONTENT);
+    let body = multi.bytes().await.unwrap();
+    assert!(body.windows(100).any(|w| w == &blob[2000000..2000100]), "a part is missing");
+    let asked: Vec<_> = h.upstream.log().into_iter().filter(|l| l.path.contains(d.as_str())).collect();
+    let whole = asked.iter().filter(|l| l.range.is_none()).count();
+    assert!(
+        whole <= 1 && asked.len() <= 5,
+        "{asked:?}: upstream requests for 4 ranges of a pass-through blob"
+    );
     h.settle().await;
     assert!(!h.stored_blobs().contains(&d.hex().to_owned()), "a blob was kept");
     assert!(!h.berth.probe().in_memory(&d));

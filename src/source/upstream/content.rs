@@ -140,20 +140,7 @@ impl Upstream {
         let (Some((start, end, len)), StatusCode::PARTIAL_CONTENT) = (held, resp.status()) else {
             return Err(Error::Unavailable(format!("{}: no 206 for {range}", self.host)));
         };
-        let want = end - start;
-        let host = self.host.clone();
-        let body = self.body_of(resp).scan(0u64, move |got, chunk| {
-            let item = chunk.and_then(|c| {
-                *got += c.len() as u64;
-                if *got > want {
-                    Err(Error::Integrity(format!("{host}: a range longer than its Content-Range")))
-                } else {
-                    Ok(c)
-                }
-            });
-            futures::future::ready(Some(item))
-        });
-        Ok(Span { start, end, len, body: body.boxed() })
+        Ok(Span { start, end, len, body: exactly(self.body_of(resp), end - start, self.host.clone()) })
     }
 
     pub(crate) fn body_of(
@@ -229,6 +216,38 @@ pub(crate) struct Span {
     pub(crate) end: u64,
     pub(crate) len: u64,
     pub(crate) body: futures::stream::BoxStream<'static, Result<Bytes, Error>>,
+}
+
+/// `body`, failing once it runs past `want` bytes, or ends short of them.
+fn exactly(
+    body: futures::stream::BoxStream<'static, Result<Bytes, Error>>,
+    want: u64,
+    host: String,
+) -> futures::stream::BoxStream<'static, Result<Bytes, Error>> {
+    futures::stream::unfold((body, 0u64, false), move |(mut body, got, done)| {
+        let host = host.clone();
+        async move {
+            if done {
+                return None;
+            }
+            let item = match body.next().await {
+                Some(Ok(c)) if got + c.len() as u64 > want => {
+                    Err(Error::Integrity(format!("{host}: a range longer than its Content-Range")))
+                }
+                Some(Ok(c)) => {
+                    let got = got + c.len() as u64;
+                    return Some((Ok(c), (body, got, false)));
+                }
+                Some(Err(e)) => Err(e),
+                None if got < want => {
+                    Err(Error::Unavailable(format!("{host}: a range ended at {got} of {want} bytes")))
+                }
+                None => return None,
+            };
+            Some((item, (body, got, true)))
+        }
+    })
+    .boxed()
 }
 
 /// `bytes a-b/len` with `a <= b < len`: the span `a..b+1` and `len`.
