@@ -76,6 +76,7 @@ impl Collector {
             digest: l.digest,
             size: l.size,
             last_access: l.last_access,
+            linked: Vec::new(),
         });
         let inventory = assemble(items, &HashSet::new(), &pinned, &listing.busy);
         let used_before = inventory.usage();
