@@ -131,7 +131,7 @@ async fn answer(
             passthrough(mirror, routing, &name, &path, uri, headers, want).await
         }
         Route::Referrers { name, digest } => {
-            let query = query_without_ns(uri);
+            let query = referrers_query(uri);
             let path = with_query(&format!("/v2/{name}/referrers/{digest}"), &query);
             let r = mirror.referrers(ns, &name, &digest, &path, &query, headers.get(header::ACCEPT)).await?;
             referrers_response(r, routing, want)
@@ -201,6 +201,20 @@ fn query_without_ns(uri: &Uri) -> String {
         .query()
         .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().filter(|(k, _)| k != "ns"));
     url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs.into_iter().flatten()).finish()
+}
+
+/// The parts of a referrers query that select an answer (`artifactType`, and the `n` and
+/// `last` of a page), in one order: anything else a client adds is dropped, so it neither
+/// reaches upstream nor makes another kept answer.
+fn referrers_query(uri: &Uri) -> String {
+    let mut pairs: Vec<(String, String)> = uri
+        .query()
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    pairs.retain(|(k, _)| matches!(k.as_str(), "artifactType" | "n" | "last"));
+    pairs.sort();
+    pairs.dedup_by(|a, b| a.0 == b.0);
+    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
 }
 
 /// `path?query`, or `path` alone for an empty query.

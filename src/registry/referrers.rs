@@ -30,7 +30,8 @@ pub(crate) struct ReferrersAnswer {
     pub(crate) served_by: ServedBy,
 }
 
-/// The key of one answer: the query (`artifactType`, pagination) is part of it.
+/// The key of one answer: the query (`artifactType`, pagination; nothing else reaches here)
+/// is part of it.
 fn key(registry: &str, repo: &str, subject: &Digest, query: &str) -> String {
     format!("{registry}/{repo}@{subject}?{query}")
 }
@@ -106,7 +107,8 @@ impl Mirror {
             link: link.clone().map(|l| (l, page.clone())),
             served_by: ServedBy::Upstream,
         };
-        if media_type != OCI_INDEX || !is_index(&body) {
+        let essence = media_type.split(';').next().unwrap_or_default().trim();
+        if !essence.eq_ignore_ascii_case(OCI_INDEX) || !is_index(&body) {
             return Ok(answer);
         }
         let index = Digest::of(&body);

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -254,10 +254,10 @@ impl Meta {
     /// confirmed tenth.
     pub(crate) fn put_referrers(&self, key: &str, entry: &ReferrersEntry) -> Result<(), Error> {
         self.put_json(REFERRERS, key, entry)?;
-        let all: Vec<(String, ReferrersEntry)> = self.read_all(REFERRERS)?;
-        if all.len() <= MAX_REFERRERS {
+        if self.rows(REFERRERS)? <= MAX_REFERRERS as u64 {
             return Ok(());
         }
+        let all: Vec<(String, ReferrersEntry)> = self.read_all(REFERRERS)?;
         let mut by_age: Vec<_> = all.into_iter().map(|(k, e)| (e.checked_at, k)).collect();
         by_age.sort_unstable();
         let txn = self.db.begin_write().map_err(db_err)?;
@@ -303,6 +303,11 @@ impl Meta {
     }
 
     /// Every row of `table`; unreadable rows are skipped with a warning.
+    fn rows(&self, table: Table) -> Result<u64, Error> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        txn.open_table(table).map_err(db_err)?.len().map_err(db_err)
+    }
+
     fn read_all<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>, Error> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(table).map_err(db_err)?;

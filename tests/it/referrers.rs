@@ -83,6 +83,11 @@ async fn filtered_answers_are_kept_apart_and_answers_that_are_not_an_index_are_n
     assert_eq!(upstream_referrers(&h), 1);
     let _ = h.get(&referrers_path(subject.as_str(), "")).await;
     assert_eq!(upstream_referrers(&h), 2, "the unfiltered answer is another key");
+    // Other parameters select nothing: not passed on, not another kept answer.
+    for junk in ["?x=1", "?cachebust=2&ns=docker.io", "?artifactType=application%2Fx&y=3"] {
+        assert_eq!(h.get(&referrers_path(subject.as_str(), junk)).await.status(), StatusCode::OK);
+    }
+    assert_eq!(upstream_referrers(&h), 2, "a junk parameter made another key");
 
     // Not an image index: passed on, never kept; over 4 MiB: refused.
     let (odd, _) = h.upstream.put_image(REPO, "2", &[bytes_of(100, 5)]);
