@@ -23,6 +23,10 @@ const AHEAD: u64 = 8 << 20;
 const AHEAD_SPAN: u64 = 16 << 20;
 /// Ranges fetched on their own at once (all registries); past it, ranges wait for the fill.
 pub(crate) const AHEAD_AT_ONCE: usize = 16;
+/// Bytes fetched on their own per fill, at most: the blob's length (or this, for a blob
+/// whose length is not known yet or is smaller). A client asking for every span ahead costs
+/// upstream at most about twice the blob.
+const AHEAD_BUDGET: u64 = 32 << 20;
 
 /// A blob answer: the full length, the spans served (a 206: one, or several for a multipart
 /// answer; none for the whole blob), and for a GET the body of each span (or the whole blob's).
@@ -104,7 +108,7 @@ impl Mirror {
         let served_by = if led { ServedBy::FillLeader } else { ServedBy::FillFollower };
         // A range asked of upstream early is answered as soon as upstream answers it, with
         // the length its Content-Range gives: the fill's own answer is not waited for.
-        if let Some(early) = range.as_ref().and_then(|r| self.ask_early(&fill, upstream, repo, r)) {
+        if let Some(early) = range.as_ref().and_then(|r| self.ask_early(&fill, upstream, repo, r, via)) {
             if let Some((span, len, body)) = early.answer().await {
                 // The fill is held until its source answers: from then on it runs to its end
                 // whoever follows it, and the blob is fetched once and kept.
@@ -125,7 +129,7 @@ impl Mirror {
                 let body = if spans.is_empty() {
                     body::follow(fill.clone(), 0, Some(len))
                 } else {
-                    self.range_of(&fill, upstream, repo, span, len)
+                    self.range_of(&fill, upstream, repo, span, len, via)
                 };
                 body::guarded(body, self.store.reading(digest))
             })
@@ -144,6 +148,7 @@ impl Mirror {
         upstream: &Arc<Upstream>,
         repo: &str,
         range: &RangeSet,
+        via: Via,
     ) -> Option<Early> {
         let spec = range.only()?;
         let far = match (spec, fill.len_now()) {
@@ -153,7 +158,15 @@ impl Mirror {
             (RangeSpec::From { start, last: Some(last) }, None) => start > AHEAD && last - start < AHEAD_SPAN,
             (RangeSpec::From { last: None, .. }, None) => false,
         };
-        let turn = self.ahead.clone().try_acquire_owned().ok().filter(|_| far)?;
+        let span = match spec {
+            RangeSpec::Suffix(n) => n,
+            RangeSpec::From { start, last } => last.unwrap_or(start) - start + 1,
+        };
+        if !far || self.owner_of(fill.digest(), via).is_some() {
+            return None;
+        }
+        let turn =
+            self.ahead.clone().try_acquire_owned().ok().filter(|_| fill.take_ahead(span, AHEAD_BUDGET))?;
         let (upstream, repo, digest) = (upstream.clone(), repo.to_owned(), fill.digest().clone());
         let asked = async move { (upstream.blob_span(&repo, &digest, &spec.header()).await, turn) };
         Some(Early { spec, asked: Box::pin(asked) })
@@ -171,12 +184,16 @@ impl Mirror {
         repo: &str,
         (start, end): (u64, u64),
         len: u64,
+        via: Via,
     ) -> BodyStream {
         let (fill, upstream, repo, turns) =
             (fill.clone(), upstream.clone(), repo.to_owned(), self.ahead.clone());
+        // Through a peer that owns the digest, the owner asks upstream: ranges wait for the fill.
+        let alone = self.owner_of(fill.digest(), via).is_none();
         let body = async move {
-            let far = fill.available().saturating_add(AHEAD) < start && end - start <= AHEAD_SPAN;
-            if let Some(turn) = turns.try_acquire_owned().ok().filter(|_| far) {
+            let far = alone && fill.available().saturating_add(AHEAD) < start && end - start <= AHEAD_SPAN;
+            let turn = turns.try_acquire_owned().ok().filter(|_| far);
+            if let Some(turn) = turn.filter(|_| fill.take_ahead(end - start, len.max(AHEAD_BUDGET))) {
                 let asked = RangeSpec::From { start, last: Some(end - 1) }.header();
                 match upstream.blob_span(&repo, fill.digest(), &asked).await {
                     Ok(span) if (span.start, span.end, span.len) == (start, end, len) => {

@@ -325,6 +325,42 @@ async fn a_range_far_ahead_of_a_slow_fill_is_fetched_on_its_own_and_the_fill_goe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ranges_ahead_of_one_fill_cost_upstream_at_most_the_blobs_length() {
+    let h = Harness::start().await;
+    let blob = bytes_of(40 << 20, 16);
+    let d = h.upstream.add_blob(blob.clone());
+    let path = Harness::blob_path(REPO, &d);
+    // 4 MiB/s: the fill is far behind every range below for the whole test.
+    h.upstream.fault(&d, Fault::Slow { chunk: 128 << 10, delay: Duration::from_millis(30) });
+    let first = h.client.get(h.url(&path)).header("range", "bytes=0-0").send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::PARTIAL_CONTENT);
+    // Eight 15 MiB spans far ahead, one after another: 120 MiB asked of a 40 MiB blob.
+    let span = 15u64 << 20;
+    let mut fast = 0;
+    for i in 0..8u64 {
+        let start = (20 << 20) + i * 1000;
+        let ask = format!("bytes={start}-{}", start + span - 1);
+        let r = h.client.get(h.url(&path)).header("range", ask).send();
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(800), r).await {
+            if let Ok(Ok(body)) = tokio::time::timeout(Duration::from_millis(800), r.bytes()).await {
+                assert!(body == blob.slice(start as usize..(start + span) as usize));
+                fast += 1;
+            }
+        }
+    }
+    let ahead: u64 = h
+        .upstream
+        .log()
+        .iter()
+        .filter(|l| {
+            l.path.contains(d.hex()) && l.range.as_deref().is_some_and(|r| !r.starts_with("bytes=0-0"))
+        })
+        .count() as u64;
+    assert!(ahead >= 1 && fast >= 1, "no range was fetched ahead");
+    assert!(ahead * span <= 40 << 20, "{ahead} spans of 15 MiB asked of upstream for a 40 MiB blob");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_range_ahead_that_upstream_answers_for_other_bytes_waits_for_the_fill() {
     let h = Harness::start().await;
     let blob = bytes_of(12 << 20, 15);

@@ -398,3 +398,17 @@ async fn a_peer_answering_a_foreign_job_id_or_a_huge_status_is_a_failed_part() {
     assert_eq!(flooded["state"], "failed");
     assert!(flooded["error"].as_str().unwrap().contains("over"), "{flooded}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_range_far_ahead_of_a_fill_through_the_owner_never_asks_upstream_itself() {
+    // The owner streams slowly; a footer read on this node waits for that one fill.
+    let (fake_peer, node, blob, d) =
+        fake_peer_case(Fault::Slow { chunk: 256 << 10, delay: Duration::from_millis(25) }).await;
+    let r =
+        node.client.get(node.url(&Harness::blob_path(REPO, &d))).header("range", "bytes=-4096").send().await;
+    let r = r.unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(r.bytes().await.unwrap() == blob.slice(blob.len() - 4096..));
+    assert!(upstream_gets(&node.upstream, &d).is_empty(), "a range went around the owner to upstream");
+    assert_eq!(upstream_gets(&fake_peer, &d).len(), 1, "the owner was asked once");
+}

@@ -29,12 +29,13 @@ fn upstream_referrers(h: &Harness) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn referrers_are_kept_fresh_for_the_ttl_and_served_stale_when_upstream_is_down() {
-    let h = Harness::start_with("", |c| c.tags.ttl = Duration::from_secs(1)).await;
+    let h = Harness::start_with("", |c| c.tags.ttl = Duration::from_secs(2)).await;
     let (subject, _) = h.upstream.put_image(REPO, "1", &[bytes_of(100, 1)]);
     let (signature, _) = h.upstream.put_image(REPO, "sig", &[bytes_of(50, 2)]);
     let index = index_of(signature.as_str(), 300);
     h.upstream.state.referrers.lock().unwrap().insert(subject.to_string(), index.clone());
     let path = referrers_path(subject.as_str(), "");
+    // Ages are kept in whole seconds: a 2 s ttl is fresh for at least 1 s.
 
     let r = h.get(&path).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -44,7 +45,7 @@ async fn referrers_are_kept_fresh_for_the_ttl_and_served_stale_when_upstream_is_
     assert_eq!(upstream_referrers(&h), 1, "within the ttl, the kept answer is served");
 
     // Past the ttl with upstream failing: the last answer.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     *h.upstream.state.referrers_status.lock().unwrap() = Some(503);
     let r = h.get(&path).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -55,7 +56,7 @@ async fn referrers_are_kept_fresh_for_the_ttl_and_served_stale_when_upstream_is_
     assert_eq!(h.get(&other).await.status(), StatusCode::SERVICE_UNAVAILABLE);
     // A client error is upstream's answer, not an outage.
     *h.upstream.state.referrers_status.lock().unwrap() = Some(404);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(h.get(&path).await.status(), StatusCode::NOT_FOUND);
 
     // The tag schema (`sha256-<hex>.sig`) is a tag like any other: kept, and stale when down.
@@ -64,7 +65,7 @@ async fn referrers_are_kept_fresh_for_the_ttl_and_served_stale_when_upstream_is_
     let tag_path = format!("/v2/{REPO}/manifests/{sig_tag}");
     assert_eq!(h.get(&tag_path).await.status(), StatusCode::OK);
     *h.upstream.state.manifest_status.lock().unwrap() = Some(503);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(h.get(&tag_path).await.status(), StatusCode::OK, "a signature tag with upstream down");
 }
 

@@ -58,6 +58,7 @@ impl Store {
             origin: origin.into(),
             claims,
             clients: std::sync::atomic::AtomicU64::new(1),
+            ahead: std::sync::atomic::AtomicU64::new(0),
             state,
             settled: watch::channel(false).0,
         });

@@ -94,6 +94,8 @@ pub struct Fill {
     claims: bool,
     /// Requests served by this fill: the one that started it and every follower.
     clients: std::sync::atomic::AtomicU64,
+    /// Bytes asked of the source beside the fill, for ranges far ahead of it.
+    ahead: std::sync::atomic::AtomicU64,
     state: watch::Sender<FillState>,
     /// Set once the fill has ended: published to the tiers, or failed.
     settled: watch::Sender<bool>,
@@ -137,6 +139,15 @@ impl Fill {
             FillState::PassThrough(p) => p.len,
             FillState::Pending | FillState::Failed(_) => None,
         }
+    }
+
+    /// Counts `n` more bytes asked of the source beside the fill, if that keeps them within
+    /// `budget`: ranges fetched on their own never add up to more than the budget per fill.
+    pub(crate) fn take_ahead(&self, n: u64, budget: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        self.ahead
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| a.checked_add(n).filter(|&t| t <= budget))
+            .is_ok()
     }
 
     /// How many bytes from the start followers can be given now.
