@@ -137,6 +137,9 @@ async fn resolve_image(
 /// blobs left pending: the manifests each referrers answer lists (an answer that cannot be had
 /// counts as none), and the tag schema's `sha256-<hex>.sig`, `.att` and `.sbom` where they
 /// exist. A referrer that is an index is cached alone.
+/// Referrers warmed per subject, at most: an answer may list any number of them.
+const MAX_REFERRERS_PER_SUBJECT: usize = 64;
+
 async fn add_referrers(
     mirror: &Mirror,
     r: &ImageRef,
@@ -145,13 +148,22 @@ async fn add_referrers(
 ) -> Result<(), PlanError> {
     for subject in subjects {
         let path = format!("/v2/{}/referrers/{subject}", r.repo);
-        let listed = match mirror.referrers(Some(&r.host), &r.repo, subject, &path, "", None).await {
+        let mut listed = match mirror.referrers(Some(&r.host), &r.repo, subject, &path, "", None).await {
             Ok(answer) => listed_in(&answer.body),
+            // Upstream could not say: what it lists is not warmed, and the image says so.
+            Err(e @ (Error::Unavailable(_) | Error::TooManyRequests { .. })) => {
+                image.fail(format!("referrers of {subject}: {e}"));
+                Vec::new()
+            }
             Err(e) => {
                 tracing::info!(image = %r, %subject, error = %e, "no referrers answer; trying the tag schema");
                 Vec::new()
             }
         };
+        if listed.len() > MAX_REFERRERS_PER_SUBJECT {
+            tracing::warn!(image = %r, %subject, listed = listed.len(), "warming only the first referrers");
+            listed.truncate(MAX_REFERRERS_PER_SUBJECT);
+        }
         let tags = ["sig", "att", "sbom"].map(|s| Reference::parse(&format!("sha256-{}.{s}", subject.hex())));
         let references = listed.into_iter().map(Reference::Digest).chain(tags.into_iter().flatten());
         for reference in references {
@@ -161,23 +173,30 @@ async fn add_referrers(
             {
                 Ok(m) => m,
                 Err(Error::ManifestUnknown) => continue,
-                Err(source) => {
-                    let what = match &reference {
-                        Reference::Digest(d) => format!("referrer {d}"),
-                        Reference::Tag(t) => format!("referrer tag {t}"),
-                    };
-                    return Err(PlanError::Manifest { image: r.to_string(), platform: what, source });
+                // One referrer that cannot be had does not stop the image or the others.
+                Err(e) => {
+                    image.fail(format!("referrer {}: {e}", reference_name(&reference)));
+                    continue;
                 }
             };
             let bytes = m.bytes.unwrap_or_default();
             let kind = if is_index(&m.media_type) { ItemKind::Index } else { ItemKind::Manifest };
             cached(image, m.digest, bytes.len() as u64, kind, None);
             if kind == ItemKind::Manifest {
-                add_blobs(image, &bytes, None)?;
+                if let Err(e) = add_blobs(image, &bytes, None) {
+                    image.fail(format!("referrer {}: {e}", reference_name(&reference)));
+                }
             }
         }
     }
     Ok(())
+}
+
+fn reference_name(reference: &Reference) -> String {
+    match reference {
+        Reference::Digest(d) => d.to_string(),
+        Reference::Tag(t) => format!("tag {t}"),
+    }
 }
 
 /// The digests an image index lists (none when it is not one).

@@ -347,6 +347,9 @@ async fn handle(State(state): State<Arc<FakeState>>, req: Request) -> Response {
                 }
                 return r;
             }
+            if let Some(Fault::Status(s)) = state.faults.lock().unwrap().get(&reference).cloned() {
+                return (StatusCode::from_u16(s).unwrap(), "{\"errors\":[]}").into_response();
+            }
             let found = state.manifests.lock().unwrap().get(&format!("{repo}:{reference}")).cloned();
             let Some((media_type, bytes)) = found else {
                 return (StatusCode::NOT_FOUND, "{\"errors\":[{\"code\":\"MANIFEST_UNKNOWN\"}]}")

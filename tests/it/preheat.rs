@@ -287,3 +287,35 @@ async fn referrers_true_warms_signatures_from_the_referrers_answer_and_the_tag_s
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(h.upstream.count(Method::GET, sig_layers[0].as_str()), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn referrers_that_fail_or_flood_are_reported_and_bounded_and_the_image_is_still_warmed() {
+    let h = Harness::start().await;
+    let repo = "library/signed";
+    let (subject, layers) = h.upstream.put_image(repo, "1", &[bytes_of(2000, 43)]);
+    let (sig, _) = h.upstream.put_image(repo, "good", &[bytes_of(90, 44)]);
+    let (broken, _) = h.upstream.put_image(repo, "broken", &[bytes_of(70, 45)]);
+    h.upstream.fault(&broken, common::Fault::Status(503));
+    let missing: Vec<_> = (0..200).map(|i| common::digest_of(&format!("missing-{i}"))).collect();
+    let listed: Vec<Value> = [&sig, &broken]
+        .into_iter()
+        .chain(&missing)
+        .map(|d| json!({"mediaType": common::OCI_MANIFEST, "digest": d.as_str(), "size": 100}))
+        .collect();
+    let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": listed});
+    h.upstream.state.referrers.lock().unwrap().insert(subject.to_string(), index.to_string());
+
+    let (st, job) = preheat(&h, json!({"images": ["library/signed:1"], "referrers": true})).await;
+    assert_eq!(st, StatusCode::BAD_GATEWAY, "{job}");
+    assert_eq!(job["state"], "failed", "a referrer that could not be had is not a success: {job}");
+    let error = job["images"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains(broken.as_str()), "the failing referrer is named: {job}");
+    let all = items(&job);
+    let state_of = |d: &berth::oci::digest::Digest| {
+        all.iter().find(|i| i["digest"] == d.as_str()).map(|i| i["state"].clone())
+    };
+    assert_eq!(state_of(&layers[0]), Some(json!("cached")), "the image itself is warmed: {job}");
+    assert_eq!(state_of(&sig), Some(json!("cached")), "the good signature is warmed: {job}");
+    let asked = h.upstream.log().iter().filter(|l| l.path.contains("/manifests/sha256:")).count();
+    assert!(asked <= 64 + 4, "{asked} referrer manifests asked of upstream for one subject");
+}
