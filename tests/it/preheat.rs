@@ -296,7 +296,7 @@ async fn referrers_that_fail_or_flood_are_reported_and_bounded_and_the_image_is_
     let (sig, _) = h.upstream.put_image(repo, "good", &[bytes_of(90, 44)]);
     let (broken, _) = h.upstream.put_image(repo, "broken", &[bytes_of(70, 45)]);
     h.upstream.fault(&broken, common::Fault::Status(503));
-    let missing: Vec<_> = (0..200).map(|i| common::digest_of(&format!("missing-{i}"))).collect();
+    let missing: Vec<_> = (0..200).map(|i| common::digest_of(format!("missing-{i}"))).collect();
     let listed: Vec<Value> = [&sig, &broken]
         .into_iter()
         .chain(&missing)
