@@ -75,11 +75,12 @@ async fn dispatch(
     }
     let answer = answer(mirror, route, routing, via, uri, headers, want).await;
     match prefix {
-        // The request log names the registry the prefix chose.
-        Some(host) => answer.map(|mut resp| {
+        // The request log names the registry the prefix chose, for errors too.
+        Some(host) => {
+            let mut resp = answer.unwrap_or_else(IntoResponse::into_response);
             resp.extensions_mut().insert(RoutedTo(host));
-            resp
-        }),
+            Ok(resp)
+        }
         None => answer,
     }
 }
@@ -283,9 +284,15 @@ async fn passthrough(
 
 /// Upstream's `Link: <URL>; rel="next"` for the next page, as a link to berth: the path and
 /// query of URL (resolved against the page it came with), with the client's route put back:
-/// its path prefix, or its `ns`. A link that leaves `/v2/` is dropped.
+/// its path prefix, or its `ns`. A link that leaves `/v2/`, or is not `rel="next"`, is dropped.
 fn next_link(link: &str, page: &url::Url, routing: Routing<'_>) -> Option<String> {
     let (target, params) = link.trim().strip_prefix('<')?.split_once('>')?;
+    // Only the relation is passed on: upstream's other parameters are its own.
+    let next =
+        params.split(';').any(|p| p.trim().eq_ignore_ascii_case(r#"rel="next""#) || p.trim() == "rel=next");
+    if !next {
+        return None;
+    }
     let target = page.join(target).ok()?;
     let rest = target.path().strip_prefix("/v2/")?;
     let mut query = url::form_urlencoded::Serializer::new(String::new());
@@ -301,7 +308,7 @@ fn next_link(link: &str, page: &url::Url, routing: Routing<'_>) -> Option<String
     };
     let query = query.finish();
     let sep = if query.is_empty() { "" } else { "?" };
-    Some(format!("<{path}{sep}{query}>{params}"))
+    Some(format!(r#"<{path}{sep}{query}>; rel="next""#))
 }
 
 fn content_headers(h: &mut HeaderMap, digest: &Digest) {
@@ -350,5 +357,8 @@ mod tests {
         assert_eq!(next_link(r#"<https://elsewhere/steal>; rel="next""#, &page, default), None);
         assert_eq!(next_link(r#"<https://elsewhere/v2x/steal>; rel="next""#, &page, by_prefix), None);
         assert_eq!(next_link("garbage", &page, default), None);
+        assert_eq!(next_link(r#"</v2/org/app/tags/list?last=b>; rel="prev""#, &page, default), None);
+        let odd = r#"</v2/org/app/tags/list?last=b>; title="x"; rel="next"; y=z"#;
+        assert_eq!(next_link(odd, &page, default).unwrap(), r#"</v2/org/app/tags/list?last=b>; rel="next""#);
     }
 }
