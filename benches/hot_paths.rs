@@ -27,6 +27,8 @@ fn fill(c: &mut Criterion) {
         disk_capacity: 1 << 40,
         max_fills: 64,
         max_blob_size: 1 << 40,
+        fill_connections: 1,
+        fill_connections_above: u64::MAX,
     };
     let store = rt.block_on(async { Store::open(&storage) }).unwrap();
     let blob =

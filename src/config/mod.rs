@@ -98,6 +98,10 @@ pub struct Storage {
     pub max_fills: usize,
     /// Blobs announced (or grown) larger than this are refused with 502.
     pub max_blob_size: u64,
+    /// Connections one fill of a large blob may fetch ranges over at once (1: one stream).
+    pub fill_connections: usize,
+    /// Blobs at least this long are filled over `fill_connections`.
+    pub fill_connections_above: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -198,6 +202,8 @@ struct RawStorage {
     disk_capacity: Option<String>,
     max_fills: Option<usize>,
     max_blob_size: Option<String>,
+    fill_connections: Option<usize>,
+    fill_connections_above: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

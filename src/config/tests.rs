@@ -29,6 +29,7 @@ fn fill_limits_and_rate_floors_parse_and_are_checked() {
     )
     .unwrap();
     assert_eq!(c.storage.max_fills, 64);
+    assert_eq!((c.storage.fill_connections, c.storage.fill_connections_above), (4, 64 << 20));
     assert_eq!(c.registries[0].max_fills, None, "the default is storage.max_fills");
     assert_eq!(
         c.registries[0].min_rate,
@@ -41,6 +42,8 @@ fn fill_limits_and_rate_floors_parse_and_are_checked() {
         r#"
         [storage]
         max_fills = 0
+        fill_connections = 0
+        fill_connections_above = "lots"
         [[registry]]
         host = "docker.io"
         endpoint = "https://registry-1.docker.io"
@@ -58,6 +61,8 @@ fn fill_limits_and_rate_floors_parse_and_are_checked() {
     .to_string();
     for needle in [
         "storage.max_fills must be from 1",
+        "storage.fill_connections must be from 1 to 16",
+        "storage.fill_connections_above = \"lots\"",
         "registry[0] (docker.io).max_fills must be from 1",
         "registry[0] (docker.io).min_rate = \"16KiB\": expected a rate",
         "registry[0] (docker.io).rate_window must be more than 0",

@@ -65,6 +65,9 @@ fn server(raw: RawServer, p: &mut Checker<'_>) -> Server {
     server
 }
 
+/// Connections one fill may use: more buys nothing from one upstream and holds its turns.
+const MAX_FILL_CONNECTIONS: usize = 16;
+
 fn storage(raw: RawStorage, p: &mut Checker<'_>) -> Storage {
     let storage = Storage {
         dir: raw.dir.unwrap_or_else(|| "./berth-data".into()),
@@ -73,7 +76,12 @@ fn storage(raw: RawStorage, p: &mut Checker<'_>) -> Storage {
         disk_capacity: p.size("storage.disk_capacity", raw.disk_capacity, "20GiB"),
         max_fills: raw.max_fills.unwrap_or(64),
         max_blob_size: p.size("storage.max_blob_size", raw.max_blob_size, "1TiB"),
+        fill_connections: raw.fill_connections.unwrap_or(4),
+        fill_connections_above: p.size("storage.fill_connections_above", raw.fill_connections_above, "64MiB"),
     };
+    if !(1..=MAX_FILL_CONNECTIONS).contains(&storage.fill_connections) {
+        p.0.push(format!("storage.fill_connections must be from 1 to {MAX_FILL_CONNECTIONS}"));
+    }
     p.fills("storage.max_fills", Some(storage.max_fills));
     if storage.memory_max_object > storage.memory_capacity {
         p.0.push("storage.memory_max_object is larger than storage.memory_capacity".into());

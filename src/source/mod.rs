@@ -19,8 +19,8 @@ use tokio::sync::Semaphore;
 
 use crate::config::{Config, MinRate, Registry, WILDCARD_MAX_FILLS};
 use crate::error::Error;
-use upstream::FillTurns;
 pub(crate) use upstream::Upstream;
+use upstream::{FillTurns, Split};
 
 /// A body as a source sends it.
 pub(crate) type Body = BoxStream<'static, Result<Bytes, Error>>;
@@ -61,6 +61,7 @@ pub(crate) struct Upstreams {
     dynamic: moka::sync::Cache<String, Arc<Upstream>>,
     /// Turns for blob fills that all the wildcard's hosts share (`storage.max_fills`).
     wildcard_fills: Arc<Semaphore>,
+    split: Split,
 }
 
 /// Hosts the wildcard entry keeps an upstream (and its HTTP client) for.
@@ -70,13 +71,17 @@ impl Upstreams {
     pub(crate) fn new(config: &Config) -> Result<Upstreams, Error> {
         let mut by_host = HashMap::new();
         let mut wildcard = None;
+        let split = Split {
+            connections: config.storage.fill_connections,
+            above: config.storage.fill_connections_above,
+        };
         for r in &config.registries {
             if r.host == "*" {
                 wildcard = Some(r.clone());
             } else {
                 // Each registry has turns of its own: one slow registry cannot hold another's.
                 let turns = FillTurns::new(r.max_fills.unwrap_or(config.storage.max_fills), None);
-                by_host.insert(r.host.clone(), Arc::new(Upstream::new(r, turns)?));
+                by_host.insert(r.host.clone(), Arc::new(Upstream::new(r, turns, split)?));
             }
         }
         Ok(Upstreams {
@@ -88,6 +93,7 @@ impl Upstreams {
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .build(),
             wildcard_fills: Arc::new(Semaphore::new(config.storage.max_fills)),
+            split,
         })
     }
 
@@ -131,7 +137,7 @@ impl Upstreams {
         // exceed `storage.max_fills`, and one host cannot take all of those.
         let per_host = template.max_fills.unwrap_or(WILDCARD_MAX_FILLS);
         let turns = FillTurns::new(per_host, Some(self.wildcard_fills.clone()));
-        Ok(Arc::new(Upstream::new(&cfg, turns)?))
+        Ok(Arc::new(Upstream::new(&cfg, turns, self.split)?))
     }
 
     /// How many of the wildcard's hosts have an upstream remembered now.

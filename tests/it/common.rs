@@ -53,6 +53,10 @@ pub enum Fault {
     /// Like `Slow`, but a GET with `Range: bytes=a-b` gets a 206 whose `Content-Range` says
     /// it starts one byte later than asked.
     SlowWrongRange { chunk: usize, delay: Duration },
+    /// Like `Slow`, but `Range` is ignored: every GET gets the whole blob with a 200.
+    SlowNoRanges { chunk: usize, delay: Duration },
+    /// Like `Slow`, but a GET with `Range: bytes=a-b` gets a 206 that is cut after half.
+    SlowCutRanges { chunk: usize, delay: Duration },
 }
 
 #[derive(Default)]
@@ -415,8 +419,22 @@ fn blob_response(state: &FakeState, method: &Method, digest: &str, range: Option
             a => Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)),
         })
         .filter(|&(a, b)| a <= b && b < len);
-    let ranged_fault = matches!(fault, None | Some(Fault::Slow { .. }) | Some(Fault::SlowWrongRange { .. }));
+    let ranged_fault = matches!(
+        fault,
+        None | Some(Fault::Slow { .. })
+            | Some(Fault::SlowWrongRange { .. })
+            | Some(Fault::SlowCutRanges { .. })
+    );
     if let (true, Some((a, b)), true) = (method == Method::GET, closed, ranged_fault) {
+        if let Some(Fault::SlowCutRanges { .. }) = fault {
+            let half = bytes.slice(a..a + (b + 1 - a) / 2);
+            let items: Vec<Result<Bytes, std::io::Error>> = vec![Ok(half), Err(std::io::Error::other("cut"))];
+            let mut r = Response::new(Body::from_stream(futures::stream::iter(items)));
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            r.headers_mut().insert(header::CONTENT_RANGE, format!("bytes {a}-{b}/{len}").parse().unwrap());
+            r.headers_mut().insert(header::CONTENT_LENGTH, (b + 1 - a).into());
+            return r;
+        }
         let shift = usize::from(matches!(fault, Some(Fault::SlowWrongRange { .. })));
         let mut r = Response::new(Body::from(bytes.slice(a..=b)));
         *r.status_mut() = StatusCode::PARTIAL_CONTENT;
@@ -425,7 +443,11 @@ fn blob_response(state: &FakeState, method: &Method, digest: &str, range: Option
         return r;
     }
     let fault = match fault {
-        Some(Fault::SlowWrongRange { chunk, delay }) => Some(Fault::Slow { chunk, delay }),
+        Some(
+            Fault::SlowWrongRange { chunk, delay }
+            | Fault::SlowNoRanges { chunk, delay }
+            | Fault::SlowCutRanges { chunk, delay },
+        ) => Some(Fault::Slow { chunk, delay }),
         other => other,
     };
     if let (false, Some(Fault::NoLength)) = (method == Method::HEAD, &fault) {
@@ -492,7 +514,10 @@ fn blob_response(state: &FakeState, method: &Method, digest: &str, range: Option
         | (_, Some(Fault::CutOnce { .. }))
         | (_, Some(Fault::Announce(_)))
         | (_, Some(Fault::Trickle { .. }))
-        | (_, Some(Fault::SlowWrongRange { .. })) => unreachable!("answered above"),
+        | (
+            _,
+            Some(Fault::SlowWrongRange { .. } | Fault::SlowNoRanges { .. } | Fault::SlowCutRanges { .. }),
+        ) => unreachable!("answered above"),
         (_, Some(Fault::Stall)) => {
             let half = futures::stream::iter([Ok::<_, std::io::Error>(bytes.slice(..len / 2))]);
             let never = futures::stream::pending();

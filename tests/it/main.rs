@@ -20,6 +20,7 @@ mod listener;
 mod manifests;
 mod parsers;
 mod peers;
+mod pieces;
 mod preheat;
 mod referrers;
 mod restart;

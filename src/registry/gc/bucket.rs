@@ -186,6 +186,8 @@ mod tests {
             disk_capacity: 1 << 24,
             max_fills: 4,
             max_blob_size: 1 << 24,
+            fill_connections: 1,
+            fill_connections_above: u64::MAX,
         };
         let store = Store::open_with(&storage, Some(bucket)).unwrap();
         let pins = Arc::new(Pins::new(store.meta().clone(), Vec::new()));

@@ -69,7 +69,7 @@ impl Upstream {
         })
     }
 
-    /// GET a blob as a stream for a fill.
+    /// GET a blob as a stream for a fill; a large one over several connections (`pieces`).
     /// A fill resumes a cut body through `Fetched::resume`, which asks for the rest with Range.
     /// Waits for a turn first (see `turn`); the fill holds it until it ends, and its body is
     /// held to the registry's floor.
@@ -79,7 +79,12 @@ impl Upstream {
             self.send(Method::GET, &format!("/v2/{repo}/blobs/{digest}"), repo, HeaderMap::new()).await?;
         let resp = check(resp, Error::BlobUnknown).await?;
         let len = resp.content_length();
+        let no_ranges = resp.headers().get(header::ACCEPT_RANGES).is_some_and(|v| v == "none");
         let body = self.body_of(resp);
+        let body = match len.filter(|_| !no_ranges && self.split.applies(len)) {
+            Some(len) => super::pieces::body(self.clone(), repo, digest, len, body),
+            None => body,
+        };
         Ok(Fetched {
             len,
             body,

@@ -18,8 +18,10 @@ use crate::error::Error;
 const MAX_REDIRECTS: usize = 5;
 
 mod content;
+mod pieces;
 
 pub(crate) use content::{FetchedReferrers, Span};
+pub(crate) use pieces::Split;
 
 pub(crate) use content::read_manifest;
 pub(crate) use content::{FetchedManifest, ManifestHead};
@@ -40,6 +42,8 @@ pub(crate) struct Upstream {
     turns: FillTurns,
     /// The slowest a blob body from this upstream may arrive.
     floor: MinRate,
+    /// How a fill of a large blob uses more connections.
+    split: Split,
 }
 
 /// The turns a blob fill from one upstream takes before it asks: the registry's own
@@ -72,12 +76,23 @@ impl FillTurns {
         };
         Ok(Turn { _own: own, _shared: shared })
     }
+
+    /// A turn if one is free now, without waiting (for a fill's extra connections, which
+    /// never hold up another fill).
+    pub(crate) fn try_take(&self) -> Option<Turn> {
+        let own = self.own.clone().try_acquire_owned().ok()?;
+        let shared = match &self.shared {
+            Some(shared) => Some(shared.clone().try_acquire_owned().ok()?),
+            None => None,
+        };
+        Some(Turn { _own: own, _shared: shared })
+    }
 }
 
 impl Upstream {
     /// A public-only registry (`cfg.public_only`, the wildcard's hosts) connects only to
     /// public addresses; see `outbound`.
-    pub(crate) fn new(cfg: &Registry, turns: FillTurns) -> Result<Upstream, Error> {
+    pub(crate) fn new(cfg: &Registry, turns: FillTurns, split: Split) -> Result<Upstream, Error> {
         let (client, guard) = super::outbound::client_for(cfg)?;
         let creds = cfg.username.clone().zip(cfg.password.as_ref().map(|p| p.loaded().clone()));
         Ok(Upstream {
@@ -92,6 +107,7 @@ impl Upstream {
             basic: AtomicBool::new(false),
             turns,
             floor: cfg.min_rate,
+            split,
         })
     }
 

@@ -29,6 +29,8 @@ fn open_with(dir: &tempfile::TempDir, disk_capacity: u64) -> Arc<Store> {
         disk_capacity,
         max_fills: 4,
         max_blob_size: 32 << 20,
+        fill_connections: 1,
+        fill_connections_above: u64::MAX,
     })
     .unwrap()
 }

@@ -129,6 +129,8 @@ fn open(dir: &tempfile::TempDir, objects: &Arc<Faulty>) -> Arc<Store> {
         disk_capacity: 256 << 20,
         max_fills: 4,
         max_blob_size: 64 << 20,
+        fill_connections: 1,
+        fill_connections_above: u64::MAX,
     };
     let objects: Arc<dyn ObjectStore> = objects.clone();
     Store::open_with(
