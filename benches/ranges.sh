@@ -6,6 +6,7 @@
 #   (a) a 64 KiB range at the end (an eStargz footer)
 #   (b) a 64 KiB range in the middle
 #   (c) 10 ranges of 64 KiB spread over the blob, in one request (multipart/byteranges)
+#   (d) the whole blob, berth's fill over [storage] fill_connections (4) against one GET
 # Printed: median (min-max) time to the first byte and to the last, their ratio, and the
 # upstream requests berth made for the case (GETs with and without Range, from the proxy's
 # log): one full fetch, plus the ranges it fetched ahead of it.
@@ -103,3 +104,29 @@ for c in a b c; do
     printf '%-34s %-30s %-30s %-8s %s\n' "($c)" "$(median <"$E2E_DIR/b.first")" "$(median <"$E2E_DIR/d.first")" \
         "$(awk -v b="$bm" -v d="$dm" 'BEGIN {printf "%.2f", b / d}')x" "$ups"
 done
+
+# (d) a cold whole GET over a per-connection throttle: berth's fill over fill_connections
+# (default 4) against one direct GET; "bytes" is what berth read from upstream
+# (berth_upstream_bytes_total) against the blob's length.
+: >"$E2E_DIR/b.total"; : >"$E2E_DIR/d.total"; ups=
+for ((r = 0; r < RUNS; r++)); do
+    fresh_berth || exit 1
+    mark=$(wc -l <"$PROXY_LOG")
+    read -r _ bt bs < <(curl -s -o /dev/null -w '%{time_starttransfer} %{time_total} %{http_code}' \
+        "$BERTH_URL/v2/bench/big/blobs/$BLOB")
+    [ "$bs" = 200 ] || { echo "berth answered $bs for case d" >&2; exit 1; }
+    got=$(curl -s "http://$ADMIN_ADDR/metrics" | awk '/^berth_upstream_bytes_total/ {s += $NF} END {printf "%d", s}')
+    full=$(tail -n +$((mark + 1)) "$PROXY_LOG" | grep -c "^GET .*/blobs/$BLOB - " || true)
+    ranged=$(tail -n +$((mark + 1)) "$PROXY_LOG" | grep -c "^GET .*/blobs/$BLOB bytes=" || true)
+    ups="$ups $full+$ranged/$(awk -v g="$got" -v l="$LEN" 'BEGIN {printf "%.3f", g / l}')"
+    stop_berth
+    read -r _ dt ds < <(curl -s -o /dev/null -w '%{time_starttransfer} %{time_total} %{http_code}' \
+        "$DIRECT/v2/bench/big/blobs/$BLOB")
+    [ "$ds" = 200 ] || { echo "upstream answered $ds for case d" >&2; exit 1; }
+    echo "$bt" >>"$E2E_DIR/b.total"; echo "$dt" >>"$E2E_DIR/d.total"
+done
+bm=$(med <"$E2E_DIR/b.total"); dm=$(med <"$E2E_DIR/d.total")
+echo
+printf '%-34s %-30s %-30s %-8s %s\n' "cold whole GET" "total s: berth" "direct" "speed-up" "upstream GETs (full+ranged/bytes read÷length)"
+printf '%-34s %-30s %-30s %-8s %s\n' "(d)" "$(median <"$E2E_DIR/b.total")" "$(median <"$E2E_DIR/d.total")" \
+    "$(awk -v b="$bm" -v d="$dm" 'BEGIN {printf "%.2f", d / b}')x" "$ups"
