@@ -39,6 +39,16 @@ if ! command -v weed >/dev/null 2>&1; then
   hash -r
   command -v weed >/dev/null 2>&1 || export PATH="$PATH:$(python3 -m site --user-base)/bin:/usr/local/bin"
 fi
+# oras-py (PyPI `oras`), the OCI-artifact client of the path-prefix scenario.
+if ! python3 -c "import oras.client" >/dev/null 2>&1; then
+  echo "test.sh: installing oras (oras-py)"
+  python3 -m pip --version >/dev/null 2>&1 || {
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+  }
+  python3 -m pip install -q oras==0.2.43 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages oras==0.2.43
+fi
 
 # Habits: formatting, and clippy with every warning an error (functions over 80 lines
 # among them, clippy.toml). Skipped with a warning only where the toolchain lacks the tool.

@@ -231,9 +231,9 @@ fig_cold_single() {
 # compared with it. WHO=nginx (warm, page cache) measures what the clients alone cost: the
 # floor for this figure on this machine.
 fig_concurrent() {
-    local r=$1 who=$2 d=${BIG_LAYERS[1]} i t0 t1 before after gets pids=() ok=0 mark=
+    local r=$1 who=$2 d=${BIG_LAYERS[1]} i t0 t1 before bytes_before after gets pids=() ok=0 mark=
     [ "${who%%-*}" = berth ] && mark=$(berth_mark "$who")
-    before=$(count_upstream_blob_gets "$d")
+    before=$(count_upstream_blob_gets "$d") bytes_before=$(upstream_blob_bytes "$d")
     sync    # a cold GET writes to disk: do not let earlier writeback pollute it
     t0=$EPOCHREALTIME
     for ((i = 1; i <= CONCURRENT; i++)); do
@@ -256,6 +256,12 @@ fig_concurrent() {
     [ $ok = 0 ] && rec conc "$who" "$r" "$(secs "$t0" "$t1")" s $((CONCURRENT * LAYER_BYTES))
     if [ -n "$mark" ]; then
         [ "$gets" = 1 ] || broken "$who: $CONCURRENT concurrent cold GETs of $d reached upstream $gets times"
+        # Ranges (a fill's pieces) are not whole fetches, but their bytes count: the blob
+        # once, plus what the dropped first GET had in flight.
+        local sent=$(($(upstream_blob_bytes "$d") - bytes_before))
+        [ "$sent" -le $((LAYER_BYTES + LAYER_BYTES / 10)) ] ||
+            broken "$who: upstream sent $sent bytes for $CONCURRENT concurrent cold GETs of a $LAYER_BYTES-byte blob"
+        note "upstream bytes for the $CONCURRENT concurrent cold GETs: $sent ($(awk -v s="$sent" -v l="$LAYER_BYTES" 'BEGIN {printf "%.3f", s / l}') of the blob)"
         note "berth tiers for the $CONCURRENT concurrent cold GETs: $(berth_tiers "$who" "$mark")"
     fi
 }

@@ -115,7 +115,7 @@ for ((r = 0; r < RUNS; r++)); do
     read -r _ bt bs < <(curl -s -o /dev/null -w '%{time_starttransfer} %{time_total} %{http_code}' \
         "$BERTH_URL/v2/bench/big/blobs/$BLOB")
     [ "$bs" = 200 ] || { echo "berth answered $bs for case d" >&2; exit 1; }
-    got=$(curl -s "http://$ADMIN_ADDR/metrics" | awk '/^berth_upstream_bytes_total/ {s += $NF} END {printf "%d", s}')
+    got=$(curl -s "http://$ADMIN_ADDR/metrics" | awk '/^berth_upstream_bytes_total/ {s += $NF} END {printf "%.0f", s}')
     full=$(tail -n +$((mark + 1)) "$PROXY_LOG" | grep -c "^GET .*/blobs/$BLOB - " || true)
     ranged=$(tail -n +$((mark + 1)) "$PROXY_LOG" | grep -c "^GET .*/blobs/$BLOB bytes=" || true)
     ups="$ups $full+$ranged/$(awk -v g="$got" -v l="$LEN" 'BEGIN {printf "%.3f", g / l}')"

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # q. Clients that send no `ns` reach a registry other than the default by a path prefix:
 # docker pulls 127.0.0.1:PORT/registry.test/..., skopeo inspects one, podman mirrors
-# registry.test to BERTH/registry.test through registries.conf. Sourced by run.sh.
+# registry.test to BERTH/registry.test through registries.conf, oras-py pulls an artifact by
+# the prefix. Sourced by run.sh.
 
 prefix_skopeo() {
     local got
@@ -36,6 +37,17 @@ CONF
     [ "$got" = "$MULTI_DIGEST" ] || { echo "podman: $got, upstream: $MULTI_DIGEST"; return 1; }
 }
 
+# oras-py pushes a one-file artifact to upstream, then pulls it through the prefix.
+prefix_oras() {
+    local d="$E2E_DIR/oras" got
+    rm -rf "$d"; mkdir -p "$d/out"
+    head -c 300000 /dev/urandom >"$d/artifact.bin"
+    (cd "$d" && timeout 60 python3 "$E2E_ROOT/e2e/oras.py" push "$UP_ADDR/library/artifact:1" artifact.bin) >/dev/null || return 1
+    got=$(timeout 60 python3 "$E2E_ROOT/e2e/oras.py" pull "$BERTH_ADDR/registry.test/library/artifact:1" "$d/out") || return 1
+    cmp -s "$d/artifact.bin" "$d/out/artifact.bin" || { echo "oras pulled: $got; not the bytes pushed"; return 1; }
+    [ "$(count_upstream_blob_gets "$(sha256_of <"$d/artifact.bin")")" -ge 1 ] || { echo "no upstream GET: not pulled through berth"; return 1; }
+}
+
 scenario_q() {
     local mark; mark=$(berth_log_mark)
     run_check "q: skopeo inspect $BERTH_ADDR/registry.test/library/multi:1 (path prefix, no ns) = upstream digest" prefix_skopeo
@@ -47,6 +59,11 @@ scenario_q() {
         run_check "q: podman pull registry.test/library/multi:1, mirrored to $BERTH_ADDR/registry.test" prefix_podman
     else
         fail "q: podman pull through a path-prefix mirror" "podman missing (Debian package podman)"
+    fi
+    if python3 -c "import oras.client" 2>/dev/null; then
+        run_check "q: oras pull $BERTH_ADDR/registry.test/library/artifact:1 (an OCI artifact) = the bytes pushed" prefix_oras
+    else
+        fail "q: oras pull through a path prefix" "oras-py missing (pip install oras)"
     fi
     run_check "q: berth log names registry.test on every prefixed request" ns_ok "$mark" registry.test/library registry.test
 }

@@ -142,10 +142,17 @@ EOF
 
 stop_upstream() { stop_pid "$UP_PID"; UP_PID=; }
 
-# count_upstream_blob_gets DIGEST: how many GETs of that blob reached upstream
-# (any repository, any status; HEADs are not counted).
+# count_upstream_blob_gets DIGEST: how many whole fetches of that blob reached upstream:
+# GETs (any repository) answered with anything but 206. Ranges are not counted: the pieces
+# of a fill over several connections, a resume, a range fetched ahead. HEADs are not counted.
 count_upstream_blob_gets() {
-    grep -cE "\"GET /v2/[^ \"]+/blobs/$1[ ?]" "$UP_LOG" 2>/dev/null || true
+    grep -E "\"GET /v2/[^ \"]+/blobs/$1[ ?]" "$UP_LOG" 2>/dev/null | grep -cvE '" 206 ' || true
+}
+
+# upstream_blob_bytes DIGEST: the bytes upstream sent for GETs of that blob, ranges included.
+upstream_blob_bytes() {
+    grep -E "\"GET /v2/[^ \"]+/blobs/$1[ ?]" "$UP_LOG" 2>/dev/null |
+        awk '{for (i = 1; i < NF; i++) if ($i ~ /^HTTP\//) {s += $(i + 2); break}} END {printf "%.0f", s}'
 }
 
 # ---- the mirror: berth (or distribution in proxy mode) -------------------------

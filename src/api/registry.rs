@@ -132,9 +132,10 @@ async fn answer(
             passthrough(mirror, routing, &name, &path, uri, headers, want).await
         }
         Route::Referrers { name, digest } => {
-            let query = referrers_query(uri);
-            let path = with_query(&format!("/v2/{name}/referrers/{digest}"), &query);
-            let r = mirror.referrers(ns, &name, &digest, &path, &query, headers.get(header::ACCEPT)).await?;
+            let path = with_query(&format!("/v2/{name}/referrers/{digest}"), &query_without_ns(uri));
+            let key = referrers_key(uri);
+            let accept = headers.get(header::ACCEPT);
+            let r = mirror.referrers(ns, &name, &digest, &path, key.as_deref(), accept).await?;
             referrers_response(r, routing, want)
         }
         Route::Upload => unreachable!("handled above"),
@@ -204,18 +205,23 @@ fn query_without_ns(uri: &Uri) -> String {
     url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs.into_iter().flatten()).finish()
 }
 
-/// The parts of a referrers query that select an answer (`artifactType`, and the `n` and
-/// `last` of a page), in one order: anything else a client adds is dropped, so it neither
-/// reaches upstream nor makes another kept answer.
-fn referrers_query(uri: &Uri) -> String {
+/// The key part of a referrers query: `artifactType` (and `n`, `last`), in one order. A query
+/// with any other parameter (a page cursor of upstream's own, say) is asked of upstream as it
+/// is and not kept (None): the answer depends on what berth does not understand, and an
+/// unknown parameter cannot make another kept answer.
+fn referrers_key(uri: &Uri) -> Option<String> {
     let mut pairs: Vec<(String, String)> = uri
         .query()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().filter(|(k, _)| k != "ns").collect())
         .unwrap_or_default();
-    pairs.retain(|(k, _)| matches!(k.as_str(), "artifactType" | "n" | "last"));
+    if !pairs.iter().all(|(k, _)| matches!(k.as_str(), "artifactType" | "n" | "last")) {
+        return None;
+    }
     pairs.sort();
-    pairs.dedup_by(|a, b| a.0 == b.0);
-    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
+    if pairs.windows(2).any(|w| w[0].0 == w[1].0) {
+        return None;
+    }
+    Some(url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish())
 }
 
 /// `path?query`, or `path` alone for an empty query.
@@ -286,13 +292,11 @@ async fn passthrough(
 /// query of URL (resolved against the page it came with), with the client's route put back:
 /// its path prefix, or its `ns`. A link that leaves `/v2/`, or is not `rel="next"`, is dropped.
 fn next_link(link: &str, page: &url::Url, routing: Routing<'_>) -> Option<String> {
-    let (target, params) = link.trim().strip_prefix('<')?.split_once('>')?;
     // Only the relation is passed on: upstream's other parameters are its own.
-    let next =
-        params.split(';').any(|p| p.trim().eq_ignore_ascii_case(r#"rel="next""#) || p.trim() == "rel=next");
-    if !next {
-        return None;
-    }
+    let is_next = |params: &str| {
+        params.split(';').any(|p| p.trim().eq_ignore_ascii_case(r#"rel="next""#) || p.trim() == "rel=next")
+    };
+    let target = link_values(link).into_iter().find(|(_, params)| is_next(params))?.0;
     let target = page.join(target).ok()?;
     let rest = target.path().strip_prefix("/v2/")?;
     let mut query = url::form_urlencoded::Serializer::new(String::new());
@@ -309,6 +313,19 @@ fn next_link(link: &str, page: &url::Url, routing: Routing<'_>) -> Option<String
     let query = query.finish();
     let sep = if query.is_empty() { "" } else { "?" };
     Some(format!(r#"<{path}{sep}{query}>; rel="next""#))
+}
+
+/// The link-values of a `Link` header (`<a>; rel="prev", <b>; rel="next"`): each target and
+/// its parameters.
+fn link_values(link: &str) -> Vec<(&str, &str)> {
+    let mut out = Vec::new();
+    let mut rest = link.trim();
+    while let Some((target, after)) = rest.strip_prefix('<').and_then(|r| r.split_once('>')) {
+        let (params, next) = after.find('<').map_or((after, ""), |i| after.split_at(i));
+        out.push((target, params.trim().trim_end_matches(',')));
+        rest = next;
+    }
+    out
 }
 
 fn content_headers(h: &mut HeaderMap, digest: &Digest) {
@@ -360,5 +377,8 @@ mod tests {
         assert_eq!(next_link(r#"</v2/org/app/tags/list?last=b>; rel="prev""#, &page, default), None);
         let odd = r#"</v2/org/app/tags/list?last=b>; title="x"; rel="next"; y=z"#;
         assert_eq!(next_link(odd, &page, default).unwrap(), r#"</v2/org/app/tags/list?last=b>; rel="next""#);
+        let both =
+            r#"</v2/org/app/tags/list?last=a>; rel="prev", </v2/org/app/tags/list?last=c>; rel="next""#;
+        assert_eq!(next_link(both, &page, default).unwrap(), r#"</v2/org/app/tags/list?last=c>; rel="next""#);
     }
 }

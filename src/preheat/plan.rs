@@ -133,13 +133,14 @@ async fn resolve_image(
     Ok(subjects)
 }
 
-/// The signatures and attestations of `subjects`, fetched (and so cached) here with their
-/// blobs left pending: the manifests each referrers answer lists (an answer that cannot be had
-/// counts as none), and the tag schema's `sha256-<hex>.sig`, `.att` and `.sbom` where they
-/// exist. A referrer that is an index is cached alone.
 /// Referrers warmed per subject, at most: an answer may list any number of them.
 const MAX_REFERRERS_PER_SUBJECT: usize = 64;
 
+/// The signatures and attestations of `subjects`, fetched (and so cached) here with their
+/// blobs left pending: the manifests each referrers answer lists (the first 64; an answer
+/// upstream cannot give fails the image, a 404 counts as none), and the tag schema's
+/// `sha256-<hex>.sig`, `.att` and `.sbom` where they exist. A referrer that is an index is
+/// cached alone.
 async fn add_referrers(
     mirror: &Mirror,
     r: &ImageRef,
@@ -148,7 +149,8 @@ async fn add_referrers(
 ) -> Result<(), PlanError> {
     for subject in subjects {
         let path = format!("/v2/{}/referrers/{subject}", r.repo);
-        let mut listed = match mirror.referrers(Some(&r.host), &r.repo, subject, &path, "", None).await {
+        let mut listed = match mirror.referrers(Some(&r.host), &r.repo, subject, &path, Some(""), None).await
+        {
             Ok(answer) => listed_in(&answer.body),
             // Upstream could not say: what it lists is not warmed, and the image says so.
             Err(e @ (Error::Unavailable(_) | Error::TooManyRequests { .. })) => {

@@ -23,9 +23,9 @@ const AHEAD: u64 = 8 << 20;
 const AHEAD_SPAN: u64 = 16 << 20;
 /// Ranges fetched on their own at once (all registries); past it, ranges wait for the fill.
 pub(crate) const AHEAD_AT_ONCE: usize = 16;
-/// Bytes fetched on their own per fill, at most: the blob's length (or this, for a blob
-/// whose length is not known yet or is smaller). A client asking for every span ahead costs
-/// upstream at most about twice the blob.
+/// Bytes fetched on their own per fill, at most: the larger of the blob's length and this
+/// (this alone while the length is not known). A client asking for every span ahead costs
+/// upstream at most about twice a large blob, or 32 MiB more than a small one.
 const AHEAD_BUDGET: u64 = 32 << 20;
 
 /// A blob answer: the full length, the spans served (a 206: one, or several for a multipart
@@ -192,7 +192,7 @@ impl Mirror {
         let alone = self.owner_of(fill.digest(), via).is_none();
         let body = async move {
             let far = alone && fill.available().saturating_add(AHEAD) < start && end - start <= AHEAD_SPAN;
-            let turn = turns.try_acquire_owned().ok().filter(|_| far);
+            let turn = if far { turns.try_acquire_owned().ok() } else { None };
             if let Some(turn) = turn.filter(|_| fill.take_ahead(end - start, len.max(AHEAD_BUDGET))) {
                 let asked = RangeSpec::From { start, last: Some(end - 1) }.header();
                 match upstream.blob_span(&repo, fill.digest(), &asked).await {

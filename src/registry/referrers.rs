@@ -30,8 +30,7 @@ pub(crate) struct ReferrersAnswer {
     pub(crate) served_by: ServedBy,
 }
 
-/// The key of one answer: the query (`artifactType`, pagination; nothing else reaches here)
-/// is part of it.
+/// The key of one answer: the query (`artifactType`, `n`, `last`) is part of it.
 fn key(registry: &str, repo: &str, subject: &Digest, query: &str) -> String {
     format!("{registry}/{repo}@{subject}?{query}")
 }
@@ -45,10 +44,15 @@ impl Mirror {
         repo: &str,
         subject: &Digest,
         path_and_query: &str,
-        query: &str,
+        query: Option<&str>,
         accept: Option<&HeaderValue>,
     ) -> Result<ReferrersAnswer, Error> {
         let upstream = self.upstreams.get(ns)?;
+        let Some(query) = query else {
+            // Not a query berth keeps answers for: upstream's answer, as it is.
+            let fetched = upstream.referrers(path_and_query, repo, accept).await?;
+            return Ok(answer_of(fetched));
+        };
         let key = key(&upstream.host, repo, subject, query);
         let kept = self.kept_referrers(&key).await?;
         if let Some((entry, answer)) = &kept {
@@ -98,15 +102,9 @@ impl Mirror {
         subject: &Digest,
         fetched: FetchedReferrers,
     ) -> Result<ReferrersAnswer, Error> {
-        let FetchedReferrers { body, content_type, filters_applied, link, page } = fetched;
-        let media_type = content_type.unwrap_or_else(|| OCI_INDEX.to_owned());
-        let answer = ReferrersAnswer {
-            body: body.clone(),
-            media_type: media_type.clone(),
-            filters_applied: filters_applied.clone(),
-            link: link.clone().map(|l| (l, page.clone())),
-            served_by: ServedBy::Upstream,
-        };
+        let answer = answer_of(fetched.clone());
+        let FetchedReferrers { body, content_type: _, filters_applied, link, page } = fetched;
+        let media_type = answer.media_type.clone();
         let essence = media_type.split(';').next().unwrap_or_default().trim();
         if !essence.eq_ignore_ascii_case(OCI_INDEX) || !is_index(&body) {
             return Ok(answer);
@@ -127,6 +125,18 @@ impl Mirror {
             .await
             .map_err(Error::internal)??;
         Ok(answer)
+    }
+}
+
+/// Upstream's answer as berth sends it.
+fn answer_of(fetched: FetchedReferrers) -> ReferrersAnswer {
+    let FetchedReferrers { body, content_type, filters_applied, link, page } = fetched;
+    ReferrersAnswer {
+        body,
+        media_type: content_type.unwrap_or_else(|| OCI_INDEX.to_owned()),
+        filters_applied,
+        link: link.map(|l| (l, page)),
+        served_by: ServedBy::Upstream,
     }
 }
 

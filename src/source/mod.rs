@@ -74,6 +74,7 @@ impl Upstreams {
         let split = Split {
             connections: config.storage.fill_connections,
             above: config.storage.fill_connections_above,
+            room: Arc::new(Semaphore::new(upstream::PIECES_ROOM)),
         };
         for r in &config.registries {
             if r.host == "*" {
@@ -81,7 +82,7 @@ impl Upstreams {
             } else {
                 // Each registry has turns of its own: one slow registry cannot hold another's.
                 let turns = FillTurns::new(r.max_fills.unwrap_or(config.storage.max_fills), None);
-                by_host.insert(r.host.clone(), Arc::new(Upstream::new(r, turns, split)?));
+                by_host.insert(r.host.clone(), Arc::new(Upstream::new(r, turns, split.clone())?));
             }
         }
         Ok(Upstreams {
@@ -137,7 +138,7 @@ impl Upstreams {
         // exceed `storage.max_fills`, and one host cannot take all of those.
         let per_host = template.max_fills.unwrap_or(WILDCARD_MAX_FILLS);
         let turns = FillTurns::new(per_host, Some(self.wildcard_fills.clone()));
-        Ok(Arc::new(Upstream::new(&cfg, turns, self.split)?))
+        Ok(Arc::new(Upstream::new(&cfg, turns, self.split.clone())?))
     }
 
     /// How many of the wildcard's hosts have an upstream remembered now.

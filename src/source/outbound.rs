@@ -18,7 +18,10 @@ use crate::error::{BoxError, Error};
 
 /// The client for `cfg`'s upstream, and its guard when the registry is public-only.
 pub(crate) fn client_for(cfg: &Registry) -> Result<(reqwest::Client, Option<Arc<Guard>>), Error> {
-    let mut builder = base(cfg.connect_timeout, cfg.read_timeout, cfg.ca_file.as_ref())?;
+    // HTTP/1.1 only: each fill, and each piece of a fill over several connections, gets a
+    // connection of its own. Over HTTP/2 they would all share one, which a CDN edge throttles
+    // as one and which one slow body holds up for the others.
+    let mut builder = base(cfg.connect_timeout, cfg.read_timeout, cfg.ca_file.as_ref())?.http1_only();
     let guard = cfg.public_only.then(|| Arc::new(Guard { exempt: cfg.public_exempt.clone() }));
     if let Some(guard) = &guard {
         builder = builder

@@ -302,12 +302,13 @@ impl Meta {
         Ok(existed)
     }
 
-    /// Every row of `table`; unreadable rows are skipped with a warning.
+    /// How many rows `table` holds.
     fn rows(&self, table: Table) -> Result<u64, Error> {
         let txn = self.db.begin_read().map_err(db_err)?;
         txn.open_table(table).map_err(db_err)?.len().map_err(db_err)
     }
 
+    /// Every row of `table`; unreadable rows are skipped with a warning.
     fn read_all<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>, Error> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(table).map_err(db_err)?;

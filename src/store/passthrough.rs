@@ -21,6 +21,9 @@ use crate::oci::digest::Digest;
 
 /// Bytes handed to a client at a time from the written part.
 const CHUNK: u64 = 1 << 20;
+/// The most a range of a pass-through fill reads and drops before its own bytes, when the
+/// source ignores Range.
+const MAX_RANGE_SKIP: u64 = 8 << 20;
 
 /// A fill that could not be written to disk: what was written, and how to get the rest.
 pub(crate) struct PassThrough {
@@ -84,7 +87,7 @@ pub(crate) fn follow(p: Arc<PassThrough>, start: u64, end: Option<u64>) -> BodyS
 /// Bytes `start..end` of the content for a range: what was written, from the file, and the
 /// rest by one request to the source from where the range needs it, read only as far as the
 /// range goes. Not verified, like any range (see `body::range`): a range never costs a fetch
-/// of the whole blob.
+/// of the whole blob (from a source that ignores Range, at most `MAX_RANGE_SKIP` before it).
 pub(crate) fn range(p: Arc<PassThrough>, start: u64, end: u64) -> BodyStream {
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::spawn(async move {
@@ -115,6 +118,13 @@ async fn serve_range(
     }
     let rest = (p.resume)(pos).await?;
     let (mut body, mut skip) = (rest.body, rest.skip);
+    if skip > MAX_RANGE_SKIP {
+        // The source ignores Range: the range would cost the blob up to it.
+        return Err(Error::Unavailable(format!(
+            "{}: the source ignores Range; not fetching {skip} bytes for a range",
+            p.digest
+        )));
+    }
     while pos < end {
         let Some(chunk) = body.next().await else {
             return Err(Error::Unavailable(format!(

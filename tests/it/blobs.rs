@@ -356,7 +356,8 @@ async fn ranges_ahead_of_one_fill_cost_upstream_at_most_the_blobs_length() {
             l.path.contains(d.hex()) && l.range.as_deref().is_some_and(|r| !r.starts_with("bytes=0-0"))
         })
         .count() as u64;
-    assert!(ahead >= 1 && fast >= 1, "no range was fetched ahead");
+    // Answers past the budget wait for the slow fill (timed out above): only asked ranges count.
+    assert!(ahead >= 1, "no range was fetched ahead ({fast} answered at once)");
     assert!(ahead * span <= 40 << 20, "{ahead} spans of 15 MiB asked of upstream for a 40 MiB blob");
 }
 

@@ -105,6 +105,10 @@ async fn a_piece_cut_part_way_is_resumed_and_the_blob_is_still_whole_and_verifie
     let d = h.upstream.add_blob(blob.clone());
     h.upstream.fault(&d, Fault::SlowCutRanges { chunk: 1 << 20, delay: Duration::from_millis(10) });
     pull_whole(&h, &blob, &d).await;
+    let (whole, ranges) = gets(&h, d.as_str());
+    assert!(whole == 1 && !ranges.is_empty(), "no piece was asked: {ranges:?}");
+    let resumed = h.upstream.log().iter().any(|l| l.range.as_deref().is_some_and(|r| r.ends_with('-')));
+    assert!(resumed, "the cut piece was not resumed from what the fill held");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -318,4 +318,14 @@ async fn referrers_that_fail_or_flood_are_reported_and_bounded_and_the_image_is_
     assert_eq!(state_of(&sig), Some(json!("cached")), "the good signature is warmed: {job}");
     let asked = h.upstream.log().iter().filter(|l| l.path.contains("/manifests/sha256:")).count();
     assert!(asked <= 64 + 4, "{asked} referrer manifests asked of upstream for one subject");
+
+    // A referrers answer upstream cannot give: the image is warmed, and fails by name.
+    let (other, other_layers) = h.upstream.put_image(repo, "2", &[bytes_of(3000, 46)]);
+    *h.upstream.state.referrers_status.lock().unwrap() = Some(503);
+    let (st, job) = preheat(&h, json!({"images": ["library/signed:2"], "referrers": true})).await;
+    assert_eq!(st, StatusCode::BAD_GATEWAY, "{job}");
+    let error = job["images"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&format!("referrers of {other}")), "{job}");
+    let all = items(&job);
+    assert!(all.iter().any(|i| i["digest"] == other_layers[0].as_str() && i["state"] == "cached"), "{job}");
 }

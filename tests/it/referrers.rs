@@ -84,11 +84,18 @@ async fn filtered_answers_are_kept_apart_and_answers_that_are_not_an_index_are_n
     assert_eq!(upstream_referrers(&h), 1);
     let _ = h.get(&referrers_path(subject.as_str(), "")).await;
     assert_eq!(upstream_referrers(&h), 2, "the unfiltered answer is another key");
-    // Other parameters select nothing: not passed on, not another kept answer.
-    for junk in ["?x=1", "?cachebust=2&ns=docker.io", "?artifactType=application%2Fx&y=3"] {
+    // Other parameters (an upstream's own page cursor, say) are passed on, and such answers
+    // are not kept: asked each time, never another kept answer.
+    for junk in ["?page=2", "?page=2&ns=docker.io", "?artifactType=application%2Fx&y=3"] {
         assert_eq!(h.get(&referrers_path(subject.as_str(), junk)).await.status(), StatusCode::OK);
+        let log = h.upstream.log();
+        let asked = log.iter().rev().find(|l| l.path.contains("/referrers/")).unwrap();
+        assert!(asked.path.contains(junk.split('&').next().unwrap()), "{junk} not passed on: {}", asked.path);
+        assert!(!asked.path.contains("ns="), "{}", asked.path);
     }
-    assert_eq!(upstream_referrers(&h), 2, "a junk parameter made another key");
+    assert_eq!(upstream_referrers(&h), 5, "an answer to an unknown parameter was served from a kept one");
+    let _ = h.get(&referrers_path(subject.as_str(), "?page=2")).await;
+    assert_eq!(upstream_referrers(&h), 6, "an answer to an unknown parameter was kept");
 
     // Not an image index: passed on, never kept; over 4 MiB: refused.
     let (odd, _) = h.upstream.put_image(REPO, "2", &[bytes_of(100, 5)]);
@@ -102,7 +109,7 @@ async fn filtered_answers_are_kept_apart_and_answers_that_are_not_an_index_are_n
     for _ in 0..2 {
         assert_eq!(h.get(&path).await.text().await.unwrap(), r#"{"manifests":[{"digest":"nope"}]}"#);
     }
-    assert_eq!(upstream_referrers(&h), 4, "an answer that is not an index is asked for each time");
+    assert_eq!(upstream_referrers(&h), 8, "an answer that is not an index is asked for each time");
     let (big, _) = h.upstream.put_image(REPO, "3", &[bytes_of(100, 6)]);
     let huge = format!(r#"{{"manifests":[],"pad":"{}"}}"#, "x".repeat(5 << 20));
     h.upstream.state.referrers.lock().unwrap().insert(big.to_string(), huge);

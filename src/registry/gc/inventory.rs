@@ -100,9 +100,12 @@ pub(crate) fn assemble(
         inv.blobs.entry(d.clone()).or_insert(Blob { size: 0, last_access: 0, busy: true });
     }
     // Roots are what no manifest's bytes reference: content addresses cannot form a cycle, so
-    // every manifest is a root or under one, whatever the kept referrers say.
+    // every manifest is a root or under one, whatever the kept referrers say. A manifest that
+    // is pinned or a tag's is a root whatever references it (an index upstream answered
+    // referrers with may list anything), so its pin holds.
     let referenced: HashSet<&Digest> = children.values().flatten().collect();
-    let roots: Vec<&Digest> = children.keys().filter(|d| !referenced.contains(d)).collect();
+    let held = |d: &Digest| pinned.contains(d.as_str()) || current.contains(d.as_str());
+    let roots: Vec<&Digest> = children.keys().filter(|d| !referenced.contains(d) || held(d)).collect();
     let mut versions: Vec<Version> = roots
         .iter()
         .map(|&root| {
@@ -116,8 +119,7 @@ pub(crate) fn assemble(
             }
         })
         .collect();
-    // A root reached through a referrers link (a referrers index, or a signature tag's
-    // manifest) belongs to the version that links it, unless a pin or a tag holds it on its
+    // A root reached through a referrers link (a kept referrers index) belongs to the version that links it, unless a pin or a tag holds it on its
     // own. It is folded only into a version that is itself not folded, so every folded
     // digest stays in a version that is kept.
     let root_set: HashSet<&Digest> = roots.iter().copied().collect();
@@ -207,12 +209,34 @@ mod tests {
     }
 
     #[test]
+    fn an_index_that_lists_a_pinned_or_tagged_image_does_not_unroot_it() {
+        // 1 links its referrers index 2, whose bytes list 4 (pinned) and 5 (a tag's).
+        let items = vec![
+            manifest(1, &[10], &[2]),
+            manifest(2, &[4, 5], &[]),
+            manifest(4, &[11], &[]),
+            manifest(5, &[12], &[]),
+            blob(10),
+            blob(11),
+            blob(12),
+        ];
+        let pinned = HashSet::from([d(4).to_string()]);
+        let current = HashSet::from([d(5).to_string()]);
+        let inv = assemble(items.into_iter(), &current, &pinned, &HashSet::new());
+        let mut got = roots(&inv);
+        got.sort();
+        assert_eq!(got, [1, 4, 5].map(d).to_vec());
+        assert!(inv.versions.iter().any(|v| v.root == d(4) && v.pinned && v.digests.contains(&d(11))));
+        assert!(inv.versions.iter().any(|v| v.root == d(5) && v.current && v.digests.contains(&d(12))));
+    }
+
+    #[test]
     fn referrers_links_never_unroot_a_pinned_or_tagged_image_nor_loop() {
-        // A hostile upstream's referrers answers: image 1 links image 4 (pinned) and image 5
-        // (a tag's), 4 links back to 1, and 6 and 7 link each other.
+        // A hostile upstream's referrers answers: image 1 links image 4 (pinned), image 5
+        // (a tag's) and itself, and 6 and 7 link each other.
         let items = vec![
             manifest(1, &[10], &[4, 5, 1]),
-            manifest(4, &[11], &[1]),
+            manifest(4, &[11], &[]),
             manifest(5, &[12], &[]),
             manifest(6, &[13], &[7]),
             manifest(7, &[14], &[6]),

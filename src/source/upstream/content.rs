@@ -79,7 +79,10 @@ impl Upstream {
             self.send(Method::GET, &format!("/v2/{repo}/blobs/{digest}"), repo, HeaderMap::new()).await?;
         let resp = check(resp, Error::BlobUnknown).await?;
         let len = resp.content_length();
-        let no_ranges = resp.headers().get(header::ACCEPT_RANGES).is_some_and(|v| v == "none");
+        let no_ranges = resp
+            .headers()
+            .get(header::ACCEPT_RANGES)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"none"));
         let body = self.body_of(resp);
         let body = match len.filter(|_| !no_ranges && self.split.applies(len)) {
             Some(len) => super::pieces::body(self.clone(), repo, digest, len, body),
@@ -264,6 +267,7 @@ fn content_range(value: &str) -> Option<(u64, u64, u64)> {
 }
 
 /// A referrers answer as upstream gave it.
+#[derive(Clone)]
 pub(crate) struct FetchedReferrers {
     pub(crate) body: Bytes,
     pub(crate) content_type: Option<String>,

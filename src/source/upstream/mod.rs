@@ -21,7 +21,7 @@ mod content;
 mod pieces;
 
 pub(crate) use content::{FetchedReferrers, Span};
-pub(crate) use pieces::Split;
+pub(crate) use pieces::{Split, PIECES_ROOM};
 
 pub(crate) use content::read_manifest;
 pub(crate) use content::{FetchedManifest, ManifestHead};

@@ -1,8 +1,9 @@
 //! A large blob's body over several connections: the fill's own GET is read up to the end
 //! of its first piece while the next pieces are fetched by Range beside it, each on a turn
 //! of the registry's own, and the whole is handed on in order (so hashing, the writer and
-//! every follower see one body, as from one stream). Pieces ahead of the one being handed on
-//! wait in memory: at most `connections - 1` pieces.
+//! every follower see one body, as from one stream). Pieces not yet handed on wait in
+//! memory: at most `connections` pieces of 8 MiB per fill, and `PIECES_ROOM` MiB for all
+//! fills together; each holds its turn until it is handed on.
 //!
 //! The first ranged piece decides: unless it comes back as a 206 for exactly its span, the
 //! fill's own GET is read to its end instead (an upstream that ignores Range costs nothing).
@@ -26,11 +27,17 @@ const MIN_PIECE: u64 = 1 << 20;
 
 /// How a fill of a large blob may use more connections: `[storage] fill_connections`, for
 /// blobs of at least `fill_connections_above`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Split {
     pub(crate) connections: usize,
     pub(crate) above: u64,
+    /// MiB that pieces not yet handed on may hold, all fills of all registries together
+    /// (`PIECES_ROOM`): past it, fills fetch fewer pieces at once, down to one stream.
+    pub(crate) room: Arc<tokio::sync::Semaphore>,
 }
+
+/// MiB all pieces not yet handed on may hold in memory at once.
+pub(crate) const PIECES_ROOM: usize = 256;
 
 impl Split {
     /// Whether a blob of `len` bytes is fetched in pieces.
@@ -107,6 +114,9 @@ struct Piece {
     own: bool,
     rx: mpsc::UnboundedReceiver<Result<Bytes, Error>>,
     task: tokio::task::JoinHandle<()>,
+    /// Its turn and its room in memory, held until it is handed on.
+    _turn: Option<Turn>,
+    _room: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Drop for Piece {
@@ -202,14 +212,16 @@ impl Pieces {
         if self.next_start >= self.len {
             return None;
         }
-        let turn = if own_turn { None } else { Some(self.up.turns.try_take()?) };
         let (start, end) = (self.next_start, (self.next_start + self.piece).min(self.len));
+        let mib = u32::try_from((end - start).div_ceil(1 << 20)).unwrap_or(u32::MAX);
+        let room = self.up.split.room.clone().try_acquire_many_owned(mib).ok()?;
+        let turn = if own_turn { None } else { Some(self.up.turns.try_take()?) };
         self.next_start = end;
         let (tx, rx) = mpsc::unbounded_channel();
         let (answered, answer) = oneshot::channel();
         let (up, repo, digest, len) = (self.up.clone(), self.repo.clone(), self.digest.clone(), self.len);
-        let task = tokio::spawn(fetch(up, repo, digest, (start, end, len), turn, tx, answered));
-        Some((Piece { start, end, got: 0, own: own_turn, rx, task }, answer))
+        let task = tokio::spawn(fetch(up, repo, digest, (start, end, len), tx, answered));
+        Some((Piece { start, end, got: 0, own: own_turn, rx, task, _turn: turn, _room: room }, answer))
     }
 
     /// Gives up the pieces: the fill's own GET, or its resume, carries the rest.
@@ -228,11 +240,9 @@ async fn fetch(
     repo: String,
     digest: Digest,
     (start, end, len): (u64, u64, u64),
-    turn: Option<Turn>,
     tx: mpsc::UnboundedSender<Result<Bytes, Error>>,
     answered: oneshot::Sender<bool>,
 ) {
-    let _turn = turn;
     let asked = format!("bytes={start}-{}", end - 1);
     let span = match up.blob_span(&repo, &digest, &asked).await {
         Ok(s) if (s.start, s.end, s.len) == (start, end, len) => s,

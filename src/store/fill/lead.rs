@@ -46,6 +46,8 @@ pub(super) async fn lead(
     if let (Some(l), Some(resume)) = (len.filter(|&l| l > store.disk.capacity()), &resume) {
         store.count_uncached();
         let why = format!("{l} bytes do not fit the disk tier");
+        // Clients ask the source themselves: its body (and any pieces it holds) goes now.
+        drop(body);
         return pass_through(fill, None, None, 0, len, resume.clone(), why).await;
     }
     let (disk, d) = (store.disk.clone(), fill.digest.clone());
@@ -53,6 +55,7 @@ pub(super) async fn lead(
         (Ok(writer), _) => writer,
         (Err(e), Some(resume)) => {
             let why = format!("disk tier cannot make a temp file: {e}");
+            drop(body);
             return pass_through(fill, None, None, 0, len, resume.clone(), why).await;
         }
         (Err(e), None) => return Err(e),
@@ -69,6 +72,7 @@ pub(super) async fn lead(
     if let (Some(why), Some(resume)) = (disk_trouble(&made, room.ran_out()), resume) {
         // What is written is good; clients get the rest from the source.
         let written = made.writer.written_len();
+        drop(pump);
         return pass_written(fill, made, written, len, resume, why).await;
     }
     super::publish::settle(store, fill, len, pumped, made, room, rejected).await?;

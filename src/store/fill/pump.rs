@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, StreamExt};
 
 use super::write::{Pipeline, Room, WRITE_BATCH};
 use super::Resume;
@@ -90,6 +90,8 @@ impl Pump {
             let (digest, offset, attempt) = (&self.digest, self.received, self.resumes);
             tracing::warn!(%digest, offset, attempt, error = %cut, "source body cut; resuming");
             metrics::counter!("berth_fill_resumes_total").increment(1);
+            // The cut body goes now, with any connections and buffers it holds.
+            self.body = futures::stream::empty().boxed();
             tokio::time::sleep(RESUME_BACKOFF * 4u32.pow(self.resumes - 1)).await;
             match resume(self.received).await {
                 Ok(rest) => {
