@@ -42,8 +42,8 @@ prefix_oras() {
     local d="$E2E_DIR/oras" got
     rm -rf "$d"; mkdir -p "$d/out"
     head -c 300000 /dev/urandom >"$d/artifact.bin"
-    (cd "$d" && timeout 60 python3 "$E2E_ROOT/e2e/oras.py" push "$UP_ADDR/library/artifact:1" artifact.bin) >/dev/null || return 1
-    got=$(timeout 60 python3 "$E2E_ROOT/e2e/oras.py" pull "$BERTH_ADDR/registry.test/library/artifact:1" "$d/out") || return 1
+    (cd "$d" && timeout 60 python3 "$E2E_ROOT/e2e/oci_artifact.py" push "$UP_ADDR/library/artifact:1" artifact.bin) >/dev/null || return 1
+    got=$(timeout 60 python3 "$E2E_ROOT/e2e/oci_artifact.py" pull "$BERTH_ADDR/registry.test/library/artifact:1" "$d/out") || return 1
     cmp -s "$d/artifact.bin" "$d/out/artifact.bin" || { echo "oras pulled: $got; not the bytes pushed"; return 1; }
     [ "$(count_upstream_blob_gets "$(sha256_of <"$d/artifact.bin")")" -ge 1 ] || { echo "no upstream GET: not pulled through berth"; return 1; }
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """OCI artifacts with oras-py (PyPI `oras`), plain HTTP:
-    oras.py push HOST/REPO:TAG FILE     # an artifact of one file, straight to a registry
-    oras.py pull HOST/REPO:TAG OUTDIR   # prints the paths of the files pulled
+    oci_artifact.py push HOST/REPO:TAG FILE     # an artifact of one file, straight to a registry
+    oci_artifact.py pull HOST/REPO:TAG OUTDIR   # prints the paths of the files pulled
 """
 import sys
 
