@@ -48,6 +48,28 @@ prefix_oras() {
     [ "$(count_upstream_blob_gets "$(sha256_of <"$d/artifact.bin")")" -ge 1 ] || { echo "no upstream GET: not pulled through berth"; return 1; }
 }
 
+# A signature by the tag schema (what cosign finds when a registry has no referrers API, as
+# distribution 2.8): an artifact tagged sha256-<hex>.sig of the artifact above, pulled through
+# the prefix, then pulled again with upstream stopped: a policy that needs it verifies offline.
+prefix_signature_offline() {
+    local d="$E2E_DIR/oras" subject sig got
+    subject=$(curl -sf -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+        "$UP_URL/v2/library/artifact/manifests/1" | sha256_of) || return 1
+    sig="sha256-${subject#sha256:}.sig"
+    echo "signature of $subject" >"$d/signature.txt"
+    (cd "$d" && timeout 60 python3 "$E2E_ROOT/e2e/oci_artifact.py" push "$UP_ADDR/library/artifact:$sig" signature.txt) >/dev/null || return 1
+    rm -rf "$d/sig"; mkdir -p "$d/sig"
+    timeout 60 python3 "$E2E_ROOT/e2e/oci_artifact.py" pull "$BERTH_ADDR/registry.test/library/artifact:$sig" "$d/sig" >/dev/null || return 1
+    cmp -s "$d/signature.txt" "$d/sig/signature.txt" || { echo "the signature pulled is not the one pushed"; return 1; }
+    stop_upstream
+    rm -rf "$d/sig"; mkdir -p "$d/sig"
+    got=$(timeout 60 python3 "$E2E_ROOT/e2e/oci_artifact.py" pull "$BERTH_ADDR/registry.test/library/artifact:$sig" "$d/sig" 2>&1)
+    local rc=$?
+    start_upstream >/dev/null 2>&1 || { echo "upstream does not start again"; return 1; }
+    [ $rc = 0 ] || { echo "with upstream down: $got"; return 1; }
+    cmp -s "$d/signature.txt" "$d/sig/signature.txt" || { echo "with upstream down, another signature"; return 1; }
+}
+
 scenario_q() {
     local mark; mark=$(berth_log_mark)
     run_check "q: skopeo inspect $BERTH_ADDR/registry.test/library/multi:1 (path prefix, no ns) = upstream digest" prefix_skopeo
@@ -62,6 +84,7 @@ scenario_q() {
     fi
     if python3 -c "import oras.client" 2>/dev/null; then
         run_check "q: oras pull $BERTH_ADDR/registry.test/library/artifact:1 (an OCI artifact) = the bytes pushed" prefix_oras
+        run_check "q: a tag-schema signature (sha256-<hex>.sig) pulled through berth, and again with upstream stopped" prefix_signature_offline
     else
         fail "q: oras pull through a path prefix" "oras-py missing (pip install oras)"
     fi
