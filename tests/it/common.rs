@@ -595,6 +595,12 @@ impl Harness {
         self.client.get(self.url(path)).send().await.unwrap()
     }
 
+    /// The admin listener's JSON answer at `path` (`/api/v1/cache`, say).
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let url = format!("http://{}{path}", self.berth.admin_addr);
+        self.client.get(url).send().await.unwrap().json().await.unwrap()
+    }
+
     pub fn blob_path(repo: &str, d: &Digest) -> String {
         format!("/v2/{repo}/blobs/{d}")
     }

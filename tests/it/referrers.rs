@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::common::{self, bytes_of, Harness};
 
@@ -132,15 +132,7 @@ async fn a_subjects_kept_referrers_and_their_signatures_are_part_of_its_version(
     }
     h.settle().await;
     let versions = || async {
-        let cache: Value = h
-            .client
-            .get(format!("http://{}/api/v1/cache", h.berth.admin_addr))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let cache = h.admin_json("/api/v1/cache").await;
         cache["images"]
             .as_array()
             .unwrap()

@@ -190,6 +190,26 @@ async fn a_slow_follower_does_not_hold_back_the_fill() {
     assert_eq!(got, bytes);
 }
 
+/// A fill of 1 MiB from a `gated` source, started.
+struct Gated {
+    _dir: tempfile::TempDir,
+    store: Arc<Store>,
+    bytes: Bytes,
+    d: Digest,
+    fill: Arc<Fill>,
+    tx: tokio::sync::mpsc::UnboundedSender<Result<Bytes, Error>>,
+}
+
+fn gated_fill() -> Gated {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let bytes = content(1 << 20);
+    let d = Digest::of(&bytes);
+    let (src, tx) = gated(bytes.len() as u64);
+    let fill = start(&store, &d, src);
+    Gated { _dir: dir, store, bytes, d, fill, tx }
+}
+
 /// A source whose body is sent by the test, piece by piece, through the returned sender.
 fn gated(len: u64) -> (Source, tokio::sync::mpsc::UnboundedSender<Result<Bytes, Error>>) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -199,12 +219,7 @@ fn gated(len: u64) -> (Source, tokio::sync::mpsc::UnboundedSender<Result<Bytes, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_is_answered_once_its_bytes_are_written_and_a_whole_body_still_waits() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
-    let bytes = content(1 << 20);
-    let d = Digest::of(&bytes);
-    let (src, tx) = gated(bytes.len() as u64);
-    let fill = start(&store, &d, src);
+    let Gated { _dir, store, bytes, d, fill, tx } = gated_fill();
     tx.send(Ok(bytes.slice(..600_000))).unwrap();
     let answer = |r| tokio::time::timeout(Duration::from_secs(5), drain(r));
     // Ranges inside what is written complete, the one ending there too; the whole body and a
@@ -233,12 +248,7 @@ async fn a_range_is_answered_once_its_bytes_are_written_and_a_whole_body_still_w
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_answered_before_the_fill_fails_leaves_nothing_kept_and_whole_bodies_cut() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
-    let bytes = content(1 << 20);
-    let d = Digest::of(&bytes);
-    let (src, tx) = gated(bytes.len() as u64);
-    let fill = start(&store, &d, src);
+    let Gated { _dir, store, bytes, d, fill, tx } = gated_fill();
     tx.send(Ok(bytes.slice(..400_000))).unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), drain(body::range(fill.clone(), 0, 4096)))
         .await
