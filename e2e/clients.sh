@@ -48,6 +48,24 @@ prefix_oras() {
     [ "$(count_upstream_blob_gets "$(sha256_of <"$d/artifact.bin")")" -ge 1 ] || { echo "no upstream GET: not pulled through berth"; return 1; }
 }
 
+# A helm chart as helm pushes and pulls one (an OCI artifact with helm's config and layer
+# media types; helm itself has no Debian package), through the prefix.
+HELM_CONFIG=application/vnd.cncf.helm.config.v1+json
+HELM_CHART=application/vnd.cncf.helm.chart.content.v1.tar+gzip
+prefix_helm_chart() {
+    local d="$E2E_DIR/helm" got config
+    rm -rf "$d"; mkdir -p "$d/out"
+    head -c 50000 /dev/urandom >"$d/app-1.2.3.tgz"
+    echo '{"name":"app","version":"1.2.3","apiVersion":"v2"}' >"$d/Chart.json"
+    (cd "$d" && timeout 60 python3 "$E2E_ROOT/e2e/oci_artifact.py" push "$UP_ADDR/library/charts/app:1.2.3" \
+        "app-1.2.3.tgz:$HELM_CHART" "Chart.json:$HELM_CONFIG") >/dev/null || return 1
+    config=$(curl -sf -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+        "$BERTH_URL/v2/registry.test/library/charts/app/manifests/1.2.3" | python3 -c 'import json, sys; print(json.load(sys.stdin)["config"]["mediaType"])') || return 1
+    [ "$config" = "$HELM_CONFIG" ] || { echo "config media type through berth: $config"; return 1; }
+    got=$(timeout 60 python3 "$E2E_ROOT/e2e/oci_artifact.py" pull "$BERTH_ADDR/registry.test/library/charts/app:1.2.3" "$d/out") || return 1
+    cmp -s "$d/app-1.2.3.tgz" "$d/out/app-1.2.3.tgz" || { echo "pulled: $got; not the chart pushed"; return 1; }
+}
+
 # A signature by the tag schema (what cosign finds when a registry has no referrers API, as
 # distribution 2.8): an artifact tagged sha256-<hex>.sig of the artifact above, pulled through
 # the prefix, then pulled again with upstream stopped: a policy that needs it verifies offline.
@@ -84,6 +102,7 @@ scenario_q() {
     fi
     if python3 -c "import oras.client" 2>/dev/null; then
         run_check "q: oras pull $BERTH_ADDR/registry.test/library/artifact:1 (an OCI artifact) = the bytes pushed" prefix_oras
+        run_check "q: a helm chart (helm's media types) pulled by the prefix = the chart pushed" prefix_helm_chart
         run_check "q: a tag-schema signature (sha256-<hex>.sig) pulled through berth, and again with upstream stopped" prefix_signature_offline
     else
         fail "q: oras pull through a path prefix" "oras-py missing (pip install oras)"
