@@ -194,13 +194,11 @@ impl Mirror {
             let far = alone && fill.available().saturating_add(AHEAD) < start && end - start <= AHEAD_SPAN;
             let turn = if far { turns.try_acquire_owned().ok() } else { None };
             if let Some(turn) = turn.filter(|_| fill.take_ahead(end - start, len.max(AHEAD_BUDGET))) {
-                let asked = RangeSpec::From { start, last: Some(end - 1) }.header();
-                match upstream.blob_span(&repo, fill.digest(), &asked).await {
-                    Ok(span) if (span.start, span.end, span.len) == (start, end, len) => {
+                match upstream.blob_span_of(&repo, fill.digest(), (start, end, len)).await {
+                    Ok(span) => {
                         metrics::counter!("berth_ranges_ahead_total").increment(1);
                         return body::guarded(body::beside(&fill, io_stream(span.body)), turn);
                     }
-                    Ok(_) => tracing::debug!(digest = %fill.digest(), "upstream answered another span"),
                     Err(e) => tracing::debug!(digest = %fill.digest(), error = %e, "range ahead not served"),
                 }
             }

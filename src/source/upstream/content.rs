@@ -151,6 +151,26 @@ impl Upstream {
         Ok(Span { start, end, len, body: exactly(self.body_of(resp), end - start, self.host.clone()) })
     }
 
+    /// Bytes `start..end` of a blob of `len` bytes by Range: only a 206 for exactly that span
+    /// of that length is taken (see `blob_span`).
+    pub(crate) async fn blob_span_of(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        (start, end, len): (u64, u64, u64),
+    ) -> Result<Span, Error> {
+        let asked = format!("bytes={start}-{}", end - 1);
+        let span = self.blob_span(repo, digest, &asked).await?;
+        if (span.start, span.end, span.len) != (start, end, len) {
+            let (a, b, l) = (span.start, span.end, span.len);
+            return Err(Error::Unavailable(format!(
+                "{}: asked {asked}/{len}, upstream sent {a}-{b}/{l}",
+                self.host
+            )));
+        }
+        Ok(span)
+    }
+
     pub(crate) fn body_of(
         &self,
         resp: reqwest::Response,

@@ -110,12 +110,11 @@ struct Piece {
     start: u64,
     end: u64,
     got: u64,
-    /// Fetched on the fill's own turn (at most one piece at a time), not one of its own.
-    own: bool,
     rx: mpsc::UnboundedReceiver<Result<Bytes, Error>>,
     task: tokio::task::JoinHandle<()>,
-    /// Its turn and its room in memory, held until it is handed on.
-    _turn: Option<Turn>,
+    /// Its turn and its room in memory, held until it is handed on. No turn: fetched on the
+    /// fill's own (one piece at a time).
+    turn: Option<Turn>,
     _room: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -200,7 +199,7 @@ impl Pieces {
     /// them) or no turn is free.
     fn fill_ahead(&mut self) {
         while self.ahead.len() < self.up.split.connections {
-            let own = self.head.is_none() && !self.ahead.iter().any(|p| p.own);
+            let own = self.head.is_none() && !self.ahead.iter().any(|p| p.turn.is_none());
             let Some((p, _)) = self.spawn_next(own) else { return };
             self.ahead.push_back(p);
         }
@@ -221,7 +220,7 @@ impl Pieces {
         let (answered, answer) = oneshot::channel();
         let (up, repo, digest, len) = (self.up.clone(), self.repo.clone(), self.digest.clone(), self.len);
         let task = tokio::spawn(fetch(up, repo, digest, (start, end, len), tx, answered));
-        Some((Piece { start, end, got: 0, own: own_turn, rx, task, _turn: turn, _room: room }, answer))
+        Some((Piece { start, end, got: 0, rx, task, turn, _room: room }, answer))
     }
 
     /// Gives up the pieces: the fill's own GET, or its resume, carries the rest.
@@ -243,15 +242,8 @@ async fn fetch(
     tx: mpsc::UnboundedSender<Result<Bytes, Error>>,
     answered: oneshot::Sender<bool>,
 ) {
-    let asked = format!("bytes={start}-{}", end - 1);
-    let span = match up.blob_span(&repo, &digest, &asked).await {
-        Ok(s) if (s.start, s.end, s.len) == (start, end, len) => s,
-        Ok(s) => {
-            let _ = answered.send(false);
-            let other = format!("{}: asked {asked}, upstream sent {}-{}/{}", up.host, s.start, s.end, s.len);
-            let _ = tx.send(Err(Error::Unavailable(other)));
-            return;
-        }
+    let span = match up.blob_span_of(&repo, &digest, (start, end, len)).await {
+        Ok(s) => s,
         Err(e) => {
             let _ = answered.send(false);
             let _ = tx.send(Err(e));
