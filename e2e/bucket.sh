@@ -5,7 +5,8 @@
 #
 # 1. A pulls an image: its blobs and manifest land in the bucket. 2. B, another cluster,
 # pulls it: every blob was GET from upstream once in all; both pull a new image at once: the
-# fleet lease lets one of them fetch each blob. 3. Upstream stopped, a fresh berth
+# fleet lease lets one of them fetch each blob; 2d. two that share the peer token: the loser
+# streams from the winner's fill in flight. 3. Upstream stopped, a fresh berth
 # with an empty disk pulls it by tag (the fleet's tag mapping) and by digest from the bucket. 4. A layer overwritten with wrong
 # bytes in the bucket: a fresh berth's pull still verifies, and the object is replaced. 4b.
 # The layer with its part checksums and one wrong byte: the rest comes from upstream. 4c.
@@ -15,6 +16,7 @@
 WEED_S3_PORT=15093
 WEED_S3="http://127.0.0.1:$WEED_S3_PORT"
 WEED_PROXY_PORT=15094
+UP_PROXY_PORT=15095
 WEED_BUCKET=berth-e2e
 WEED_PID=
 BUCKET_PIDS=()
@@ -48,9 +50,11 @@ s3() { curl -sf -m 30 --aws-sigv4 "aws:amz:us-east-1:s3" --user berthkey:berthse
 
 object_url() { echo "$WEED_S3/$WEED_BUCKET/fleet/v1/$1/sha256/${2#sha256:}"; }
 
-# start_bucket_berth I [ENDPOINT] [UPLOAD]: berth I on 127.0.0.1:1507I, no peers, on the bucket
+# start_bucket_berth I [ENDPOINT] [UPLOAD] [UPSTREAM] [fleet]: berth I on 127.0.0.1:1507I, on
+# the bucket, with no peers; with "fleet", a cluster of its own that holds the fleet's peer
+# token (it signs its fill leases, and streams from holders whose leases it can verify)
 start_bucket_berth() {
-    local i=$1 endpoint=${2:-$WEED_S3} upload=${3:-background}
+    local i=$1 endpoint=${2:-$WEED_S3} upload=${3:-background} upstream=${4:-$UP_URL} fleet=${5:-}
     cat >"$E2E_DIR/bucket-$i.toml" <<EOF
 [server]
 listen = "127.0.0.1:$((15070 + i))"
@@ -65,7 +69,7 @@ disk_capacity = "2GiB"
 
 [[registry]]
 host = "bucket.test"
-endpoint = "$UP_URL"
+endpoint = "$upstream"
 connect_timeout = "1s"
 
 [bucket]
@@ -75,7 +79,15 @@ access_key_id_env = "BERTH_E2E_S3_KEY"
 secret_access_key_env = "BERTH_E2E_S3_SECRET"
 upload = "$upload"
 EOF
-    BERTH_E2E_S3_KEY=berthkey BERTH_E2E_S3_SECRET=berthsecret \
+    if [ "$fleet" = fleet ]; then cat >>"$E2E_DIR/bucket-$i.toml" <<EOF
+
+[peers]
+self = "http://127.0.0.1:$((15070 + i))"
+static = ["http://127.0.0.1:$((15070 + i))"]
+token_env = "BERTH_E2E_PEER_TOKEN"
+EOF
+    fi
+    BERTH_E2E_PEER_TOKEN=fleet-e2e-token BERTH_E2E_S3_KEY=berthkey BERTH_E2E_S3_SECRET=berthsecret \
         "$BERTH_BIN" serve --config "$E2E_DIR/bucket-$i.toml" >>"$E2E_DIR/bucket-$i.log" 2>&1 &
     BUCKET_PIDS[i]=$!
     _track "${BUCKET_PIDS[i]}"
@@ -169,6 +181,40 @@ assert all("bucket" in i["tiers"] for i in items), [(i["kind"], i["tiers"]) for 
     else
         fail "o: preheat with the bucket tier uploads every blob and the manifest, and its status says bucket" "$out"
     fi
+
+    # 2d: two berths in clusters of their own that share the peer token, upstream throttled:
+    # the one that loses the fleet lease streams the layer from the winner's fill in flight
+    # instead of waiting for its upload, and upstream is asked once
+    make_and_push single fleet 5 16M || { fail "o: push fleet:5"; return; }
+    local m5="$E2E_DIR/fleet5.manifest" big5 lease
+    get_manifest "$UP_URL" library/fleet 5 >"$m5"
+    big5=$(manifest_field layers <"$m5" | sed -n 1p)
+    lease="$WEED_S3/$WEED_BUCKET/fleet/v1/fills/${big5#sha256:}"
+    python3 "$E2E_SRC/faultproxy.py" "$UP_PROXY_PORT" "$UP_PORT" >"$E2E_DIR/faultproxy-up.log" 2>&1 &
+    _track $!
+    wait_for_port "127.0.0.1:$UP_PROXY_PORT" 10 || { fail "o: fault proxy in front of upstream"; return; }
+    curl -sf "http://127.0.0.1:$UP_PROXY_PORT/__mode/throttle:4000000" >/dev/null
+    for i in 7 8; do
+        start_bucket_berth "$i" "$WEED_S3" background "http://127.0.0.1:$UP_PROXY_PORT" fleet ||
+            { fail "o: berth $i (fleet token) starts" "$(tail -n 5 "$E2E_DIR/bucket-$i.log")"; return; }
+    done
+    local up5; up5=$(count_upstream_blob_gets "$big5")
+    bucket_pull 7 bucket.test/library/fleet:5 >"$E2E_DIR/pull-7.out" 2>&1 &
+    local winner=$! won=1 lost=1
+    for ((i = 0; i < 100; i++)); do s3 -I "$lease" -o /dev/null && break; sleep 0.1; done
+    bucket_pull 8 bucket.test/library/fleet:5 >"$E2E_DIR/pull-8.out" 2>&1 && lost=0
+    wait "$winner" && won=0
+    if [ "$won$lost" = 00 ] && [ "$(count_upstream_blob_gets "$big5")" = $((up5 + 1)) ] &&
+        [ "$(metric 8 'berth_fleet_streams_total{outcome="streamed"}')" -ge 1 ] &&
+        [ "$(metric 8 'berth_peer_requests_total{peer="http://127.0.0.1:15077",status="200"}')" -ge 1 ]; then
+        pass "o: the berth that loses the fleet lease streams the layer from the winner's fill (shared peer token); upstream asked once"
+    else
+        fail "o: the berth that loses the fleet lease streams the layer from the winner's fill (shared peer token); upstream asked once" \
+            "pulls exited $won and $lost; upstream GETs of the layer: $up5 then $(count_upstream_blob_gets "$big5")" \
+            "streams: $(curl -sf "http://127.0.0.1:15088/metrics" | grep -E 'berth_fleet_streams|berth_peer_requests')" \
+            "$(grep -i -E 'lease|holder' "$E2E_DIR/bucket-8.log" | tail -n 3)"
+    fi
+    for i in 7 8; do stop_pid "${BUCKET_PIDS[i]:-}"; done
 
     # 3: upstream stopped, a fresh berth with an empty disk pulls by digest from the bucket
     stop_upstream

@@ -67,7 +67,11 @@ async fn open_bucket(config: &Config) -> Result<Option<store::bucket::Bucket>, E
             config.server.listen.port()
         ),
     };
-    Ok(Some(store::bucket::Bucket::new(clients, cfg, &identity)))
+    let bucket = store::bucket::Bucket::new(clients, cfg, &identity);
+    Ok(Some(match &config.peers {
+        Some(p) => bucket.with_lease_key(p.token.loaded().clone()),
+        None => bucket,
+    }))
 }
 
 /// A running berth: its bound addresses and the task serving them.

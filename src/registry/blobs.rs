@@ -240,7 +240,8 @@ impl Mirror {
     ) -> (Arc<Fill>, bool) {
         let fetch = self.fetch(upstream, repo, digest, via);
         if self.owner_of(digest, via).is_none() {
-            self.store.fill_from_upstream(digest, &upstream.host, fetch)
+            let holder = self.holder_stream(upstream, repo, digest);
+            self.store.fill_from_upstream(digest, &upstream.host, fetch, holder)
         } else {
             self.store.fill(digest, &upstream.host, fetch)
         }
@@ -265,6 +266,22 @@ impl Mirror {
             fetched.map(fill_source)
         }
         .boxed()
+    }
+
+    /// With peers, how a fill that lost the fleet's lease streams from its holder: as a peer,
+    /// resumed from upstream after a cut.
+    fn holder_stream(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &str,
+        digest: &Digest,
+    ) -> Option<fill::FromHolder> {
+        let peers = self.peers.clone()?;
+        let (upstream, repo, digest) = (upstream.clone(), repo.to_owned(), digest.clone());
+        Some(Box::new(move |holder: String| {
+            async move { peers.from_holder(&holder, &upstream, &repo, &digest).await.map(fill_source) }
+                .boxed()
+        }))
     }
 
     /// Records that `registry` has the fill's digest once the fill has verified it (a source

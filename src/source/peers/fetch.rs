@@ -95,6 +95,33 @@ impl Peers {
                 return upstream.blob(repo, digest).await;
             }
         };
+        Ok(self.streamed(owner, resp, upstream, repo, digest))
+    }
+
+    /// A blob streamed from the berth holding its fleet fill lease (`store::bucket::lease`),
+    /// asked as a peer: its answer, or why there is none (the fill then waits for the upload).
+    /// A cut resumes from upstream, as an owner's does.
+    pub(crate) async fn from_holder(
+        self: &Arc<Self>,
+        holder: &str,
+        upstream: &Arc<Upstream>,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Fetched, Error> {
+        let resp = self.ask(holder, &upstream.host, &format!("/v2/{repo}/blobs/{digest}"), None).await??;
+        Ok(self.streamed(holder, resp, upstream, repo, digest))
+    }
+
+    /// A peer's 200 as a fill's source: resumed from upstream after a cut, and the peer left
+    /// out for its backoff after trouble or wrong bytes.
+    fn streamed(
+        self: &Arc<Self>,
+        owner: &str,
+        resp: reqwest::Response,
+        upstream: &Arc<Upstream>,
+        repo: &str,
+        digest: &Digest,
+    ) -> Fetched {
         let len = resp.content_length();
         let peer = owner.to_owned();
         let body = resp.bytes_stream().map(move |r| r.map_err(|e| unavailable(&peer, e))).boxed();
@@ -108,7 +135,7 @@ impl Peers {
             Box::new(move || peers.mark_down(&peer, "sent content that does not match its digest"));
         // A peer is held to the registry's floor too: below it, the rest comes from upstream.
         let floor = Some(upstream.floor());
-        Ok(Fetched { len, body, resume: Some(resume), rejected: Some(rejected), hold: None, floor })
+        Fetched { len, body, resume: Some(resume), rejected: Some(rejected), hold: None, floor }
     }
 
     /// A manifest by digest: from the owner when it sends the right bytes, else from upstream.

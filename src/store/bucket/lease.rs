@@ -4,16 +4,24 @@
 //! for the blob object to appear and read it from the bucket, or, once the lease expires with
 //! no object, break it and claim again. Inside one cluster the owner/peer path comes first:
 //! only a berth about to ask upstream claims.
+//!
+//! A berth with `[peers]` signs its lease with the peer token (HMAC-SHA-256 over the digest,
+//! holder and expiry). A loser holding the same token may stream the blob from the holder
+//! as a peer while it is filled; a lease it cannot verify names nobody it will contact, so
+//! whoever can write to the bucket cannot send a berth, or its token, anywhere.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
+use hmac::{Hmac, Mac};
 use object_store::path::Path;
 use object_store::{GetOptions, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 use super::manifests::read_bounded;
 use super::{count, labelled_for, Bucket};
+use crate::config::Secret;
 use crate::oci::digest::Digest;
 
 /// A lease object larger than this is not read.
@@ -25,6 +33,43 @@ struct Claim {
     holder: String,
     /// Seconds since the epoch.
     expires_at: u64,
+    /// The signature under the peer token (hex), when the holder has peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+}
+
+fn lease_mac(key: &Secret, digest: &Digest, holder: &str, expires_at: u64) -> Hmac<Sha256> {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()).expect("HMAC takes keys of any length");
+    for field in [b"berth fill lease".as_slice(), digest.as_str().as_bytes(), holder.as_bytes()] {
+        mac.update(field);
+        mac.update(b"\0");
+    }
+    mac.update(expires_at.to_string().as_bytes());
+    mac
+}
+
+impl Claim {
+    fn signed(key: Option<&Secret>, digest: &Digest, holder: String, expires_at: u64) -> Claim {
+        let mac = key.map(|k| hex::encode(lease_mac(k, digest, &holder, expires_at).finalize().into_bytes()));
+        Claim { holder, expires_at, mac }
+    }
+
+    /// The holder as a peer to stream from: its lease verifies under `key`, and it names a
+    /// plain base URL (`http://10.0.0.7:5000/`), spelled as a peer's identity.
+    fn peer(&self, key: Option<&Secret>, digest: &Digest) -> Option<String> {
+        let mac = hex::decode(self.mac.as_deref()?).ok()?;
+        lease_mac(key?, digest, &self.holder, self.expires_at).verify_slice(&mac).ok()?;
+        let url = url::Url::parse(&self.holder).ok()?;
+        let plain = matches!(url.scheme(), "http" | "https")
+            && url.host().is_some()
+            && url.username().is_empty()
+            && url.password().is_none()
+            && url.path() == "/"
+            && url.query().is_none()
+            && url.fragment().is_none();
+        plain.then(|| url.origin().ascii_serialization())
+    }
 }
 
 /// How a claim on a digest went.
@@ -32,8 +77,9 @@ struct Claim {
 pub(crate) enum Claimed {
     /// This berth fetches; it releases the lease once the blob is uploaded.
     Won,
-    /// Another berth holds it until `expires_at` (seconds since the epoch).
-    Lost { holder: String, expires_at: u64 },
+    /// Another berth holds it until `expires_at` (seconds since the epoch); `peer` is the
+    /// holder's URL when its lease is signed with this berth's peer token.
+    Lost { holder: String, expires_at: u64, peer: Option<String> },
     /// The bucket could not be asked, or leases are not taken (read-only use): fetch.
     Skipped,
 }
@@ -66,8 +112,8 @@ impl Bucket {
         if !self.uploads || !self.up() {
             return Claimed::Skipped;
         }
-        let claim =
-            Claim { holder: self.identity.clone(), expires_at: now_secs() + self.fill_lease.as_secs() };
+        let expires_at = now_secs() + self.fill_lease.as_secs();
+        let claim = Claim::signed(self.lease_key.as_ref(), digest, self.identity.clone(), expires_at);
         let Ok(json) = serde_json::to_vec(&claim) else { return Claimed::Skipped };
         let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
         let path = self.lease_path(digest);
@@ -80,12 +126,13 @@ impl Bucket {
             Ok(Err(object_store::Error::AlreadyExists { .. })) => {
                 count("lease", "lost");
                 match self.read_claim(digest).await {
-                    Some(c) => Claimed::Lost { holder: c.holder, expires_at: c.expires_at },
+                    Some((c, peer)) => Claimed::Lost { holder: c.holder, expires_at: c.expires_at, peer },
                     // Gone meanwhile (released), or unreadable: waited on for one lease, as
                     // the holder's claim would be.
                     None => Claimed::Lost {
                         holder: String::new(),
                         expires_at: now_secs() + self.fill_lease.as_secs(),
+                        peer: None,
                     },
                 }
             }
@@ -100,16 +147,18 @@ impl Bucket {
         }
     }
 
-    /// The claim on `digest`, when there is a readable one. Its expiry is capped at one
-    /// `fill_lease` from now: a hostile or skewed lease cannot hold the fleet back longer.
-    async fn read_claim(&self, digest: &Digest) -> Option<Claim> {
+    /// The claim on `digest`, when there is a readable one, and its holder as a peer when the
+    /// claim verifies. Its expiry is capped at one `fill_lease` from now: a hostile or skewed
+    /// lease cannot hold the fleet back longer.
+    async fn read_claim(&self, digest: &Digest) -> Option<(Claim, Option<String>)> {
         let read = async {
             let got = self.store.get_opts(&self.lease_path(digest), GetOptions::default()).await.ok()?;
             serde_json::from_slice::<Claim>(&read_bounded(got, LEASE_MAX).await.ok()?).ok()
         };
         let mut claim = tokio::time::timeout(self.timeout, read).await.ok().flatten()?;
+        let peer = claim.peer(self.lease_key.as_ref(), digest);
         claim.expires_at = claim.expires_at.min(now_secs() + self.fill_lease.as_secs());
-        Some(claim)
+        Some((claim, peer))
     }
 
     /// What a berth waiting on a lease finds: the blob for `origin` (one HEAD), else whether

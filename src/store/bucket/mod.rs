@@ -64,6 +64,8 @@ pub(crate) struct Bucket {
     fills: Path,
     /// Who this berth is in a lease (its peer URL, or its host name and listen address).
     identity: String,
+    /// The peer token, with `[peers]`: fill leases are signed with it (`lease`).
+    lease_key: Option<crate::config::Secret>,
     fill_lease: Duration,
     url: String,
     timeout: Duration,
@@ -141,6 +143,7 @@ impl Bucket {
             tags: root.clone().join("tags"),
             fills: root.join("fills"),
             identity: identity.to_owned(),
+            lease_key: None,
             fill_lease: cfg.fill_lease,
             url: cfg.url.to_string(),
             timeout: cfg.timeout,
@@ -164,6 +167,13 @@ impl Bucket {
             marking: Arc::new(tokio::sync::Semaphore::new(8)),
             round: Default::default(),
         }
+    }
+
+    /// Signs this berth's fill leases with `key` (the peer token), and lets it stream from a
+    /// holder whose lease verifies under it.
+    pub(crate) fn with_lease_key(mut self, key: crate::config::Secret) -> Bucket {
+        self.lease_key = Some(key);
+        self
     }
 
     pub(crate) fn blob_path(&self, digest: &Digest) -> Path {

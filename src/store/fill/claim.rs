@@ -2,13 +2,15 @@
 //! (`store::bucket::lease`). The winner fetches and releases the lease once the blob is
 //! uploaded (or the fill fails); a loser waits for the winner's object and fills from it,
 //! claims again when the holder gives the lease up, and breaks a lease that expires with no
-//! object. A bucket that fails meanwhile ends the wait: the fill fetches.
+//! object. A bucket that fails meanwhile ends the wait: the fill fetches. A loser whose
+//! holder can be asked as a peer (its lease is signed with this berth's peer token) streams
+//! from the holder's fill instead, and waits as before when the holder cannot answer.
 
 use std::sync::Arc;
 
 use super::inflight::every_client_left;
 use super::lead::{from_bucket, FromBucket, PartlyShown};
-use super::Fill;
+use super::{Fill, FromHolder, Source};
 use crate::error::Error;
 use crate::oci::digest::Digest;
 use crate::store::bucket::lease::now_secs;
@@ -19,6 +21,8 @@ use crate::store::Store;
 pub(super) enum Turn {
     /// Fetch from the source, holding the fleet's lease when it was won.
     Fetch(Option<LeaseHeld>),
+    /// Stream from the lease's holder, as a peer.
+    Stream(Source),
     /// The winner's object was read from the bucket and published.
     Published,
     /// The winner's object was shown in part before its read failed (see `lead::PartlyShown`).
@@ -40,7 +44,11 @@ impl Drop for LeaseHeld {
     }
 }
 
-pub(super) async fn claim_or_wait(store: &Arc<Store>, fill: &Arc<Fill>) -> Result<Turn, Error> {
+pub(super) async fn claim_or_wait(
+    store: &Arc<Store>,
+    fill: &Arc<Fill>,
+    mut holder_source: Option<FromHolder>,
+) -> Result<Turn, Error> {
     let Some(bucket) = store.bucket.clone().filter(|_| fill.claims) else { return Ok(Turn::Fetch(None)) };
     for _ in 0..3 {
         let (holder, expires_at) = match bucket.claim(&fill.digest).await {
@@ -51,7 +59,14 @@ pub(super) async fn claim_or_wait(store: &Arc<Store>, fill: &Arc<Fill>) -> Resul
                 bucket.release(&fill.digest).await;
                 continue;
             }
-            Claimed::Lost { holder, expires_at } => (holder, expires_at),
+            Claimed::Lost { holder, expires_at, peer } => {
+                if let Some((peer, ask)) = peer.zip(holder_source.take()) {
+                    if let Some(source) = stream_from_holder(fill, peer, ask).await? {
+                        return Ok(Turn::Stream(source));
+                    }
+                }
+                (holder, expires_at)
+            }
         };
         tracing::info!(digest = %fill.digest, holder, "another berth is filling this blob: waiting for its upload");
         match wait_for_holder(store, fill, &bucket, expires_at).await? {
@@ -60,6 +75,33 @@ pub(super) async fn claim_or_wait(store: &Arc<Store>, fill: &Arc<Fill>) -> Resul
         }
     }
     Ok(Turn::Fetch(None))
+}
+
+/// The holder's answer as the fill's source, or None when it cannot be asked or does not
+/// answer with the blob: the loser then waits for its upload.
+async fn stream_from_holder(
+    fill: &Arc<Fill>,
+    peer: String,
+    ask: FromHolder,
+) -> Result<Option<Source>, Error> {
+    let asked = tokio::select! {
+        asked = ask(peer.clone()) => asked,
+        () = every_client_left(fill) => {
+            return Err(Error::Unavailable("every client left before the lease's holder answered".into()));
+        }
+    };
+    let outcome = if asked.is_ok() { "streamed" } else { "failed" };
+    metrics::counter!("berth_fleet_streams_total", "outcome" => outcome).increment(1);
+    match asked {
+        Ok(source) => {
+            tracing::info!(digest = %fill.digest, holder = peer, "streaming from the berth that holds the fill lease");
+            Ok(Some(source))
+        }
+        Err(e) => {
+            tracing::info!(digest = %fill.digest, holder = peer, error = %e, "the lease's holder cannot be streamed from: waiting for its upload");
+            Ok(None)
+        }
+    }
 }
 
 /// Won: the blob may have been uploaded between this fill's look and its claim.

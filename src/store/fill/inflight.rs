@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 
 use super::lead::lead;
-use super::{Fill, FillState, Source};
+use super::{Fill, FillState, FromHolder, Source};
 use crate::error::Error;
 use crate::oci::digest::Digest;
 use crate::store::Store;
@@ -21,19 +21,21 @@ impl Store {
         origin: &str,
         fetch: BoxFuture<'static, Result<Source, Error>>,
     ) -> (Arc<Fill>, bool) {
-        self.fill_with(digest, origin, fetch, false)
+        self.fill_with(digest, origin, fetch, None)
     }
 
     /// Like [`Store::fill`], for a fetch that asks upstream: with a bucket, a new fill first
     /// claims the digest fleet-wide (`bucket::lease`), and one that loses waits for the
-    /// winner's upload instead of fetching.
+    /// winner's upload instead of fetching, or streams from the winner with `holder` when
+    /// the winner's lease says it can be asked as a peer.
     pub(crate) fn fill_from_upstream(
         self: &Arc<Self>,
         digest: &Digest,
         origin: &str,
         fetch: BoxFuture<'static, Result<Source, Error>>,
+        holder: Option<FromHolder>,
     ) -> (Arc<Fill>, bool) {
-        self.fill_with(digest, origin, fetch, true)
+        self.fill_with(digest, origin, fetch, Some(holder))
     }
 
     fn fill_with(
@@ -41,7 +43,7 @@ impl Store {
         digest: &Digest,
         origin: &str,
         fetch: BoxFuture<'static, Result<Source, Error>>,
-        claims: bool,
+        claim: Option<Option<FromHolder>>,
     ) -> (Arc<Fill>, bool) {
         let mut inflight = self.inflight.lock().expect("inflight lock");
         // A fill that has failed but not yet left the map is not joined: it is replaced (its
@@ -56,7 +58,7 @@ impl Store {
         let fill = Arc::new(Fill {
             digest: digest.clone(),
             origin: origin.into(),
-            claims,
+            claims: claim.is_some(),
             clients: std::sync::atomic::AtomicU64::new(1),
             ahead: std::sync::atomic::AtomicU64::new(0),
             state,
@@ -68,7 +70,7 @@ impl Store {
         let leader = fill.clone();
         tokio::spawn(async move {
             let guard = LeadGuard { store: &store, fill: &leader };
-            let result = lead(&store, &leader, fetch).await;
+            let result = lead(&store, &leader, fetch, claim.flatten()).await;
             if let Err(e) = &result {
                 metrics::counter!("berth_fills_total", "outcome" => "failed").increment(1);
                 tracing::warn!(digest = %leader.digest, error = %e, "fill failed");

@@ -10,7 +10,7 @@ use super::inflight::every_client_left;
 use super::pass::{disk_trouble, pass_through, pass_written};
 use super::pump::{pump_into, Pump};
 use super::write::{Made, Pipeline, Room};
-use super::{blocking, drop_off_thread, Fill, FillState, Source};
+use super::{blocking, drop_off_thread, Fill, FillState, FromHolder, Source};
 use crate::error::Error;
 use crate::store::bucket::Found;
 use crate::store::tier::disk::DiskWriter;
@@ -20,6 +20,7 @@ pub(super) async fn lead(
     store: &Arc<Store>,
     fill: &Arc<Fill>,
     fetch: BoxFuture<'static, Result<Source, Error>>,
+    holder: Option<FromHolder>,
 ) -> Result<(), Error> {
     if already_published(store, fill).await? {
         return Ok(());
@@ -29,13 +30,14 @@ pub(super) async fn lead(
         FromBucket::Shown(shown) => return rest_from_source(fill, fetch, shown).await,
         FromBucket::Unused => {}
     }
-    let lease = match claim_or_wait(store, fill).await? {
-        Turn::Fetch(lease) => lease,
+    // Streamed from the lease's holder, the content is the holder's to upload.
+    let (source, lease, uploads) = match claim_or_wait(store, fill, holder).await? {
+        Turn::Fetch(lease) => (source_while_awaited(fill, fetch).await?, lease, true),
+        Turn::Stream(source) => (source, None, false),
         Turn::Published => return Ok(()),
         Turn::Shown(shown) => return rest_from_source(fill, fetch, shown).await,
     };
-    let Source { len, body, resume, rejected, hold: _turn, floor } =
-        source_while_awaited(fill, fetch).await?;
+    let Source { len, body, resume, rejected, hold: _turn, floor } = source;
     if let Some(len) = len.filter(|&l| l > store.max_blob_size) {
         return Err(Error::BlobTooLarge(len));
     }
@@ -76,7 +78,9 @@ pub(super) async fn lead(
         return pass_written(fill, made, written, len, resume, why).await;
     }
     super::publish::settle(store, fill, len, pumped, made, room, rejected).await?;
-    store.upload_blob(&fill.digest, &fill.origin, lease);
+    if uploads {
+        store.upload_blob(&fill.digest, &fill.origin, lease);
+    }
     Ok(())
 }
 

@@ -40,6 +40,10 @@ use crate::oci::digest::Digest;
 /// Asks the source for the rest of the content from a byte offset.
 pub(crate) type Resume = Box<dyn Fn(u64) -> BoxFuture<'static, Result<Resumed, Error>> + Send + Sync>;
 
+/// Streams the content from the berth that holds its fleet fill lease, reached as a peer at
+/// the URL given (`store::bucket::lease`).
+pub(crate) type FromHolder = Box<dyn FnOnce(String) -> BoxFuture<'static, Result<Source, Error>> + Send>;
+
 /// The rest of a body after a cut: bytes from some offset, of which `skip` are already held
 /// (a server that ignores Range sends everything again).
 pub struct Resumed {

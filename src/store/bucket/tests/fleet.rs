@@ -9,8 +9,10 @@ use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutOptions, PutPayload};
 
-use super::{content, eventually, object, open, read_all, source_of, Faulty};
+use super::{content, eventually, object, open, open_as, put_object, read_all, source_of, Faulty};
 use crate::oci::digest::Digest;
+use crate::store::bucket::Claimed;
+use crate::store::fill::FromHolder;
 use crate::store::Store;
 
 #[tokio::test]
@@ -84,7 +86,7 @@ async fn fill_claimed(
     let fetch = source_of(bytes, delay, move || {
         calls.fetch_add(1, Ordering::Relaxed);
     });
-    read_all(store.fill_from_upstream(digest, "test", fetch).0).await
+    read_all(store.fill_from_upstream(digest, "test", fetch, None).0).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,4 +165,123 @@ async fn a_digest_two_registries_serve_is_labelled_for_both_and_used_by_both() {
     eventually("both labels", async || label().await.as_deref() == Some("other.example,test")).await;
     assert!(!fill_as(&open(&dirs[2], &objects), &d, "test", Bytes::new()).await, "test lost its label");
     assert!(!fill_as(&open(&dirs[3], &objects), &d, "other.example", Bytes::new()).await);
+}
+
+/// A holder's answer as a test sees it: the URL the loser asked, and the source it got.
+fn holder_answering(bytes: Option<Bytes>, asked: Arc<std::sync::Mutex<Vec<String>>>) -> FromHolder {
+    Box::new(move |url: String| {
+        asked.lock().unwrap().push(url);
+        match bytes {
+            Some(b) => source_of(b, Duration::ZERO, || {}),
+            None => futures::FutureExt::boxed(async {
+                Err(crate::error::Error::Unavailable("holder refused the connection".into()))
+            }),
+        }
+    })
+}
+
+/// A loser's fill of `digest` with `holder`; what a client read and how often upstream was asked.
+async fn fill_losing(
+    store: &Arc<Store>,
+    digest: &Digest,
+    bytes: Bytes,
+    holder: FromHolder,
+) -> (Vec<u8>, u32) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let fetch = source_of(bytes, Duration::ZERO, move || {
+        counted.fetch_add(1, Ordering::Relaxed);
+    });
+    let got = read_all(store.fill_from_upstream(digest, "test", fetch, Some(holder)).0).await;
+    (got, calls.load(Ordering::Relaxed))
+}
+
+#[tokio::test]
+async fn a_loser_streams_from_the_holder_whose_lease_verifies_under_its_peer_token() {
+    let objects = Arc::new(Faulty::default());
+    let (dh, dl) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let holder = open_as(&dh, &objects, "http://holder.test:5000/", Some("fleet-token"));
+    let loser = open_as(&dl, &objects, "http://loser.test:5000/", Some("fleet-token"));
+    let bytes = content(300_000, 3);
+    let d = Digest::of(&bytes);
+    assert_eq!(holder.bucket.as_ref().unwrap().claim(&d).await, Claimed::Won);
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let (got, upstream) =
+        fill_losing(&loser, &d, bytes.clone(), holder_answering(Some(bytes.clone()), asked.clone())).await;
+    assert!(got == bytes, "the loser served other bytes");
+    assert_eq!(upstream, 0, "the loser asked upstream while the holder could be streamed from");
+    assert_eq!(*asked.lock().unwrap(), ["http://holder.test:5000"], "the holder was asked at another URL");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the loser waited for the lease instead of streaming"
+    );
+}
+
+#[tokio::test]
+async fn a_lease_that_does_not_verify_names_nobody_the_loser_contacts() {
+    let objects = Arc::new(Faulty::default());
+    let loser_dir = tempfile::tempdir().unwrap();
+    let loser = open_as(&loser_dir, &objects, "http://loser.test:5000/", Some("fleet-token"));
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Signed with another token; signed right but naming a URL with credentials and a path;
+    // signed right but naming no URL; written by hand with no signature, naming the
+    // instance-metadata address.
+    let holders = [
+        open_as(&dirs[0], &objects, "http://holder.test:5000/", Some("another-token")),
+        open_as(&dirs[1], &objects, "http://user:pw@holder.test:5000/x", Some("fleet-token")),
+        open_as(&dirs[2], &objects, "holder:5000", Some("fleet-token")),
+    ];
+    let mut cases = Vec::new();
+    for (i, h) in holders.iter().enumerate() {
+        let bytes = content(20_000, 40 + i as u8);
+        let d = Digest::of(&bytes);
+        assert_eq!(h.bucket.as_ref().unwrap().claim(&d).await, Claimed::Won);
+        cases.push((d, bytes));
+    }
+    let bytes = content(20_000, 50);
+    let d = Digest::of(&bytes);
+    let lease = format!(
+        "{{\"holder\":\"http://169.254.169.254/\",\"expires_at\":{},\"mac\":\"{}\"}}",
+        crate::store::bucket::lease::now_secs() + 60,
+        "00".repeat(32)
+    );
+    let path = Path::from(format!("fleet/v1/fills/{}", d.hex()));
+    objects.inner.put_opts(&path, PutPayload::from(lease), PutOptions::default()).await.unwrap();
+    cases.push((d, bytes));
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let fills = cases
+        .iter()
+        .map(|(d, b)| fill_losing(&loser, d, b.clone(), holder_answering(Some(b.clone()), asked.clone())));
+    for (i, (got, upstream)) in futures::future::join_all(fills).await.into_iter().enumerate() {
+        assert!(got == cases[i].1, "case {i}: other bytes");
+        assert_eq!(upstream, 1, "case {i}: the loser did not fetch once the lease expired");
+    }
+    assert!(
+        asked.lock().unwrap().is_empty(),
+        "a lease that does not verify sent the loser to {:?}",
+        asked.lock().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_holder_that_cannot_be_streamed_from_is_waited_for_and_its_upload_read() {
+    let objects = Arc::new(Faulty::default());
+    let (dh, dl) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let holder = open_as(&dh, &objects, "http://holder.test:5000/", Some("fleet-token"));
+    let loser = open_as(&dl, &objects, "http://loser.test:5000/", Some("fleet-token"));
+    let bytes = content(50_000, 7);
+    let d = Digest::of(&bytes);
+    assert_eq!(holder.bucket.as_ref().unwrap().claim(&d).await, Claimed::Won);
+    let (upload, path) = (objects.clone(), super::blob_path(&d));
+    let later = bytes.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        put_object(&upload, &path, later, "test", None).await;
+    });
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (got, upstream) = fill_losing(&loser, &d, bytes.clone(), holder_answering(None, asked.clone())).await;
+    assert!(got == bytes, "the loser served other bytes");
+    assert_eq!(asked.lock().unwrap().len(), 1, "the holder was not asked first");
+    assert_eq!(upstream, 0, "the loser fetched from upstream instead of reading the holder's upload");
 }

@@ -122,6 +122,11 @@ fn bucket_config() -> crate::config::Bucket {
 }
 
 fn open(dir: &tempfile::TempDir, objects: &Arc<Faulty>) -> Arc<Store> {
+    open_as(dir, objects, &dir.path().display().to_string(), None)
+}
+
+/// A store on the bucket whose berth is `identity`, signing its leases with `key`.
+fn open_as(dir: &tempfile::TempDir, objects: &Arc<Faulty>, identity: &str, key: Option<&str>) -> Arc<Store> {
     let storage = Storage {
         dir: dir.path().to_owned(),
         memory_capacity: 16 << 20,
@@ -133,11 +138,12 @@ fn open(dir: &tempfile::TempDir, objects: &Arc<Faulty>) -> Arc<Store> {
         fill_connections_above: u64::MAX,
     };
     let objects: Arc<dyn ObjectStore> = objects.clone();
-    Store::open_with(
-        &storage,
-        Some(Bucket::new((objects.clone(), objects), &bucket_config(), &dir.path().display().to_string())),
-    )
-    .unwrap()
+    let bucket = Bucket::new((objects.clone(), objects), &bucket_config(), identity);
+    let bucket = match key {
+        Some(k) => bucket.with_lease_key(crate::config::Secret::new(k)),
+        None => bucket,
+    };
+    Store::open_with(&storage, Some(bucket)).unwrap()
 }
 
 fn content(n: usize, salt: u8) -> Bytes {
