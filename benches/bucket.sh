@@ -100,8 +100,14 @@ berth_s=() direct_s=() berth_cpu=() weed_cpu_b=() weed_cpu_d=()
 for ((r = 1; r <= RUNS; r++)); do
     bench_berth $((10 + r)) || exit 1
     b0=$(cpu_ticks "${BERTHS[10 + r]}") w0=$(cpu_ticks "$WEED_PID")
+    # BUCKET_PERF=FILE: a perf profile of berth over the first run's GET (not part of the figures)
+    if [ -n "${BUCKET_PERF:-}" ] && [ "$r" = 1 ]; then
+        perf record -g -o "$BUCKET_PERF" -p "${BERTHS[10 + r]}" 2>/dev/null & perf_pid=$!
+        sleep 0.5
+    fi
     berth_s+=("$(timed_get "http://127.0.0.1:$((15110 + r))/v2/bench/big/blobs/$LAYER" "$E2E_DIR/got")")
     berth_cpu+=("$(($(cpu_ticks "${BERTHS[10 + r]}") - b0))") weed_cpu_b+=("$(($(cpu_ticks "$WEED_PID") - w0))")
+    [ -n "${perf_pid:-}" ] && { kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null; perf_pid=; }
     [ "$(sha256_of <"$E2E_DIR/got")" = "$LAYER" ] || { echo "berth served wrong bytes" >&2; exit 1; }
     stop_bench_berth $((10 + r))
     w0=$(cpu_ticks "$WEED_PID")

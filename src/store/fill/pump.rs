@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 
 use super::write::{Pipeline, Room, WRITE_BATCH};
@@ -114,15 +114,16 @@ pub(super) async fn pump_into(
     pipe: &Pipeline,
     room: &mut Room,
 ) -> Result<(), Error> {
-    let mut batch = BytesMut::with_capacity(WRITE_BATCH);
+    let (mut batch, mut size) = (Vec::new(), 0);
     while let Some(chunk) = pump.next().await? {
         check_received(store, &pump.digest, pump.len, pump.received())?;
-        batch.extend_from_slice(&chunk);
-        if batch.len() < WRITE_BATCH {
+        size += chunk.len();
+        batch.push(chunk);
+        if size < WRITE_BATCH {
             continue;
         }
-        let full = batch.split().freeze();
-        if !room.take(store, &pump.digest, full.len()).await {
+        let full = Arc::new(std::mem::take(&mut batch));
+        if !room.take(store, &pump.digest, std::mem::take(&mut size)).await {
             return Ok(());
         }
         if !room.keep_on_disk() && pump.received() > store.disk.capacity() {
@@ -134,8 +135,8 @@ pub(super) async fn pump_into(
             return Ok(());
         }
     }
-    if !batch.is_empty() && room.take(store, &pump.digest, batch.len()).await {
-        pipe.send(batch.freeze()).await;
+    if size > 0 && room.take(store, &pump.digest, size).await {
+        pipe.send(Arc::new(batch)).await;
     }
     Ok(())
 }

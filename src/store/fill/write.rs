@@ -21,10 +21,14 @@ use crate::store::Store;
 /// Bytes handed to the writer thread at a time.
 pub(super) const WRITE_BATCH: usize = 256 * 1024;
 
+/// A body's chunks handed on together, as received (not copied into one buffer): at least
+/// `WRITE_BATCH` bytes, but the last batch.
+pub(super) type Batch = Arc<Vec<Bytes>>;
+
 /// The writer and hasher threads of a fill.
 pub(super) struct Pipeline {
-    tx: mpsc::Sender<Bytes>,
-    hash_tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Batch>,
+    hash_tx: mpsc::Sender<Batch>,
     writer: JoinHandle<(DiskWriter, Option<Error>)>,
     hasher: JoinHandle<Hashed>,
     shown: Arc<Progress>,
@@ -99,8 +103,8 @@ impl Pipeline {
         keep: Option<usize>,
         parts: Option<Parts>,
     ) -> Pipeline {
-        let (tx, rx) = mpsc::channel::<Bytes>(8);
-        let (hash_tx, hash_rx) = mpsc::channel::<Bytes>(8);
+        let (tx, rx) = mpsc::channel::<Batch>(8);
+        let (hash_tx, hash_rx) = mpsc::channel::<Batch>(8);
         let checked = if parts.is_some() { 0 } else { u64::MAX };
         let reveal = parts.as_ref().map(|p| (writer.file().0.clone(), writer.file().1.cloned(), p.len()));
         let shown =
@@ -114,7 +118,7 @@ impl Pipeline {
 
     /// Hands `batch` to both threads; false when one has stopped (the writer failed, or a
     /// part did not match).
-    pub(super) async fn send(&self, batch: Bytes) -> bool {
+    pub(super) async fn send(&self, batch: Batch) -> bool {
         self.hash_tx.send(batch.clone()).await.is_ok() && self.tx.send(batch).await.is_ok()
     }
 
@@ -131,14 +135,16 @@ impl Pipeline {
 /// Runs on a blocking thread: writes each batch, then tells followers. Returns the writer,
 /// and the error that stopped it, if one did.
 fn write_loop(
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<Batch>,
     writer: DiskWriter,
     fill: &Fill,
     shown: &Progress,
 ) -> (DiskWriter, Option<Error>) {
-    while let Some(buf) = rx.blocking_recv() {
-        if let Err(e) = writer.append_blocking(&buf) {
-            return (writer, Some(Error::fault("writing blob", e)));
+    while let Some(batch) = rx.blocking_recv() {
+        for buf in batch.iter() {
+            if let Err(e) = writer.append_blocking(buf) {
+                return (writer, Some(Error::fault("writing blob", e)));
+            }
         }
         shown.written.store(writer.written_len(), Ordering::Release);
         shown.show(fill);
@@ -149,7 +155,7 @@ fn write_loop(
 /// Runs on a blocking thread: hashes each batch and, for the memory tier, keeps a copy; with
 /// a part checker, checks each part, and stops at the first that does not match.
 fn hash_loop(
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<Batch>,
     keep: Option<usize>,
     mut checker: Option<Checker>,
     fill: &Fill,
@@ -157,7 +163,7 @@ fn hash_loop(
 ) -> Hashed {
     let mut hasher = Sha256::new();
     let mut memory = keep.map(BytesMut::with_capacity);
-    while let Some(buf) = rx.blocking_recv() {
+    for buf in std::iter::from_fn(|| rx.blocking_recv()).flat_map(|b| Arc::unwrap_or_clone(b).into_iter()) {
         hasher.update(&buf);
         if let Some(m) = memory.as_mut() {
             m.extend_from_slice(&buf);
