@@ -240,7 +240,8 @@ impl Mirror {
     ) -> (Arc<Fill>, bool) {
         let fetch = self.fetch(upstream, repo, digest, via);
         if self.owner_of(digest, via).is_none() {
-            let holder = self.holder_stream(upstream, repo, digest);
+            // A peer's request is answered here, never forwarded again, a holder included.
+            let holder = self.holder_stream(upstream, repo, digest).filter(|_| via == Via::Client);
             self.store.fill_from_upstream(digest, &upstream.host, fetch, holder)
         } else {
             self.store.fill(digest, &upstream.host, fetch)

@@ -108,6 +108,9 @@ impl Peers {
         repo: &str,
         digest: &Digest,
     ) -> Result<Fetched, Error> {
+        if holder == self.me || !self.healthy(holder) {
+            return Err(Error::Unavailable(format!("lease holder {holder} is this berth, or backed off")));
+        }
         let resp = self.ask(holder, &upstream.host, &format!("/v2/{repo}/blobs/{digest}"), None).await??;
         Ok(self.streamed(holder, resp, upstream, repo, digest))
     }

@@ -38,10 +38,15 @@ struct Claim {
     mac: Option<String>,
 }
 
-fn lease_mac(key: &Secret, digest: &Digest, holder: &str, expires_at: u64) -> Hmac<Sha256> {
+/// How far past one `fill_lease` from now a lease's expiry may lie and still be believed
+/// (clocks of the fleet that disagree).
+const CLOCK_SKEW: u64 = 60;
+
+/// The signature of a lease at `path` (which names the digest, under the bucket's prefix).
+fn lease_mac(key: &Secret, path: &Path, holder: &str, expires_at: u64) -> Hmac<Sha256> {
     let mut mac =
         Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()).expect("HMAC takes keys of any length");
-    for field in [b"berth fill lease".as_slice(), digest.as_str().as_bytes(), holder.as_bytes()] {
+    for field in [b"berth fill lease".as_slice(), path.as_ref().as_bytes(), holder.as_bytes()] {
         mac.update(field);
         mac.update(b"\0");
     }
@@ -50,16 +55,22 @@ fn lease_mac(key: &Secret, digest: &Digest, holder: &str, expires_at: u64) -> Hm
 }
 
 impl Claim {
-    fn signed(key: Option<&Secret>, digest: &Digest, holder: String, expires_at: u64) -> Claim {
-        let mac = key.map(|k| hex::encode(lease_mac(k, digest, &holder, expires_at).finalize().into_bytes()));
+    fn signed(key: Option<&Secret>, path: &Path, holder: String, expires_at: u64) -> Claim {
+        let mac = key.map(|k| hex::encode(lease_mac(k, path, &holder, expires_at).finalize().into_bytes()));
         Claim { holder, expires_at, mac }
     }
 
-    /// The holder as a peer to stream from: its lease verifies under `key`, and it names a
-    /// plain base URL (`http://10.0.0.7:5000/`), spelled as a peer's identity.
-    fn peer(&self, key: Option<&Secret>, digest: &Digest) -> Option<String> {
+    /// The holder as a peer to stream from: its lease at `path` verifies under `key`, is
+    /// live (it expires after now and within `lease` of it, give or take `CLOCK_SKEW`: an old
+    /// signed lease put back is not believed), and names a plain base URL
+    /// (`http://10.0.0.7:5000/`), spelled as a peer's identity.
+    fn peer(&self, key: Option<&Secret>, path: &Path, lease: Duration) -> Option<String> {
+        let now = now_secs();
+        if self.expires_at <= now || self.expires_at > now + lease.as_secs() + CLOCK_SKEW {
+            return None;
+        }
         let mac = hex::decode(self.mac.as_deref()?).ok()?;
-        lease_mac(key?, digest, &self.holder, self.expires_at).verify_slice(&mac).ok()?;
+        lease_mac(key?, path, &self.holder, self.expires_at).verify_slice(&mac).ok()?;
         let url = url::Url::parse(&self.holder).ok()?;
         let plain = matches!(url.scheme(), "http" | "https")
             && url.host().is_some()
@@ -113,10 +124,10 @@ impl Bucket {
             return Claimed::Skipped;
         }
         let expires_at = now_secs() + self.fill_lease.as_secs();
-        let claim = Claim::signed(self.lease_key.as_ref(), digest, self.identity.clone(), expires_at);
+        let path = self.lease_path(digest);
+        let claim = Claim::signed(self.lease_key.as_ref(), &path, self.identity.clone(), expires_at);
         let Ok(json) = serde_json::to_vec(&claim) else { return Claimed::Skipped };
         let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
-        let path = self.lease_path(digest);
         let put = self.store.put_opts(&path, PutPayload::from(json), opts);
         match tokio::time::timeout(self.timeout, put).await {
             Ok(Ok(_)) => {
@@ -156,7 +167,7 @@ impl Bucket {
             serde_json::from_slice::<Claim>(&read_bounded(got, LEASE_MAX).await.ok()?).ok()
         };
         let mut claim = tokio::time::timeout(self.timeout, read).await.ok().flatten()?;
-        let peer = claim.peer(self.lease_key.as_ref(), digest);
+        let peer = claim.peer(self.lease_key.as_ref(), &self.lease_path(digest), self.fill_lease);
         claim.expires_at = claim.expires_at.min(now_secs() + self.fill_lease.as_secs());
         Some((claim, peer))
     }
@@ -205,4 +216,11 @@ impl Bucket {
     pub(crate) fn poll_interval(attempt: u32) -> Duration {
         Duration::from_millis(250 << attempt.min(3))
     }
+}
+
+/// A lease object as a berth holding `key` writes it, for tests that put leases by hand.
+#[cfg(test)]
+pub(crate) fn signed_lease(key: &str, path: &Path, holder: &str, expires_at: u64) -> String {
+    let claim = Claim::signed(Some(&Secret::new(key)), path, holder.to_owned(), expires_at);
+    serde_json::to_string(&claim).expect("a claim serializes")
 }

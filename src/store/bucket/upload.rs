@@ -45,6 +45,13 @@ impl Store {
         self.upload_later(digest, Kind::Blob { origin: origin.to_owned() }, lease);
     }
 
+    /// A blob streamed from the holder of its fleet lease, which uploads it: looked for at the
+    /// next retry round (a HEAD), and uploaded only if the holder's upload never landed.
+    pub(crate) fn upload_blob_if_missed(self: &Arc<Self>, digest: &Digest, origin: &str) {
+        let Some(bucket) = self.bucket.clone().filter(|b| b.uploads) else { return };
+        bucket.retry_later(self, digest.clone(), Kind::Blob { origin: origin.to_owned() });
+    }
+
     /// Uploads the verified manifest `digest` (fetched for `origin`) in the background.
     pub(crate) fn upload_manifest(self: &Arc<Self>, digest: &Digest, origin: &str, media_type: Option<&str>) {
         let kind = Kind::Manifest { origin: origin.to_owned(), media_type: media_type.map(str::to_owned) };

@@ -60,7 +60,9 @@ pub(super) async fn claim_or_wait(
                 continue;
             }
             Claimed::Lost { holder, expires_at, peer } => {
-                if let Some((peer, ask)) = peer.zip(holder_source.take()) {
+                // Asked at most once, and only of a holder its lease vouches for.
+                let ask = if peer.is_some() { holder_source.take() } else { None };
+                if let Some((peer, ask)) = peer.zip(ask) {
                     if let Some(source) = stream_from_holder(fill, peer, ask).await? {
                         return Ok(Turn::Stream(source));
                     }

@@ -30,7 +30,8 @@ pub(super) async fn lead(
         FromBucket::Shown(shown) => return rest_from_source(fill, fetch, shown).await,
         FromBucket::Unused => {}
     }
-    // Streamed from the lease's holder, the content is the holder's to upload.
+    // Streamed from the lease's holder, the content is the holder's to upload (looked for
+    // later, in case the holder's upload never lands).
     let (source, lease, uploads) = match claim_or_wait(store, fill, holder).await? {
         Turn::Fetch(lease) => (source_while_awaited(fill, fetch).await?, lease, true),
         Turn::Stream(source) => (source, None, false),
@@ -80,6 +81,8 @@ pub(super) async fn lead(
     super::publish::settle(store, fill, len, pumped, made, room, rejected).await?;
     if uploads {
         store.upload_blob(&fill.digest, &fill.origin, lease);
+    } else {
+        store.upload_blob_if_missed(&fill.digest, &fill.origin);
     }
     Ok(())
 }

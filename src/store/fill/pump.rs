@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, StreamExt};
 
-use super::write::{Pipeline, Room, WRITE_BATCH};
+use super::write::{Batch, Pipeline, Room, WRITE_BATCH};
 use super::Resume;
 use crate::config::MinRate;
 use crate::error::Error;
@@ -114,16 +114,15 @@ pub(super) async fn pump_into(
     pipe: &Pipeline,
     room: &mut Room,
 ) -> Result<(), Error> {
-    let (mut batch, mut size) = (Vec::new(), 0);
+    let mut batch = Batcher::default();
     while let Some(chunk) = pump.next().await? {
         check_received(store, &pump.digest, pump.len, pump.received())?;
-        size += chunk.len();
         batch.push(chunk);
-        if size < WRITE_BATCH {
+        if batch.size < WRITE_BATCH {
             continue;
         }
-        let full = Arc::new(std::mem::take(&mut batch));
-        if !room.take(store, &pump.digest, std::mem::take(&mut size)).await {
+        let (full, size) = batch.take();
+        if !room.take(store, &pump.digest, size).await {
             return Ok(());
         }
         if !room.keep_on_disk() && pump.received() > store.disk.capacity() {
@@ -135,10 +134,48 @@ pub(super) async fn pump_into(
             return Ok(());
         }
     }
+    let (last, size) = batch.take();
     if size > 0 && room.take(store, &pump.digest, size).await {
-        pipe.send(Arc::new(batch)).await;
+        pipe.send(last).await;
     }
     Ok(())
+}
+
+/// Chunks below this are copied together (a body sent in tiny chunks costs a write each
+/// otherwise); larger ones are handed on as received.
+const SMALL_CHUNK: usize = 16 * 1024;
+
+/// A batch being gathered: chunks by reference, small ones copied into one.
+#[derive(Default)]
+struct Batcher {
+    chunks: Vec<Bytes>,
+    small: BytesMut,
+    size: usize,
+}
+
+impl Batcher {
+    fn push(&mut self, chunk: Bytes) {
+        self.size += chunk.len();
+        if chunk.len() < SMALL_CHUNK {
+            self.small.extend_from_slice(&chunk);
+            if self.small.len() >= SMALL_CHUNK {
+                self.chunks.push(self.small.split().freeze());
+            }
+            return;
+        }
+        if !self.small.is_empty() {
+            self.chunks.push(self.small.split().freeze());
+        }
+        self.chunks.push(chunk);
+    }
+
+    /// The batch so far and its size; the batcher starts over.
+    fn take(&mut self) -> (Batch, usize) {
+        if !self.small.is_empty() {
+            self.chunks.push(self.small.split().freeze());
+        }
+        (Arc::new(std::mem::take(&mut self.chunks)), std::mem::take(&mut self.size))
+    }
 }
 
 /// Refuses a body longer than announced, or past `max_blob_size`.
@@ -150,4 +187,31 @@ fn check_received(store: &Store, digest: &Digest, len: Option<u64>, received: u6
         return Err(Error::BlobTooLarge(received));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_chunks_are_copied_together_and_large_ones_handed_on_as_received() {
+        let mut batch = Batcher::default();
+        let large = Bytes::from(vec![7u8; 100_000]);
+        let mut want = Vec::new();
+        for i in 0..40_000u32 {
+            let b = Bytes::from(vec![(i % 251) as u8]);
+            want.extend_from_slice(&b);
+            batch.push(b);
+        }
+        want.extend_from_slice(&large);
+        batch.push(large.clone());
+        want.push(9);
+        batch.push(Bytes::from_static(&[9]));
+        let (chunks, size) = batch.take();
+        assert_eq!(size, want.len());
+        assert_eq!(chunks.concat(), want, "the batch holds other bytes");
+        assert!(chunks.len() <= 5, "40,000 one-byte chunks became {} writes", chunks.len());
+        assert!(chunks.iter().any(|c| c.as_ptr() == large.as_ptr()), "a large chunk was copied");
+        assert_eq!(batch.take().1, 0, "the batcher did not start over");
+    }
 }

@@ -163,23 +163,25 @@ fn hash_loop(
 ) -> Hashed {
     let mut hasher = Sha256::new();
     let mut memory = keep.map(BytesMut::with_capacity);
-    for buf in std::iter::from_fn(|| rx.blocking_recv()).flat_map(|b| Arc::unwrap_or_clone(b).into_iter()) {
-        hasher.update(&buf);
-        if let Some(m) = memory.as_mut() {
-            m.extend_from_slice(&buf);
-        }
-        match checker.as_mut().map(|c| c.feed(&buf)) {
-            Some(Ok(Some(end))) => {
-                shown.checked.store(end, Ordering::Release);
-                shown.show(fill);
+    while let Some(batch) = rx.blocking_recv() {
+        for buf in batch.iter() {
+            hasher.update(buf);
+            if let Some(m) = memory.as_mut() {
+                m.extend_from_slice(buf);
             }
-            Some(Err(BadPart(at))) => {
-                // The parts before it matched (a batch may hold several).
-                shown.checked.store(at, Ordering::Release);
-                shown.show(fill);
-                return Hashed { hash: hasher.finalize().into(), memory: None, bad_part: Some(at) };
+            match checker.as_mut().map(|c| c.feed(buf)) {
+                Some(Ok(Some(end))) => {
+                    shown.checked.store(end, Ordering::Release);
+                    shown.show(fill);
+                }
+                Some(Err(BadPart(at))) => {
+                    // The parts before it matched (a batch may hold several).
+                    shown.checked.store(at, Ordering::Release);
+                    shown.show(fill);
+                    return Hashed { hash: hasher.finalize().into(), memory: None, bad_part: Some(at) };
+                }
+                Some(Ok(None)) | None => {}
             }
-            Some(Ok(None)) | None => {}
         }
     }
     Hashed { hash: hasher.finalize().into(), memory, bad_part: None }

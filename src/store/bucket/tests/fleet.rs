@@ -226,7 +226,8 @@ async fn a_lease_that_does_not_verify_names_nobody_the_loser_contacts() {
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     // Signed with another token; signed right but naming a URL with credentials and a path;
     // signed right but naming no URL; written by hand with no signature, naming the
-    // instance-metadata address.
+    // instance-metadata address; signed right by a real holder but expired (an old lease put
+    // back), or expiring a day from now.
     let holders = [
         open_as(&dirs[0], &objects, "http://holder.test:5000/", Some("another-token")),
         open_as(&dirs[1], &objects, "http://user:pw@holder.test:5000/x", Some("fleet-token")),
@@ -249,6 +250,20 @@ async fn a_lease_that_does_not_verify_names_nobody_the_loser_contacts() {
     let path = Path::from(format!("fleet/v1/fills/{}", d.hex()));
     objects.inner.put_opts(&path, PutPayload::from(lease), PutOptions::default()).await.unwrap();
     cases.push((d, bytes));
+    let now = crate::store::bucket::lease::now_secs();
+    for (salt, expires_at) in [(60u8, now - 10), (61, now + 86_400)] {
+        let bytes = content(20_000, salt);
+        let d = Digest::of(&bytes);
+        let path = Path::from(format!("fleet/v1/fills/{}", d.hex()));
+        let lease = crate::store::bucket::lease::signed_lease(
+            "fleet-token",
+            &path,
+            "http://holder.test:5000/",
+            expires_at,
+        );
+        objects.inner.put_opts(&path, PutPayload::from(lease), PutOptions::default()).await.unwrap();
+        cases.push((d, bytes));
+    }
     let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
     let fills = cases
         .iter()
