@@ -196,15 +196,25 @@ async fn fill_losing(
     (got, calls.load(Ordering::Relaxed))
 }
 
-#[tokio::test]
-async fn a_loser_streams_from_the_holder_whose_lease_verifies_under_its_peer_token() {
+/// A holder and a loser sharing one peer token on one bucket, and a blob of `n` bytes whose
+/// lease the holder has won: the directories, the bucket, the loser, the bytes and digest.
+async fn claimed_by_a_holder(
+    n: usize,
+    salt: u8,
+) -> ([tempfile::TempDir; 2], Arc<Faulty>, Arc<Store>, Bytes, Digest) {
     let objects = Arc::new(Faulty::default());
-    let (dh, dl) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let holder = open_as(&dh, &objects, "http://holder.test:5000/", Some("fleet-token"));
-    let loser = open_as(&dl, &objects, "http://loser.test:5000/", Some("fleet-token"));
-    let bytes = content(300_000, 3);
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let holder = open_as(&dirs[0], &objects, "http://holder.test:5000/", Some("fleet-token"));
+    let loser = open_as(&dirs[1], &objects, "http://loser.test:5000/", Some("fleet-token"));
+    let bytes = content(n, salt);
     let d = Digest::of(&bytes);
     assert_eq!(holder.bucket.as_ref().unwrap().claim(&d).await, Claimed::Won);
+    (dirs, objects, loser, bytes, d)
+}
+
+#[tokio::test]
+async fn a_loser_streams_from_the_holder_whose_lease_verifies_under_its_peer_token() {
+    let (_dirs, _objects, loser, bytes, d) = claimed_by_a_holder(300_000, 3).await;
     let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
     let started = Instant::now();
     let (got, upstream) =
@@ -281,13 +291,7 @@ async fn a_lease_that_does_not_verify_names_nobody_the_loser_contacts() {
 
 #[tokio::test]
 async fn a_holder_that_cannot_be_streamed_from_is_waited_for_and_its_upload_read() {
-    let objects = Arc::new(Faulty::default());
-    let (dh, dl) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let holder = open_as(&dh, &objects, "http://holder.test:5000/", Some("fleet-token"));
-    let loser = open_as(&dl, &objects, "http://loser.test:5000/", Some("fleet-token"));
-    let bytes = content(50_000, 7);
-    let d = Digest::of(&bytes);
-    assert_eq!(holder.bucket.as_ref().unwrap().claim(&d).await, Claimed::Won);
+    let (_dirs, objects, loser, bytes, d) = claimed_by_a_holder(50_000, 7).await;
     let (upload, path) = (objects.clone(), super::blob_path(&d));
     let later = bytes.clone();
     tokio::spawn(async move {
